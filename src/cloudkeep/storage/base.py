@@ -1,0 +1,69 @@
+"""The whole storage contract: bytes by name, nothing more.
+
+Every backend (OpenDAL services, memory) implements ``Storage``; behaviour such
+as retries, timeouts or fault injection is a wrapper implementing the same
+protocol around another one, as in restic's ``internal/backend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from cloudkeep.errors import CloudkeepError, StoreUnreachable
+
+
+class StorageError(CloudkeepError):
+    """A storage operation failed for a reason other than the ones below."""
+
+
+class ObjectNotFound(StorageError):
+    """The named object does not exist."""
+
+
+class ObjectExists(StorageError):
+    """A create-only put found the name already taken."""
+
+
+class StorageUnavailable(StorageError, StoreUnreachable):
+    """The store could not be reached (after retries): network, DNS, auth, timeouts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Names are '/'-separated relative paths such as ``data/ab/abcdef…``."""
+
+    def put(self, name: str, data: bytes, *, create_only: bool = False) -> None:
+        """Store ``data`` under ``name`` atomically (readers see all or nothing).
+
+        With ``create_only`` raise ``ObjectExists`` if the name is taken, where the
+        backend can tell atomically; otherwise best effort (stat, then write).
+        """
+        ...
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read ``length`` bytes from ``offset`` (all the rest if ``length`` is None)."""
+        ...
+
+    def stat(self, name: str) -> ObjectInfo:
+        """Size of one object; ``ObjectNotFound`` if absent."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose name starts with the folder ``prefix`` (recursive)."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove an object; deleting an absent object is not an error."""
+        ...
+
+    def describe(self) -> str:
+        """A human description of where this store is, without secrets."""
+        ...
