@@ -30,6 +30,13 @@ class StorageUnavailable(StorageError, StoreUnreachable):
     """The store could not be reached (after retries): network, DNS, auth, timeouts."""
 
 
+class StoreRejected(StorageUnavailable):
+    """The store answered but refuses us (credentials, permissions, missing bucket).
+
+    Separate so retry wrappers give up at once: waiting cannot fix these.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     name: str

@@ -1,0 +1,434 @@
+"""Store URLs: one string names a store; ``open_store`` turns it into a ``Storage``.
+
+Credentials never come from the URL's query string (URLs end up in logs, shell
+history and process lists); they come from the environment each service
+documents. WebDAV alone also accepts ``user:password@`` in the URL because many
+WebDAV setups are configured that way; it is stripped from every description.
+
+Every store is built as: OpenDAL operator + ``TimeoutLayer`` (so no single call
+hangs forever) -> ``OpenDALStorage`` -> ``RetryingStorage``. OpenDAL's own
+``RetryLayer`` is deliberately not used: one retry loop keeps the total time
+bounded and the attempt count honest.
+
+Environment:
+
+``CLOUDKEEP_STORE_TIMEOUT``
+    seconds allowed for one control call (stat, list page, delete; default 60).
+    Data transfers get five times as much per read/write call (default 300 s,
+    enough for a 32 MiB object at 1 Mbit/s).
+``CLOUDKEEP_STORE_RETRIES`` / ``CLOUDKEEP_STORE_RETRY_DEADLINE``
+    attempts per operation and total retry time, see ``retrying.py``.
+
+``memory://`` gives a fresh, empty in-process store on every call; ``memory://NAME``
+returns the same process-wide store for the same NAME (tests that reopen a store).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import opendal
+from opendal.layers import TimeoutLayer
+
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.storage.base import Storage
+from cloudkeep.storage.opendal_store import OpenDALStorage, redact, summarize_error
+from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
+
+ENV_TIMEOUT = "CLOUDKEEP_STORE_TIMEOUT"
+DEFAULT_TIMEOUT = 60.0
+IO_TIMEOUT_FACTOR = 5.0
+
+#: OpenDAL "drive" services we can offer when the installed build compiles them in.
+_DRIVE_SERVICES = ("gdrive", "onedrive", "dropbox")
+_BASE_SCHEMES = ("file", "memory", "s3", "gcs", "gs", "azblob", "webdav", "webdavs")
+_CREDENTIAL_PARAMS = re.compile(
+    r"(?i)(access_?key|secret|session_?token|token|password|passwd|account_?key|sas|credential)"
+)
+
+
+@functools.cache
+def _available_drives() -> tuple[str, ...]:
+    """Drive services that construct in this OpenDAL build (no network involved)."""
+    available = []
+    for service in _DRIVE_SERVICES:
+        try:
+            opendal.Operator(service, access_token="probe", root="/")
+        except Exception:  # any failure means the service is unusable here
+            continue
+        available.append(service)
+    return tuple(available)
+
+
+SUPPORTED_SCHEMES: tuple[str, ...] = _BASE_SCHEMES + _available_drives()
+
+
+@dataclass
+class _Spec:
+    """What ``open_store`` needs to build one store."""
+
+    service: str
+    options: dict[str, str]
+    description: str
+    atomic_rename: bool = False
+    secrets: list[str] = field(default_factory=list)
+
+
+def _error(url: str, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"unusable store URL {describe_store_url(url)!r}: {why}; "
+        f"supported schemes: {', '.join(SUPPORTED_SCHEMES)} (or a plain folder path)"
+    )
+
+
+def describe_store_url(url: str) -> str:
+    """The URL without userinfo or secret-looking query values, safe for logs."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return redact(url)
+    query = [
+        (key, "***" if _CREDENTIAL_PARAMS.search(key) else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    text = f"{parts.scheme}://{host}{port}{parts.path}"
+    if query:
+        text += "?" + urlencode(query, safe=":/")
+    return redact(text)
+
+
+def _params(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if _CREDENTIAL_PARAMS.search(key):
+            raise _error(url, f"credentials are not accepted in the URL ({key}=); use the env")
+        if key not in allowed:
+            accepted = ", ".join(allowed) or "none"
+            raise _error(url, f"unknown option {key!r} (accepted: {accepted})")
+        if key in params:
+            raise _error(url, f"option {key!r} given twice")
+        params[key] = value
+    return params
+
+
+def _flag(url: str, value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise _error(url, f"{name} must be true or false, not {value!r}")
+
+
+def _root(path: str) -> str:
+    cleaned = "/".join(part for part in unquote(path).split("/") if part)
+    if any(part in (".", "..") for part in cleaned.split("/")):
+        raise ValueError("'.' and '..' are not allowed in store paths")
+    return "/" + cleaned + ("/" if cleaned else "")
+
+
+def _endpoint(url: str, value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise _error(url, f"endpoint must be an http:// or https:// URL, not {value!r}")
+    return value.rstrip("/")
+
+
+def _no_userinfo(url: str, netloc: str) -> None:
+    if "@" in netloc:
+        raise _error(url, "credentials are not accepted in the URL; use the environment")
+
+
+def _file_spec(url: str, path: str) -> _Spec:
+    root = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the store folder {root!r}: {exc.strerror or exc}"
+        ) from None
+    if not os.path.isdir(root):
+        raise ConfigurationError(f"the store path {root!r} is not a folder")
+    return _Spec("fs", {"root": root}, f"file://{root}", atomic_rename=True)
+
+
+def _parse_file(url: str, env: Mapping[str, str]) -> _Spec:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise _error(url, "file URLs look like file:///absolute/path")
+    if parts.query:
+        raise _error(url, "file URLs take no options")
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise _error(url, "file URLs look like file:///absolute/path")
+    return _file_spec(url, path)
+
+
+def _parse_s3(url: str, env: Mapping[str, str]) -> _Spec:
+    parts = urlsplit(url)
+    _no_userinfo(url, parts.netloc)
+    bucket = parts.netloc
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", bucket or ""):
+        raise _error(url, "s3 URLs look like s3://bucket/prefix?region=…")
+    params = _params(url, parts.query, ("endpoint", "region", "force_path_style"))
+    endpoint = (
+        params.get("endpoint") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    )
+    options: dict[str, str] = {"bucket": bucket, "root": _root(parts.path)}
+    if endpoint:
+        options["endpoint"] = _endpoint(url, endpoint)
+    region = params.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not region and endpoint:
+        region = "us-east-1"  # MinIO and most S3 look-alikes accept any signing region
+    if not region:
+        raise _error(url, "no region: add ?region=… or set AWS_REGION")
+    options["region"] = region
+    if "force_path_style" in params:
+        path_style = _flag(url, params["force_path_style"], "force_path_style")
+    else:
+        # Look-alikes (MinIO, moto, Ceph) need path style; AWS prefers virtual
+        # hosts, except for dotted bucket names, which break its TLS wildcard.
+        path_style = bool(endpoint) or "." in bucket
+    options["enable_virtual_host_style"] = "false" if path_style else "true"
+    secrets = []
+    for key, option in (
+        ("AWS_ACCESS_KEY_ID", "access_key_id"),
+        ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+        ("AWS_SESSION_TOKEN", "session_token"),
+    ):
+        if env.get(key):
+            options[option] = env[key]
+            secrets.append(env[key])
+    description = f"s3://{bucket}{options['root'].rstrip('/')}"
+    if endpoint:
+        description += f" at {describe_store_url(options['endpoint'])}"
+    return _Spec("s3", options, description, secrets=secrets)
+
+
+def _parse_gcs(url: str, env: Mapping[str, str]) -> _Spec:
+    parts = urlsplit(url)
+    _no_userinfo(url, parts.netloc)
+    if not parts.netloc:
+        raise _error(url, "gcs URLs look like gcs://bucket/prefix")
+    params = _params(url, parts.query, ("endpoint",))
+    options = {"bucket": parts.netloc, "root": _root(parts.path)}
+    if params.get("endpoint"):
+        options["endpoint"] = _endpoint(url, params["endpoint"])
+    if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        options["credential_path"] = env["GOOGLE_APPLICATION_CREDENTIALS"]
+    description = f"gcs://{parts.netloc}{options['root'].rstrip('/')}"
+    return _Spec("gcs", options, description)
+
+
+def _azure_connection_string(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for item in text.split(";"):
+        key, sep, value = item.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _parse_azblob(url: str, env: Mapping[str, str]) -> _Spec:
+    parts = urlsplit(url)
+    _no_userinfo(url, parts.netloc)
+    if not parts.netloc:
+        raise _error(url, "azblob URLs look like azblob://container/prefix")
+    params = _params(url, parts.query, ("endpoint",))
+    conn = _azure_connection_string(env.get("AZURE_STORAGE_CONNECTION_STRING", ""))
+    account = (
+        conn.get("AccountName")
+        or env.get("AZURE_STORAGE_ACCOUNT")
+        or env.get("AZURE_STORAGE_ACCOUNT_NAME")
+    )
+    key = (
+        conn.get("AccountKey")
+        or env.get("AZURE_STORAGE_KEY")
+        or env.get("AZURE_STORAGE_ACCOUNT_KEY")
+    )
+    sas = conn.get("SharedAccessSignature") or env.get("AZURE_STORAGE_SAS_TOKEN")
+    endpoint = params.get("endpoint") or conn.get("BlobEndpoint")
+    if not endpoint and account:
+        protocol = conn.get("DefaultEndpointsProtocol", "https")
+        suffix = conn.get("EndpointSuffix", "core.windows.net")
+        endpoint = f"{protocol}://{account}.blob.{suffix}"
+    if not endpoint:
+        raise _error(
+            url,
+            "no account: set AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, "
+            "AZURE_STORAGE_CONNECTION_STRING, or add ?endpoint=…",
+        )
+    options = {"container": parts.netloc, "root": _root(parts.path)}
+    options["endpoint"] = _endpoint(url, endpoint)
+    secrets = []
+    if account:
+        options["account_name"] = account
+    if key:
+        options["account_key"] = key
+        secrets.append(key)
+    if sas:
+        options["sas_token"] = sas
+        secrets.append(sas)
+    description = f"azblob://{parts.netloc}{options['root'].rstrip('/')} at {options['endpoint']}"
+    return _Spec("azblob", options, description, secrets=secrets)
+
+
+def _parse_webdav(url: str, env: Mapping[str, str]) -> _Spec:
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise _error(url, "invalid port") from None
+    if not host:
+        raise _error(url, "webdav URLs look like webdav://[user[:password]@]host[:port]/path")
+    _params(url, parts.query, ())
+    http = "https" if parts.scheme.lower() == "webdavs" else "http"
+    netloc = f"[{host}]" if ":" in host else host
+    endpoint = f"{http}://{netloc}" + (f":{port}" if port else "")
+    options = {"endpoint": endpoint, "root": _root(parts.path)}
+    user = unquote(parts.username) if parts.username else env.get("CLOUDKEEP_WEBDAV_USER")
+    password = unquote(parts.password) if parts.password else env.get("CLOUDKEEP_WEBDAV_PASSWORD")
+    secrets = []
+    if user:
+        options["username"] = user
+    if password:
+        options["password"] = password
+        secrets.append(password)
+    description = f"{parts.scheme.lower()}://{netloc}" + (f":{port}" if port else "")
+    description += options["root"].rstrip("/")
+    return _Spec("webdav", options, description, atomic_rename=True, secrets=secrets)
+
+
+def _parse_drive(url: str, env: Mapping[str, str]) -> _Spec:
+    parts = urlsplit(url)
+    service = parts.scheme.lower()
+    _no_userinfo(url, parts.netloc)
+    _params(url, parts.query, ())
+    root = _root(f"/{unquote(parts.netloc)}/{parts.path}")
+    prefix = f"CLOUDKEEP_{service.upper()}_"
+    options = {"root": root}
+    secrets = []
+    for name in ("ACCESS_TOKEN", "REFRESH_TOKEN", "CLIENT_ID", "CLIENT_SECRET"):
+        value = env.get(prefix + name)
+        if value:
+            options[name.lower()] = value
+            secrets.append(value)
+    if "access_token" not in options and "refresh_token" not in options:
+        raise _error(
+            url,
+            f"set {prefix}ACCESS_TOKEN, or {prefix}REFRESH_TOKEN with "
+            f"{prefix}CLIENT_ID and {prefix}CLIENT_SECRET",
+        )
+    return _Spec(service, options, f"{service}://{root.strip('/')}", secrets=secrets)
+
+
+_PARSERS: dict[str, Callable[[str, Mapping[str, str]], _Spec]] = {
+    "file": _parse_file,
+    "s3": _parse_s3,
+    "gcs": _parse_gcs,
+    "gs": _parse_gcs,
+    "azblob": _parse_azblob,
+    "webdav": _parse_webdav,
+    "webdavs": _parse_webdav,
+    **dict.fromkeys(_available_drives(), _parse_drive),
+}
+
+_memory_lock = threading.Lock()
+_memory_stores: dict[str, OpenDALStorage] = {}
+
+
+def _memory_store(url: str) -> OpenDALStorage:
+    parts = urlsplit(url)
+    if parts.path.strip("/") or parts.query or "@" in parts.netloc:
+        raise _error(url, "memory URLs look like memory:// or memory://name")
+    name = parts.netloc
+    if not name:
+        return OpenDALStorage(opendal.Operator("memory"), "memory://")
+    with _memory_lock:
+        store = _memory_stores.get(name)
+        if store is None:
+            store = OpenDALStorage(opendal.Operator("memory"), f"memory://{name}")
+            _memory_stores[name] = store
+        return store
+
+
+def drop_memory_store(url: str) -> None:
+    """Forget the named in-process store of ``memory://NAME`` (frees its memory)."""
+    with _memory_lock:
+        _memory_stores.pop(urlsplit(url).netloc, None)
+
+
+def store_timeouts(environ: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """(control, io) timeouts in seconds, from CLOUDKEEP_STORE_TIMEOUT or the defaults."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_TIMEOUT, "").strip()
+    try:
+        timeout = float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        raise ConfigurationError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
+    if not timeout > 0 or timeout == float("inf"):
+        raise ConfigurationError(f"{ENV_TIMEOUT} must be a positive number of seconds")
+    return timeout, timeout * IO_TIMEOUT_FACTOR
+
+
+def _spec(url: str, env: Mapping[str, str]) -> _Spec:
+    if not url or not url.strip():
+        raise _error(url, "empty store URL")
+    url = url.strip()
+    if "://" not in url:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\\]", url) and not os.path.exists(url):
+            scheme = url.split(":", 1)[0]
+            if scheme.lower() in SUPPORTED_SCHEMES:
+                raise _error(url, f"write {scheme}://…")
+        return _file_spec(url, url)
+    scheme = url.split("://", 1)[0].lower()
+    parser = _PARSERS.get(scheme)
+    if parser is None:
+        raise _error(url, f"unknown scheme {scheme!r}")
+    try:
+        return parser(url, env)
+    except ValueError as exc:
+        raise _error(url, str(exc)) from None
+
+
+def open_store(
+    url: str,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Storage:
+    """Open the store named by ``url``, wrapped with timeouts and retries.
+
+    ``retry`` and ``timeout`` (control-call seconds; data calls get 5x) override
+    the environment. Raises ``ConfigurationError`` for a bad URL or settings;
+    nothing is contacted until the first operation.
+    """
+    policy = retry if retry is not None else RetryPolicy.from_env()
+    if timeout is None:
+        control, io = store_timeouts()
+    elif timeout > 0:
+        control, io = timeout, timeout * IO_TIMEOUT_FACTOR
+    else:
+        raise ConfigurationError("the store timeout must be positive")
+    if url.strip().lower().startswith("memory:"):
+        return RetryingStorage.with_policy(_memory_store(url.strip()), policy)
+    spec = _spec(url, os.environ)
+    try:
+        operator = opendal.Operator(spec.service, **spec.options)
+    except Exception as exc:
+        reason = summarize_error(exc, spec.secrets)
+        raise _error(url, f"{spec.service}: {reason}") from None
+    operator = operator.layer(TimeoutLayer(timeout=control, io_timeout=io))
+    raw = OpenDALStorage(
+        operator, spec.description, atomic_rename=spec.atomic_rename, secrets=spec.secrets
+    )
+    return RetryingStorage.with_policy(raw, policy)
