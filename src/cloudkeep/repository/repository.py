@@ -1,0 +1,395 @@
+"""The repository: config, keys, packs, index and sealed files in one store.
+
+Store layout (see docs/format.md)::
+
+    config                 plaintext JSON: format version, repository id, chunker parameters
+    keys/<id>              master key wrapped by a passphrase-derived key (Argon2id)
+    data/<xx>/<pack id>    packs of sealed, compressed blobs
+    index/<id>             which pack holds each blob
+    snapshots/<backup id>  one sealed manifest per backup, written last, create-only
+    locks/<id>             shared/exclusive locks with expiry (space reclaim vs. backups)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import zstandard
+
+from cloudkeep.errors import (
+    FormatTooNew,
+    KeyMissing,
+    RepositoryDamaged,
+    RepositoryExists,
+    RepositoryNotFound,
+    WrongPassphrase,
+)
+from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
+from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
+from cloudkeep.repository.keys import unwrap_key, wrap_key
+from cloudkeep.repository.packs import BlobType, PackBuilder, pack_name
+from cloudkeep.storage.base import ObjectExists, ObjectNotFound, Storage
+
+FORMAT_VERSION = 1
+PACK_TARGET_SIZE = 8 * 1024 * 1024
+_RAW, _ZSTD = 0, 1
+# SQLite pages are chunked at this granularity: measured in docs/format.md.
+DEFAULT_CHUNKER = {
+    "sqlite_chunk_bytes": 4096,
+    "cdc_min": 256 * 1024,
+    "cdc_avg": 1024 * 1024,
+    "cdc_max": 4 * 1024 * 1024,
+}
+
+
+class BlobDamaged(Exception):
+    """A blob failed verification: missing pack, bad ciphertext or wrong content hash."""
+
+    def __init__(self, blob_id: bytes, reason: str) -> None:
+        super().__init__(f"blob {blob_id.hex()[:16]}: {reason}")
+        self.blob_id = blob_id
+
+
+class Repository:
+    """An unlocked repository. Thread-safe for concurrent blob reads and writes."""
+
+    def __init__(
+        self, storage: Storage, config: dict, key: MasterKey, cache_dir: Path | None
+    ) -> None:
+        self.storage = storage
+        self.config = config
+        self.key = key
+        self.sealer = Sealer(key)
+        self.index = MasterIndex()
+        self._cache_dir = cache_dir / config["id"] if cache_dir else None
+        self._compressor = threading.local()
+
+    # ----------------------------------------------------------------- opening
+    @staticmethod
+    def read_config(storage: Storage) -> dict:
+        try:
+            raw = storage.get("config")
+        except ObjectNotFound as exc:
+            raise RepositoryNotFound(
+                f"no cloudkeep repository at {storage.describe()} "
+                "(run 'cloudkeep init' or 'cloudkeep backup' to create one)"
+            ) from exc
+        try:
+            config = json.loads(raw)
+            version = int(config["version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RepositoryDamaged(f"the repository config at {storage.describe()} is unreadable") from exc
+        if version > FORMAT_VERSION:
+            raise FormatTooNew(
+                f"the repository uses format {version}, this cloudkeep reads up to "
+                f"{FORMAT_VERSION}: update cloudkeep"
+            )
+        return config
+
+    @classmethod
+    def exists(cls, storage: Storage) -> bool:
+        try:
+            storage.stat("config")
+            return True
+        except ObjectNotFound:
+            return False
+
+    @classmethod
+    def init(cls, storage: Storage, passphrase: str, cache_dir: Path | None = None) -> Repository:
+        if cls.exists(storage):
+            raise RepositoryExists(f"a repository already exists at {storage.describe()}")
+        key = MasterKey.generate()
+        config = {
+            "version": FORMAT_VERSION,
+            "id": uuid.uuid4().hex,
+            "created": datetime.now(UTC).isoformat(),
+            "chunker": dict(DEFAULT_CHUNKER),
+            "pack_size": PACK_TARGET_SIZE,
+        }
+        # The key goes first: a config without a key would be an unopenable repository.
+        storage.put(f"keys/{uuid.uuid4().hex}", wrap_key(key, passphrase))
+        try:
+            storage.put("config", json.dumps(config, indent=1).encode(), create_only=True)
+        except ObjectExists as exc:
+            raise RepositoryExists(f"a repository already exists at {storage.describe()}") from exc
+        return cls(storage, config, key, cache_dir)
+
+    @classmethod
+    def open(
+        cls, storage: Storage, passphrase: str | None, cache_dir: Path | None = None
+    ) -> Repository:
+        config = cls.read_config(storage)
+        if not passphrase:
+            raise KeyMissing("no passphrase or key file given to open the repository")
+        key_names = [info.name for info in storage.list("keys/")]
+        if not key_names:
+            raise KeyMissing(f"the repository at {storage.describe()} has no key files")
+        for name in key_names:
+            try:
+                key = unwrap_key(storage.get(name), passphrase)
+            except ObjectNotFound:
+                continue
+            if key is not None:
+                return cls(storage, config, key, cache_dir)
+        raise WrongPassphrase("wrong passphrase: no key of this repository opens with it")
+
+    @property
+    def chunker(self) -> dict[str, int]:
+        return self.config.get("chunker", DEFAULT_CHUNKER)
+
+    # -------------------------------------------------------------- sealed files
+    def save_file(self, kind: str, name: str, plaintext: bytes, *, create_only: bool = False) -> None:
+        sealed = self.sealer.seal(zstandard.ZstdCompressor(level=3).compress(plaintext), kind.encode())
+        self.storage.put(f"{kind}/{name}", sealed, create_only=create_only)
+        self._cache_put(kind, name, sealed)
+
+    def load_file(self, kind: str, name: str) -> bytes:
+        """Decrypted content of an immutable file, from the local cache when present."""
+        sealed = self._cache_get(kind, name)
+        from_cache = sealed is not None
+        if sealed is None:
+            sealed = self.storage.get(f"{kind}/{name}")
+        try:
+            plaintext = zstandard.ZstdDecompressor().decompress(
+                self.sealer.open(sealed, kind.encode()), max_output_size=1 << 31
+            )
+        except (DecryptionFailed, zstandard.ZstdError) as exc:
+            if from_cache:
+                self._cache_drop(kind, name)
+                return self.load_file(kind, name)
+            raise RepositoryDamaged(f"{kind}/{name} is damaged: {exc}") from exc
+        if not from_cache:
+            self._cache_put(kind, name, sealed)
+        return plaintext
+
+    def list_files(self, kind: str) -> list[str]:
+        names = [info.name[len(kind) + 1 :] for info in self.storage.list(f"{kind}/")]
+        self._cache_prune(kind, set(names))
+        return names
+
+    def delete_file(self, kind: str, name: str) -> None:
+        self.storage.delete(f"{kind}/{name}")
+        self._cache_drop(kind, name)
+
+    # ------------------------------------------------------------------- cache
+    def _cache_path(self, kind: str, name: str) -> Path | None:
+        if self._cache_dir is None or kind not in ("index", "snapshots"):
+            return None
+        return self._cache_dir / kind / name
+
+    def _cache_get(self, kind: str, name: str) -> bytes | None:
+        path = self._cache_path(kind, name)
+        try:
+            return path.read_bytes() if path else None
+        except OSError:
+            return None
+
+    def _cache_put(self, kind: str, name: str, sealed: bytes) -> None:
+        path = self._cache_path(kind, name)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.write_bytes(sealed)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the cache only saves requests; never fail an operation over it
+
+    def _cache_drop(self, kind: str, name: str) -> None:
+        path = self._cache_path(kind, name)
+        if path:
+            path.unlink(missing_ok=True)
+
+    def _cache_prune(self, kind: str, live: set[str]) -> None:
+        folder = self._cache_dir / kind if self._cache_dir else None
+        if folder is None or not folder.is_dir() or kind not in ("index", "snapshots"):
+            return
+        for path in folder.iterdir():
+            if path.name not in live and not path.name.startswith("."):
+                path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------- index
+    def load_index(self) -> MasterIndex:
+        index = MasterIndex()
+        for name in self.list_files("index"):
+            index_file = self.read_index_file(name)
+            for pack_id, entries in index_file.packs.items():
+                index.add_pack(pack_id, entries)
+        self.index = index
+        return index
+
+    def read_index_file(self, name: str) -> IndexFile:
+        try:
+            return IndexFile.decode(self._load_index_compressed(name))
+        except IndexFormatError as exc:
+            raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
+
+    def _load_index_compressed(self, name: str) -> bytes:
+        sealed = self._cache_get("index", name)
+        if sealed is not None:
+            try:
+                return self.sealer.open(sealed, INDEX_AAD)
+            except DecryptionFailed:
+                self._cache_drop("index", name)
+        sealed = self.storage.get(f"index/{name}")
+        try:
+            compressed = self.sealer.open(sealed, INDEX_AAD)
+        except DecryptionFailed as exc:
+            raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
+        self._cache_put("index", name, sealed)
+        return compressed
+
+    def write_index_file(self, index_file: IndexFile) -> str:
+        sealed = self.sealer.seal(index_file.encode(), INDEX_AAD)
+        name = uuid.uuid4().hex
+        self.storage.put(f"index/{name}", sealed)
+        self._cache_put("index", name, sealed)
+        return name
+
+    # ------------------------------------------------------------------- blobs
+    def seal_blob(self, blob_id: bytes, data: bytes | memoryview) -> bytes:
+        """Compress (when it pays) and seal one blob; GIL-free in zstd and AES."""
+        compressor = getattr(self._compressor, "zstd", None)
+        if compressor is None:
+            compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=3)
+        compressed = compressor.compress(data)
+        if len(compressed) < len(data):
+            return self.sealer.seal(b"\x01" + compressed, blob_id)
+        return self.sealer.seal(b"\x00" + bytes(data), blob_id)
+
+    def open_blob(self, blob_id: bytes, sealed: bytes | memoryview) -> bytes:
+        """Decrypt, decompress and verify one blob against its id."""
+        try:
+            plaintext = self.sealer.open(sealed, blob_id)
+        except DecryptionFailed as exc:
+            raise BlobDamaged(blob_id, str(exc)) from exc
+        if not plaintext:
+            raise BlobDamaged(blob_id, "empty payload")
+        if plaintext[0] == _ZSTD:
+            try:
+                data = zstandard.ZstdDecompressor().decompress(plaintext[1:], max_output_size=1 << 30)
+            except zstandard.ZstdError as exc:
+                raise BlobDamaged(blob_id, f"does not decompress: {exc}") from exc
+        elif plaintext[0] == _RAW:
+            data = plaintext[1:]
+        else:
+            raise BlobDamaged(blob_id, "unknown payload encoding")
+        if self.sealer.blob_id(data) != blob_id:
+            raise BlobDamaged(blob_id, "content does not match its id")
+        return data
+
+    def read_blob(self, blob_id: bytes) -> bytes:
+        location = self.index.lookup(blob_id)
+        if location is None:
+            raise BlobDamaged(blob_id, "not in the index")
+        try:
+            sealed = self.storage.get(pack_name(location.pack_id), location.offset, location.length)
+        except ObjectNotFound as exc:
+            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is missing") from exc
+        if len(sealed) != location.length:
+            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated")
+        return self.open_blob(blob_id, sealed)
+
+    def pack_writer(self) -> PackWriter:
+        return PackWriter(self)
+
+
+class PackWriter:
+    """Collects sealed blobs into packs and uploads them in the background.
+
+    Uploads overlap with chunking (two at a time, bounded so memory stays flat).
+    ``flush`` uploads the partial pack and writes the index of everything
+    uploaded, so a manifest written afterwards never points at unindexed data.
+    """
+
+    def __init__(self, repo: Repository, max_pending_uploads: int = 3) -> None:
+        self._repo = repo
+        self._lock = threading.Lock()
+        self._builder = PackBuilder()
+        self._pending: set[bytes] = set()
+        self._uploads: list[Future[None]] = []
+        self._slots = threading.BoundedSemaphore(max_pending_uploads)
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
+        self._unindexed = IndexFile()
+        self._index_files: list[str] = []
+        self._flushed_packs: list[str] = []
+        self.uploaded_bytes = 0
+        self.new_blobs = 0
+
+    def known(self, blob_id: bytes) -> bool:
+        """Already stored, or queued for storing by this writer."""
+        return blob_id in self._repo.index or blob_id in self._pending
+
+    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
+        """Queue a sealed blob; False if it turned out to be known already."""
+        with self._lock:
+            if self.known(blob_id):
+                return False
+            self._pending.add(blob_id)
+            self._builder.add(blob_type, blob_id, sealed, raw_length)
+            self.new_blobs += 1
+            if self._builder.size < self._repo.config.get("pack_size", PACK_TARGET_SIZE):
+                return True
+            builder, self._builder = self._builder, PackBuilder()
+        self._submit(builder)
+        return True
+
+    def _submit(self, builder: PackBuilder) -> None:
+        self._raise_failed_uploads()
+        self._slots.acquire()
+        future = self._executor.submit(self._upload, builder)
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._uploads.append(future)
+
+    def _upload(self, builder: PackBuilder) -> None:
+        pack_id, content = builder.finish(self._repo.sealer)
+        self._repo.storage.put(pack_name(pack_id), content)
+        with self._lock:
+            self._repo.index.add_pack(pack_id, builder.entries)
+            self._pending.difference_update(e.blob_id for e in builder.entries)
+            self._unindexed.packs[pack_id] = builder.entries
+            self.uploaded_bytes += len(content)
+
+    def _raise_failed_uploads(self) -> None:
+        still_running = []
+        for future in self._uploads:
+            if future.done():
+                future.result()  # re-raises the upload's error here, in the caller
+            else:
+                still_running.append(future)
+        self._uploads = still_running
+
+    def flush(self) -> list[str]:
+        """Upload everything queued and index it; returns the new index file names."""
+        with self._lock:
+            builder, self._builder = self._builder, PackBuilder()
+        if builder.entries:
+            self._submit(builder)
+        for future in self._uploads:
+            future.result()
+        self._uploads = []
+        with self._lock:
+            unindexed, self._unindexed = self._unindexed, IndexFile()
+        if unindexed.packs:
+            self._index_files.append(self._repo.write_index_file(unindexed))
+            self._flushed_packs += unindexed.packs
+        return list(self._index_files)
+
+    def flushed_pack_ids(self) -> list[str]:
+        return list(self._flushed_packs)
+
+    def close(self) -> None:
+        """Stop the upload threads (after flush, or abandoning queued work on cancel)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def unindexed_pack_ids(self) -> list[str]:
+        """Packs uploaded since the last flush: garbage if the backup is abandoned."""
+        with self._lock:
+            return list(self._unindexed.packs)

@@ -1,0 +1,84 @@
+"""Where the data is, where it goes, and how it is unlocked.
+
+Resolved once per command from options, then environment variables, then the
+embedded defaults (a data folder and a local "cloud" folder under the user's
+data directory), so ``cloudkeep backup`` works on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from cloudkeep.errors import ConfigurationError
+
+APP = "cloudkeep"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP)) / "production"
+
+
+def default_store_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP)) / "cloud"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: Path
+    store: str
+    passphrase: str | None = None
+    device_name: str = ""
+    config_dir: Path = Path(platformdirs.user_config_dir(APP))
+    cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
+    data_is_default: bool = False
+
+    @classmethod
+    def resolve(
+        cls,
+        data: str | Path | None = None,
+        store: str | None = None,
+        passphrase_file: str | Path | None = None,
+        device_name: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> Settings:
+        env = os.environ if environ is None else environ
+        data_value = data or env.get("CLOUDKEEP_DATA")
+        store_value = store or env.get("CLOUDKEEP_STORE") or default_store_dir().as_uri()
+        passphrase = None
+        file_value = passphrase_file or env.get("CLOUDKEEP_PASSPHRASE_FILE")
+        if file_value:
+            passphrase = _read_passphrase_file(Path(file_value).expanduser())
+        elif env.get("CLOUDKEEP_PASSPHRASE"):
+            passphrase = env["CLOUDKEEP_PASSPHRASE"]
+        config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or platformdirs.user_config_dir(APP))
+        cache_dir = Path(env.get("CLOUDKEEP_CACHE_DIR") or platformdirs.user_cache_dir(APP))
+        return cls(
+            data=Path(data_value).expanduser().absolute() if data_value else default_data_dir(),
+            store=store_value,
+            passphrase=passphrase,
+            device_name=device_name or env.get("CLOUDKEEP_DEVICE_NAME") or socket.gethostname(),
+            config_dir=config_dir,
+            cache_dir=cache_dir,
+            data_is_default=not data_value,
+        )
+
+    @property
+    def default_key_file(self) -> Path:
+        return self.config_dir / "repository.key"
+
+
+def _read_passphrase_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigurationError(f"the passphrase file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigurationError(f"the passphrase file {path} is empty")
+    return text

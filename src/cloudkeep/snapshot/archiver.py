@@ -1,0 +1,235 @@
+"""Making a backup: scan, capture, chunk, deduplicate, seal, pack, upload, manifest.
+
+The pipeline keeps both cores busy: the main thread reads and cuts chunks into
+batches of a few MiB; two workers hash, compress and seal each batch (BLAKE3,
+zstd and AES-GCM release the GIL); two uploader threads send finished packs.
+At most a handful of batches and packs are in flight, so memory stays flat
+whatever the size of the data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from pyfastcdc import FastCDC
+
+from cloudkeep import __version__
+from cloudkeep.errors import CloudkeepError, DataSourceError
+from cloudkeep.repository.locks import RepositoryLock
+from cloudkeep.repository.packs import BlobType, pack_name
+from cloudkeep.repository.repository import Repository
+from cloudkeep.snapshot.manifest import (
+    CHUNKS_PER_LIST_BLOB,
+    FileEntry,
+    Manifest,
+    created_from_us,
+    current_platform,
+    encode_chunk_list,
+    new_backup_id,
+    now_us,
+)
+from cloudkeep.snapshot.progress import ProgressFn, Tracker
+from cloudkeep.snapshot.sources import SourceItem, scan, sqlite_image, sqlite_page_size
+from cloudkeep.storage.base import ObjectExists, StorageError
+
+BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCHES_IN_FLIGHT = 4
+REREADS_OF_CHANGING_FILE = 2
+LOCK_TIMEOUT_SECONDS = 600.0
+
+
+class _Batcher:
+    """Sends chunks to the workers in batches and collects (id, size) in order."""
+
+    def __init__(self, repo: Repository, writer, executor: ThreadPoolExecutor, tracker: Tracker):
+        self._repo = repo
+        self._writer = writer
+        self._executor = executor
+        self._tracker = tracker
+        self._current: list[bytes] = []
+        self._current_bytes = 0
+        self._in_flight: deque[Future[list[tuple[bytes, int]]]] = deque()
+        self.results: list[tuple[bytes, int]] = []
+
+    def add(self, chunk: bytes) -> None:
+        self._current.append(chunk)
+        self._current_bytes += len(chunk)
+        if self._current_bytes >= BATCH_BYTES:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._current:
+            return
+        self._tracker.check_canceled()
+        batch, self._current, self._current_bytes = self._current, [], 0
+        self._in_flight.append(self._executor.submit(self._process, batch))
+        while len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            self.results += self._in_flight.popleft().result()
+
+    def _process(self, batch: list[bytes]) -> list[tuple[bytes, int]]:
+        repo, writer = self._repo, self._writer
+        out = []
+        for chunk in batch:
+            blob_id = repo.sealer.blob_id(chunk)
+            if not writer.known(blob_id):
+                writer.add(BlobType.DATA, blob_id, repo.seal_blob(blob_id, chunk), len(chunk))
+            out.append((blob_id, len(chunk)))
+        self._tracker.advance(sum(len(c) for c in batch))
+        return out
+
+    def finish(self) -> list[tuple[bytes, int]]:
+        self._submit()
+        while self._in_flight:
+            self.results += self._in_flight.popleft().result()
+        results, self.results = self.results, []
+        return results
+
+
+def _page_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    page_size = sqlite_page_size(path)
+    size = max(page_size, chunk_bytes // page_size * page_size)
+    with path.open("rb", buffering=0) as handle:
+        while True:
+            block = handle.read(BATCH_BYTES // size * size or size)
+            if not block:
+                return
+            view = memoryview(block)
+            for start in range(0, len(block), size):
+                yield bytes(view[start : start + size])
+
+
+def _cdc_chunks(path: Path, chunker: FastCDC) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        for chunk in chunker.cut_stream(handle):
+            yield bytes(chunk.data)
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        scratch: Path,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.repo = repo
+        self.scratch = scratch
+        self.progress = progress
+        self.cancel = cancel
+        params = repo.chunker
+        self._cdc = FastCDC(
+            params["cdc_avg"],
+            min_size=params["cdc_min"],
+            max_size=params["cdc_max"],
+            seed=repo.key.chunker_seed(),
+        )
+        self.warnings: list[str] = []
+
+    def run(self, source: Path, device_name: str) -> Manifest:
+        kind, items = scan(source)
+        tracker = Tracker("backup", sum(i.size for i in items), self.progress, self.cancel)
+        tracker.advance(0)
+        with RepositoryLock(self.repo, exclusive=False, purpose="backup").acquire(
+            LOCK_TIMEOUT_SECONDS
+        ):
+            self.repo.load_index()
+            writer = self.repo.pack_writer()
+            executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
+            try:
+                batcher = _Batcher(self.repo, writer, executor, tracker)
+                entries = [self._entry(item, batcher, writer, tracker) for item in items]
+                tracker.check_canceled()
+                writer.flush()
+            except BaseException:
+                executor.shutdown(wait=True, cancel_futures=True)
+                writer.close()
+                self._discard_uploads(writer)
+                raise
+            executor.shutdown(wait=True)
+            writer.close()
+            return self._save_manifest(source, kind, device_name, items, entries)
+
+    def _entry(self, item: SourceItem, batcher: _Batcher, writer, tracker: Tracker) -> FileEntry:
+        entry = FileEntry(item.relative, item.type, item.mode, item.mtime_ns, item.size,
+                          item.sqlite, item.target)
+        if item.type != "file":
+            return entry
+        tracker.check_canceled()
+        chunks = self._read_file(item, batcher)
+        entry.size = sum(size for _, size in chunks)
+        for start in range(0, len(chunks), CHUNKS_PER_LIST_BLOB):
+            listing = encode_chunk_list(chunks[start : start + CHUNKS_PER_LIST_BLOB])
+            list_id = self.repo.sealer.blob_id(listing)
+            if not writer.known(list_id):
+                writer.add(BlobType.TREE, list_id, self.repo.seal_blob(list_id, listing),
+                           len(listing))
+            entry.content.append(list_id.hex())
+        return entry
+
+    def _read_file(self, item: SourceItem, batcher: _Batcher) -> list[tuple[bytes, int]]:
+        try:
+            if item.sqlite:
+                with sqlite_image(item.path, self.scratch) as image:
+                    for chunk in _page_chunks(image, self.repo.chunker["sqlite_chunk_bytes"]):
+                        batcher.add(chunk)
+                    return batcher.finish()
+            for attempt in range(REREADS_OF_CHANGING_FILE + 1):
+                before = item.path.stat()
+                for chunk in _cdc_chunks(item.path, self._cdc):
+                    batcher.add(chunk)
+                chunks = batcher.finish()
+                after = item.path.stat()
+                if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+                    return chunks
+                if attempt == REREADS_OF_CHANGING_FILE:
+                    self.warnings.append(
+                        f"{item.relative} kept changing while it was read; "
+                        "the backup holds the last read"
+                    )
+                    return chunks
+        except FileNotFoundError:
+            self.warnings.append(f"{item.relative} vanished during the backup")
+            return batcher.finish()
+        except PermissionError as exc:
+            raise DataSourceError(f"cannot read {item.path}: permission denied") from exc
+        raise AssertionError("unreachable")
+
+    def _discard_uploads(self, writer) -> None:
+        """Remove packs this failed backup uploaded but never indexed (best effort)."""
+        for pack_id in writer.unindexed_pack_ids():
+            try:
+                self.repo.storage.delete(pack_name(pack_id))
+            except (StorageError, CloudkeepError):
+                pass
+
+    def _save_manifest(
+        self, source: Path, kind: str, device_name: str, items: list[SourceItem],
+        entries: list[FileEntry],
+    ) -> Manifest:
+        stamp = now_us()
+        while True:
+            manifest = Manifest(
+                id=new_backup_id(stamp),
+                version=__version__,
+                timestamp=str(stamp),
+                bytes=sum(e.size for e in entries if e.type == "file"),
+                created=created_from_us(stamp),
+                device_name=device_name,
+                platform=current_platform(),
+                hostname=socket.gethostname(),
+                source=str(source),
+                kind=kind,
+                files=entries,
+                warnings=self.warnings,
+            )
+            try:
+                self.repo.save_file("snapshots", manifest.id, manifest.encode(), create_only=True)
+                return manifest
+            except ObjectExists:
+                stamp += 1 + int.from_bytes(os.urandom(1), "little")

@@ -1,0 +1,245 @@
+"""Restoring a backup: fetch byte ranges of packs, verify every blob, swap atomically.
+
+Files are written into a staging folder beside the destination (same filesystem),
+every blob authenticated and checked against its id, fsynced, and only then
+swapped in (see ``swap``). A single-file SQLite source is restored into the live
+database through SQLite's backup API, one transaction that a running app sees
+as an ordinary commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cloudkeep.errors import CloudkeepError, RepositoryDamaged, UserError
+from cloudkeep.repository.locks import RepositoryLock
+from cloudkeep.repository.packs import pack_name
+from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
+from cloudkeep.snapshot.progress import ProgressFn, Tracker
+from cloudkeep.snapshot.sources import BUSY_TIMEOUT_SECONDS, is_sqlite
+from cloudkeep.snapshot.swap import fsync_dir, recover, replace_atomically
+from cloudkeep.storage.base import ObjectNotFound
+
+MAX_RANGE_BYTES = 8 * 1024 * 1024
+MAX_RANGE_GAP = 512 * 1024
+FILES_PER_BATCH = 256
+CHUNKS_PER_BATCH = 200_000
+FETCH_THREADS = 4
+LOCK_TIMEOUT_SECONDS = 600.0
+_STAGING = re.compile(r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(destination: Path) -> None:
+    """Remove staging folders of restores that were killed before their swap."""
+    recover(destination)
+    parent = destination.parent
+    if not parent.is_dir():
+        return
+    for path in parent.iterdir():
+        match = _STAGING.match(path.name)
+        if match and match["name"] == destination.name and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class Restorer:
+    def __init__(
+        self,
+        repo: Repository,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.repo = repo
+        self.progress = progress
+        self.cancel = cancel
+
+    def run(self, manifest: Manifest, live: Path, target: Path | None) -> Path:
+        """Restore ``manifest``; returns the path now holding the restored data."""
+        if target is not None:
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise UserError(
+                    f"the restore target {target} exists and is not empty; "
+                    "choose a new or empty folder"
+                )
+            destination = target
+        else:
+            destination = live
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(destination)
+        staging = destination.parent / (
+            f".{destination.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        tracker = Tracker("restore", manifest.bytes, self.progress, self.cancel)
+        tracker.advance(0)
+        try:
+            staging.mkdir()
+            with RepositoryLock(self.repo, exclusive=False, purpose="restore").acquire(
+                LOCK_TIMEOUT_SECONDS
+            ):
+                self.repo.load_index()
+                self._materialize(manifest, staging, tracker)
+            tracker.check_canceled()
+            if manifest.kind == "file" and target is None:
+                self._replace_single_file(staging / manifest.files[0].path, live)
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                replace_atomically(staging, destination)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return destination
+
+    # ------------------------------------------------------------------ writing
+    def _materialize(self, manifest: Manifest, staging: Path, tracker: Tracker) -> None:
+        files: list[FileEntry] = []
+        for entry in manifest.files:
+            path = staging / entry.path
+            if entry.type == "dir":
+                path.mkdir(parents=True, exist_ok=True)
+            elif entry.type == "symlink":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(entry.target, path)
+            elif entry.type == "file":
+                files.append(entry)
+        batch: list[FileEntry] = []
+        for entry in files:
+            batch.append(entry)
+            if len(batch) >= FILES_PER_BATCH:
+                self._write_batch(batch, staging, tracker)
+                batch = []
+        if batch:
+            self._write_batch(batch, staging, tracker)
+        for entry in reversed(manifest.files):  # children before parents: dir mtimes stick
+            path = staging / entry.path
+            if entry.type in ("file", "dir"):
+                os.chmod(path, entry.mode)
+                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+        for folder, _dirs, _files in os.walk(staging):
+            fsync_dir(Path(folder))
+
+    def _chunks_of(self, entry: FileEntry) -> list[tuple[bytes, int]]:
+        chunks: list[tuple[bytes, int]] = []
+        for list_id in entry.content:
+            try:
+                chunks += decode_chunk_list(self.repo.read_blob(bytes.fromhex(list_id)))
+            except (BlobDamaged, ValueError) as exc:
+                raise RepositoryDamaged(f"cannot restore {entry.path}: {exc}") from exc
+        return chunks
+
+    def _write_batch(self, batch: list[FileEntry], staging: Path, tracker: Tracker) -> None:
+        destinations: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
+        descriptors: list[int] = []
+        try:
+            for number, entry in enumerate(batch):
+                path = staging / entry.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                descriptors.append(fd)
+                offset = 0
+                for blob_id, size in self._chunks_of(entry):
+                    destinations[blob_id].append((number, offset))
+                    offset += size
+                if offset != entry.size:
+                    raise RepositoryDamaged(f"the chunk list of {entry.path} does not add up")
+                os.ftruncate(fd, offset)
+            self._fetch_and_write(destinations, descriptors, tracker)
+            for fd in descriptors:
+                os.fsync(fd)
+        finally:
+            for fd in descriptors:
+                os.close(fd)
+
+    def _fetch_and_write(
+        self, destinations: dict[bytes, list[tuple[int, int]]], descriptors: list[int],
+        tracker: Tracker,
+    ) -> None:
+        by_pack: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
+        for blob_id in destinations:
+            location = self.repo.index.lookup(blob_id)
+            if location is None:
+                raise RepositoryDamaged(f"blob {blob_id.hex()[:16]} is not in the index")
+            by_pack[location.pack_id].append((location.offset, location.length, blob_id))
+        ranges: list[tuple[str, int, int, list[tuple[int, int, bytes]]]] = []
+        for pack_id, blobs in by_pack.items():
+            blobs.sort()
+            current: list[tuple[int, int, bytes]] = []
+            for blob in blobs:
+                if current:
+                    start, end = current[0][0], current[-1][0] + current[-1][1]
+                    if blob[0] - end > MAX_RANGE_GAP or blob[0] + blob[1] - start > MAX_RANGE_BYTES:
+                        ranges.append((pack_id, start, end - start, current))
+                        current = []
+                current.append(blob)
+            start, end = current[0][0], current[-1][0] + current[-1][1]
+            ranges.append((pack_id, start, end - start, current))
+
+        def fetch(job: tuple[str, int, int, list[tuple[int, int, bytes]]]) -> None:
+            tracker.check_canceled()
+            pack_id, start, length, blobs = job
+            try:
+                data = self.repo.storage.get(pack_name(pack_id), start, length)
+            except ObjectNotFound as exc:
+                raise RepositoryDamaged(f"pack {pack_id[:16]} is missing") from exc
+            if len(data) != length:
+                raise RepositoryDamaged(f"pack {pack_id[:16]} is truncated")
+            view = memoryview(data)
+            written = 0
+            for offset, blob_length, blob_id in blobs:
+                try:
+                    plain = self.repo.open_blob(
+                        blob_id, view[offset - start : offset - start + blob_length]
+                    )
+                except BlobDamaged as exc:
+                    raise RepositoryDamaged(f"{exc} (in pack {pack_id[:16]})") from exc
+                for number, file_offset in destinations[blob_id]:
+                    os.pwrite(descriptors[number], plain, file_offset)
+                    written += len(plain)
+            tracker.advance(written)
+
+        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch") as pool:
+            futures = [pool.submit(fetch, job) for job in ranges]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    # ------------------------------------------------------------- single file
+    @staticmethod
+    def _replace_single_file(staged: Path, live: Path) -> None:
+        if live.exists() and is_sqlite(live) and is_sqlite(staged):
+            try:
+                source = sqlite3.connect(staged)
+                target = sqlite3.connect(live, timeout=BUSY_TIMEOUT_SECONDS)
+                try:
+                    source.backup(target, pages=-1)
+                finally:
+                    target.close()
+                    source.close()
+                return
+            except sqlite3.Error as exc:
+                raise CloudkeepError(f"cannot write the restored database into {live}: {exc}") from exc
+        os.replace(staged, live)
+        with contextlib.suppress(OSError):
+            fsync_dir(live.parent)

@@ -1,0 +1,148 @@
+"""Reading the local database folder: what to back up, and consistent images of it.
+
+SQLite files (recognised by their 16-byte header, not their name) are captured
+through SQLite itself with the online backup API in a single step: it holds one
+read transaction, so the image is the database at one committed moment, WAL
+contents included, while the owning app keeps writing (in WAL mode the writer
+is never blocked). Their ``-wal``/``-shm``/``-journal`` companions are not
+copied raw: the image already holds every committed page. Other files are
+streamed and re-read when they change underneath us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudkeep.errors import DataSourceError
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+RESTORE_MARKER = ".cloudkeep-"  # staging folders of our own restores, never backed up
+BUSY_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    relative: str  # posix path relative to the root ("" for a single-file source's parent)
+    path: Path
+    type: str  # "file" | "dir" | "symlink"
+    mode: int
+    mtime_ns: int
+    size: int
+    sqlite: bool
+    target: str = ""
+
+
+def is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(16) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def sqlite_page_size(path: Path) -> int:
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    raw = int.from_bytes(header[16:18], "big")
+    return 65536 if raw == 1 else raw or 4096
+
+
+def _item(path: Path, relative: str) -> SourceItem | None:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return SourceItem(relative, path, "symlink", 0o777, info.st_mtime_ns, 0, False,
+                          os.readlink(path))
+    if stat.S_ISDIR(info.st_mode):
+        return SourceItem(relative, path, "dir", stat.S_IMODE(info.st_mode), info.st_mtime_ns,
+                          0, False)
+    if stat.S_ISREG(info.st_mode):
+        return SourceItem(relative, path, "file", stat.S_IMODE(info.st_mode), info.st_mtime_ns,
+                          info.st_size, is_sqlite(path))
+    return None  # sockets, fifos, devices: not data
+
+
+def scan(root: Path) -> tuple[str, list[SourceItem]]:
+    """The kind of source ("folder"/"file") and its items, sorted, companions dropped."""
+    try:
+        if root.is_file():
+            item = _item(root, root.name)
+            assert item is not None
+            return "file", [item]
+        if not root.is_dir():
+            raise DataSourceError(f"the data path {root} does not exist")
+        items: list[SourceItem] = []
+        for folder, dirnames, filenames in os.walk(root, onerror=_raise):
+            dirnames.sort()
+            folder_path = Path(folder)
+            for name in sorted(dirnames + filenames):
+                if RESTORE_MARKER in name:
+                    continue
+                path = folder_path / name
+                relative = path.relative_to(root).as_posix()
+                item = _item(path, relative)
+                if item is not None:
+                    items.append(item)
+    except PermissionError as exc:
+        raise DataSourceError(f"cannot read {exc.filename}: permission denied") from exc
+    except OSError as exc:
+        raise DataSourceError(f"cannot read the data path {root}: {exc.strerror}") from exc
+    databases = {item.relative for item in items if item.sqlite}
+    kept = [
+        item
+        for item in items
+        if not any(
+            item.relative.endswith(suffix) and item.relative[: -len(suffix)] in databases
+            for suffix in COMPANION_SUFFIXES
+        )
+    ]
+    return "folder", kept
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+@contextlib.contextmanager
+def sqlite_image(path: Path, scratch: Path) -> Iterator[Path]:
+    """A consistent copy of a live SQLite database, removed afterwards.
+
+    ``pages=-1`` copies everything in one step under one read transaction, so a
+    concurrent writer cannot make the backup restart (as stepwise copies do).
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix="capture-", suffix=".db", dir=scratch)
+    os.close(handle)
+    image = Path(name)
+    try:
+        try:
+            source = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS
+            )
+        except sqlite3.Error:
+            # A WAL database without its -shm cannot be opened read-only; a normal
+            # connection recreates it (as any reader of the app would).
+            source = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            source.execute("PRAGMA query_only=1")
+            target = sqlite3.connect(image)
+            try:
+                source.backup(target, pages=-1)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        yield image
+    except sqlite3.Error as exc:
+        raise DataSourceError(f"cannot read the SQLite database {path}: {exc}") from exc
+    finally:
+        image.unlink(missing_ok=True)
+        for suffix in COMPANION_SUFFIXES:
+            Path(f"{image}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,197 @@
+"""The data folder and the repository it is kept in: what both front ends drive.
+
+The CLI and the HTTP server only translate between their users and these
+methods; all of them block, so the server runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cloudkeep.errors import (
+    KeyMissing,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UserError,
+)
+from cloudkeep.repository.crypto import MasterKey
+from cloudkeep.repository.repository import Repository
+from cloudkeep.settings import Settings
+from cloudkeep.snapshot.archiver import Archiver
+from cloudkeep.snapshot.checker import Checker, CheckReport
+from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
+from cloudkeep.snapshot.progress import Progress, ProgressFn
+from cloudkeep.snapshot.reclaim import ReclaimReport, delete_backup, try_reclaim
+from cloudkeep.snapshot.restorer import Restorer
+from cloudkeep.storage.base import ObjectNotFound, Storage
+from cloudkeep.storage.url import open_store
+
+__all__ = ["BackupInfo", "CheckReport", "Progress", "Workspace"]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    id: str
+    version: str
+    timestamp: str
+    bytes: int
+    created: datetime
+    device_name: str
+    platform: str
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> BackupInfo:
+        return cls(
+            id=manifest.id,
+            version=manifest.version,
+            timestamp=manifest.timestamp,
+            bytes=manifest.bytes,
+            created=manifest.created_at,
+            device_name=manifest.device_name,
+            platform=manifest.platform,
+            warnings=tuple(manifest.warnings),
+        )
+
+
+class Workspace:
+    def __init__(self, settings: Settings, notice: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self._notice = notice or (lambda message: log.warning("%s", message))
+        self._storage: Storage | None = None
+        self._unlocked: tuple[dict, MasterKey] | None = None
+        self._open_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ opening
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_store(self.settings.store)
+        return self._storage
+
+    def _passphrase(self, creating: bool) -> str:
+        if self.settings.passphrase:
+            return self.settings.passphrase
+        key_file = self.settings.default_key_file
+        if key_file.exists():
+            return key_file.read_text(encoding="utf-8").strip()
+        if not creating:
+            raise KeyMissing(
+                "no passphrase given and no key file at "
+                f"{key_file}: set CLOUDKEEP_PASSPHRASE or use --passphrase-file"
+            )
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        self._notice(
+            f"generated a new repository key at {key_file} (mode 0600). Keep a copy of it "
+            "somewhere safe: without it your backups cannot be read."
+        )
+        return key_file.read_text(encoding="utf-8").strip()
+
+    def init(self) -> None:
+        if Repository.exists(self.storage):
+            raise RepositoryExists(f"a repository already exists at {self.storage.describe()}")
+        repo = Repository.init(self.storage, self._passphrase(creating=True), self._cache())
+        self._unlocked = (repo.config, repo.key)
+
+    def repository(self, create: bool = False) -> Repository:
+        """A fresh handle on the unlocked repository (one per operation: own index)."""
+        with self._open_lock:
+            if self._unlocked is None:
+                cache = self._cache()
+                if create and not Repository.exists(self.storage):
+                    try:
+                        repo = Repository.init(self.storage, self._passphrase(True), cache)
+                    except RepositoryExists:  # another device created it meanwhile
+                        repo = Repository.open(self.storage, self._passphrase(False), cache)
+                else:
+                    Repository.read_config(self.storage)  # "no repository" before "no key"
+                    repo = Repository.open(self.storage, self._passphrase(False), cache)
+                self._unlocked = (repo.config, repo.key)
+            config, key = self._unlocked
+        return Repository(self.storage, config, key, self._cache())
+
+    def _cache(self) -> Path:
+        return self.settings.cache_dir / "repositories"
+
+    # --------------------------------------------------------------- operations
+    def backup(
+        self, progress: ProgressFn | None = None, cancel: threading.Event | None = None
+    ) -> BackupInfo:
+        data = self.settings.data
+        if self.settings.data_is_default:
+            data.mkdir(parents=True, exist_ok=True)
+        repo = self.repository(create=True)
+        archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
+        return BackupInfo.of(archiver.run(data, self.settings.device_name))
+
+    def list(self) -> list[BackupInfo]:
+        try:
+            repo = self.repository()
+        except RepositoryNotFound:
+            return []
+        infos = []
+        for name in repo.list_files("snapshots"):
+            try:
+                infos.append(BackupInfo.of(Manifest.decode(repo.load_file("snapshots", name))))
+            except ObjectNotFound:
+                continue  # deleted while we listed
+        infos.sort(key=lambda info: int(info.timestamp), reverse=True)
+        return infos
+
+    def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
+        validate_backup_id(backup_id)
+        repo = repo or self.repository()
+        try:
+            return Manifest.decode(repo.load_file("snapshots", backup_id))
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"no backup {backup_id} in {self.storage.describe()}") from None
+
+    def get(self, backup_id: str) -> BackupInfo:
+        return BackupInfo.of(self.manifest(backup_id))
+
+    def restore(
+        self,
+        backup_id: str,
+        target: Path | None = None,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> BackupInfo:
+        repo = self.repository()
+        manifest = self.manifest(backup_id, repo)
+        live = self.settings.data
+        if target is None and manifest.kind == "folder" and live.is_file():
+            raise UserError(
+                f"backup {backup_id} holds a folder but the data path {live} is a file; "
+                "restore it with --target"
+            )
+        if target is None and manifest.kind == "file" and live.is_dir():
+            raise UserError(
+                f"backup {backup_id} holds one file but the data path {live} is a folder; "
+                "restore it with --target"
+            )
+        Restorer(repo, progress, cancel).run(manifest, live, target)
+        return BackupInfo.of(manifest)
+
+    def delete(self, backup_id: str) -> ReclaimReport | None:
+        repo = self.repository()
+        self.manifest(backup_id, repo)
+        delete_backup(repo, backup_id)
+        return try_reclaim(repo)
+
+    def check(
+        self, read_data: bool = False, progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CheckReport:
+        return Checker(self.repository(), progress, cancel).run(read_data)
