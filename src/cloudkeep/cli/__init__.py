@@ -1,1 +1,1 @@
-"""cli layer."""
+"""The command-line front end: parse, call the Workspace, print. Nothing else."""

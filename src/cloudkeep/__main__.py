@@ -1,0 +1,5 @@
+"""``python -m cloudkeep``."""
+
+from cloudkeep.cli.main import run
+
+run()

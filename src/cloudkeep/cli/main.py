@@ -1,0 +1,241 @@
+"""``cloudkeep``: restic-style commands over the Workspace.
+
+Exit codes: 0 success, 1 user error, 2 repository damage found by check,
+3 storage unreachable. Expected failures print one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cloudkeep import __version__
+from cloudkeep.cli.output import err, notice, print_json, progress_bar
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.settings import Settings
+from cloudkeep.workspace import Workspace
+
+app = typer.Typer(
+    name="cloudkeep",
+    help="Keep a local database backed up to storage you own.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app_key = typer.Typer(help="Manage the application keys the server accepts.", no_args_is_help=True)
+app.add_typer(app_key, name="app-key")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cloudkeep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    data: Annotated[
+        str | None,
+        typer.Option(envvar="CLOUDKEEP_DATA", help="The local database: a folder or one SQLite file."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(envvar="CLOUDKEEP_STORE",
+                     help="Where backups go, e.g. file:///path, s3://bucket/prefix."),
+    ] = None,
+    passphrase_file: Annotated[
+        str | None,
+        typer.Option(envvar="CLOUDKEEP_PASSPHRASE_FILE",
+                     help="File holding the repository passphrase (or put the passphrase "
+                     "itself in CLOUDKEEP_PASSPHRASE)."),
+    ] = None,
+    device_name: Annotated[
+        str | None,
+        typer.Option(envvar="CLOUDKEEP_DEVICE_NAME",
+                     help="Name of this device in the backup list (default: host name)."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Keep a local database backed up to storage you own."""
+    ctx.obj = Settings.resolve(data, store, passphrase_file, device_name)
+
+
+def workspace(ctx: typer.Context) -> Workspace:
+    return Workspace(ctx.obj, notice=notice)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the repository in the store."""
+    ws = workspace(ctx)
+    ws.init()
+    notice(f"created a repository at {ws.storage.describe()}")
+
+
+@app.command()
+def backup(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Back up the data folder now (creating the repository if needed)."""
+    from cloudkeep.wire import backup_from_info
+
+    ws = workspace(ctx)
+    with progress_bar("backup") as progress:
+        info = ws.backup(progress=progress)
+    for warning in info.warnings:
+        notice(f"warning: {warning}")
+    if json:
+        print_json(backup_from_info(info).to_json())
+    else:
+        print(f"backup {info.id} of {info.bytes:,} bytes saved ({info.device_name})")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Every backup in the store, all devices, newest first."""
+    from cloudkeep.wire import backups_from_infos
+
+    infos = workspace(ctx).list()
+    if json:
+        print_json(backups_from_infos(infos).to_json())
+        return
+    if not infos:
+        print("no backups yet")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "created (UTC)", "device", "platform", "bytes", box=None)
+    for info in infos:
+        table.add_row(info.id, info.created.strftime("%Y-%m-%d %H:%M:%S"), info.device_name,
+                      info.platform, f"{info.bytes:,}")
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to restore.")],
+    target: Annotated[
+        Path | None,
+        typer.Option(help="Restore into this new or empty folder instead of the live data."),
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Restore a backup into the live data path (atomically), or into --target."""
+    from cloudkeep.wire import backup_from_info
+
+    ws = workspace(ctx)
+    with progress_bar("restore") as progress:
+        info = ws.restore(backup_id, target.absolute() if target else None, progress=progress)
+    if json:
+        print_json(backup_from_info(info).to_json())
+    else:
+        print(f"restored backup {info.id} into {target or ws.settings.data}")
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to delete.")],
+) -> None:
+    """Delete a backup and reclaim the space no other backup uses."""
+    reclaimed = workspace(ctx).delete(backup_id)
+    print(f"deleted backup {backup_id}")
+    if reclaimed is None:
+        notice("other clients are using the repository: space is reclaimed by a later delete")
+    elif reclaimed.bytes_freed:
+        notice(f"reclaimed {reclaimed.bytes_freed:,} bytes ({reclaimed.packs_deleted} packs)")
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    read_data: Annotated[
+        bool, typer.Option("--read-data", help="Download and verify every stored byte.")
+    ] = False,
+) -> None:
+    """Verify the repository's structure, and with --read-data every byte."""
+    with progress_bar("check") as progress:
+        report = workspace(ctx).check(read_data=read_data, progress=progress)
+    for warning in report.warnings:
+        notice(f"warning: {warning}")
+    for error in report.errors:
+        err.print(f"error: {error}", soft_wrap=True, markup=False)
+    scope = f"{report.bytes_read:,} bytes read" if read_data else "structure only"
+    print(f"checked {report.backups} backups, {report.packs} packs, {report.blobs} blobs "
+          f"({scope})")
+    if not report.ok:
+        for backup_id in report.damaged_backups:
+            print(f"damaged backup: {backup_id}")
+        print("the repository is damaged")
+        raise typer.Exit(2)
+    print("no errors were found")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default localhost).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 1000, else the first free of 39300-39333).")
+    ] = None,
+    require_app_key: Annotated[
+        bool, typer.Option(help="Require X-Application-ID on every request.")
+    ] = False,
+    allow_origin: Annotated[
+        list[str] | None, typer.Option(help="A browser origin allowed to call the API.")
+    ] = None,
+) -> None:
+    """Run the Pieces OS Backups API server."""
+    from cloudkeep.api.server import serve as run_server
+
+    run_server(ctx.obj, host=host, port=port, require_app_key=require_app_key,
+               allowed_origins=allow_origin or [])
+
+
+@app_key.command("create")
+def app_key_create(ctx: typer.Context) -> None:
+    """Issue a new application key (shown once) for X-Application-ID."""
+    from cloudkeep.api.appkeys import create_app_key
+
+    print(create_app_key(ctx.obj.config_dir))
+
+
+def run() -> None:
+    """Console-script entry: map expected failures to one line and an exit code."""
+    logging.basicConfig(level=os.environ.get("CLOUDKEEP_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except CloudkeepError as exc:
+        err.print(f"cloudkeep: error: {exc}", soft_wrap=True, markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("cloudkeep: interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
+        if os.environ.get("CLOUDKEEP_DEBUG"):
+            raise
+        err.print(f"cloudkeep: internal error: {type(exc).__name__}: {exc} "
+                  "(set CLOUDKEEP_DEBUG=1 for details)", soft_wrap=True, markup=False)
+        sys.exit(70)
