@@ -1,0 +1,176 @@
+"""Errors as text/plain responses with the status codes the SDKs document.
+
+Every expected failure is a ``CloudkeepError`` whose ``http_status`` says what it is;
+this module only adjusts the few whose meaning differs for an HTTP client and adds
+a line saying what to do. Anything else is a bug: 500, logged with a trace id that
+the client also receives, so a report can be matched to the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloudkeep.api.jobs import new_trace_id
+from cloudkeep.errors import (
+    Busy,
+    Canceled,
+    CloudkeepError,
+    ConfigurationError,
+    FormatTooNew,
+    KeyMissing,
+    RepositoryNotFound,
+    StoreUnreachable,
+    WrongPassphrase,
+)
+
+__all__ = [
+    "ApiError",
+    "CatchAllMiddleware",
+    "error_text",
+    "install_error_handlers",
+    "status_for",
+    "text_response",
+]
+
+log = logging.getLogger("cloudkeep.api")
+
+_HINTS: tuple[tuple[type[CloudkeepError], str], ...] = (
+    (
+        RepositoryNotFound,
+        "Create a backup first (POST /backups/create) or check the store "
+        "URL the server was started with (CLOUDKEEP_STORE / --store).",
+    ),
+    (
+        WrongPassphrase,
+        "Start the server with the repository's passphrase "
+        "(CLOUDKEEP_PASSPHRASE names the file holding it).",
+    ),
+    (
+        KeyMissing,
+        "Start the server with the repository's passphrase "
+        "(CLOUDKEEP_PASSPHRASE names the file holding it).",
+    ),
+    (
+        ConfigurationError,
+        "Fix the server's configuration (--data, --store, CLOUDKEEP_PASSPHRASE) and restart it.",
+    ),
+    (FormatTooNew, "Update cloudkeep to a version that reads this repository."),
+    (StoreUnreachable, "Check the network and the store's credentials, then retry."),
+    (Busy, "Wait for the other operation to finish, then retry."),
+)
+
+
+class ApiError(Exception):
+    """A refusal decided by the HTTP layer itself (bad id, bad body, conflicting ids)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def status_for(exc: CloudkeepError) -> int:
+    """The HTTP status of an engine error.
+
+    A server whose store or passphrase is unusable cannot be fixed by the client's
+    request: that is 511 ("connect to your cloud"), not a 400.
+    """
+    if isinstance(exc, ConfigurationError):
+        return 511
+    if isinstance(exc, Canceled):
+        return 409
+    return int(getattr(exc, "http_status", 500) or 500)
+
+
+def error_text(exc: CloudkeepError) -> str:
+    """One line of what happened, one of what to do."""
+    message = str(exc).strip() or (type(exc).__doc__ or type(exc).__name__).strip()
+    for kind, hint in _HINTS:
+        if isinstance(exc, kind):
+            return f"{message}\n{hint}\n"
+    return f"{message}\n"
+
+
+def text_response(status: int, text: str) -> PlainTextResponse:
+    if not text.endswith("\n"):
+        text += "\n"
+    return PlainTextResponse(text, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every expected error to a text/plain body (the SDKs read errors as ``str``)."""
+
+    @app.exception_handler(CloudkeepError)
+    async def _cloudkeep_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CloudkeepError)
+        return text_response(status_for(exc), error_text(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return text_response(exc.status, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        lines = []
+        for error in exc.errors()[:10]:
+            where = ".".join(str(part) for part in error.get("loc", ()))
+            lines.append(f"{where}: {error.get('msg', 'invalid')}")
+        return text_response(422, "Invalid request:\n" + "\n".join(lines))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        response = text_response(exc.status_code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+
+class CatchAllMiddleware:
+    """Turns an unexpected exception into a 500 text body with a trace id, logged once.
+
+    Sits inside Starlette's ServerErrorMiddleware so the exception is not re-raised
+    (and printed a second time) by the server.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            trace_id = new_trace_id()
+            log.exception(
+                "unhandled error in %s %s [trace %s]",
+                scope.get("method"),
+                scope.get("path"),
+                trace_id,
+            )
+            if started:
+                return  # a stream already under way: closing it is all that is left
+            response = text_response(
+                500,
+                f"Internal server error (a bug in cloudkeep). Trace id: {trace_id}. "
+                "The server log holds the details under that id.",
+            )
+            await response(scope, receive, send)

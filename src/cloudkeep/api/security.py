@@ -1,0 +1,243 @@
+"""Request guards that run before routing, for HTTP and WebSocket alike.
+
+A local HTTP service is reachable from every web page the user opens. Two browser
+attacks matter: DNS rebinding (an attacker's name resolving to 127.0.0.1; caught by the
+``Host`` check) and cross-site requests (caught by the ``Origin`` check). Non-browser
+clients (SDKs, curl) send no ``Origin`` and a loopback ``Host``, so they pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloudkeep.api.appkeys import AppKeyVerifier
+
+__all__ = [
+    "APP_KEY_HEADER",
+    "DEFAULT_MAX_BODY",
+    "GuardMiddleware",
+    "GuardPolicy",
+    "is_loopback_name",
+    "split_host",
+]
+
+APP_KEY_HEADER = "x-application-id"
+DEFAULT_MAX_BODY = 1024 * 1024
+# Reachable without an app key: discovery (the SDK wrapper probes health) and the docs.
+OPEN_PATHS = frozenset(
+    {
+        "/.well-known/health",
+        "/.well-known/version",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/openapi.json",
+        "/redoc",
+    }
+)
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``Host`` header → (lowercase name, port); None when malformed."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else ""
+    elif value.count(":") == 1:
+        name, port_text = value.split(":")
+    elif ":" in value:
+        return None
+    else:
+        name, port_text = value, ""
+    if port_text:
+        if not port_text.isdigit() or int(port_text) > 65535:
+            return None
+        port: int | None = int(port_text)
+    else:
+        port = None
+    name = name.lower().rstrip(".")
+    return (name, port) if name else None
+
+
+def is_loopback_name(name: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (names a DNS-rebinding attacker cannot control)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """What the guard accepts; built once by ``create_app``."""
+
+    allowed_origins: frozenset[str] = frozenset()
+    extra_hosts: frozenset[str] = frozenset()
+    any_host: bool = False
+    verifier: AppKeyVerifier | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    open_paths: frozenset[str] = field(default=OPEN_PATHS)
+
+    @staticmethod
+    def normalize_origins(origins: Iterable[str]) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/").lower() for o in origins if o.strip())
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if host_header is None:
+            return False
+        parsed = split_host(host_header)
+        if parsed is None:
+            return False
+        name, _ = parsed
+        return self.any_host or is_loopback_name(name) or name in self.extra_hosts
+
+    def origin_allowed(self, origin: str, host_header: str | None) -> bool:
+        """Allow-listed origins, or our own origin (the /docs page served by us)."""
+        normalized = origin.strip().rstrip("/").lower()
+        if normalized in self.allowed_origins:
+            return True
+        if normalized == "null" or host_header is None:
+            return False
+        parts = urlsplit(normalized)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False
+        origin_host = split_host(parts.netloc)
+        request_host = split_host(host_header.lower())
+        if origin_host is None or request_host is None:
+            return False
+        default = 443 if parts.scheme == "https" else 80
+        same = origin_host[0] == request_host[0] and (origin_host[1] or default) == (
+            request_host[1] or default
+        )
+        return same and self.host_allowed(host_header)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Host → Origin → app key → body size, for ``http`` and ``websocket`` scopes."""
+
+    def __init__(self, app: ASGIApp, policy: GuardPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        policy = self.policy
+        if not policy.host_allowed(host):
+            await _deny(
+                scope,
+                send,
+                403,
+                "Forbidden: the Host header must name this machine's "
+                "loopback (localhost, 127.0.0.1 or [::1]); requests for other host names "
+                "are refused to prevent DNS rebinding.\n",
+            )
+            return
+        origin = headers.get("origin")
+        if origin is not None and not policy.origin_allowed(origin, host):
+            await _deny(
+                scope,
+                send,
+                403,
+                f"Forbidden: cross-origin request from {origin[:200]} "
+                "is not allowed; add the origin to the server's allowed origins "
+                "(--allow-origin) if it is trusted.\n",
+            )
+            return
+        is_preflight = (
+            scope["type"] == "http"
+            and scope["method"] == "OPTIONS"
+            and "access-control-request-method" in headers
+        )
+        if (
+            policy.verifier is not None
+            and not is_preflight
+            and scope["path"] not in policy.open_paths
+            and not policy.verifier.verify(headers.get(APP_KEY_HEADER))
+        ):
+            await _deny(
+                scope,
+                send,
+                401,
+                "Unauthorized: this server requires an application key "
+                "in the X-Application-ID header; create one with "
+                "`cloudkeep app-key create`.\n",
+            )
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > policy.max_body):
+            await _deny(
+                scope, send, 413, f"Request body too large: the limit is {policy.max_body} bytes.\n"
+            )
+            return
+        await self._limited(scope, receive, send)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count chunked bodies too: a missing Content-Length must not bypass the limit."""
+        received = 0
+        started = False
+        limit = self.policy.max_body
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await _deny(scope, send, 413, f"Request body too large: the limit is {limit} bytes.\n")
+
+
+async def _deny(scope: Scope, send: Send, status: int, text: str) -> None:
+    """Plain-text refusal; for WebSockets an HTTP response where the server supports it."""
+    body = text.encode("utf-8")
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.close", "code": 1008, "reason": text[:120]})

@@ -1,0 +1,152 @@
+"""What the routes talk to: the engine (opened lazily), the list cache and the jobs.
+
+The Workspace is opened on first use, not at startup, so a server whose store or
+passphrase is not usable yet still starts and answers every request with a 511
+that says what to fix, instead of refusing to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+from cloudkeep.api.cache import BackupListCache
+from cloudkeep.api.errors import ApiError
+from cloudkeep.api.jobs import JOB_PREFIX, Job, JobKind, JobManager
+from cloudkeep.errors import InvalidSnapshotId, SnapshotNotFound
+from cloudkeep.wire import Backup, backup_from_info, current_platform
+
+if TYPE_CHECKING:
+    from cloudkeep.settings import Settings
+    from cloudkeep.workspace import BackupInfo, Workspace
+
+__all__ = ["BackupService", "validate_id"]
+
+log = logging.getLogger("cloudkeep.api")
+
+# Backup ids are ``version_timestamp``; job ids ``job-<hex>``. Anything else (slashes,
+# dots-only, control characters, absurd lengths) is refused before it reaches storage.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def validate_id(value: str) -> str:
+    """The id, or ApiError 404 (an id that cannot exist is simply not found)."""
+    if not _ID.fullmatch(value) or ".." in value:
+        raise ApiError(
+            404,
+            f"No backup with id {value[:80]!r}: ids look like "
+            "<version>_<timestamp> (see GET /backups).",
+        )
+    return value
+
+
+def _not_found(backup_id: str) -> ApiError:
+    return ApiError(404, f"No backup with id {backup_id!r} in the store (see GET /backups).")
+
+
+class BackupService:
+    """One per app; owns the worker thread (``start``/``stop`` from the lifespan)."""
+
+    def __init__(self, settings: Settings, *, list_ttl: float = 30.0) -> None:
+        self.settings = settings
+        self._workspace: Workspace | None = None
+        self._workspace_lock = threading.Lock()
+        self.cache = BackupListCache(self._load_list, ttl=list_ttl)
+        self.jobs = JobManager(
+            self.workspace,
+            device_name=self._device_name,
+            platform=current_platform(),
+            on_created=lambda info: self.cache.add(backup_from_info(info)),
+        )
+
+    # -- engine ------------------------------------------------------------------
+    def workspace(self) -> Workspace:
+        """Open on first use; a failure is not kept, so fixing the config needs no restart."""
+        with self._workspace_lock:
+            if self._workspace is None:
+                from cloudkeep.workspace import Workspace
+
+                self._workspace = Workspace(self.settings)
+            return self._workspace
+
+    def _device_name(self) -> str:
+        name: Any = getattr(self.settings, "device_name", None)
+        if name:
+            return str(name)
+        import socket
+
+        return socket.gethostname()
+
+    def _load_list(self) -> list[Backup]:
+        return [backup_from_info(info) for info in self.workspace().list()]
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self.jobs.start()
+        self.cache.refresh_in_background()  # warm: the first GET /backups is then instant
+
+    def stop(self) -> None:
+        self.jobs.stop()
+
+    # -- reads -------------------------------------------------------------------
+    async def list_body(self) -> bytes:
+        """The Backups JSON; from cache when possible, never blocking the loop."""
+        snapshot = self.cache.peek()
+        if snapshot is not None:
+            if not self.cache.is_fresh():
+                self.cache.refresh_in_background()
+            return snapshot.body
+        return (await run_in_threadpool(self.cache.load)).body
+
+    async def get(self, backup_id: str) -> Backup:
+        """A stored backup (cache first, then the store: it may come from another process)."""
+        validate_id(backup_id)
+        snapshot = self.cache.peek()
+        if snapshot is not None and backup_id in snapshot.by_id:
+            return snapshot.by_id[backup_id]
+        if backup_id.startswith(JOB_PREFIX):
+            raise _not_found(backup_id)
+        try:
+            info: BackupInfo = await run_in_threadpool(self._get_info, backup_id)
+        except (SnapshotNotFound, InvalidSnapshotId) as exc:
+            raise _not_found(backup_id) from exc
+        return backup_from_info(info)
+
+    def _get_info(self, backup_id: str) -> BackupInfo:
+        return self.workspace().get(backup_id)
+
+    # -- changes -----------------------------------------------------------------
+    async def delete(self, backup_id: str) -> None:
+        validate_id(backup_id)
+        if backup_id.startswith(JOB_PREFIX):
+            raise _not_found(backup_id)
+        try:
+            await run_in_threadpool(self._delete, backup_id)
+        except (SnapshotNotFound, InvalidSnapshotId) as exc:
+            raise _not_found(backup_id) from exc
+        self.cache.remove(backup_id)
+
+    def _delete(self, backup_id: str) -> None:
+        self.workspace().delete(backup_id)
+
+    def create(self) -> tuple[Job, Any]:
+        return self.jobs.submit_creation(asyncio.get_running_loop())
+
+    async def restore(self, backup_id: str) -> tuple[Job, Any]:
+        """Check the backup exists (404 now rather than FAILED later), then queue."""
+        backup = await self.get(backup_id)
+        return self.jobs.submit_restoration(backup, asyncio.get_running_loop())
+
+    # -- job lookups -------------------------------------------------------------
+    async def creation_job(self, ident: str) -> Job | None:
+        validate_id(ident)
+        return self.jobs.find(JobKind.CREATION, ident)
+
+    async def restoration_job(self, ident: str) -> Job | None:
+        validate_id(ident)
+        return self.jobs.find(JobKind.RESTORATION, ident)
