@@ -43,6 +43,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _SECRET_PARAM = re.compile(
     r"(?i)(?P<key>[\w-]*(?:signature|token|password|secret|credential|sig|key)[\w-]*=)[^&\s\"']+"
 )
+_STATUS = re.compile(r"\bstatus: (\d{3})\b")
 _MAX_MESSAGE = 300
 
 
@@ -87,6 +88,12 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def _is_temporary(exc: BaseException) -> bool:
     head = _HEAD.match(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
     return bool(head and head.group("status") == "temporary")
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status OpenDAL put in the error context, if any."""
+    found = _STATUS.search(str(exc))
+    return int(found.group(1)) if found else None
 
 
 def check_name(name: str) -> None:
@@ -165,9 +172,12 @@ class OpenDALStorage:
             return ObjectNotFound(f"{where}: no such object (it is a folder)")
         if isinstance(exc, oe.ConditionNotMatch | oe.AlreadyExists) and create_only:
             return ObjectExists(f"{where}: the object already exists")
-        if isinstance(exc, oe.PermissionDenied | oe.ConfigInvalid):
+        status = _http_status(exc)
+        if isinstance(exc, oe.PermissionDenied | oe.ConfigInvalid) or status in (401, 403):
             return StoreRejected(message)
         if isinstance(exc, oe.RateLimited) or _is_temporary(exc):
+            return StorageUnavailable(message)
+        if status is not None and (status in (408, 429) or status >= 500):
             return StorageUnavailable(message)
         return StorageError(message)
 
@@ -180,15 +190,18 @@ class OpenDALStorage:
         if self._atomic_rename:
             self._put_via_rename(name, payload, create_only=create_only)
         elif create_only and self._native_create_only:
-            self._write(name, payload, create_only=True, if_not_exists=True)
+            self._write(name, payload, name=name, create_only=True, if_not_exists=True)
         else:
             if create_only and self._exists(name):
                 raise self._exists_error(name)
-            self._write(name, payload, create_only=create_only)
+            self._write(name, payload, name=name, create_only=create_only)
 
-    def _write(self, name: str, payload: bytes, *, create_only: bool, **options: bool) -> None:
+    def _write(
+        self, path: str, payload: bytes, *, name: str, create_only: bool, **options: bool
+    ) -> None:
+        """Write ``payload`` at ``path``, reporting failures as a put of ``name``."""
         try:
-            self._op.write(name, payload, **options)
+            self._op.write(path, payload, **options)
         except Exception as exc:
             if not is_opendal_error(exc):
                 raise
@@ -196,7 +209,7 @@ class OpenDALStorage:
 
     def _put_via_rename(self, name: str, payload: bytes, *, create_only: bool) -> None:
         temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        self._write(temp, payload, create_only=False)
+        self._write(temp, payload, name=name, create_only=False)
         try:
             if create_only and self._exists(name):
                 raise self._exists_error(name)
@@ -250,7 +263,10 @@ class OpenDALStorage:
             if options and type(error) is StorageError:
                 # Services report an unsatisfiable range in different ways
                 # (RangeNotSatisfied, "reader got too little data"): say it plainly.
-                self._check_range(name, offset, length, self.stat(name).size)
+                size = self.stat(name).size
+                self._check_range(name, offset, length, size)
+                if offset == size:
+                    return b""  # S3 refuses "bytes=SIZE-" although it is just empty
             raise error from exc
         if not isinstance(data, bytes):
             data = bytes(data)
