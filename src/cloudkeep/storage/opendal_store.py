@@ -45,6 +45,7 @@ _SECRET_PARAM = re.compile(
 )
 _STATUS = re.compile(r"\bstatus: (\d{3})\b")
 _MAX_MESSAGE = 300
+_CUT_SHORT = "reader got too little data"
 
 
 def is_opendal_error(exc: BaseException) -> bool:
@@ -177,6 +178,9 @@ class OpenDALStorage:
             return StoreRejected(message)
         if isinstance(exc, oe.RateLimited) or _is_temporary(exc):
             return StorageUnavailable(message)
+        if _CUT_SHORT in str(exc):
+            # A body that ends early (once ranges are ruled out) is a dropped transfer.
+            return StorageUnavailable(message)
         if status is not None and (status in (408, 429) or status >= 500):
             return StorageUnavailable(message)
         return StorageError(message)
@@ -260,7 +264,7 @@ class OpenDALStorage:
             if not is_opendal_error(exc):
                 raise
             error = self._translate(exc, "get", name)
-            if options and type(error) is StorageError:
+            if options and not isinstance(error, ObjectNotFound | StoreRejected):
                 # Services report an unsatisfiable range in different ways
                 # (RangeNotSatisfied, "reader got too little data"): say it plainly.
                 size = self.stat(name).size
