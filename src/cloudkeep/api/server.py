@@ -39,6 +39,11 @@ FALLBACK_PORTS = range(39300, 39334)
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
+def _announce(message: str) -> None:
+    """Flushed: whoever started the server may be waiting on a pipe for the URL."""
+    print(message, flush=True)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if host == "localhost":
@@ -63,7 +68,7 @@ def bind_listening_socket(
     *,
     default_port: int = DEFAULT_PORT,
     fallback: Iterable[int] = FALLBACK_PORTS,
-    notice: Callable[[str], None] = print,
+    notice: Callable[[str], None] = _announce,
 ) -> socket.socket:
     """Bind ``port`` exactly when given; otherwise the default, then the fallback range."""
     if port is not None:
@@ -118,7 +123,7 @@ def serve(
     app_key_dir: Path | None = None,
     log_level: str = "info",
     max_body: int = DEFAULT_MAX_BODY,
-    announce: Callable[[str], None] = print,
+    announce: Callable[[str], None] = _announce,
 ) -> None:
     """Serve until interrupted (Ctrl-C cancels running jobs; nothing partial is left).
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from cloudkeep.api.cache import BackupListCache
 from cloudkeep.api.errors import ApiError
 from cloudkeep.api.jobs import JOB_PREFIX, Job, JobKind, JobManager
-from cloudkeep.errors import InvalidSnapshotId, SnapshotNotFound
+from cloudkeep.errors import InvalidSnapshotId, RepositoryNotFound, SnapshotNotFound
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
@@ -113,7 +113,9 @@ class BackupService:
             raise _not_found(backup_id)
         try:
             info: BackupInfo = await run_in_threadpool(self._get_info, backup_id)
-        except (SnapshotNotFound, InvalidSnapshotId) as exc:
+        except (SnapshotNotFound, InvalidSnapshotId, RepositoryNotFound) as exc:
+            # No repository yet means no backups: the id is simply unknown (as GET /backups
+            # answers an empty list rather than an error).
             raise _not_found(backup_id) from exc
         return backup_from_info(info)
 
@@ -127,7 +129,7 @@ class BackupService:
             raise _not_found(backup_id)
         try:
             await run_in_threadpool(self._delete, backup_id)
-        except (SnapshotNotFound, InvalidSnapshotId) as exc:
+        except (SnapshotNotFound, InvalidSnapshotId, RepositoryNotFound) as exc:
             raise _not_found(backup_id) from exc
         self.cache.remove(backup_id)
 
