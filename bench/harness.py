@@ -52,6 +52,8 @@ class Measure:
     stdout: str = ""
     repo_bytes_before: int = 0
     repo_bytes_after: int = 0
+    other_cpu_s: float = 0.0
+    loadavg_1m: float = 0.0
     note: str = ""
 
     @property
@@ -67,7 +69,7 @@ class Measure:
         return d
 
 
-class _RssSampler(threading.Thread):
+class RssSampler(threading.Thread):
     """Polls the tree every 20 ms: peak of summed RSS, plus each process's own VmHWM.
 
     Polling can miss a short spike, so the kernel's per-process high-water mark is kept
@@ -128,24 +130,35 @@ def run_measured(cmd: Cmd, log_path: Path, repo: Path | None = None) -> Measure:
     with open(log_path, "wb") as err, open(out_path, "wb") as out:
         err.write(f"$ {' '.join(cmd.argv)}\n".encode())
         err.flush()
+        load = os.getloadavg()[0]
+        busy0 = _busy_cpu_s()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = psutil.Popen(cmd.argv, env=env, cwd=cmd.cwd, stdout=out, stderr=err,
                             stdin=subprocess.DEVNULL)
-        sampler = _RssSampler(proc)
+        sampler = RssSampler(proc)
         sampler.start()
         rc = proc.wait()
         wall = time.perf_counter() - t0
         sampler.stop.set()
         sampler.join()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy = _busy_cpu_s() - busy0
     user = ru1.ru_utime - ru0.ru_utime
     sys_ = ru1.ru_stime - ru0.ru_stime
     stdout = out_path.read_text(errors="replace")
     return Measure(wall_s=round(wall, 4), cpu_s=round(user + sys_, 4), user_s=round(user, 4),
                    sys_s=round(sys_, 4), peak_rss_bytes=sampler.peak, rc=rc, log=str(log_path),
-                   stdout=stdout, repo_bytes_before=before,
+                   stdout=stdout, repo_bytes_before=before, loadavg_1m=round(load, 2),
+                   other_cpu_s=round(max(0.0, busy - user - sys_), 3),
                    repo_bytes_after=dir_bytes(repo) if repo else 0)
+
+
+def _busy_cpu_s() -> float:
+    """Machine-wide non-idle CPU seconds, to spot other load skewing a measurement."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(
+        t, "guest_nice", 0.0)
 
 
 def run_quiet(cmd: Cmd, check: bool = True, timeout: float | None = None
@@ -202,9 +215,12 @@ def file_digest(p: Path) -> str:
 
 
 def source_state(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) per file, to notice a tool that writes into the data it backs up."""
+    """(size, mtime_ns) per file, to notice a tool that writes into the data it backs up.
+
+    -shm files are left out: any SQLite reader legitimately writes its read marks there.
+    """
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in iter_files(root)}
+            for p in iter_files(root) if not p.name.endswith("-shm")}
 
 
 def machine_info() -> dict[str, Any]:
@@ -390,7 +406,7 @@ class Cloudkeep(Tool):
             items = next((v for v in items.values() if isinstance(v, list)), [items])
         if not items:
             raise RuntimeError("cloudkeep list --json returned no backups")
-        ident = find_id(items[-1])
+        ident = find_id(items[0])  # `cloudkeep list` is documented newest first
         if ident is None:
             raise RuntimeError(f"cannot find a backup id in: {r.stdout[:300]}")
         return ident

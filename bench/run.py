@@ -120,6 +120,8 @@ def verify_restore(source: Path, target: Path) -> dict[str, Any]:
 def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int) -> dict[str, Any]:
     """The four steps for one tool; stops at the first failing step."""
     out: dict[str, Any] = {"version": tool.version(), "steps": {}}
+    if tool.workdir.exists():
+        shutil.rmtree(tool.workdir)
     copy_tree(base, live)
     tool.setup()
     out["page_cache"] = harness.page_cache_read_speed(live)  # also the warm-up read
@@ -169,6 +171,31 @@ def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int) -> dict[str, 
     log(f"{tool.name}: restore verified: {out['verify']['ok']} "
         f"{'; '.join(out['verify'].get('problems', [])[:3])}")
     out["repo_bytes"] = harness.dir_bytes(tool.repo)
+    return out
+
+
+MEDIAN_KEYS = ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_bytes", "added_bytes",
+               "other_cpu_s")
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each figure over repeated runs (the machine may be shared and noisy)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = {**runs[-1], "steps": {}, "runs": [r.get("steps", {}) for r in runs]}
+    for step in STEPS:
+        ms = [r["steps"][step] for r in runs if step in r.get("steps", {})]
+        if not ms:
+            continue
+        merged = dict(ms[-1])
+        for key in MEDIAN_KEYS:
+            vals = sorted(m[key] for m in ms)
+            merged[key] = vals[len(vals) // 2] if len(vals) % 2 else (
+                (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2)
+        merged["repeats"] = len(ms)
+        out["steps"][step] = merged
+    if any("error" in r for r in runs):
+        out["error"] = next(r["error"] for r in runs if "error" in r)
     return out
 
 
@@ -226,7 +253,8 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
           db_bytes: int, floor_s: float | None) -> str:
     """Plain-text table: one row per tool x step, ratios vs restic alongside."""
     hdr = (f"{'tool':<10} {'step':<20} {'wall s':>8} {'cpu s':>8} {'rss MiB':>8} "
-           f"{'added MiB':>10} | {'wall/r':>7} {'cpu/r':>7} {'rss/r':>7} {'added/r':>8}")
+           f"{'added MiB':>10} {'other cpu':>9} | {'wall/r':>7} {'cpu/r':>7} {'rss/r':>7} "
+           f"{'added/r':>8}")
     lines = [hdr, "-" * len(hdr)]
     for name, r in results.items():
         if "skipped" in r:
@@ -240,7 +268,8 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
             added = m["added_bytes"] / MIB if step != "restore" else None
             lines.append(
                 f"{name:<10} {STEP_LABEL[step]:<20} {m['wall_s']:>8.2f} {m['cpu_s']:>8.2f} "
-                f"{m['peak_rss_bytes'] / MIB:>8.0f} {_fmt(added, '.3g'):>10} | "
+                f"{m['peak_rss_bytes'] / MIB:>8.0f} {_fmt(added, '.3g'):>10} "
+                f"{m.get('other_cpu_s', 0):>9.2f} | "
                 f"{_fmt(q.get('wall_s'), '.2f'):>7} {_fmt(q.get('cpu_s'), '.2f'):>7} "
                 f"{_fmt(q.get('peak_rss_bytes'), '.2f'):>7} "
                 f"{_fmt(q.get('added_bytes') if step != 'restore' else None, '.2f'):>8}"
@@ -252,6 +281,8 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
             lines.append(f"{'':<10} restore verified: {'yes' if v['ok'] else 'NO'}"
                          f"{'' if v['ok'] else ' ' + '; '.join(v.get('problems', [])[:3])}")
     lines.append("")
+    lines.append("other cpu = CPU seconds used by other processes during the step (noise); "
+                 "x/r = ratio to restic")
     lines.append(f"DB size (snippets.db + -wal): {db_bytes / MIB:.1f} MiB"
                  + (f"; page-cache read of the whole folder: {floor_s:.2f} s" if floor_s else ""))
     lines.append("")
@@ -304,9 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=BENCH / "results")
     ap.add_argument("--seed", type=int, default=1, help="generator seed")
     ap.add_argument("--mutate-seed", type=int, default=2, help="day-of-use mutation seed")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each tool's sequence N times and report medians")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restores")
     ap.add_argument("--no-service", action="store_true", help="skip the GET /backups bench")
     ap.add_argument("--service-backups", type=int, default=1000)
+    ap.add_argument("--service-rounds", type=int, default=3)
     args = ap.parse_args(argv)
 
     names = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -328,9 +362,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"SKIP {why}")
             results[name] = {"skipped": why}
             continue
-        if tool.workdir.exists():
-            shutil.rmtree(tool.workdir)
-        results[name] = run_tool(tool, base, live, args.mutate_seed)
+        runs = []
+        for i in range(args.repeat):
+            if args.repeat > 1:
+                log(f"{name}: run {i + 1}/{args.repeat}")
+            runs.append(run_tool(tool, base, live, args.mutate_seed))
+            if "error" in runs[-1]:
+                break
+        results[name] = merge_runs(runs)
         if not args.keep:
             for sub in ("repo", "restore", "cache", "base"):
                 shutil.rmtree(tool.workdir / sub, ignore_errors=True)
@@ -347,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         import service as service_bench
 
         service = service_bench.run_service_bench(
-            root / "service", base, backups=args.service_backups, log=log)
+            root / "service", base, backups=args.service_backups,
+            rounds=args.service_rounds, log=log)
         if not args.keep:
             shutil.rmtree(root / "service" / "repo", ignore_errors=True)
             shutil.rmtree(root / "service" / "live", ignore_errors=True)
@@ -390,15 +430,18 @@ def service_summary(service: dict[str, Any]) -> str:
     """One paragraph on the GET /backups latency figures."""
     if "skipped" in service:
         return f"service benchmark skipped: {service['skipped']}"
-    if "error" in service:
-        return f"service benchmark error: {service['error']}"
     parts = [f"GET /backups with {service.get('backups_listed', '?')} backups:"]
     for phase in ("idle", "during_backup"):
         s = service.get(phase) or {}
         if s:
             parts.append(f"{phase}: p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms "
                          f"(n={s['n']})")
-    return "  ".join(parts)
+    if service.get("server_peak_rss_bytes"):
+        parts.append(f"server peak RSS while backing up: "
+                     f"{service['server_peak_rss_bytes'] / MIB:.0f} MiB")
+    if "error" in service:
+        parts.append(f"ERROR: {service['error']}")
+    return "\n  ".join(parts)
 
 
 if __name__ == "__main__":
