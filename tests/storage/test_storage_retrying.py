@@ -22,7 +22,7 @@ from cloudkeep.storage.base import (
 from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
 from cloudkeep.storage.url import drop_memory_store, open_store
 
-QUICK = {"attempts": 5, "base_delay": 0.01, "max_delay": 0.05, "deadline_seconds": 5.0}
+QUICK = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05, deadline_seconds=5.0)
 
 
 class Flaky:
@@ -136,7 +136,7 @@ def test_silent_server_times_out_instead_of_hanging(monkeypatch: pytest.MonkeyPa
 
 def test_flaky_store_recovers(memory: Storage) -> None:
     flaky = Flaky(memory, failures=3)
-    store = RetryingStorage(flaky, **QUICK)
+    store = RetryingStorage.with_policy(flaky, QUICK)
     store.put("a/b", b"payload")
     assert flaky.calls["put"] == 4
     flaky.failures = 2
@@ -153,13 +153,13 @@ def test_flaky_store_recovers(memory: Storage) -> None:
 def test_python_network_errors_are_retried(memory: Storage) -> None:
     for error in (TimeoutError("timed out"), ConnectionResetError("reset")):
         flaky = Flaky(memory, failures=2, error=error)
-        RetryingStorage(flaky, **QUICK).put("x", b"1")
+        RetryingStorage.with_policy(flaky, QUICK).put("x", b"1")
         assert flaky.calls["put"] == 3
 
 
 def test_gives_up_after_the_configured_attempts(memory: Storage) -> None:
     flaky = Flaky(memory, failures=100)
-    store = RetryingStorage(flaky, **QUICK)
+    store = RetryingStorage.with_policy(flaky, QUICK)
     with pytest.raises(StorageUnavailable, match=r"after 5 attempts over .* s: connection reset"):
         store.get("x")
     assert flaky.calls["get"] == 5
@@ -184,21 +184,21 @@ def test_deadline_cuts_attempts_short(memory: Storage) -> None:
 def test_permanent_errors_are_not_retried(memory: Storage, error: Exception) -> None:
     flaky = Flaky(memory, failures=5, error=error)
     with pytest.raises(type(error)):
-        RetryingStorage(flaky, **QUICK).stat("x")
+        RetryingStorage.with_policy(flaky, QUICK).stat("x")
     assert flaky.calls["stat"] == 1
 
 
 def test_missing_object_is_not_retried(memory: Storage) -> None:
     flaky = Flaky(memory, failures=0)
     with pytest.raises(ObjectNotFound):
-        RetryingStorage(flaky, **QUICK).get("missing")
+        RetryingStorage.with_policy(flaky, QUICK).get("missing")
     assert flaky.calls["get"] == 1
 
 
 def test_create_only_after_lost_reply_is_success(memory: Storage) -> None:
     """The first put landed but its reply was lost: the retry finds our own bytes."""
     flaky = Flaky(memory, failures=1, methods=("put",), after=True)
-    RetryingStorage(flaky, **QUICK).put("locks/l1", b"my lock", create_only=True)
+    RetryingStorage.with_policy(flaky, QUICK).put("locks/l1", b"my lock", create_only=True)
     assert flaky.calls["put"] == 2
     assert memory.get("locks/l1") == b"my lock"
 
@@ -214,7 +214,7 @@ def test_create_only_after_lost_reply_detects_other_writer(memory: Storage) -> N
 
     flaky = OtherWriterWins(memory, failures=1, methods=("put",))
     with pytest.raises(ObjectExists):
-        RetryingStorage(flaky, **QUICK).put("locks/l2", b"my lock", create_only=True)
+        RetryingStorage.with_policy(flaky, QUICK).put("locks/l2", b"my lock", create_only=True)
     assert memory.get("locks/l2") == b"their lock"
 
 
@@ -222,7 +222,7 @@ def test_create_only_without_uncertainty_reports_exists(memory: Storage) -> None
     memory.put("keys/k", b"same", create_only=True)
     flaky = Flaky(memory, failures=0)
     with pytest.raises(ObjectExists):
-        RetryingStorage(flaky, **QUICK).put("keys/k", b"same", create_only=True)
+        RetryingStorage.with_policy(flaky, QUICK).put("keys/k", b"same", create_only=True)
     assert flaky.calls.get("get", 0) == 0
 
 
@@ -240,7 +240,7 @@ def test_listing_that_breaks_off_restarts_without_duplicates(memory: Storage) ->
                 yield info
 
     flaky = BreaksMidway(memory, failures=2)
-    listed = [info.name for info in RetryingStorage(flaky, **QUICK).list("d")]
+    listed = [info.name for info in RetryingStorage.with_policy(flaky, QUICK).list("d")]
     assert listed[:3] == ["d/0", "d/1", "d/2"]
     assert sorted(listed) == [f"d/{i}" for i in range(6)]
     assert len(listed) == len(set(listed))
@@ -248,6 +248,6 @@ def test_listing_that_breaks_off_restarts_without_duplicates(memory: Storage) ->
 
 
 def test_wrapper_passes_description_through(memory: Storage) -> None:
-    wrapped: Any = RetryingStorage(Flaky(memory, failures=0), **QUICK)
+    wrapped: Any = RetryingStorage.with_policy(Flaky(memory, failures=0), QUICK)
     assert wrapped.describe() == "flaky memory://retry-tests"
     assert isinstance(wrapped, Storage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,9 +181,10 @@ def test_gcs_and_azblob_construct(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     store = open_store("azblob://c")
     assert store.describe() == "azblob://c at http://127.0.0.1:10000/devstoreaccount1"
+    assert B64_SECRET not in repr(store)
 
 
-@pytest.mark.parametrize("scheme", [s for s in ("gdrive", "onedrive", "dropbox")])
+@pytest.mark.parametrize("scheme", ["gdrive", "onedrive", "dropbox"])
 def test_drive_services(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if scheme not in SUPPORTED_SCHEMES:
         assert "unknown scheme" in config_error(f"{scheme}://Backups")
@@ -244,11 +246,10 @@ def test_timeout_and_retry_settings_from_env(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_webdav_basic_auth_from_url_and_env(
-    webdav_auth_server: object, monkeypatch: pytest.MonkeyPatch
+    webdav_auth_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = webdav_auth_server
-    user, password = server.user, server.password  # type: ignore[attr-defined]
-    address = server.address  # type: ignore[attr-defined]
+    user, password, address = server.user, server.password, server.address
     with_url = open_store(f"webdav://{user}:{password}@{address}/auth-url", retry=FAST)
     with_url.put("a/b", b"via url")
     assert with_url.get("a/b") == b"via url"
@@ -259,8 +260,8 @@ def test_webdav_basic_auth_from_url_and_env(
     assert [i.name for i in with_env.list("")] == ["a/b"]
 
 
-def test_webdav_wrong_password_is_rejected_fast(webdav_auth_server: object) -> None:
-    address = webdav_auth_server.address  # type: ignore[attr-defined]
+def test_webdav_wrong_password_is_rejected_fast(webdav_auth_server: Any) -> None:
+    address = webdav_auth_server.address
     store = open_store(f"webdav://keeper:{SECRET}@{address}/x", retry=FAST)
     started = time.monotonic()
     for operation in (lambda: store.put("a", b"1"), lambda: store.stat("a")):
@@ -271,8 +272,8 @@ def test_webdav_wrong_password_is_rejected_fast(webdav_auth_server: object) -> N
     assert time.monotonic() - started < 1.0  # not retried: credentials do not heal
 
 
-def test_missing_bucket_is_rejected(s3_server: object) -> None:
-    endpoint = s3_server.endpoint  # type: ignore[attr-defined]
+def test_missing_bucket_is_rejected(s3_server: Any) -> None:
+    endpoint = s3_server.endpoint
     store = open_store(f"s3://no-such-bucket/p?endpoint={endpoint}", retry=FAST)
     with pytest.raises(StoreRejected, match="NoSuchBucket"):
         store.put("x", b"1")

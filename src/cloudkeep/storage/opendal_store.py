@@ -201,11 +201,20 @@ class OpenDALStorage:
             self._write(name, payload, name=name, create_only=create_only)
 
     def _write(
-        self, path: str, payload: bytes, *, name: str, create_only: bool, **options: bool
+        self,
+        path: str,
+        payload: bytes,
+        *,
+        name: str,
+        create_only: bool,
+        if_not_exists: bool = False,
     ) -> None:
         """Write ``payload`` at ``path``, reporting failures as a put of ``name``."""
         try:
-            self._op.write(path, payload, **options)
+            if if_not_exists:
+                self._op.write(path, payload, if_not_exists=True)
+            else:
+                self._op.write(path, payload)
         except Exception as exc:
             if not is_opendal_error(exc):
                 raise
@@ -253,18 +262,14 @@ class OpenDALStorage:
         if length == 0:
             self._check_range(name, offset, 0, self.stat(name).size)
             return b""
-        options: dict[str, int] = {}
-        if offset:
-            options["offset"] = offset
-        if length is not None:
-            options["size"] = length
+        ranged = bool(offset) or length is not None
         try:
-            data = self._op.read(name, **options)
+            data = self._op.read(name, offset=offset, size=length)
         except Exception as exc:
             if not is_opendal_error(exc):
                 raise
             error = self._translate(exc, "get", name)
-            if options and not isinstance(error, ObjectNotFound | StoreRejected):
+            if ranged and not isinstance(error, ObjectNotFound | StoreRejected):
                 # Services report an unsatisfiable range in different ways
                 # (RangeNotSatisfied, "reader got too little data"): say it plainly.
                 size = self.stat(name).size
