@@ -78,7 +78,9 @@ def _read_passphrase_file(path: Path) -> str:
     except FileNotFoundError:
         raise ConfigurationError(f"the passphrase file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigurationError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+        raise ConfigurationError(
+            f"cannot read the passphrase file {path}: {exc.strerror}"
+        ) from None
     if not text:
         raise ConfigurationError(f"the passphrase file {path} is empty")
     return text

@@ -191,7 +191,9 @@ class Workspace:
         return try_reclaim(repo)
 
     def check(
-        self, read_data: bool = False, progress: ProgressFn | None = None,
+        self,
+        read_data: bool = False,
+        progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> CheckReport:
         return Checker(self.repository(), progress, cancel).run(read_data)

@@ -43,23 +43,31 @@ def main(
     ctx: typer.Context,
     data: Annotated[
         str | None,
-        typer.Option(envvar="CLOUDKEEP_DATA", help="The local database: a folder or one SQLite file."),
+        typer.Option(
+            envvar="CLOUDKEEP_DATA", help="The local database: a folder or one SQLite file."
+        ),
     ] = None,
     store: Annotated[
         str | None,
-        typer.Option(envvar="CLOUDKEEP_STORE",
-                     help="Where backups go, e.g. file:///path, s3://bucket/prefix."),
+        typer.Option(
+            envvar="CLOUDKEEP_STORE",
+            help="Where backups go, e.g. file:///path, s3://bucket/prefix.",
+        ),
     ] = None,
     passphrase_file: Annotated[
         str | None,
-        typer.Option(envvar="CLOUDKEEP_PASSPHRASE_FILE",
-                     help="File holding the repository passphrase (or put the passphrase "
-                     "itself in CLOUDKEEP_PASSPHRASE)."),
+        typer.Option(
+            envvar="CLOUDKEEP_PASSPHRASE_FILE",
+            help="File holding the repository passphrase (or put the passphrase "
+            "itself in CLOUDKEEP_PASSPHRASE).",
+        ),
     ] = None,
     device_name: Annotated[
         str | None,
-        typer.Option(envvar="CLOUDKEEP_DEVICE_NAME",
-                     help="Name of this device in the backup list (default: host name)."),
+        typer.Option(
+            envvar="CLOUDKEEP_DEVICE_NAME",
+            help="Name of this device in the backup list (default: host name).",
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
@@ -117,8 +125,13 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
 
     table = Table("id", "created (UTC)", "device", "platform", "bytes", box=None)
     for info in infos:
-        table.add_row(info.id, info.created.strftime("%Y-%m-%d %H:%M:%S"), info.device_name,
-                      info.platform, f"{info.bytes:,}")
+        table.add_row(
+            info.id,
+            info.created.strftime("%Y-%m-%d %H:%M:%S"),
+            info.device_name,
+            info.platform,
+            f"{info.bytes:,}",
+        )
     Console(highlight=False).print(table)
 
 
@@ -173,8 +186,7 @@ def check(
     for error in report.errors:
         err.print(f"error: {error}", soft_wrap=True, markup=False)
     scope = f"{report.bytes_read:,} bytes read" if read_data else "structure only"
-    print(f"checked {report.backups} backups, {report.packs} packs, {report.blobs} blobs "
-          f"({scope})")
+    print(f"checked {report.backups} backups, {report.packs} packs, {report.blobs} blobs ({scope})")
     if not report.ok:
         for backup_id in report.damaged_backups:
             print(f"damaged backup: {backup_id}")
@@ -200,8 +212,13 @@ def serve(
     """Run the Pieces OS Backups API server."""
     from cloudkeep.api.server import serve as run_server
 
-    run_server(ctx.obj, host=host, port=port, require_app_key=require_app_key,
-               allowed_origins=allow_origin or [])
+    run_server(
+        ctx.obj,
+        host=host,
+        port=port,
+        require_app_key=require_app_key,
+        allowed_origins=allow_origin or [],
+    )
 
 
 @app_key.command("create")
@@ -214,8 +231,10 @@ def app_key_create(ctx: typer.Context) -> None:
 
 def run() -> None:
     """Console-script entry: map expected failures to one line and an exit code."""
-    logging.basicConfig(level=os.environ.get("CLOUDKEEP_LOG_LEVEL", "WARNING"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("CLOUDKEEP_LOG_LEVEL", "WARNING"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         app(standalone_mode=False)
     except CloudkeepError as exc:
@@ -226,7 +245,7 @@ def run() -> None:
     except KeyboardInterrupt:
         err.print("cloudkeep: interrupted", markup=False)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks
+    except Exception as exc:
         import click
 
         if isinstance(exc, click.exceptions.Abort):
@@ -236,6 +255,10 @@ def run() -> None:
             sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
         if os.environ.get("CLOUDKEEP_DEBUG"):
             raise
-        err.print(f"cloudkeep: internal error: {type(exc).__name__}: {exc} "
-                  "(set CLOUDKEEP_DEBUG=1 for details)", soft_wrap=True, markup=False)
+        err.print(
+            f"cloudkeep: internal error: {type(exc).__name__}: {exc} "
+            "(set CLOUDKEEP_DEBUG=1 for details)",
+            soft_wrap=True,
+            markup=False,
+        )
         sys.exit(70)

@@ -13,6 +13,7 @@ proceeds while the other might).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -74,10 +75,8 @@ class RepositoryLock:
             except (ObjectNotFound, StorageError, ValueError):
                 continue
             if self._is_stale(lock):
-                try:
+                with contextlib.suppress(StorageError):
                     self._repo.delete_file("locks", name)
-                except StorageError:
-                    pass
                 continue
             if self.exclusive or lock.get("exclusive"):
                 conflicts.append(f"{lock.get('purpose')} on {lock.get('hostname')}")

@@ -39,6 +39,7 @@ from cloudkeep.storage.base import ObjectExists, ObjectNotFound, Storage
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 8 * 1024 * 1024
 _RAW, _ZSTD = 0, 1
+MAX_BLOB_SIZE = 64 * 1024 * 1024  # far above the largest chunk; bounds a hostile frame
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
 DEFAULT_CHUNKER = {
     "sqlite_chunk_bytes": 4096,
@@ -84,7 +85,9 @@ class Repository:
             config = json.loads(raw)
             version = int(config["version"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise RepositoryDamaged(f"the repository config at {storage.describe()} is unreadable") from exc
+            raise RepositoryDamaged(
+                f"the repository config at {storage.describe()} is unreadable"
+            ) from exc
         if version > FORMAT_VERSION:
             raise FormatTooNew(
                 f"the repository uses format {version}, this cloudkeep reads up to "
@@ -144,8 +147,12 @@ class Repository:
         return self.config.get("chunker", DEFAULT_CHUNKER)
 
     # -------------------------------------------------------------- sealed files
-    def save_file(self, kind: str, name: str, plaintext: bytes, *, create_only: bool = False) -> None:
-        sealed = self.sealer.seal(zstandard.ZstdCompressor(level=3).compress(plaintext), kind.encode())
+    def save_file(
+        self, kind: str, name: str, plaintext: bytes, *, create_only: bool = False
+    ) -> None:
+        sealed = self.sealer.seal(
+            zstandard.ZstdCompressor(level=3).compress(plaintext), kind.encode()
+        )
         self.storage.put(f"{kind}/{name}", sealed, create_only=create_only)
         self._cache_put(kind, name, sealed)
 
@@ -264,7 +271,7 @@ class Repository:
             return self.sealer.seal(b"\x01" + compressed, blob_id)
         return self.sealer.seal(b"\x00" + bytes(data), blob_id)
 
-    def open_blob(self, blob_id: bytes, sealed: bytes | memoryview) -> bytes:
+    def open_blob(self, blob_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
         """Decrypt, decompress and verify one blob against its id."""
         try:
             plaintext = self.sealer.open(sealed, blob_id)
@@ -273,12 +280,17 @@ class Repository:
         if not plaintext:
             raise BlobDamaged(blob_id, "empty payload")
         if plaintext[0] == _ZSTD:
+            decompressor = getattr(self._compressor, "unzstd", None)
+            if decompressor is None:
+                decompressor = self._compressor.unzstd = zstandard.ZstdDecompressor()
             try:
-                data = zstandard.ZstdDecompressor().decompress(plaintext[1:], max_output_size=1 << 30)
+                data = decompressor.decompress(
+                    memoryview(plaintext)[1:], max_output_size=MAX_BLOB_SIZE
+                )
             except zstandard.ZstdError as exc:
                 raise BlobDamaged(blob_id, f"does not decompress: {exc}") from exc
         elif plaintext[0] == _RAW:
-            data = plaintext[1:]
+            data = memoryview(plaintext)[1:]
         else:
             raise BlobDamaged(blob_id, "unknown payload encoding")
         if self.sealer.blob_id(data) != blob_id:

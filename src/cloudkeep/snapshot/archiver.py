@@ -9,6 +9,7 @@ whatever the size of the data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -133,6 +134,7 @@ class Archiver:
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source)
+        self._parent = self._parent_files(source, device_name)
         tracker = Tracker("backup", sum(i.size for i in items), self.progress, self.cancel)
         tracker.advance(0)
         with RepositoryLock(self.repo, exclusive=False, purpose="backup").acquire(
@@ -156,21 +158,59 @@ class Archiver:
             return self._save_manifest(source, kind, device_name, items, entries)
 
     def _entry(self, item: SourceItem, batcher: _Batcher, writer, tracker: Tracker) -> FileEntry:
-        entry = FileEntry(item.relative, item.type, item.mode, item.mtime_ns, item.size,
-                          item.sqlite, item.target)
+        entry = FileEntry(
+            item.relative, item.type, item.mode, item.mtime_ns, item.size, item.sqlite, item.target
+        )
         if item.type != "file":
             return entry
         tracker.check_canceled()
+        previous = self._parent.get(item.relative)
+        if (
+            item.fingerprint
+            and previous is not None
+            and previous.fingerprint == item.fingerprint
+            and previous.sqlite == item.sqlite
+            and all(bytes.fromhex(list_id) in self.repo.index for list_id in previous.content)
+        ):
+            tracker.advance(item.size)
+            previous.mode, previous.mtime_ns = item.mode, item.mtime_ns
+            return previous
+        entry.fingerprint = item.fingerprint
         chunks = self._read_file(item, batcher)
         entry.size = sum(size for _, size in chunks)
         for start in range(0, len(chunks), CHUNKS_PER_LIST_BLOB):
             listing = encode_chunk_list(chunks[start : start + CHUNKS_PER_LIST_BLOB])
             list_id = self.repo.sealer.blob_id(listing)
             if not writer.known(list_id):
-                writer.add(BlobType.TREE, list_id, self.repo.seal_blob(list_id, listing),
-                           len(listing))
+                writer.add(
+                    BlobType.TREE, list_id, self.repo.seal_blob(list_id, listing), len(listing)
+                )
             entry.content.append(list_id.hex())
         return entry
+
+    def _parent_files(self, source: Path, device_name: str) -> dict[str, FileEntry]:
+        """Files of this device's latest backup of the same source, by path.
+
+        Files whose fingerprint (inode, size, mtime, ctime; WAL included for
+        SQLite) is unchanged are taken from it without being read again.
+        """
+
+        def stamp(name: str) -> int:
+            tail = name.rsplit("_", 1)[-1]
+            return int(tail) if tail.isdigit() else -1
+
+        latest: Manifest | None = None
+        for name in sorted(self.repo.list_files("snapshots"), key=stamp, reverse=True):
+            try:
+                manifest = Manifest.decode(self.repo.load_file("snapshots", name))
+            except (CloudkeepError, StorageError, ValueError, TypeError, KeyError):
+                continue
+            if manifest.device_name == device_name and manifest.source == str(source):
+                latest = manifest
+                break
+        if latest is None:
+            return {}
+        return {entry.path: entry for entry in latest.files if entry.type == "file"}
 
     def _read_file(self, item: SourceItem, batcher: _Batcher) -> list[tuple[bytes, int]]:
         try:
@@ -203,13 +243,15 @@ class Archiver:
     def _discard_uploads(self, writer) -> None:
         """Remove packs this failed backup uploaded but never indexed (best effort)."""
         for pack_id in writer.unindexed_pack_ids():
-            try:
+            with contextlib.suppress(StorageError, CloudkeepError):
                 self.repo.storage.delete(pack_name(pack_id))
-            except (StorageError, CloudkeepError):
-                pass
 
     def _save_manifest(
-        self, source: Path, kind: str, device_name: str, items: list[SourceItem],
+        self,
+        source: Path,
+        kind: str,
+        device_name: str,
+        items: list[SourceItem],
         entries: list[FileEntry],
     ) -> Manifest:
         stamp = now_us()

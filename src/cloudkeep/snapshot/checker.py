@@ -41,7 +41,9 @@ class CheckReport:
 
 class Checker:
     def __init__(
-        self, repo: Repository, progress: ProgressFn | None = None,
+        self,
+        repo: Repository,
+        progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
         self.repo = repo
@@ -119,8 +121,11 @@ class Checker:
         return report
 
     def _read_all(
-        self, indexed: dict[str, list[PackEntry]], stored: dict[str, int],
-        bad_blobs: dict[bytes, str], report: CheckReport,
+        self,
+        indexed: dict[str, list[PackEntry]],
+        stored: dict[str, int],
+        bad_blobs: dict[bytes, str],
+        report: CheckReport,
     ) -> None:
         packs = [p for p in indexed if p in stored]
         tracker = Tracker("check", sum(stored[p] for p in packs), self.progress, self.cancel)

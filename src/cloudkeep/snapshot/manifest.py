@@ -75,6 +75,7 @@ class FileEntry:
     sqlite: bool = False
     target: str = ""
     content: list[str] = field(default_factory=list)
+    fingerprint: str = ""
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from cloudkeep.errors import Busy, RepositoryDamaged
@@ -121,10 +122,8 @@ def _reclaim(repo: Repository) -> ReclaimReport:
             repo.delete_file("index", name)
     for pack_id, size in stored.items():
         if pack_id not in keep:
-            try:
+            with contextlib.suppress(ObjectNotFound):
                 repo.storage.delete(pack_name(pack_id))
-            except ObjectNotFound:
-                pass
             report.packs_deleted += 1
             report.bytes_freed += size
     return report

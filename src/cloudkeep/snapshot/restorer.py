@@ -169,7 +169,9 @@ class Restorer:
                 os.close(fd)
 
     def _fetch_and_write(
-        self, destinations: dict[bytes, list[tuple[int, int]]], descriptors: list[int],
+        self,
+        destinations: dict[bytes, list[tuple[int, int]]],
+        descriptors: list[int],
         tracker: Tracker,
     ) -> None:
         by_pack: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
@@ -239,7 +241,9 @@ class Restorer:
                     source.close()
                 return
             except sqlite3.Error as exc:
-                raise CloudkeepError(f"cannot write the restored database into {live}: {exc}") from exc
+                raise CloudkeepError(
+                    f"cannot write the restored database into {live}: {exc}"
+                ) from exc
         os.replace(staged, live)
         with contextlib.suppress(OSError):
             fsync_dir(live.parent)

@@ -39,7 +39,9 @@ def blob_users(
                 users[list_id].add(manifest.id)
                 if list_id not in listed:
                     try:
-                        listed[list_id] = [bid for bid, _ in decode_chunk_list(repo.read_blob(list_id))]
+                        listed[list_id] = [
+                            bid for bid, _ in decode_chunk_list(repo.read_blob(list_id))
+                        ]
                     except (BlobDamaged, ValueError) as exc:
                         listed[list_id] = str(exc)
                 content = listed[list_id]
