@@ -36,7 +36,6 @@ def _backup_id(
         Path(
             description="A backup's id (version_timestamp) or, for creation status and "
             "cancel, the id of a creation job (job-…) as announced in INITIALIZED.",
-            max_length=128,
         ),
     ],
 ) -> str:

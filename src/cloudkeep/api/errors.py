@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloudkeep.api.jobs import new_trace_id
+from cloudkeep.api.security import BodyTooLarge
 from cloudkeep.errors import (
     Busy,
     Canceled,
@@ -158,6 +159,8 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except BodyTooLarge:
+            raise  # not a bug: the guard outside answers 413
         except Exception:
             trace_id = new_trace_id()
             log.exception(

@@ -21,6 +21,7 @@ from cloudkeep.api.appkeys import AppKeyVerifier
 __all__ = [
     "APP_KEY_HEADER",
     "DEFAULT_MAX_BODY",
+    "BodyTooLarge",
     "GuardMiddleware",
     "GuardPolicy",
     "is_loopback_name",
@@ -126,8 +127,8 @@ class GuardPolicy:
         return same and self.host_allowed(host_header)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` mid-body; the guard turns it into a 413."""
 
 
 class GuardMiddleware:
@@ -208,7 +209,7 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -219,7 +220,7 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if started:
                 raise
             await _deny(scope, send, 413, f"Request body too large: the limit is {limit} bytes.\n")
