@@ -114,15 +114,14 @@ class GuardPolicy:
         if normalized == "null" or host_header is None:
             return False
         parts = urlsplit(normalized)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if parts.scheme != "http" or not parts.netloc:  # this server speaks plain HTTP only
             return False
         origin_host = split_host(parts.netloc)
         request_host = split_host(host_header.lower())
         if origin_host is None or request_host is None:
             return False
-        default = 443 if parts.scheme == "https" else 80
-        same = origin_host[0] == request_host[0] and (origin_host[1] or default) == (
-            request_host[1] or default
+        same = origin_host[0] == request_host[0] and (origin_host[1] or 80) == (
+            request_host[1] or 80
         )
         return same and self.host_allowed(host_header)
 
