@@ -236,7 +236,8 @@ def run() -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns Exit codes in this mode
+        sys.exit(code if isinstance(code, int) else 0)
     except CloudkeepError as exc:
         err.print(f"cloudkeep: error: {exc}", soft_wrap=True, markup=False)
         sys.exit(exc.exit_code)

@@ -34,7 +34,13 @@ from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
 from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import unwrap_key, wrap_key
 from cloudkeep.repository.packs import BlobType, PackBuilder, pack_name
-from cloudkeep.storage.base import ObjectExists, ObjectNotFound, Storage
+from cloudkeep.storage.base import (
+    ObjectExists,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+)
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 8 * 1024 * 1024
@@ -70,6 +76,8 @@ class Repository:
         self.index = MasterIndex()
         self._cache_dir = cache_dir / config["id"] if cache_dir else None
         self._compressor = threading.local()
+        # check turns this off: it must judge what the store holds, not our copy of it.
+        self.read_cache = True
 
     # ----------------------------------------------------------------- opening
     @staticmethod
@@ -191,6 +199,8 @@ class Repository:
         return self._cache_dir / kind / name
 
     def _cache_get(self, kind: str, name: str) -> bytes | None:
+        if not self.read_cache:
+            return None
         path = self._cache_path(kind, name)
         try:
             return path.read_bytes() if path else None
@@ -305,6 +315,10 @@ class Repository:
             sealed = self.storage.get(pack_name(location.pack_id), location.offset, location.length)
         except ObjectNotFound as exc:
             raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is missing") from exc
+        except StorageUnavailable:
+            raise
+        except StorageError as exc:  # a range past the end: the pack was cut short
+            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated") from exc
         if len(sealed) != location.length:
             raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated")
         return self.open_blob(blob_id, sealed)

@@ -59,6 +59,7 @@ class Checker:
     def _run(self, read_data: bool) -> CheckReport:
         report = CheckReport()
         repo = self.repo
+        repo.read_cache = False
         index = MasterIndex()
         indexed: dict[str, list[PackEntry]] = {}
         for name in repo.list_files("index"):

@@ -28,7 +28,7 @@ from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.sources import BUSY_TIMEOUT_SECONDS, is_sqlite
 from cloudkeep.snapshot.swap import fsync_dir, recover, replace_atomically
-from cloudkeep.storage.base import ObjectNotFound
+from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
 
 MAX_RANGE_BYTES = 8 * 1024 * 1024
 MAX_RANGE_GAP = 512 * 1024
@@ -201,6 +201,10 @@ class Restorer:
                 data = self.repo.storage.get(pack_name(pack_id), start, length)
             except ObjectNotFound as exc:
                 raise RepositoryDamaged(f"pack {pack_id[:16]} is missing") from exc
+            except StorageUnavailable:
+                raise
+            except StorageError as exc:
+                raise RepositoryDamaged(f"pack {pack_id[:16]} is truncated") from exc
             if len(data) != length:
                 raise RepositoryDamaged(f"pack {pack_id[:16]} is truncated")
             view = memoryview(data)

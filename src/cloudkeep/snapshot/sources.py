@@ -132,7 +132,10 @@ def scan(root: Path) -> tuple[str, list[SourceItem]]:
                     continue
                 path = folder_path / name
                 relative = path.relative_to(root).as_posix()
-                item = _item(path, relative)
+                try:
+                    item = _item(path, relative)
+                except FileNotFoundError:
+                    continue  # deleted since the folder was listed (e.g. a -journal)
                 if item is not None:
                     items.append(item)
     except PermissionError as exc:
