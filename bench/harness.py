@@ -54,6 +54,7 @@ class Measure:
     repo_bytes_after: int = 0
     other_cpu_s: float = 0.0
     loadavg_1m: float = 0.0
+    settle: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
     @property
@@ -152,6 +153,24 @@ def run_measured(cmd: Cmd, log_path: Path, repo: Path | None = None) -> Measure:
                    stdout=stdout, repo_bytes_before=before, loadavg_1m=round(load, 2),
                    other_cpu_s=round(max(0.0, busy - user - sys_), 3),
                    repo_bytes_after=dir_bytes(repo) if repo else 0)
+
+
+def wait_quiet(max_s: float, busy_pct: float = 25.0) -> dict[str, float]:
+    """Wait (up to ``max_s``) until other processes leave the machine mostly idle.
+
+    The machine may be shared; starting a step while others are busy skews wall time.
+    """
+    t0 = time.perf_counter()
+    pct = psutil.cpu_percent(interval=0.5)
+    while pct > busy_pct and time.perf_counter() - t0 < max_s:
+        pct = psutil.cpu_percent(interval=1.0)
+    return {"waited_s": round(time.perf_counter() - t0, 1), "busy_pct_at_start": pct}
+
+
+def other_load(m: Mapping[str, Any]) -> float:
+    """Share of the machine (0-1) other processes used during a step."""
+    cores = os.cpu_count() or 1
+    return m.get("other_cpu_s", 0.0) / (m["wall_s"] * cores) if m.get("wall_s") else 0.0
 
 
 def _busy_cpu_s() -> float:

@@ -117,7 +117,8 @@ def verify_restore(source: Path, target: Path) -> dict[str, Any]:
             "restored_bytes": harness.dir_bytes(root)}
 
 
-def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int) -> dict[str, Any]:
+def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int,
+             settle_s: float = 0.0) -> dict[str, Any]:
     """The four steps for one tool; stops at the first failing step."""
     out: dict[str, Any] = {"version": tool.version(), "steps": {}}
     if tool.workdir.exists():
@@ -129,7 +130,9 @@ def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int) -> dict[str, 
 
     def backup(step: str, n: int) -> Measure:
         before = harness.source_state(live)
+        quiet = harness.wait_quiet(settle_s) if settle_s else {}
         m = harness.run_measured(tool.backup(live, n), logs / f"{n}-{step}.log", tool.repo)
+        m.settle = quiet
         if harness.source_state(live) != before:
             m.note = "tool modified the source folder"
         tool.after_backup(m, n)
@@ -159,7 +162,9 @@ def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int) -> dict[str, 
     except Exception as exc:  # a tool-side lookup failure must not kill the other tools
         out["error"] = f"restore lookup failed: {exc}"
         return out
+    quiet = harness.wait_quiet(settle_s) if settle_s else {}
     m = harness.run_measured(cmd, logs / "4-restore.log")
+    m.settle = quiet
     m.repo_bytes_before = m.repo_bytes_after = 0
     out["steps"]["restore"] = m.as_dict()
     log(f"{tool.name}: restore rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
@@ -253,7 +258,7 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
           db_bytes: int, floor_s: float | None) -> str:
     """Plain-text table: one row per tool x step, ratios vs restic alongside."""
     hdr = (f"{'tool':<10} {'step':<20} {'wall s':>8} {'cpu s':>8} {'rss MiB':>8} "
-           f"{'added MiB':>10} {'other cpu':>9} | {'wall/r':>7} {'cpu/r':>7} {'rss/r':>7} "
+           f"{'added MiB':>10} {'others%':>7} | {'wall/r':>7} {'cpu/r':>7} {'rss/r':>7} "
            f"{'added/r':>8}")
     lines = [hdr, "-" * len(hdr)]
     for name, r in results.items():
@@ -269,7 +274,7 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
             lines.append(
                 f"{name:<10} {STEP_LABEL[step]:<20} {m['wall_s']:>8.2f} {m['cpu_s']:>8.2f} "
                 f"{m['peak_rss_bytes'] / MIB:>8.0f} {_fmt(added, '.3g'):>10} "
-                f"{m.get('other_cpu_s', 0):>9.2f} | "
+                f"{harness.other_load(m) * 100:>7.0f} | "
                 f"{_fmt(q.get('wall_s'), '.2f'):>7} {_fmt(q.get('cpu_s'), '.2f'):>7} "
                 f"{_fmt(q.get('peak_rss_bytes'), '.2f'):>7} "
                 f"{_fmt(q.get('added_bytes') if step != 'restore' else None, '.2f'):>8}"
@@ -281,8 +286,8 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
             lines.append(f"{'':<10} restore verified: {'yes' if v['ok'] else 'NO'}"
                          f"{'' if v['ok'] else ' ' + '; '.join(v.get('problems', [])[:3])}")
     lines.append("")
-    lines.append("other cpu = CPU seconds used by other processes during the step (noise); "
-                 "x/r = ratio to restic")
+    lines.append("others% = share of the machine's CPU used by other processes during the "
+                 "step (noise; figures above ~15% are skewed); x/r = ratio to restic")
     lines.append(f"DB size (snippets.db + -wal): {db_bytes / MIB:.1f} MiB"
                  + (f"; page-cache read of the whole folder: {floor_s:.2f} s" if floor_s else ""))
     lines.append("")
@@ -302,12 +307,13 @@ def chart(results: dict[str, Any], path: Path, title: str, floor_s: float | None
     import matplotlib.pyplot as plt
 
     names = [n for n, r in results.items() if r.get("steps")]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     panels = (("wall_s", "wall time (s)", 1.0, STEPS),
+              ("cpu_s", "CPU time, user+sys of process tree (s)", 1.0, STEPS),
               ("added_bytes", "bytes added to repository (MiB)", MIB, STEPS[:3]),
               ("peak_rss_bytes", "peak RSS of process tree (MiB)", MIB, STEPS))
     width = 0.8 / max(1, len(names))
-    for ax, (key, label, scale, steps) in zip(axes, panels, strict=True):
+    for ax, (key, label, scale, steps) in zip(axes.flat, panels, strict=True):
         for i, name in enumerate(names):
             vals = [results[name]["steps"].get(s, {}).get(key, 0) / scale for s in steps]
             xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(steps))]
@@ -320,6 +326,11 @@ def chart(results: dict[str, Any], path: Path, title: str, floor_s: float | None
         if key == "peak_rss_bytes":
             ax.axhline(RSS_TARGET_MIB, ls=":", c="red", lw=1, label="cloudkeep target")
         ax.legend(fontsize=8)
+    noisy = max((harness.other_load(m) for n in names
+                 for m in results[n]["steps"].values()), default=0.0)
+    if noisy > 0.15:
+        title += f"\n(shared machine: other processes used up to {noisy:.0%} of the CPU " \
+                 "during a step; wall times are skewed)"
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -337,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mutate-seed", type=int, default=2, help="day-of-use mutation seed")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each tool's sequence N times and report medians")
+    ap.add_argument("--settle", type=float, default=30.0,
+                    help="before each step wait up to S seconds for other load to drop")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restores")
     ap.add_argument("--no-service", action="store_true", help="skip the GET /backups bench")
     ap.add_argument("--service-backups", type=int, default=1000)
@@ -366,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             if args.repeat > 1:
                 log(f"{name}: run {i + 1}/{args.repeat}")
-            runs.append(run_tool(tool, base, live, args.mutate_seed))
+            runs.append(run_tool(tool, base, live, args.mutate_seed, args.settle))
             if "error" in runs[-1]:
                 break
         results[name] = merge_runs(runs)
