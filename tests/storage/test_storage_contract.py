@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from cloudkeep.storage.base import (
     StorageError,
 )
 from cloudkeep.storage.opendal_store import TEMP_PREFIX
+from cloudkeep.storage.retrying import is_transient
 from cloudkeep.storage.url import open_store
 
 REFERENCE = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, every offset distinguishable
@@ -260,3 +262,36 @@ def test_names_with_unusual_characters(store: Storage, name: str) -> None:
     assert [info.name for info in store.list(prefix)] == [name]
     store.delete(name)
     assert list(store.list(prefix)) == []
+
+
+def test_listing_a_prefix_that_names_an_object(store: Storage) -> None:
+    store.put("config", b"c")
+    store.put("configs/a", b"a")
+    assert names(store, "config") == []
+    assert names(store, "configs") == ["configs/a"]
+
+
+def test_names_below_an_object_are_absent(store: Storage) -> None:
+    store.put("config", b"c")
+    with pytest.raises(ObjectNotFound):
+        store.stat("config/x")
+    with pytest.raises(ObjectNotFound):
+        store.get("config/x")
+    store.delete("config/x")
+    assert store.get("config") == b"c"
+
+
+def test_put_below_an_object_fails_fast_or_succeeds(store: Storage) -> None:
+    """Object stores allow "a" and "a/b" together; folder-based ones refuse at once."""
+    store.put("config", b"c")
+    started = time.monotonic()
+    try:
+        store.put("config/x", b"x")
+    except StorageError as error:
+        # fs says so plainly; rclone's WebDAV answers 403, a rejection: neither is retried.
+        assert not isinstance(error, ObjectExists | ObjectNotFound)
+        assert not is_transient(error)
+    else:
+        assert store.get("config/x") == b"x"
+    assert time.monotonic() - started < 2.0
+    assert store.get("config") == b"c"

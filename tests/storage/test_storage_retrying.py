@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +253,26 @@ def test_wrapper_passes_description_through(memory: Storage) -> None:
     wrapped: Any = RetryingStorage.with_policy(Flaky(memory, failures=0), QUICK)
     assert wrapped.describe() == "flaky memory://retry-tests"
     assert isinstance(wrapped, Storage)
+
+
+def test_local_errors_that_cannot_heal_are_not_retried(tmp_path: Path) -> None:
+    """OpenDAL marks local I/O errors temporary; ENOTDIR / EACCES must fail at once."""
+    store = open_store((tmp_path / "s").as_uri())
+    store.put("config", b"c")
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="parent folder") as info:
+        store.put("config/x", b"below an object")
+    assert not isinstance(info.value, StorageUnavailable)
+    with pytest.raises(ObjectNotFound):
+        store.get("config/x")
+    locked = tmp_path / "s" / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # running as root: permissions are not enforced
+            return
+        with pytest.raises(StoreRejected, match="Permission denied"):
+            store.put("locked/x", b"1")
+    finally:
+        locked.chmod(0o700)
+        assert time.monotonic() - started < 1.0

@@ -18,6 +18,7 @@ atomic only against readers, not against a concurrent writer of the same name.
 
 from __future__ import annotations
 
+import errno
 import re
 import uuid
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,11 @@ _SECRET_PARAM = re.compile(
 _STATUS = re.compile(r"\bstatus: (\d{3})\b")
 _MAX_MESSAGE = 300
 _CUT_SHORT = "reader got too little data"
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_OS_REJECTED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_OS_PERMANENT = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.EISDIR, errno.EEXIST}
+)
 
 
 def is_opendal_error(exc: BaseException) -> bool:
@@ -89,6 +95,12 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def _is_temporary(exc: BaseException) -> bool:
     head = _HEAD.match(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
     return bool(head and head.group("status") == "temporary")
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    """The OS error number in OpenDAL's source chain, if the failure came from a syscall."""
+    found = _OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -173,6 +185,19 @@ class OpenDALStorage:
             return ObjectNotFound(f"{where}: no such object (it is a folder)")
         if isinstance(exc, oe.ConditionNotMatch | oe.AlreadyExists) and create_only:
             return ObjectExists(f"{where}: the object already exists")
+        os_error = _os_errno(exc)
+        if action == "put" and os_error in (errno.ENOTDIR, errno.EEXIST):
+            # fs: creating the parent folders hit an object of that name.
+            return StorageError(f"{where}: a parent folder of the name is an object")
+        if isinstance(exc, oe.NotADirectory) or os_error == errno.ENOTDIR:
+            # fs: a parent of the name is an object, so the name cannot exist.
+            return ObjectNotFound(f"{where}: no such object")
+        if os_error in _OS_REJECTED:
+            return StoreRejected(message)
+        if os_error in _OS_PERMANENT:
+            # OpenDAL marks most local I/O errors temporary; a full or broken
+            # disk does not heal within a retry budget.
+            return StorageError(message)
         status = _http_status(exc)
         if isinstance(exc, oe.PermissionDenied | oe.ConfigInvalid) or status in (401, 403):
             return StoreRejected(message)
@@ -231,7 +256,8 @@ class OpenDALStorage:
             except Exception as exc:
                 if not is_opendal_error(exc):
                     raise
-                raise self._translate(exc, "put", name, create_only=create_only) from exc
+                # rename replaces the target, so a conflict here is never "name taken".
+                raise self._translate(exc, "put", name) from exc
         except BaseException:
             self._discard(temp)
             raise
@@ -347,6 +373,8 @@ class OpenDALStorage:
             meta = entry.metadata
             if not path or path.endswith("/") or meta.is_dir or path.startswith(TEMP_PREFIX):
                 continue
+            if not path.startswith(folder):
+                continue  # WebDAV answers a listing of "name/" with the file "name"
             size = int(meta.content_length)
             if size == 0:
                 # Some listings omit sizes (reported as 0): confirm with a stat.
