@@ -24,8 +24,13 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("CLOUDKEEP_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("CLOUDKEEP_CACHE_DIR", str(home / "cache"))
-    for name in ("CLOUDKEEP_DATA", "CLOUDKEEP_STORE", "CLOUDKEEP_PASSPHRASE",
-                 "CLOUDKEEP_PASSPHRASE_FILE", "CLOUDKEEP_DEVICE_NAME"):
+    for name in (
+        "CLOUDKEEP_DATA",
+        "CLOUDKEEP_STORE",
+        "CLOUDKEEP_PASSPHRASE",
+        "CLOUDKEEP_PASSPHRASE_FILE",
+        "CLOUDKEEP_DEVICE_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CLOUDKEEP_STORE_RETRY_DEADLINE", "5")
     return home
@@ -48,8 +53,10 @@ def make_snippets_db(path: Path, rows: int, *, wal: bool = True, seed: int = 0) 
         "INSERT INTO snippets(body, tags, embedding, updated) VALUES (?, ?, ?, ?)",
         [
             (
-                " ".join(rnd.choice(["def", "return", "self", "x", "for", "in", "range"])
-                         for _ in range(rnd.randint(50, 300))),
+                " ".join(
+                    rnd.choice(["def", "return", "self", "x", "for", "in", "range"])
+                    for _ in range(rnd.randint(50, 300))
+                ),
                 '["python"]',
                 rnd.randbytes(1536),
                 float(i),
@@ -97,8 +104,9 @@ def data_dir(tmp_path: Path) -> Path:
     return root
 
 
-def workspace(data: Path, store: str, device: str = "laptop",
-              passphrase: str | None = PASSPHRASE) -> Workspace:
+def workspace(
+    data: Path, store: str, device: str = "laptop", passphrase: str | None = PASSPHRASE
+) -> Workspace:
     settings = Settings.resolve(data=data, store=store, device_name=device)
     if passphrase is not None:
         settings = Settings(**{**settings.__dict__, "passphrase": passphrase})
@@ -120,7 +128,11 @@ def cli(tmp_path: Path) -> Iterator:
         full_env = {**os.environ, **(env or {})}
         done = subprocess.run(
             [sys.executable, "-m", "cloudkeep", *args],
-            capture_output=True, text=True, env=full_env, timeout=timeout, cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=tmp_path,
         )
         return CliResult(done.returncode, done.stdout, done.stderr)
 

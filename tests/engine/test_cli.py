@@ -14,14 +14,22 @@ def _args(data: Path, store: str) -> list[str]:
     return ["--data", str(data), "--store", store]
 
 
-def test_first_backup_creates_repository_and_default_key(data_dir: Path, tmp_path: Path,
-                                                          cli, isolated_dirs: Path) -> None:
+def test_first_backup_creates_repository_and_default_key(
+    data_dir: Path, tmp_path: Path, cli, isolated_dirs: Path
+) -> None:
     store = (tmp_path / "store").as_uri()
     result = cli(*_args(data_dir, store), "backup", "--json")
     assert result.code == 0, result.stderr
     backup = json.loads(result.stdout)
-    assert set(backup) >= {"id", "version", "timestamp", "bytes", "created", "device_name",
-                           "platform"}
+    assert set(backup) >= {
+        "id",
+        "version",
+        "timestamp",
+        "bytes",
+        "created",
+        "device_name",
+        "platform",
+    }
     assert backup["created"]["value"].endswith("Z")
     key_file = isolated_dirs / "config" / "repository.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -43,8 +51,9 @@ def test_restore_delete_and_check_commands(data_dir: Path, tmp_path: Path, cli) 
     assert cli(*_args(data_dir, store), "init", env=env).code == 0
     backup = json.loads(cli(*_args(data_dir, store), "backup", "--json", env=env).stdout)
     target = tmp_path / "restored"
-    restored = cli(*_args(data_dir, store), "restore", backup["id"], "--target", str(target),
-                   "--json", env=env)
+    restored = cli(
+        *_args(data_dir, store), "restore", backup["id"], "--target", str(target), "--json", env=env
+    )
     assert restored.code == 0, restored.stderr
     assert json.loads(restored.stdout)["id"] == backup["id"]
     assert (target / "config" / "app.json").read_text() == '{"theme": "dark"}'
@@ -70,27 +79,44 @@ def test_user_errors_exit_1_with_one_line(data_dir: Path, tmp_path: Path, cli) -
     store = (tmp_path / "store").as_uri()
     env = {"CLOUDKEEP_PASSPHRASE": PASSPHRASE}
     assert cli(*_args(data_dir, store), "backup", env=env).code == 0
-    _one_line_error(cli(*_args(data_dir, store), "list",
-                        env={"CLOUDKEEP_PASSPHRASE": "not the passphrase"}),
-                    1, "wrong passphrase")
+    _one_line_error(
+        cli(*_args(data_dir, store), "list", env={"CLOUDKEEP_PASSPHRASE": "not the passphrase"}),
+        1,
+        "wrong passphrase",
+    )
     _one_line_error(cli(*_args(data_dir, store), "list"), 1, "no passphrase")
-    _one_line_error(cli(*_args(data_dir, store), "restore", "0.1.0_12345", env=env), 1,
-                    "no backup 0.1.0_12345")
-    _one_line_error(cli(*_args(data_dir, store), "restore", "../../etc/passwd", env=env), 1,
-                    "no backup")
-    _one_line_error(cli(*_args(data_dir, "ftp://example/x"), "list", env=env), 1,
-                    "unknown scheme", "s3", "webdav")
-    _one_line_error(cli(*_args(data_dir, store), "--passphrase-file", str(tmp_path / "nope"),
-                        "list"), 1, "passphrase file")
-    _one_line_error(cli(*_args(tmp_path / "missing", store), "backup", env=env), 1,
-                    "does not exist")
+    _one_line_error(
+        cli(*_args(data_dir, store), "restore", "0.1.0_12345", env=env), 1, "no backup 0.1.0_12345"
+    )
+    _one_line_error(
+        cli(*_args(data_dir, store), "restore", "../../etc/passwd", env=env), 1, "no backup"
+    )
+    _one_line_error(
+        cli(*_args(data_dir, "ftp://example/x"), "list", env=env),
+        1,
+        "unknown scheme",
+        "s3",
+        "webdav",
+    )
+    _one_line_error(
+        cli(*_args(data_dir, store), "--passphrase-file", str(tmp_path / "nope"), "list"),
+        1,
+        "passphrase file",
+    )
+    _one_line_error(
+        cli(*_args(tmp_path / "missing", store), "backup", env=env), 1, "does not exist"
+    )
     target = tmp_path / "full"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    backup_id = json.loads(cli(*_args(data_dir, store), "list", "--json", env=env)
-                           .stdout)["iterable"][0]["id"]
-    _one_line_error(cli(*_args(data_dir, store), "restore", backup_id, "--target", str(target),
-                        env=env), 1, "not empty")
+    backup_id = json.loads(cli(*_args(data_dir, store), "list", "--json", env=env).stdout)[
+        "iterable"
+    ][0]["id"]
+    _one_line_error(
+        cli(*_args(data_dir, store), "restore", backup_id, "--target", str(target), env=env),
+        1,
+        "not empty",
+    )
     assert (target / "keep.txt").read_text() == "mine"
 
 
@@ -102,8 +128,12 @@ def test_unreachable_store_exits_3_in_bounded_time(data_dir: Path, cli) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     store = f"s3://bucket/prefix?endpoint=http://127.0.0.1:{port}&region=us-east-1"
-    env = {"CLOUDKEEP_PASSPHRASE": PASSPHRASE, "AWS_ACCESS_KEY_ID": "x",
-           "AWS_SECRET_ACCESS_KEY": "y", "CLOUDKEEP_STORE_RETRY_DEADLINE": "2"}
+    env = {
+        "CLOUDKEEP_PASSPHRASE": PASSPHRASE,
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "CLOUDKEEP_STORE_RETRY_DEADLINE": "2",
+    }
     started = time.monotonic()
     result = cli(*_args(data_dir, store), "list", env=env)
     assert time.monotonic() - started < 60

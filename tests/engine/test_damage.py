@@ -52,8 +52,15 @@ def test_flipped_byte_in_a_blob_names_only_the_backup_using_it(tmp_path: Path, c
     report = ws.check(read_data=True)
     assert report.damaged_backups == [first]
 
-    result = cli("--data", str(tmp_path / "data"), "--store", store.as_uri(), "check",
-                 "--read-data", env={"CLOUDKEEP_PASSPHRASE": PASSPHRASE})
+    result = cli(
+        "--data",
+        str(tmp_path / "data"),
+        "--store",
+        store.as_uri(),
+        "check",
+        "--read-data",
+        env={"CLOUDKEEP_PASSPHRASE": PASSPHRASE},
+    )
     assert result.code == 2
     assert f"damaged backup: {first}" in result.stdout and second not in result.stdout
 
@@ -62,7 +69,8 @@ def test_flipped_byte_in_a_blob_names_only_the_backup_using_it(tmp_path: Path, c
     assert not (tmp_path / "bad").exists()
     ws.restore(second, target=tmp_path / "good")
     assert (tmp_path / "good" / "shared.bin").read_bytes() == (
-        tmp_path / "data" / "shared.bin").read_bytes()
+        tmp_path / "data" / "shared.bin"
+    ).read_bytes()
 
 
 def test_truncated_and_missing_packs_are_found_without_reading_data(tmp_path: Path) -> None:

@@ -51,8 +51,9 @@ def _assert_consistent(path: Path) -> int:
         # Invariants planted by the writer: money is conserved in every transaction, and
         # the ledger has no gaps (a torn copy would break one or the other).
         assert db.execute("SELECT sum(balance) FROM accounts").fetchone()[0] == 100_000
-        count, top = db.execute("SELECT count(*), coalesce(max(seq), 0) FROM ledger "
-                                "WHERE seq > 0").fetchone()
+        count, top = db.execute(
+            "SELECT count(*), coalesce(max(seq), 0) FROM ledger WHERE seq > 0"
+        ).fetchone()
         assert count == top
         return top
     finally:
@@ -66,7 +67,8 @@ def _backup_while_writing(tmp_path: Path, journal_mode: str) -> None:
     ws = workspace(data, (tmp_path / "store").as_uri())
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(data / "bank.db"), journal_mode, "6"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(0.3)

@@ -107,8 +107,10 @@ def test_page_level_dedup_keeps_small_updates_small(tmp_path: Path) -> None:
     db = sqlite3.connect(data / "big.db")
     rnd = random.Random(4)
     for row in rnd.sample(range(1, 6001), 60):
-        db.execute("UPDATE snippets SET embedding=?, updated=? WHERE id=?",
-                   (rnd.randbytes(1536), 1e9 + row, row))
+        db.execute(
+            "UPDATE snippets SET embedding=?, updated=? WHERE id=?",
+            (rnd.randbytes(1536), 1e9 + row, row),
+        )
     db.commit()
     db.close()
     ws.backup()

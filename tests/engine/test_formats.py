@@ -1,0 +1,93 @@
+"""Property tests of the byte formats: chunking, packs, index files, chunk lists."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyfastcdc import FastCDC
+
+from cloudkeep.repository.crypto import MasterKey, Sealer
+from cloudkeep.repository.index import IndexFile, MasterIndex
+from cloudkeep.repository.packs import BlobType, PackBuilder, PackEntry, read_header
+from cloudkeep.snapshot.archiver import _page_chunks
+from cloudkeep.snapshot.manifest import decode_chunk_list, encode_chunk_list
+
+SEALER = Sealer(MasterKey.generate())
+ids = st.binary(min_size=32, max_size=32)
+entries = st.builds(
+    PackEntry,
+    st.sampled_from(list(BlobType)),
+    ids,
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@given(st.binary(max_size=300_000), st.integers(8, 12))
+@settings(max_examples=40, deadline=None)
+def test_cdc_chunks_reassemble_and_respect_bounds(data: bytes, avg_bits: int) -> None:
+    avg = 1 << avg_bits
+    chunker = FastCDC(avg, min_size=max(64, avg // 4), max_size=max(1024, avg * 4), seed=7)
+    chunks = [bytes(c.data) for c in chunker.cut_stream(io.BytesIO(data))]
+    assert b"".join(chunks) == data
+    assert all(len(c) <= max(1024, avg * 4) for c in chunks)
+    assert all(len(c) >= max(64, avg // 4) for c in chunks[:-1])
+
+
+@given(st.integers(1, 40), st.sampled_from([512, 1024, 4096, 8192]), st.integers(1, 4))
+@settings(max_examples=30, deadline=None)
+def test_page_chunks_are_whole_pages(pages: int, page_size: int, per_chunk: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        _check_page_chunks(Path(folder) / "x.db", pages, page_size, per_chunk)
+
+
+def _check_page_chunks(path: Path, pages: int, page_size: int, per_chunk: int) -> None:
+    header = bytearray(b"SQLite format 3\x00" + os.urandom(84))
+    header[16:18] = (page_size if page_size < 65536 else 1).to_bytes(2, "big")
+    body = bytes(header) + os.urandom(page_size * pages - 100)
+    path.write_bytes(body)
+    chunks = list(_page_chunks(path, page_size * per_chunk))
+    assert b"".join(chunks) == body
+    assert all(len(c) == page_size * per_chunk for c in chunks[:-1])
+    assert len(chunks[-1]) % page_size == 0
+
+
+@given(st.lists(st.tuples(ids, st.integers(0, 2**32 - 1)), max_size=200))
+def test_chunk_lists_round_trip(chunks: list[tuple[bytes, int]]) -> None:
+    assert decode_chunk_list(encode_chunk_list(chunks)) == chunks
+
+
+@given(
+    st.dictionaries(
+        st.text("0123456789abcdef", min_size=64, max_size=64),
+        st.lists(entries, max_size=20),
+        max_size=10,
+    )
+)
+def test_index_files_round_trip(packs: dict[str, list[PackEntry]]) -> None:
+    assert IndexFile.decode(IndexFile(packs).encode()).packs == packs
+
+
+@given(st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=30))
+@settings(max_examples=40, deadline=None)
+def test_packs_round_trip_and_locate_every_blob(blobs: list[bytes]) -> None:
+    builder = PackBuilder()
+    for blob in blobs:
+        blob_id = SEALER.blob_id(blob)
+        builder.add(BlobType.DATA, blob_id, SEALER.seal(blob, blob_id), len(blob))
+    pack_id, content = builder.finish(SEALER)
+    header = read_header(content, SEALER)
+    assert header == builder.entries
+    index = MasterIndex()
+    index.add_pack(pack_id, header)
+    for blob, entry in zip(blobs, header, strict=True):
+        location = index.lookup(entry.blob_id)
+        assert location is not None and location.pack_id == pack_id
+        sealed = content[location.offset : location.offset + location.length]
+        assert SEALER.open(sealed, entry.blob_id) == blob
