@@ -109,19 +109,16 @@ class RepositoryLock:
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
-            try:
+            # A miss is retried next minute; staleness needs five misses in a row.
+            with contextlib.suppress(StorageError):
                 self._write()
-            except StorageError:
-                pass  # retried next minute; staleness needs five misses in a row
 
     def release(self) -> None:
         self._stop.set()
         if self._refresher:
             self._refresher.join()
-        try:
+        with contextlib.suppress(StorageError):  # left behind, it goes stale on its own
             self._repo.delete_file("locks", self._name)
-        except StorageError:
-            pass  # left behind, it goes stale on its own
 
     def __enter__(self) -> RepositoryLock:
         return self
