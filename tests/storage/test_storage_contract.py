@@ -295,3 +295,16 @@ def test_put_below_an_object_fails_fast_or_succeeds(store: Storage) -> None:
         assert store.get("config/x") == b"x"
     assert time.monotonic() - started < 2.0
     assert store.get("config") == b"c"
+
+
+def test_listing_tolerates_foreign_names(tmp_path: Path) -> None:
+    """Files another tool left in the store are listed (sized by stat) despite odd names."""
+    url = (tmp_path / "foreign").as_uri()
+    store = open_store(url)
+    store.put("data/ok", b"ok")
+    root = Path(urlsplit(url).path)
+    (root / "data" / "back\\slash").write_bytes(b"")
+    assert {info.name: info.size for info in store.list("data")} == {
+        "data/ok": 2,
+        "data/back\\slash": 0,
+    }

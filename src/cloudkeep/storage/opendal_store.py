@@ -85,9 +85,10 @@ def summarize_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove URL userinfo, secret-looking query values and known secret strings."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+    # Longest first, so a secret containing another is removed whole. Even very
+    # short secrets are removed: a garbled message beats a leaked password.
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
     text = _URL_USERINFO.sub(r"\g<scheme>***@", text)
     return _SECRET_PARAM.sub(r"\g<key>***", text)
 
@@ -328,6 +329,10 @@ class OpenDALStorage:
     def stat(self, name: str) -> ObjectInfo:
         """Size of one object; folders count as absent."""
         check_name(name)
+        return self._stat(name)
+
+    def _stat(self, name: str) -> ObjectInfo:
+        """``stat`` without the name check, for names the service itself listed."""
         try:
             meta = self._op.stat(name)
         except Exception as exc:
@@ -349,26 +354,31 @@ class OpenDALStorage:
             raise ValueError(f"invalid list prefix {prefix!r}: {TEMP_PREFIX} is reserved")
         return self._iter_folder(folder)
 
+    def _list_failed(self, exc: Exception, folder: str) -> StorageError | None:
+        """The error to raise for a failed listing, or None for "folder absent"."""
+        if not is_opendal_error(exc):
+            raise exc
+        error = self._translate(exc, "list", folder)
+        return None if isinstance(error, ObjectNotFound) else error
+
     def _iter_folder(self, folder: str) -> Iterator[ObjectInfo]:
         try:
             entries = iter(self._op.list(folder, recursive=True))
-        except oe.NotFound:
-            return
         except Exception as exc:
-            if not is_opendal_error(exc):
-                raise
-            raise self._translate(exc, "list", folder) from exc
+            error = self._list_failed(exc, folder)
+            if error is None:
+                return
+            raise error from exc
         while True:
             try:
                 entry = next(entries)
             except StopIteration:
                 return
-            except oe.NotFound:
-                return
             except Exception as exc:
-                if not is_opendal_error(exc):
-                    raise
-                raise self._translate(exc, "list", folder) from exc
+                error = self._list_failed(exc, folder)
+                if error is None:
+                    return
+                raise error from exc
             path = entry.path.lstrip("/")
             meta = entry.metadata
             if not path or path.endswith("/") or meta.is_dir or path.startswith(TEMP_PREFIX):
@@ -379,7 +389,7 @@ class OpenDALStorage:
             if size == 0:
                 # Some listings omit sizes (reported as 0): confirm with a stat.
                 try:
-                    size = self.stat(path).size
+                    size = self._stat(path).size
                 except ObjectNotFound:
                     continue
             yield ObjectInfo(path, size)
