@@ -47,14 +47,17 @@ def create_app(
     app_key_dir: Path | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     list_ttl: float = 30.0,
+    jobs_in_subprocess: bool = True,
 ) -> FastAPI:
     """Build the app.
 
     ``extra_hosts`` are Host names accepted besides the loopback ones (the address a
     non-loopback bind listens on); ``any_host`` drops the Host check and is only for a
     wildcard bind, where the mandatory application key is what keeps browsers out.
+    ``jobs_in_subprocess=False`` runs backups in a thread of the server instead of a
+    child process (simpler to debug; the event loop then shares the GIL with the job).
     """
-    service = BackupService(settings, list_ttl=list_ttl)
+    service = BackupService(settings, list_ttl=list_ttl, jobs_in_subprocess=jobs_in_subprocess)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,5 +1,8 @@
 """What the routes talk to: the engine (opened lazily), the list cache and the jobs.
 
+Reads (list, get, delete) use an in-process Workspace from a thread pool; backups and
+restores run in child processes (see ``runner``) so they never slow the event loop.
+
 The Workspace is opened on first use, not at startup, so a server whose store or
 passphrase is not usable yet still starts and answers every request with a 511
 that says what to fix, instead of refusing to run.
@@ -11,13 +14,15 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.cache import BackupListCache
 from cloudkeep.api.errors import ApiError
-from cloudkeep.api.jobs import JOB_PREFIX, Job, JobKind, JobManager
+from cloudkeep.api.jobs import JOB_PREFIX, Engine, Job, JobKind, JobManager
+from cloudkeep.api.runner import ProcessEngine
 from cloudkeep.errors import InvalidSnapshotId, RepositoryNotFound, SnapshotNotFound
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
@@ -52,13 +57,19 @@ def _not_found(backup_id: str) -> ApiError:
 class BackupService:
     """One per app; owns the worker thread (``start``/``stop`` from the lifespan)."""
 
-    def __init__(self, settings: Settings, *, list_ttl: float = 30.0) -> None:
+    def __init__(
+        self, settings: Settings, *, list_ttl: float = 30.0, jobs_in_subprocess: bool = True
+    ) -> None:
         self.settings = settings
         self._workspace: Workspace | None = None
         self._workspace_lock = threading.Lock()
         self.cache = BackupListCache(self._load_list, ttl=list_ttl)
+        engine: Callable[[], Engine] = self.workspace
+        if jobs_in_subprocess:
+            process_engine = ProcessEngine(settings)
+            engine = lambda: process_engine  # noqa: E731
         self.jobs = JobManager(
-            self.workspace,
+            engine,
             device_name=self._device_name,
             platform=current_platform(),
             on_created=lambda info: self.cache.add(backup_from_info(info)),
