@@ -139,11 +139,18 @@ def test_malformed_urls(url: str, hint: str, monkeypatch: pytest.MonkeyPatch) ->
         f"s3://AKIA:{SECRET}@bucket/p?region=x",
         f"azblob://c/p?endpoint=http://127.0.0.1:1&account_key={SECRET}",
         f"gcs://b/p?token={SECRET}",
+        f"s3://bucket/p?endpoint=http://me:{SECRET}@127.0.0.1:9",
     ],
 )
 def test_credentials_in_the_url_are_refused_without_echo(url: str) -> None:
     message = config_error(url)
     assert "credentials" in message
+    assert SECRET not in message
+
+
+def test_bad_endpoint_is_not_echoed_with_credentials() -> None:
+    message = config_error(f"s3://bucket/p?endpoint=ftp://me:{SECRET}@127.0.0.1:9")
+    assert "endpoint must be an http:// or https:// URL, not 'ftp://127.0.0.1:9'" in message
     assert SECRET not in message
 
 

@@ -98,12 +98,12 @@ def describe_store_url(url: str) -> str:
     except ValueError:
         return redact(url)
     query = [
-        (key, "***" if _CREDENTIAL_PARAMS.search(key) else value)
+        (key, "***" if _CREDENTIAL_PARAMS.search(key) else redact(value))
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
     text = f"{parts.scheme}://{host}{port}{parts.path}"
     if query:
-        text += "?" + urlencode(query, safe=":/")
+        text += "?" + urlencode(query, safe=":/@*,")
     return redact(text)
 
 
@@ -111,7 +111,8 @@ def _params(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if _CREDENTIAL_PARAMS.search(key):
-            raise _error(url, f"credentials are not accepted in the URL ({key}=); use the env")
+            why = f"credentials are not accepted in the URL ({key}=); set them in the environment"
+            raise _error(url, why)
         if key not in allowed:
             accepted = ", ".join(allowed) or "none"
             raise _error(url, f"unknown option {key!r} (accepted: {accepted})")
@@ -139,7 +140,10 @@ def _root(path: str) -> str:
 
 def _endpoint(url: str, value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
-        raise _error(url, f"endpoint must be an http:// or https:// URL, not {value!r}")
+        shown = describe_store_url(value)
+        raise _error(url, f"endpoint must be an http:// or https:// URL, not {shown!r}")
+    if "@" in urlsplit(value).netloc:
+        raise _error(url, "credentials are not accepted in the endpoint; use the environment")
     return value.rstrip("/")
 
 
@@ -148,7 +152,7 @@ def _no_userinfo(url: str, netloc: str) -> None:
         raise _error(url, "credentials are not accepted in the URL; use the environment")
 
 
-def _file_spec(url: str, path: str) -> _Spec:
+def _file_spec(path: str) -> _Spec:
     root = os.path.abspath(os.path.expanduser(path))
     try:
         os.makedirs(root, exist_ok=True)
@@ -170,7 +174,7 @@ def _parse_file(url: str, env: Mapping[str, str]) -> _Spec:
     path = unquote(parts.path)
     if not path.startswith("/"):
         raise _error(url, "file URLs look like file:///absolute/path")
-    return _file_spec(url, path)
+    return _file_spec(path)
 
 
 def _parse_s3(url: str, env: Mapping[str, str]) -> _Spec:
@@ -389,7 +393,7 @@ def _spec(url: str, env: Mapping[str, str]) -> _Spec:
             scheme = url.split(":", 1)[0]
             if scheme.lower() in SUPPORTED_SCHEMES:
                 raise _error(url, f"write {scheme}://…")
-        return _file_spec(url, url)
+        return _file_spec(url)
     scheme = url.split("://", 1)[0].lower()
     parser = _PARSERS.get(scheme)
     if parser is None:
