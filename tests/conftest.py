@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +76,12 @@ class ServerProcess:
         )
 
     def output(self) -> str:
-        """The server's combined stdout/stderr so far (tail)."""
+        """The server's combined stdout/stderr so far (head and tail if long)."""
         self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
+        text = self.log_path.read_text(errors="replace")
+        if len(text) <= 4000:
+            return text
+        return f"{text[:2000]}\n[...]\n{text[-2000:]}"
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Poll the port until it accepts connections; fail with the server's output."""
@@ -110,6 +113,22 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self._log.close()
+
+
+def start_server(name: str, argv_for: Callable[[int], list[str]], log_dir: Path) -> ServerProcess:
+    """Start a server on a free port; retry on a new port if another process grabbed it."""
+    failures = []
+    for _ in range(3):
+        port = free_port()
+        server = ServerProcess(name, argv_for(port), port, log_dir)
+        try:
+            server.wait_ready()
+        except RuntimeError as exc:
+            server.stop()
+            failures.append(str(exc))
+            continue
+        return server
+    raise RuntimeError("\n\n".join(failures))
 
 
 @dataclass(frozen=True)
@@ -151,11 +170,9 @@ class WebDAVServer:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server on a free loopback port, with fake credentials in the env."""
-    port = free_port()
-    server = ServerProcess(
+    server = start_server(
         "moto",
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        port,
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         tmp_path_factory.mktemp("moto-log"),
     )
     with pytest.MonkeyPatch.context() as mp:
@@ -164,8 +181,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         for key in _AWS_ENV_CLEARED:
             mp.delenv(key, raising=False)
         try:
-            server.wait_ready()
-            endpoint = f"http://127.0.0.1:{port}"
+            endpoint = f"http://127.0.0.1:{server.port}"
             # moto accepts unsigned requests, so plain HTTP is enough to make the bucket.
             request = urllib.request.Request(f"{endpoint}/{S3_BUCKET}", method="PUT")
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -182,15 +198,17 @@ def _rclone_webdav(
     if rclone is None:
         pytest.fail("rclone is not installed (apt-get install rclone)")
     root = tmp_path_factory.mktemp("webdav-root")
-    port = free_port()
-    argv = [rclone, "serve", "webdav", str(root), "--addr", f"127.0.0.1:{port}"]
-    argv += ["--config", str(root.parent / "rclone-unused.conf")]
-    if user and password:
-        argv += ["--user", user, "--pass", password]
-    server = ServerProcess("rclone-webdav", argv, port, tmp_path_factory.mktemp("dav-log"))
+
+    def argv_for(port: int) -> list[str]:
+        argv = [rclone, "serve", "webdav", str(root), "--addr", f"127.0.0.1:{port}"]
+        argv += ["--config", str(root.parent / "rclone-unused.conf")]
+        if user and password:
+            argv += ["--user", user, "--pass", password]
+        return argv
+
+    server = start_server("rclone-webdav", argv_for, tmp_path_factory.mktemp("dav-log"))
     try:
-        server.wait_ready()
-        yield WebDAVServer(f"127.0.0.1:{port}", root, user, password)
+        yield WebDAVServer(f"127.0.0.1:{server.port}", root, user, password)
     finally:
         server.stop()
 
