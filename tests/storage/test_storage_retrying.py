@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -136,11 +137,17 @@ def test_silent_server_times_out_instead_of_hanging(monkeypatch: pytest.MonkeyPa
         assert time.monotonic() - started < 0.8 + 0.3 + 0.7
 
 
-def test_flaky_store_recovers(memory: Storage) -> None:
+def test_flaky_store_recovers(memory: Storage, caplog: pytest.LogCaptureFixture) -> None:
     flaky = Flaky(memory, failures=3)
     store = RetryingStorage.with_policy(flaky, QUICK)
-    store.put("a/b", b"payload")
+    with caplog.at_level(logging.INFO, logger="cloudkeep.storage.retrying"):
+        store.put("a/b", b"payload")
     assert flaky.calls["put"] == 4
+    assert [r.getMessage()[:37] for r in caplog.records] == [
+        "store call failed (attempt 1 of 5), r",
+        "store call failed (attempt 2 of 5), r",
+        "store call failed (attempt 3 of 5), r",
+    ]
     flaky.failures = 2
     assert store.get("a/b") == b"payload"
     flaky.failures = 2

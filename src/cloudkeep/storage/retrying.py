@@ -31,6 +31,7 @@ Environment (read by ``RetryPolicy.from_env``, used by ``open_store``):
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -49,6 +50,10 @@ from cloudkeep.storage.base import (
 )
 
 T = TypeVar("T")
+
+#: Retries are logged at INFO (messages are already secret-free); front ends
+#: decide whether users see "store slow, retrying".
+logger = logging.getLogger(__name__)
 
 ENV_RETRIES = "CLOUDKEEP_STORE_RETRIES"
 ENV_DEADLINE = "CLOUDKEEP_STORE_RETRY_DEADLINE"
@@ -124,6 +129,13 @@ class _Backoff:
             raise StorageUnavailable(
                 f"store unreachable after {self.attempts} attempts over {elapsed:.1f} s: {exc}"
             ) from exc
+        logger.info(
+            "store call failed (attempt %d of %d), retrying in %.1f s: %s",
+            self.attempts,
+            policy.attempts,
+            delay,
+            exc,
+        )
         time.sleep(delay)
 
 
