@@ -126,8 +126,9 @@ class _Backoff:
         delay = min(policy.max_delay, policy.base_delay * 2 ** (self.attempts - 1))
         delay = random.uniform(delay / 2, delay)  # "equal jitter": spread, but keep backing off
         if self.attempts >= policy.attempts or elapsed + delay >= policy.deadline_seconds:
+            tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
             raise StorageUnavailable(
-                f"store unreachable after {self.attempts} attempts over {elapsed:.1f} s: {exc}"
+                f"store unreachable after {tries} over {elapsed:.1f} s: {exc}"
             ) from exc
         logger.info(
             "store call failed (attempt %d of %d), retrying in %.1f s: %s",
