@@ -65,8 +65,10 @@ class BackupService:
         self._workspace_lock = threading.Lock()
         self.cache = BackupListCache(self._load_list, ttl=list_ttl)
         engine: Callable[[], Engine] = self.workspace
+        self._process_engine: ProcessEngine | None = None
         if jobs_in_subprocess:
             process_engine = ProcessEngine(settings)
+            self._process_engine = process_engine
             engine = lambda: process_engine  # noqa: E731
         self.jobs = JobManager(
             engine,
@@ -98,11 +100,15 @@ class BackupService:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
+        if self._process_engine is not None:
+            self._process_engine.start()  # imports and spawn overlap with startup
         self.jobs.start()
         self.cache.refresh_in_background()  # warm: the first GET /backups is then instant
 
     def stop(self) -> None:
         self.jobs.stop()
+        if self._process_engine is not None:
+            self._process_engine.stop()
 
     # -- reads -------------------------------------------------------------------
     async def list_body(self) -> bytes:
