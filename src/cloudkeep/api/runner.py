@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -44,6 +45,7 @@ log = logging.getLogger("cloudkeep.api")
 _POLL = 0.05  # seconds between checks of the cancel flag while waiting for the worker
 _PROGRESS_STEP = 0.1  # percent; finer updates are not worth a pipe message
 _PROGRESS_INTERVAL = 0.1  # seconds
+_NICENESS = 10
 
 
 class EngineCrashed(Exception):
@@ -53,6 +55,10 @@ class EngineCrashed(Exception):
 def _worker(settings: Settings, requests: Connection, replies: Connection, cancel: Any) -> None:
     """Entry point of the engine process: serve operations until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which cancels
+    if hasattr(os, "nice"):
+        # Background work: when CPUs are scarce the API (and the user's app) go first.
+        with contextlib.suppress(OSError):
+            os.nice(_NICENESS)
     from cloudkeep.workspace import Workspace
 
     send_lock = threading.Lock()
