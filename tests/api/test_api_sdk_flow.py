@@ -165,3 +165,10 @@ def test_backups_created_by_the_cli_are_visible(server: ApiServer) -> None:
     fetched = server.backup_api().backup_specific_backup_snapshot(cli_backup.id)
     assert fetched.id == cli_backup.id
     assert fetched.bytes == cli_backup.bytes
+    # Finding it in the store makes the cached list catch up in the background.
+    deadline = time.monotonic() + 10
+    listed: list[str] = []
+    while time.monotonic() < deadline and cli_backup.id not in listed:
+        listed = [b.id for b in server.backups_api().backups_snapshot().iterable]
+        time.sleep(0.05)
+    assert cli_backup.id in listed

@@ -134,6 +134,7 @@ class BackupService:
             # No repository yet means no backups: the id is simply unknown (as GET /backups
             # answers an empty list rather than an error).
             raise _not_found(backup_id) from exc
+        self.cache.refresh_in_background()  # made elsewhere (CLI, another device): catch up
         return backup_from_info(info)
 
     def _get_info(self, backup_id: str) -> BackupInfo:
