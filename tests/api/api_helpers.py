@@ -103,8 +103,13 @@ class ApiServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        for client in self.clients:
-            client.rest_client.pool_manager.clear()
+        try:
+            for client in self.clients:
+                client.rest_client.pool_manager.clear()
+        finally:
+            self._terminate()
+
+    def _terminate(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
