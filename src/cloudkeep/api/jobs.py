@@ -257,14 +257,6 @@ class JobManager:
             with self._lock:
                 job.subscribers.discard(subscription)
 
-    def follow(self, job: Job, loop: asyncio.AbstractEventLoop) -> Subscription:
-        """Subscribe to a job already submitted; the first event is its current state."""
-        subscription = Subscription(loop)
-        with self._lock:
-            job.subscribers.add(subscription)
-            subscription.push(job.progress())
-        return subscription
-
     def watch(self, loop: asyncio.AbstractEventLoop) -> Subscription:
         """Every change of every job, as BackupsStreamedProgress; starts with the current state."""
         subscription = Subscription(loop)

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.cache import BackupListCache
 from cloudkeep.api.errors import ApiError
-from cloudkeep.api.jobs import JOB_PREFIX, Engine, Job, JobKind, JobManager
+from cloudkeep.api.jobs import JOB_PREFIX, Engine, Job, JobKind, JobManager, Subscription
 from cloudkeep.api.runner import ProcessEngine
 from cloudkeep.errors import InvalidSnapshotId, RepositoryNotFound, SnapshotNotFound
 from cloudkeep.wire import Backup, backup_from_info, current_platform
@@ -154,19 +154,20 @@ class BackupService:
     def _delete(self, backup_id: str) -> None:
         self.workspace().delete(backup_id)
 
-    def create(self) -> tuple[Job, Any]:
+    def create(self) -> tuple[Job, Subscription]:
+        """Queue a backup; the subscription starts with its INITIALIZED event."""
         return self.jobs.submit_creation(asyncio.get_running_loop())
 
-    async def restore(self, backup_id: str) -> tuple[Job, Any]:
+    async def restore(self, backup_id: str) -> tuple[Job, Subscription]:
         """Check the backup exists (404 now rather than FAILED later), then queue."""
         backup = await self.get(backup_id)
         return self.jobs.submit_restoration(backup, asyncio.get_running_loop())
 
     # -- job lookups -------------------------------------------------------------
-    async def creation_job(self, ident: str) -> Job | None:
+    def creation_job(self, ident: str) -> Job | None:
         validate_id(ident)
         return self.jobs.find(JobKind.CREATION, ident)
 
-    async def restoration_job(self, ident: str) -> Job | None:
+    def restoration_job(self, ident: str) -> Job | None:
         validate_id(ident)
         return self.jobs.find(JobKind.RESTORATION, ident)

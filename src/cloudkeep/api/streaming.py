@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from cloudkeep.api.errors import status_for, text_response
+from cloudkeep.api.errors import error_text, status_for, text_response
 from cloudkeep.api.jobs import Job, JobManager, Subscription
 from cloudkeep.wire import BackupStreamedProgress, ModelDownloadProgressStatusEnum, WireModel
 
@@ -74,8 +74,6 @@ def job_outcome_response(job: Job, final: BackupStreamedProgress) -> Response:
     if final.status is ModelDownloadProgressStatusEnum.CANCELED:
         return text_response(409, f"The {job.kind.value} {job.id} was canceled.")
     if job.error is not None:
-        from cloudkeep.api.errors import error_text
-
         return text_response(status_for(job.error), error_text(job.error))
     return text_response(500, final.reason or f"The {job.kind.value} failed.")
 

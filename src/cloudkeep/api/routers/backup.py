@@ -147,7 +147,7 @@ async def _status(
     responses=errors(*ENGINE, 404),
 )
 async def creation_status(backup: BackupId, service: Service) -> Response:
-    job = await service.creation_job(backup)
+    job = service.creation_job(backup)
     return await _status(job, backup, service, BackupStatusEnum.COMPLETED)
 
 
@@ -162,7 +162,7 @@ async def creation_status(backup: BackupId, service: Service) -> Response:
     responses=errors(*ENGINE, 404),
 )
 async def restoration_status(backup: BackupId, service: Service) -> Response:
-    job = await service.restoration_job(backup)
+    job = service.restoration_job(backup)
     return await _status(job, backup, service, BackupStatusEnum.UNKNOWN)
 
 
@@ -187,7 +187,7 @@ async def _cancel(job: Job | None, backup_id: str, service: BackupService) -> Re
     responses=errors(*COMMON, 404),
 )
 async def creation_cancel(backup: BackupId, service: Service) -> Response:
-    return await _cancel(await service.creation_job(backup), backup, service)
+    return await _cancel(service.creation_job(backup), backup, service)
 
 
 @router.post(
@@ -201,4 +201,4 @@ async def creation_cancel(backup: BackupId, service: Service) -> Response:
     responses=errors(*COMMON, 404),
 )
 async def restoration_cancel(backup: BackupId, service: Service) -> Response:
-    return await _cancel(await service.restoration_job(backup), backup, service)
+    return await _cancel(service.restoration_job(backup), backup, service)
