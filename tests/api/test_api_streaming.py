@@ -298,3 +298,30 @@ def test_failure_ends_failed_with_reason(start_server: StartServer) -> None:
         assert plain.headers["content-type"].startswith("text/plain")
         assert str(server.data_dir) in plain.text
         assert http.get("/backups").json() == {"iterable": []}
+
+
+def test_delete_during_a_backup_answers_at_once(server: ApiServer) -> None:
+    """The space reclaim waits for the running backup; the delete itself does not."""
+    with server.http() as http:
+        old = http.post("/backups/create").json()["id"]
+        make_big_db(server.data_dir / "big.db", 160)
+        with http.stream(
+            "POST", "/backups/create/streamed", headers={"Accept": "application/x-ndjson"}
+        ) as response:
+            events = ndjson(response)
+            for event in events:
+                if event["status"] == "IN-PROGRESS" and event["percentage"] > 0:
+                    break
+            with server.http() as control:
+                started = time.monotonic()
+                deleted = control.post(f"/backups/{old}/delete")
+                elapsed = time.monotonic() - started
+                assert deleted.status_code == 204
+                running = control.get("/backups/streamed/progress").json()["backups"]
+            rest = list(events)
+        assert running and running[0]["status"] == "IN-PROGRESS"  # answered mid-backup
+        assert elapsed < 1.5, elapsed
+        assert rest[-1]["status"] == "COMPLETED"
+        listed = [b["id"] for b in http.get("/backups").json()["iterable"]]
+        assert listed == [rest[-1]["backup"]["id"]]
+        assert http.get(f"/backup/{old}").status_code == 404

@@ -11,6 +11,7 @@ that says what to fix, instead of refusing to run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -23,7 +24,12 @@ from cloudkeep.api.cache import BackupListCache
 from cloudkeep.api.errors import ApiError
 from cloudkeep.api.jobs import JOB_PREFIX, Engine, Job, JobKind, JobManager, Subscription
 from cloudkeep.api.runner import ProcessEngine
-from cloudkeep.errors import InvalidSnapshotId, RepositoryNotFound, SnapshotNotFound
+from cloudkeep.errors import (
+    CloudkeepError,
+    InvalidSnapshotId,
+    RepositoryNotFound,
+    SnapshotNotFound,
+)
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
@@ -48,6 +54,19 @@ def validate_id(value: str) -> str:
             "<version>_<timestamp> (see GET /backups).",
         )
     return value
+
+
+_DELETE_POLL = 0.1  # seconds between checks that a deleted backup's manifest is gone
+
+
+def _log_late_failure(backup_id: str) -> Callable[[asyncio.Future[None]], None]:
+    """After the answer was sent, a failure of the background reclaim can only be logged."""
+
+    def report(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("space reclaim after deleting %s failed: %s", backup_id, future.exception())
+
+    return report
 
 
 def _not_found(backup_id: str) -> ApiError:
@@ -142,17 +161,62 @@ class BackupService:
 
     # -- changes -----------------------------------------------------------------
     async def delete(self, backup_id: str) -> None:
-        validate_id(backup_id)
-        if backup_id.startswith(JOB_PREFIX):
-            raise _not_found(backup_id)
+        """Delete, answering as soon as the backup is gone from the store.
+
+        ``Workspace.delete`` removes the manifest and then reclaims space under the
+        exclusive repository lock, which waits (up to 30 s) for a running backup. The
+        backup is deleted the moment its manifest is gone, so the request is answered
+        then and the reclaim finishes in the background.
+        """
+        await self.get(backup_id)  # 404 now for an id that does not exist
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if finished.done():
+                return
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+        def run() -> None:
+            outcome: BaseException | None = None
+            try:
+                self.workspace().delete(backup_id)
+            except BaseException as exc:
+                outcome = exc
+                if not isinstance(exc, CloudkeepError):
+                    log.exception("deleting %s failed", backup_id)
+            with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
+                loop.call_soon_threadsafe(settle, outcome)
+
+        threading.Thread(target=run, name=f"cloudkeep-delete-{backup_id}", daemon=True).start()
         try:
-            await run_in_threadpool(self._delete, backup_id)
+            await self._until_deleted(backup_id, finished)
         except (SnapshotNotFound, InvalidSnapshotId, RepositoryNotFound) as exc:
             raise _not_found(backup_id) from exc
         self.cache.remove(backup_id)
 
-    def _delete(self, backup_id: str) -> None:
-        self.workspace().delete(backup_id)
+    async def _until_deleted(self, backup_id: str, finished: asyncio.Future[None]) -> None:
+        """Return when the delete finished or its manifest is gone; raise its error."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(finished), _DELETE_POLL)
+                return
+            except TimeoutError:
+                if await run_in_threadpool(self._is_gone, backup_id):
+                    finished.add_done_callback(_log_late_failure(backup_id))
+                    return
+
+    def _is_gone(self, backup_id: str) -> bool:
+        try:
+            self.workspace().get(backup_id)
+        except (SnapshotNotFound, InvalidSnapshotId):
+            return True
+        except CloudkeepError:
+            return False
+        return False
 
     def create(self) -> tuple[Job, Subscription]:
         """Queue a backup; the subscription starts with its INITIALIZED event."""
