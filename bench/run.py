@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mutate-seed", type=int, default=2, help="day-of-use mutation seed")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each tool's sequence N times and report medians")
-    ap.add_argument("--settle", type=float, default=30.0,
+    ap.add_argument("--settle", type=float, default=10.0,
                     help="before each step wait up to S seconds for other load to drop")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restores")
     ap.add_argument("--no-service", action="store_true", help="skip the GET /backups bench")
