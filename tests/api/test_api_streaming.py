@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from api_helpers import ApiServer, StartServer, make_big_db, make_notes_db, read_notes
 from pieces_os_client.models.backup_streamed_progress import BackupStreamedProgress
@@ -325,3 +326,62 @@ def test_delete_during_a_backup_answers_at_once(server: ApiServer) -> None:
         listed = [b["id"] for b in http.get("/backups").json()["iterable"]]
         assert listed == [rest[-1]["backup"]["id"]]
         assert http.get(f"/backup/{old}").status_code == 404
+
+
+def _engine_processes(server: ApiServer) -> list[psutil.Process]:
+    """The server's spawned engine worker(s) (not multiprocessing's resource tracker)."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return [p for p in children if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_engine_crash_fails_the_job_and_the_next_one_works(server: ApiServer) -> None:
+    make_big_db(server.data_dir / "big.db", 96)
+    with server.http() as http:
+        with http.stream(
+            "POST", "/backups/create/streamed", headers={"Accept": "application/x-ndjson"}
+        ) as response:
+            events = []
+            for event in ndjson(response):
+                events.append(event)
+                if (
+                    event["status"] == "IN-PROGRESS"
+                    and event["percentage"] > 0
+                    and len([e for e in events if e["status"] == "IN-PROGRESS"]) == 2
+                ):
+                    (engine,) = _engine_processes(server)
+                    engine.kill()  # a process this test started (via the server)
+        assert_well_formed(events, "FAILED")
+        reason = events[-1]["reason"]
+        assert "trace id" in reason
+        trace_id = reason.split("trace id ")[1].split(")")[0]
+        assert trace_id in server.log()
+        assert http.get("/backups").json() == {"iterable": []}
+        # A new engine process takes the next job.
+        retry = http.post("/backups/create/streamed").json()
+        assert retry["status"] == "COMPLETED"
+        assert [b["id"] for b in http.get("/backups").json()["iterable"]] == [retry["backup"]["id"]]
+
+
+def test_stopping_the_server_cancels_the_running_backup(server: ApiServer) -> None:
+    make_big_db(server.data_dir / "big.db", 160)
+    engines = _engine_processes(server)
+    assert len(engines) == 1
+    events: list[dict[str, Any]] = []
+    with (
+        server.http() as http,
+        http.stream(
+            "POST", "/backups/create/streamed", headers={"Accept": "application/x-ndjson"}
+        ) as response,
+    ):
+        for event in ndjson(response):
+            events.append(event)
+            if event["status"] == "IN-PROGRESS" and event["percentage"] > 0:
+                started = time.monotonic()
+                server.process.terminate()
+    server.process.wait(timeout=30)
+    assert time.monotonic() - started < 15
+    assert events[-1]["status"] == "CANCELED"
+    psutil.wait_procs(engines, timeout=10)
+    assert not any(p.is_running() for p in engines)
+    snapshots = server.store_dir / "snapshots"
+    assert not snapshots.exists() or not any(snapshots.iterdir())

@@ -279,6 +279,11 @@ class JobManager:
             if job.status is Status.INITIALIZED:
                 self._finish(job, Status.CANCELED, reason="canceled on request before it started")
 
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job (the server is stopping)."""
+        for job in self.active():
+            self.cancel(job)
+
     # -- worker ------------------------------------------------------------------
     def _run(self) -> None:
         while True:

@@ -13,8 +13,10 @@ import ipaddress
 import logging
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -37,6 +39,24 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1000
 FALLBACK_PORTS = range(39300, 39334)
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+class _Server(uvicorn.Server):
+    """Cancels the jobs as soon as a stop is requested.
+
+    Uvicorn's graceful shutdown waits for open connections, and a streamed creation
+    stays open until its job ends: canceling first lets them end within seconds.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # In a thread: the signal arrives on the event loop's thread, which may be
+        # inside the job manager's lock at that moment.
+        threading.Thread(target=self._on_exit, name="cloudkeep-stop", daemon=True).start()
+        super().handle_exit(sig, frame)
 
 
 def _announce(message: str) -> None:
@@ -163,7 +183,7 @@ def serve(
         ws_max_size=max_body,
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, on_exit=app.state.service.jobs.cancel_all)
     # Keep the event loop responsive while a backup's Python code holds the GIL.
     sys.setswitchinterval(0.001)
     url = url_for(host, bound_port)
