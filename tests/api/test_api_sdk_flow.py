@@ -172,3 +172,17 @@ def test_backups_created_by_the_cli_are_visible(server: ApiServer) -> None:
         listed = [b.id for b in server.backups_api().backups_snapshot().iterable]
         time.sleep(0.05)
     assert cli_backup.id in listed
+
+
+def test_sdk_websocket_methods_over_plain_http(server: ApiServer) -> None:
+    """The generated SDK calls the WebSocket paths with a plain GET."""
+    feed = server.backups_api().backups_streamed_progress()
+    assert feed.backups == [] and feed.restorations == []
+    with pytest.raises(ApiException) as creation:
+        server.backups_api().backups_create_new_backup_streamed_websocket()
+    assert creation.value.status == 426
+    assert "WebSocket" in (creation.value.body or "")
+    with pytest.raises(ApiException) as restoration:
+        server.backup_api().backup_restore_specific_backup_streamed_websocket("0.1.0_1")
+    assert restoration.value.status == 426
+    assert server.backups_api().backups_snapshot().iterable == []  # nothing was started
