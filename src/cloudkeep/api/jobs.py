@@ -167,10 +167,7 @@ class JobManager:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel everything (the engine leaves no partial backup) and wait for the worker."""
-        with self._lock:
-            for job in self._jobs.values():
-                if not job.terminal:
-                    job.cancel.set()
+        self.cancel_all()
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
