@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +12,7 @@ from pyfastcdc import FastCDC
 from cloudkeep.repository.crypto import MasterKey, Sealer
 from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.packs import BlobType, PackBuilder, PackEntry, read_header
-from cloudkeep.snapshot.archiver import _page_chunks
+from cloudkeep.snapshot.archiver import page_chunks
 from cloudkeep.snapshot.manifest import decode_chunk_list, encode_chunk_list
 
 SEALER = Sealer(MasterKey.generate())
@@ -40,21 +38,17 @@ def test_cdc_chunks_reassemble_and_respect_bounds(data: bytes, avg_bits: int) ->
     assert all(len(c) >= max(64, avg // 4) for c in chunks[:-1])
 
 
-@given(st.integers(1, 40), st.sampled_from([512, 1024, 4096, 8192]), st.integers(1, 4))
-@settings(max_examples=30, deadline=None)
-def test_page_chunks_are_whole_pages(pages: int, page_size: int, per_chunk: int) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        _check_page_chunks(Path(folder) / "x.db", pages, page_size, per_chunk)
-
-
-def _check_page_chunks(path: Path, pages: int, page_size: int, per_chunk: int) -> None:
-    header = bytearray(b"SQLite format 3\x00" + os.urandom(84))
-    header[16:18] = (page_size if page_size < 65536 else 1).to_bytes(2, "big")
-    body = bytes(header) + os.urandom(page_size * pages - 100)
-    path.write_bytes(body)
-    chunks = list(_page_chunks(path, page_size * per_chunk))
+@given(st.integers(1, 40), st.sampled_from([512, 1024, 4096, 8192]), st.integers(1, 4),
+       st.integers(1, 8))
+def test_page_chunks_are_whole_chunks(pages: int, page_size: int, per_chunk: int,
+                                      chunks_per_block: int) -> None:
+    chunk = page_size * per_chunk
+    body = os.urandom(page_size * pages)
+    block = chunk * chunks_per_block
+    blocks = (body[i : i + block] for i in range(0, len(body), block))
+    chunks = list(page_chunks(blocks, chunk))
     assert b"".join(chunks) == body
-    assert all(len(c) == page_size * per_chunk for c in chunks[:-1])
+    assert all(len(c) == chunk for c in chunks[:-1])
     assert len(chunks[-1]) % page_size == 0
 
 

@@ -36,7 +36,8 @@ from cloudkeep.snapshot.manifest import (
     now_us,
 )
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.sources import SourceItem, scan, sqlite_image, sqlite_page_size
+from cloudkeep.snapshot.sources import SourceItem, scan, sqlite_page_size
+from cloudkeep.snapshot.sqlite_capture import CaptureTorn, consistent_pages
 from cloudkeep.storage.base import ObjectExists, StorageError
 
 BATCH_BYTES = 4 * 1024 * 1024
@@ -92,17 +93,12 @@ class _Batcher:
         return results
 
 
-def _page_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
-    page_size = sqlite_page_size(path)
-    size = max(page_size, chunk_bytes // page_size * page_size)
-    with path.open("rb", buffering=0) as handle:
-        while True:
-            block = handle.read(BATCH_BYTES // size * size or size)
-            if not block:
-                return
-            view = memoryview(block)
-            for start in range(0, len(block), size):
-                yield bytes(view[start : start + size])
+def page_chunks(blocks: Iterator[bytes], chunk_bytes: int) -> Iterator[bytes]:
+    """Cut page-aligned blocks (each a multiple of ``chunk_bytes``) into chunks."""
+    for block in blocks:
+        view = memoryview(block)
+        for start in range(0, len(block), chunk_bytes):
+            yield bytes(view[start : start + chunk_bytes])
 
 
 def _cdc_chunks(path: Path, chunker: FastCDC) -> Iterator[bytes]:
@@ -215,8 +211,21 @@ class Archiver:
     def _read_file(self, item: SourceItem, batcher: _Batcher) -> list[tuple[bytes, int]]:
         try:
             if item.sqlite:
-                with sqlite_image(item.path, self.scratch) as image:
-                    for chunk in _page_chunks(image, self.repo.chunker["sqlite_chunk_bytes"]):
+                page_size = sqlite_page_size(item.path)
+                wanted = self.repo.chunker["sqlite_chunk_bytes"]
+                chunk_bytes = max(page_size, wanted // page_size * page_size)
+                block_bytes = max(1, BATCH_BYTES // chunk_bytes) * chunk_bytes
+                try:
+                    with consistent_pages(item.path, self.scratch, block_bytes) as capture:
+                        for chunk in page_chunks(capture.blocks, chunk_bytes):
+                            batcher.add(chunk)
+                        return batcher.finish()
+                except CaptureTorn:
+                    batcher.finish()  # what was stored is deduplicated on the second read
+                with consistent_pages(
+                    item.path, self.scratch, block_bytes, in_place=False
+                ) as capture:
+                    for chunk in page_chunks(capture.blocks, chunk_bytes):
                         batcher.add(chunk)
                     return batcher.finish()
             for attempt in range(REREADS_OF_CHANGING_FILE + 1):

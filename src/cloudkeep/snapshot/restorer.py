@@ -26,7 +26,8 @@ from cloudkeep.repository.packs import pack_name
 from cloudkeep.repository.repository import BlobDamaged, Repository
 from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.sources import BUSY_TIMEOUT_SECONDS, is_sqlite
+from cloudkeep.snapshot.sources import is_sqlite
+from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS
 from cloudkeep.snapshot.swap import fsync_dir, recover, replace_atomically
 from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
 

@@ -1,23 +1,17 @@
 """Reading the local database folder: what to back up, and consistent images of it.
 
-SQLite files (recognised by their 16-byte header, not their name) are captured
-through SQLite itself with the online backup API in a single step: it holds one
-read transaction, so the image is the database at one committed moment, WAL
-contents included, while the owning app keeps writing (in WAL mode the writer
-is never blocked). Their ``-wal``/``-shm``/``-journal`` companions are not
-copied raw: the image already holds every committed page. Other files are
-streamed and re-read when they change underneath us.
+SQLite files are recognised by their 16-byte header, not their name, and
+captured as consistent images (``sqlite_capture``); their ``-wal``/``-shm``/
+``-journal`` companions are not copied raw: the image already holds every
+committed page. Other files are streamed and re-read when they change
+underneath us.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import stat
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +20,6 @@ from cloudkeep.errors import DataSourceError
 SQLITE_MAGIC = b"SQLite format 3\x00"
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 RESTORE_MARKER = ".cloudkeep-"  # staging folders of our own restores, never backed up
-BUSY_TIMEOUT_SECONDS = 60.0
 # Kernel file timestamps tick at 1-10 ms; a file touched within this window of the
 # scan could change again within the same tick unnoticed, so it gets no fingerprint.
 RACY_WINDOW_NS = 100_000_000
@@ -156,42 +149,3 @@ def scan(root: Path) -> tuple[str, list[SourceItem]]:
 
 def _raise(error: OSError) -> None:
     raise error
-
-
-@contextlib.contextmanager
-def sqlite_image(path: Path, scratch: Path) -> Iterator[Path]:
-    """A consistent copy of a live SQLite database, removed afterwards.
-
-    ``pages=-1`` copies everything in one step under one read transaction, so a
-    concurrent writer cannot make the backup restart (as stepwise copies do).
-    """
-    scratch.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="capture-", suffix=".db", dir=scratch)
-    os.close(handle)
-    image = Path(name)
-    try:
-        try:
-            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
-        except sqlite3.Error:
-            # A WAL database without its -shm cannot be opened read-only; a normal
-            # connection recreates it (as any reader of the app would).
-            source = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS)
-        try:
-            source.execute("PRAGMA query_only=1")
-            target = sqlite3.connect(image)
-            # The image is scratch: no journal and no fsync, which would double its cost.
-            target.execute("PRAGMA journal_mode=OFF")
-            target.execute("PRAGMA synchronous=OFF")
-            try:
-                source.backup(target, pages=-1)
-            finally:
-                target.close()
-        finally:
-            source.close()
-        yield image
-    except sqlite3.Error as exc:
-        raise DataSourceError(f"cannot read the SQLite database {path}: {exc}") from exc
-    finally:
-        image.unlink(missing_ok=True)
-        for suffix in COMPANION_SUFFIXES:
-            Path(f"{image}{suffix}").unlink(missing_ok=True)
