@@ -255,7 +255,7 @@ def _short(v: float) -> str:
 
 
 def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]],
-          db_bytes: int, floor_s: float | None) -> str:
+          db_bytes: int, floor_s: float | None, same_state: bool = True) -> str:
     """Plain-text table: one row per tool x step, ratios vs restic alongside."""
     hdr = (f"{'tool':<10} {'step':<20} {'wall s':>8} {'cpu s':>8} {'rss MiB':>8} "
            f"{'added MiB':>10} {'others%':>7} | {'wall/r':>7} {'cpu/r':>7} {'rss/r':>7} "
@@ -289,7 +289,8 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
     lines.append("others% = share of the machine's CPU used by other processes during the "
                  "step (noise; figures above ~15% are skewed); x/r = ratio to restic")
     lines.append(f"DB size (snippets.db + -wal): {db_bytes / MIB:.1f} MiB"
-                 + (f"; page-cache read of the whole folder: {floor_s:.2f} s" if floor_s else ""))
+                 + (f"; page-cache read of the whole folder: {floor_s:.2f} s" if floor_s else "")
+                 + ("" if same_state else "; WARNING: tools saw different data states"))
     lines.append("")
     lines.append(f"{'target (cloudkeep)':<52} {'measured':>10} {'limit':>8}  verdict")
     for t in tgt:
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{today}-{size_tag}"
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    text = table(results, rat, tgt, db_bytes, floor_s)
+    text = table(results, rat, tgt, db_bytes, floor_s, same_state=len(states) <= 1)
     if service:
         text += "\n\n" + service_summary(service)
     print(text)
