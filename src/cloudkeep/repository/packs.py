@@ -13,8 +13,8 @@ of its whole content, which lets ``check --read-data`` verify it before opening.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 import blake3
 
@@ -34,8 +34,9 @@ class PackFormatError(Exception):
     """A pack's header is missing, truncated or inconsistent."""
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
+class PackEntry(NamedTuple):
+    """One blob in a pack (a tuple: hundreds of thousands are made per backup)."""
+
     type: BlobType
     blob_id: bytes
     offset: int

@@ -44,11 +44,12 @@ from cloudkeep.storage.base import (
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 8 * 1024 * 1024
+DEFAULT_ZSTD_LEVEL = 3
 _RAW, _ZSTD = 0, 1
 MAX_BLOB_SIZE = 64 * 1024 * 1024  # far above the largest chunk; bounds a hostile frame
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
 DEFAULT_CHUNKER = {
-    "sqlite_chunk_bytes": 4096,
+    "sqlite_chunk_bytes": 8192,
     "cdc_min": 256 * 1024,
     "cdc_avg": 1024 * 1024,
     "cdc_max": 4 * 1024 * 1024,
@@ -122,6 +123,7 @@ class Repository:
             "created": datetime.now(UTC).isoformat(),
             "chunker": dict(DEFAULT_CHUNKER),
             "pack_size": PACK_TARGET_SIZE,
+            "zstd_level": DEFAULT_ZSTD_LEVEL,
         }
         # The key goes first: a config without a key would be an unopenable repository.
         storage.put(f"keys/{uuid.uuid4().hex}", wrap_key(key, passphrase))
@@ -275,7 +277,8 @@ class Repository:
         """Compress (when it pays) and seal one blob; GIL-free in zstd and AES."""
         compressor = getattr(self._compressor, "zstd", None)
         if compressor is None:
-            compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=3)
+            level = self.config.get("zstd_level", DEFAULT_ZSTD_LEVEL)
+            compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=level)
         compressed = compressor.compress(data)
         if len(compressed) < len(data):
             return self.sealer.seal(b"\x01" + compressed, blob_id)
@@ -353,12 +356,30 @@ class PackWriter:
         """Already stored, or queued for storing by this writer."""
         return blob_id in self._repo.index or blob_id in self._pending
 
-    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
+    def claim_new(self, blob_ids: list[bytes]) -> list[int]:
+        """Positions of the ids nobody stored or claimed yet; claims them (one lock per batch).
+
+        A claimed blob must then be passed to ``add`` by the claimer.
+        """
+        index, pending = self._repo.index, self._pending
+        fresh = []
+        with self._lock:
+            for position, blob_id in enumerate(blob_ids):
+                if blob_id not in index and blob_id not in pending:
+                    pending.add(blob_id)
+                    fresh.append(position)
+        return fresh
+
+    def add(
+        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int,
+        *, claimed: bool = False,
+    ) -> bool:
         """Queue a sealed blob; False if it turned out to be known already."""
         with self._lock:
-            if self.known(blob_id):
-                return False
-            self._pending.add(blob_id)
+            if not claimed:
+                if self.known(blob_id):
+                    return False
+                self._pending.add(blob_id)
             self._builder.add(blob_type, blob_id, sealed, raw_length)
             self.new_blobs += 1
             if self._builder.size < self._repo.config.get("pack_size", PACK_TARGET_SIZE):

@@ -76,14 +76,15 @@ class _Batcher:
 
     def _process(self, batch: list[bytes]) -> list[tuple[bytes, int]]:
         repo, writer = self._repo, self._writer
-        out = []
-        for chunk in batch:
-            blob_id = repo.sealer.blob_id(chunk)
-            if not writer.known(blob_id):
-                writer.add(BlobType.DATA, blob_id, repo.seal_blob(blob_id, chunk), len(chunk))
-            out.append((blob_id, len(chunk)))
-        self._tracker.advance(sum(len(c) for c in batch))
-        return out
+        blob_id = repo.sealer.blob_id
+        ids = [blob_id(chunk) for chunk in batch]
+        seal, add = repo.seal_blob, writer.add
+        for position in writer.claim_new(ids):
+            chunk, chunk_id = batch[position], ids[position]
+            add(BlobType.DATA, chunk_id, seal(chunk_id, chunk), len(chunk), claimed=True)
+        sizes = [len(chunk) for chunk in batch]
+        self._tracker.advance(sum(sizes))
+        return list(zip(ids, sizes, strict=True))
 
     def finish(self) -> list[tuple[bytes, int]]:
         self._submit()
