@@ -78,10 +78,13 @@ class _Batcher:
         repo, writer = self._repo, self._writer
         blob_id = repo.sealer.blob_id
         ids = [blob_id(chunk) for chunk in batch]
-        seal, add = repo.seal_blob, writer.add
-        for position in writer.claim_new(ids):
-            chunk, chunk_id = batch[position], ids[position]
-            add(BlobType.DATA, chunk_id, seal(chunk_id, chunk), len(chunk), claimed=True)
+        fresh = writer.claim_new(ids)
+        if fresh:
+            fresh_ids = [ids[position] for position in fresh]
+            fresh_chunks = [batch[position] for position in fresh]
+            sealed = repo.seal_blobs(fresh_ids, fresh_chunks)
+            for chunk_id, chunk, blob in zip(fresh_ids, fresh_chunks, sealed, strict=True):
+                writer.add(BlobType.DATA, chunk_id, blob, len(chunk), claimed=True)
         sizes = [len(chunk) for chunk in batch]
         self._tracker.advance(sum(sizes))
         return list(zip(ids, sizes, strict=True))
