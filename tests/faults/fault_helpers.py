@@ -6,6 +6,7 @@ session so a test can SIGKILL exactly what it started (one pid, or the group).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -78,7 +79,7 @@ def make_data_folder(root: Path, template: Path, rnd: random.Random) -> None:
         while block := src.read(1 << 20):
             dst.write(block)
     (root / "config").mkdir(exist_ok=True)
-    (root / "config" / "app.json").write_text('{"theme": "dark", "n": %d}' % rnd.randint(0, 999))
+    (root / "config" / "app.json").write_text(f'{{"theme": "dark", "n": {rnd.randint(0, 999)}}}')
     (root / "cache").mkdir(exist_ok=True)
     (root / "cache" / "blob.bin").write_bytes(rnd.randbytes(700_000))
     (root / "empty.txt").write_bytes(b"")
@@ -195,10 +196,8 @@ class Setup:
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process and everything in its session (e.g. the server's engine)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait(timeout=30)
 
 

@@ -1,0 +1,161 @@
+"""Issue item 2: ``kill -9`` at random moments of a restore over the live data folder.
+
+The data folder must afterwards hold entirely the old state or entirely the restored
+backup (compared file by file, SQLite by every row), never a mix and never be missing;
+rerunning the restore completes and cleans the killed run's staging folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.faults.fault_helpers import (
+    Setup,
+    exact_state,
+    kill_group,
+    make_data_folder,
+    mutate_db,
+    session_pids,
+    start_server,
+    wait_gone,
+)
+
+CLI_TRIALS = 10
+SERVER_TRIALS = 6
+
+
+def _two_backups(setup: Setup, rnd: random.Random) -> dict[str, dict[str, str]]:
+    """Two backups whose states differ in the database and in a plain file."""
+    states = {}
+    for _ in range(2):
+        mutate_db(setup.data / "snippets.db", rnd, rows=400)
+        (setup.data / "cache" / "blob.bin").write_bytes(rnd.randbytes(700_000))
+        done = setup.run("backup", "--json")
+        assert done.returncode == 0, done.stderr
+        states[json.loads(done.stdout)["id"]] = exact_state(setup.data)
+    return states
+
+
+def _leftovers(setup: Setup) -> list[str]:
+    """Staging or aside folders a restore left beside the data folder."""
+    return sorted(
+        p.name for p in setup.data.parent.iterdir()
+        if p.name.startswith(f".{setup.data.name}.cloudkeep-restore-")
+        or p.name == f"{setup.data.name}.cloudkeep-old"
+    )
+
+
+def _judge(setup: Setup, before: dict[str, str], wanted: dict[str, str], label: str) -> bool:
+    """Old or new, never mixed or missing; True if the restore had already swapped."""
+    assert setup.data.is_dir(), f"{label}: the data folder is missing"
+    now = exact_state(setup.data)
+    assert now in (before, wanted), f"{label}: the data folder is a mix of old and new"
+    return now == wanted
+
+
+def _rerun(setup: Setup, backup_id: str, wanted: dict[str, str], label: str) -> None:
+    done = setup.run("restore", backup_id)
+    assert done.returncode == 0, f"{label}: rerun failed: {done.stderr}"
+    assert exact_state(setup.data) == wanted, f"{label}: rerun did not restore"
+    assert _leftovers(setup) == [], f"{label}: staging left after the rerun"
+
+
+def test_kill_cli_restore_at_random_moments(
+    tmp_path: Path, live_db_template: Path, rng: random.Random
+) -> None:
+    setup = Setup(tmp_path, tmp_path / "production", (tmp_path / "store").as_uri())
+    make_data_folder(setup.data, live_db_template, rng)
+    states = _two_backups(setup, rng)
+    ids = sorted(states)
+    outcomes = {"old": 0, "new": 0}
+    for trial in range(CLI_TRIALS):
+        before = exact_state(setup.data)
+        backup_id = next(i for i in ids if states[i] != before)
+        process = setup.popen("restore", backup_id, log=tmp_path / f"restore-{trial}.log")
+        delay = rng.uniform(0.3, 1.3)
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+        label = f"trial {trial} (kill at {delay:.2f}s, rc {process.returncode})"
+        if process.returncode not in (0, -signal.SIGKILL):
+            raise AssertionError(f"{label}: {(tmp_path / f'restore-{trial}.log').read_text()}")
+        swapped = _judge(setup, before, states[backup_id], label)
+        outcomes["new" if swapped else "old"] += 1
+        _rerun(setup, backup_id, states[backup_id], label)
+    print(f"restore kills {CLI_TRIALS}: folder found old {outcomes['old']}, "
+          f"new {outcomes['new']}")
+    assert outcomes["old"] >= 2, "kills should land before the swap too"
+
+
+def test_kill_server_during_restore(
+    tmp_path: Path, live_db_template: Path, rng: random.Random
+) -> None:
+    setup = Setup(tmp_path, tmp_path / "production", (tmp_path / "store").as_uri())
+    make_data_folder(setup.data, live_db_template, rng)
+    states = _two_backups(setup, rng)
+    ids = sorted(states)
+    for trial in range(SERVER_TRIALS):
+        before = exact_state(setup.data)
+        backup_id = next(i for i in ids if states[i] != before)
+        server = start_server(setup)
+        delay = rng.uniform(0.0, 0.6)
+        try:
+            with (
+                httpx.Client(timeout=30) as http,
+                http.stream(
+                    "POST",
+                    f"{server.url}/backup/{backup_id}/restore/streamed",
+                    headers={"Accept": "application/x-ndjson"},
+                ) as response,
+            ):
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    assert '"FAILED"' not in line, line
+                    if '"IN-PROGRESS"' in line or '"COMPLETED"' in line:
+                        break
+                time.sleep(delay)  # the random kill moment, not a synchronisation
+                members = session_pids(server.process.pid)
+                if trial % 2 == 0:
+                    kill_group(server.process)
+                else:
+                    server.process.send_signal(signal.SIGKILL)
+                    server.process.wait(timeout=10)
+            assert not wait_gone(members, timeout=30), "the engine outlived the server"
+        finally:
+            server.stop()
+        label = f"server trial {trial} (+{delay:.2f}s)"
+        _judge(setup, before, states[backup_id], label)
+        _rerun(setup, backup_id, states[backup_id], label)
+
+
+def test_staging_of_a_killed_unreaped_restore_is_cleaned(tmp_path: Path) -> None:
+    """Found by the server kill trials: a killed restore stays a zombie until its parent
+    (or init, ~2 s here) reaps it, and ``kill(pid, 0)`` still succeeds on a zombie, so the
+    rerun kept the killed run's staging folder (a full copy of the database)."""
+    from cloudkeep.snapshot.restorer import clean_stale_staging
+
+    live = tmp_path / "production"
+    live.mkdir()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        child.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ", 1)[1][0] != "Z":
+            assert time.monotonic() < deadline, "the child did not die"
+            time.sleep(0.01)
+        staging = tmp_path / f".production.cloudkeep-restore-{child.pid}-0123abcd"
+        (staging / "sub").mkdir(parents=True)
+        (staging / "sub" / "snippets.db").write_bytes(b"x" * 1000)
+        clean_stale_staging(live)  # the killed run is a zombie right now: not reaped yet
+        assert not staging.exists()
+        assert live.is_dir()
+    finally:
+        child.wait(timeout=10)
