@@ -190,6 +190,10 @@ class Workspace:
         delete_backup(repo, backup_id)
         return try_reclaim(repo)
 
+    def reclaim(self) -> ReclaimReport | None:
+        """Reclaim space no backup uses (finishes a delete that was interrupted)."""
+        return try_reclaim(self.repository())
+
     def check(
         self,
         read_data: bool = False,
