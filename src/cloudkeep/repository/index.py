@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from cloudkeep.repository.packs import PackEntry, decode_header, encode_header
+from cloudkeep.repository.packs import ENTRY, PackEntry, decode_header, encode_header
 
 INDEX_AAD = b"index"
 _MAGIC = b"CKIX\x01"
 _COUNT = struct.Struct("<I")
-_ENTRY_SIZE = 45
 
 
 class IndexFormatError(Exception):
@@ -38,6 +37,11 @@ class IndexFile:
 
     @classmethod
     def decode(cls, compressed: bytes) -> IndexFile:
+        return cls({pack_id: decode_header(raw) for pack_id, raw in cls.scan(compressed)})
+
+    @staticmethod
+    def scan(compressed: bytes) -> list[tuple[str, bytes]]:
+        """(pack id, encoded header entries) pairs, validated but not decoded into objects."""
         try:
             raw = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 31)
         except zstandard.ZstdError as exc:
@@ -45,24 +49,24 @@ class IndexFile:
         if not raw.startswith(_MAGIC):
             raise IndexFormatError("index has an unknown format marker")
         pos = len(_MAGIC)
+        packs: list[tuple[str, bytes]] = []
         try:
             (pack_count,) = _COUNT.unpack_from(raw, pos)
             pos += _COUNT.size
-            packs: dict[str, list[PackEntry]] = {}
             for _ in range(pack_count):
                 pack_id = raw[pos : pos + 32].hex()
                 (entry_count,) = _COUNT.unpack_from(raw, pos + 32)
                 pos += 32 + _COUNT.size
-                end = pos + entry_count * _ENTRY_SIZE
+                end = pos + entry_count * ENTRY.size
                 if end > len(raw):
                     raise IndexFormatError("index is truncated")
-                packs[pack_id] = decode_header(raw[pos:end])
+                packs.append((pack_id, raw[pos:end]))
                 pos = end
         except struct.error as exc:
             raise IndexFormatError("index is truncated") from exc
         if pos != len(raw):
             raise IndexFormatError("index has trailing bytes")
-        return cls(packs)
+        return packs
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +94,20 @@ class MasterIndex:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._blobs
 
-    def add_pack(self, pack_id: str, entries: Iterable[PackEntry]) -> None:
+    def add_pack(self, pack_id: str, entries: Iterable[PackEntry | tuple]) -> None:
         number = self._pack_numbers.get(pack_id)
         if number is None:
             number = len(self._pack_ids)
             self._pack_ids.append(pack_id)
             self._pack_numbers[pack_id] = number
-        for entry in entries:
-            self._blobs.setdefault(
-                entry.blob_id, (number << 64) | (entry.offset << 32) | entry.length
-            )
+        blobs, base = self._blobs, number << 64
+        for _type, blob_id, offset, length, _raw in entries:
+            if blob_id not in blobs:
+                blobs[blob_id] = base | (offset << 32) | length
+
+    def add_pack_encoded(self, pack_id: str, encoded_entries: bytes) -> None:
+        """``add_pack`` straight from encoded header entries (no per-entry objects)."""
+        self.add_pack(pack_id, ENTRY.iter_unpack(encoded_entries))
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         packed = self._blobs.get(blob_id)

@@ -21,7 +21,7 @@ import blake3
 from cloudkeep.repository.crypto import ID_SIZE, Sealer
 
 HEADER_AAD = b"pack-header"
-_ENTRY = struct.Struct("<B32sIII")
+ENTRY = struct.Struct("<B32sIII")
 _TRAILER = struct.Struct("<I")
 
 
@@ -46,17 +46,16 @@ class PackEntry(NamedTuple):
 
 def encode_header(entries: list[PackEntry]) -> bytes:
     return b"".join(
-        _ENTRY.pack(e.type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries
+        ENTRY.pack(e.type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries
     )
 
 
 def decode_header(raw: bytes) -> list[PackEntry]:
-    if len(raw) % _ENTRY.size:
+    if len(raw) % ENTRY.size:
         raise PackFormatError("pack header has a partial entry")
-    return [
-        PackEntry(BlobType(t), bid, off, length, rawlen)
-        for t, bid, off, length, rawlen in _ENTRY.iter_unpack(raw)
-    ]
+    # Index loading decodes every entry of every index at each start: no per-entry
+    # enum conversion (PackEntry.type compares equal to BlobType members anyway).
+    return list(map(PackEntry._make, ENTRY.iter_unpack(raw)))
 
 
 def pack_id_of(content: bytes | bytearray | memoryview) -> str:

@@ -238,9 +238,12 @@ class Repository:
     def load_index(self) -> MasterIndex:
         index = MasterIndex()
         for name in self.list_files("index"):
-            index_file = self.read_index_file(name)
-            for pack_id, entries in index_file.packs.items():
-                index.add_pack(pack_id, entries)
+            try:
+                packs = IndexFile.scan(self._load_index_compressed(name))
+            except IndexFormatError as exc:
+                raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
+            for pack_id, encoded in packs:
+                index.add_pack_encoded(pack_id, encoded)
         self.index = index
         return index
 
