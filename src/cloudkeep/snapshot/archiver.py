@@ -17,8 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-
-from pyfastcdc import FastCDC
+from typing import TYPE_CHECKING
 
 from cloudkeep import __version__
 from cloudkeep.errors import CloudkeepError, DataSourceError
@@ -38,7 +37,10 @@ from cloudkeep.snapshot.manifest import (
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.sources import SourceItem, scan, sqlite_page_size
 from cloudkeep.snapshot.sqlite_capture import CaptureTorn, consistent_pages
-from cloudkeep.storage.base import ObjectExists, StorageError
+from cloudkeep.storage.base import ObjectExists, ObjectNotFound, StorageError
+
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCHES_IN_FLIGHT = 4
@@ -123,24 +125,43 @@ class Archiver:
         self.scratch = scratch
         self.progress = progress
         self.cancel = cancel
-        params = repo.chunker
-        self._cdc = FastCDC(
-            params["cdc_avg"],
-            min_size=params["cdc_min"],
-            max_size=params["cdc_max"],
-            seed=repo.key.chunker_seed(),
-        )
+        self._cdc: FastCDC | None = None
+        self._index_loaded = False
+        self._parent: dict[str, FileEntry] = {}
         self.warnings: list[str] = []
+
+    def _chunker(self) -> FastCDC:
+        if self._cdc is None:
+            from pyfastcdc import FastCDC  # 28 ms of import, only when a file needs it
+
+            params = self.repo.chunker
+            self._cdc = FastCDC(
+                params["cdc_avg"],
+                min_size=params["cdc_min"],
+                max_size=params["cdc_max"],
+                seed=self.repo.key.chunker_seed(),
+            )
+        return self._cdc
+
+    def _need_index(self) -> None:
+        """Load the index on the first file that must be read: unchanged runs skip it."""
+        if not self._index_loaded:
+            self.repo.load_index()
+            self._index_loaded = True
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source)
-        self._parent = self._parent_files(source, device_name)
+        parent_id, parent_files = self._parent_files(source, device_name)
         tracker = Tracker("backup", sum(i.size for i in items), self.progress, self.cancel)
         tracker.advance(0)
         with RepositoryLock(self.repo, exclusive=False, purpose="backup").acquire(
             LOCK_TIMEOUT_SECONDS
         ):
-            self.repo.load_index()
+            # Reusing the parent's chunk lists is safe once our shared lock is held and
+            # the parent still exists: reclaim (exclusive) only removes blobs that no
+            # manifest refers to, and cannot run until we are done.
+            if parent_id is not None and self._still_exists(parent_id):
+                self._parent = parent_files
             writer = self.repo.pack_writer()
             executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
             try:
@@ -170,12 +191,12 @@ class Archiver:
             and previous is not None
             and previous.fingerprint == item.fingerprint
             and previous.sqlite == item.sqlite
-            and all(bytes.fromhex(list_id) in self.repo.index for list_id in previous.content)
         ):
             tracker.advance(item.size)
             previous.mode, previous.mtime_ns = item.mode, item.mtime_ns
             return previous
         entry.fingerprint = item.fingerprint
+        self._need_index()
         chunks = self._read_file(item, batcher)
         entry.size = sum(size for _, size in chunks)
         for start in range(0, len(chunks), CHUNKS_PER_LIST_BLOB):
@@ -188,7 +209,16 @@ class Archiver:
             entry.content.append(list_id.hex())
         return entry
 
-    def _parent_files(self, source: Path, device_name: str) -> dict[str, FileEntry]:
+    def _still_exists(self, backup_id: str) -> bool:
+        try:
+            self.repo.storage.stat(f"snapshots/{backup_id}")
+            return True
+        except ObjectNotFound:
+            return False
+
+    def _parent_files(
+        self, source: Path, device_name: str
+    ) -> tuple[str | None, dict[str, FileEntry]]:
         """Files of this device's latest backup of the same source, by path.
 
         Files whose fingerprint (inode, size, mtime, ctime; WAL included for
@@ -209,8 +239,8 @@ class Archiver:
                 latest = manifest
                 break
         if latest is None:
-            return {}
-        return {entry.path: entry for entry in latest.files if entry.type == "file"}
+            return None, {}
+        return latest.id, {entry.path: entry for entry in latest.files if entry.type == "file"}
 
     def _read_file(self, item: SourceItem, batcher: _Batcher) -> list[tuple[bytes, int]]:
         try:
@@ -234,7 +264,7 @@ class Archiver:
                     return batcher.finish()
             for attempt in range(REREADS_OF_CHANGING_FILE + 1):
                 before = item.path.stat()
-                for chunk in _cdc_chunks(item.path, self._cdc):
+                for chunk in _cdc_chunks(item.path, self._chunker()):
                     batcher.add(chunk)
                 chunks = batcher.finish()
                 after = item.path.stat()
