@@ -48,6 +48,7 @@ class BackupInfo:
     device_name: str
     platform: str
     warnings: tuple[str, ...] = ()
+    added_bytes: int = 0
 
     @classmethod
     def of(cls, manifest: Manifest) -> BackupInfo:
@@ -60,6 +61,7 @@ class BackupInfo:
             device_name=manifest.device_name,
             platform=manifest.platform,
             warnings=tuple(manifest.warnings),
+            added_bytes=manifest.added_bytes,
         )
 
 

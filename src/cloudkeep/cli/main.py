@@ -106,7 +106,10 @@ def backup(ctx: typer.Context, json: JsonOption = False) -> None:
     if json:
         print_json(backup_from_info(info).to_json())
     else:
-        print(f"backup {info.id} of {info.bytes:,} bytes saved ({info.device_name})")
+        print(
+            f"backup {info.id} of {info.bytes:,} bytes saved ({info.device_name}); "
+            f"{info.added_bytes:,} bytes added to the store"
+        )
 
 
 @app.command("list")

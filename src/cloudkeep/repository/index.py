@@ -9,7 +9,7 @@ fresh ones. Encoded as a compact binary table, zstd-compressed and sealed.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import zstandard
@@ -116,9 +116,3 @@ class MasterIndex:
         return BlobLocation(
             self._pack_ids[packed >> 64], (packed >> 32) & 0xFFFFFFFF, packed & 0xFFFFFFFF
         )
-
-    def pack_ids(self) -> set[str]:
-        return set(self._pack_ids)
-
-    def blob_ids(self) -> Iterator[bytes]:
-        return iter(self._blobs)

@@ -31,7 +31,8 @@ REFRESH_EVERY = 60.0
 STALE_AFTER = 300.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs: locks and staging of dead ones are stale."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -91,7 +92,7 @@ class RepositoryLock:
         if time.time() - float(lock.get("time", 0)) > STALE_AFTER:
             return True
         same_host = lock.get("hostname") == socket.gethostname()
-        return same_host and not _pid_alive(int(lock.get("pid", 0)))
+        return same_host and not pid_alive(int(lock.get("pid", 0)))
 
     def acquire(self, timeout: float) -> RepositoryLock:
         deadline = time.monotonic() + timeout

@@ -370,7 +370,6 @@ class PackWriter:
         self._index_files: list[str] = []
         self._flushed_packs: list[str] = []
         self.uploaded_bytes = 0
-        self.new_blobs = 0
 
     def known(self, blob_id: bytes) -> bool:
         """Already stored, or queued for storing by this writer."""
@@ -391,8 +390,13 @@ class PackWriter:
         return fresh
 
     def add(
-        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int,
-        *, claimed: bool = False,
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        sealed: bytes,
+        raw_length: int,
+        *,
+        claimed: bool = False,
     ) -> bool:
         """Queue a sealed blob; False if it turned out to be known already."""
         with self._lock:
@@ -401,7 +405,6 @@ class PackWriter:
                     return False
                 self._pending.add(blob_id)
             self._builder.add(blob_type, blob_id, sealed, raw_length)
-            self.new_blobs += 1
             if self._builder.size < self._repo.config.get("pack_size", PACK_TARGET_SIZE):
                 return True
             builder, self._builder = self._builder, PackBuilder()

@@ -176,7 +176,7 @@ class Archiver:
                 raise
             executor.shutdown(wait=True)
             writer.close()
-            return self._save_manifest(source, kind, device_name, items, entries)
+            return self._save_manifest(source, kind, device_name, entries, writer.uploaded_bytes)
 
     def _entry(self, item: SourceItem, batcher: _Batcher, writer, tracker: Tracker) -> FileEntry:
         entry = FileEntry(
@@ -294,8 +294,8 @@ class Archiver:
         source: Path,
         kind: str,
         device_name: str,
-        items: list[SourceItem],
         entries: list[FileEntry],
+        added_bytes: int,
     ) -> Manifest:
         stamp = now_us()
         while True:
@@ -312,6 +312,7 @@ class Archiver:
                 kind=kind,
                 files=entries,
                 warnings=self.warnings,
+                added_bytes=added_bytes,
             )
             try:
                 self.repo.save_file("snapshots", manifest.id, manifest.encode(), create_only=True)

@@ -93,6 +93,7 @@ class Manifest:
     files: list[FileEntry]
     format: int = SNAPSHOT_FORMAT
     warnings: list[str] = field(default_factory=list)
+    added_bytes: int = 0  # what this backup uploaded (new packs), for users and benchmarks
 
     @property
     def created_at(self) -> datetime:

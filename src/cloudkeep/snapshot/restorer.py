@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cloudkeep.errors import CloudkeepError, RepositoryDamaged, UserError
-from cloudkeep.repository.locks import RepositoryLock
+from cloudkeep.repository.locks import RepositoryLock, pid_alive
 from cloudkeep.repository.packs import pack_name
 from cloudkeep.repository.repository import BlobDamaged, Repository
 from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
@@ -41,20 +41,6 @@ _IOV_MAX = 1024
 _STAGING = re.compile(r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+$")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) answers kill(0) but never writes again
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
 def clean_stale_staging(destination: Path) -> None:
     """Remove staging folders of restores that were killed before their swap."""
     recover(destination)
@@ -63,7 +49,7 @@ def clean_stale_staging(destination: Path) -> None:
         return
     for path in parent.iterdir():
         match = _STAGING.match(path.name)
-        if match and match["name"] == destination.name and not _pid_alive(int(match["pid"])):
+        if match and match["name"] == destination.name and not pid_alive(int(match["pid"])):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -121,8 +121,12 @@ def _wal_overlay(wal_fd: int, shm_raw: bytes, page_size: int) -> tuple[int, dict
 
 
 def _blocks(
-    db_fd: int, wal_fd: int | None, page_size: int, page_count: int,
-    overlay: dict[int, int], block_pages: int,
+    db_fd: int,
+    wal_fd: int | None,
+    page_size: int,
+    page_count: int,
+    overlay: dict[int, int],
+    block_pages: int,
 ) -> Iterator[bytes]:
     for first in range(1, page_count + 1, block_pages):
         count = min(block_pages, page_count - first + 1)
@@ -165,7 +169,9 @@ def _closed_wal_database(
         yield from _blocks(db_fd, None, page_size, before.st_size // page_size, {}, block_pages)
         after = os.stat(path)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (
-            before.st_ino, before.st_size, before.st_mtime_ns
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
         ) or Path(f"{path}-wal").exists():
             raise CaptureTorn(f"{path} changed while it was read")
 
@@ -239,7 +245,8 @@ def _in_place(
             if _SHM_HEADER.unpack(after[:_SHM_HEADER_BYTES])[6] == 0:  # mxFrame: WAL empty
                 # Our read mark (slot 0) keeps any checkpoint off the database file.
                 found: tuple[int, dict[int, int]] | None = (
-                    os.fstat(db_fd).st_size // page_size, {}
+                    os.fstat(db_fd).st_size // page_size,
+                    {},
                 )
             else:
                 found = _wal_overlay(wal_fd, after, page_size)
