@@ -31,7 +31,7 @@ from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS
 from cloudkeep.snapshot.swap import fsync_dir, recover, replace_atomically
 from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
 
-MAX_RANGE_BYTES = 8 * 1024 * 1024
+MAX_RANGE_BYTES = 4 * 1024 * 1024
 MAX_RANGE_GAP = 512 * 1024
 FILES_PER_BATCH = 256
 CHUNKS_PER_BATCH = 200_000
@@ -236,13 +236,15 @@ class Restorer:
                 raise RepositoryDamaged(f"pack {pack_id[:16]} is truncated")
             view = memoryview(data)
             writes: list[tuple[int, int, bytes | memoryview]] = []
-            for offset, blob_length, blob_id in blobs:
-                try:
-                    plain = self.repo.open_blob(
-                        blob_id, view[offset - start : offset - start + blob_length]
-                    )
-                except BlobDamaged as exc:
-                    raise RepositoryDamaged(f"{exc} (in pack {pack_id[:16]})") from exc
+            sealed = [
+                (blob_id, view[offset - start : offset - start + blob_length])
+                for offset, blob_length, blob_id in blobs
+            ]
+            try:
+                plains = self.repo.open_blobs(sealed)
+            except BlobDamaged as exc:
+                raise RepositoryDamaged(f"{exc} (in pack {pack_id[:16]})") from exc
+            for (blob_id, _), plain in zip(sealed, plains, strict=True):
                 for number, file_offset in destinations[blob_id]:
                     writes.append((number, file_offset, plain))
             tracker.advance(_write_runs(descriptors, writes))
