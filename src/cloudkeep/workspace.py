@@ -30,6 +30,7 @@ from cloudkeep.snapshot.checker import Checker, CheckReport
 from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
 from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.snapshot.reclaim import ReclaimReport, delete_backup, try_reclaim
+from cloudkeep.snapshot.repair import RepairReport, repair_index
 from cloudkeep.snapshot.restorer import Restorer
 from cloudkeep.storage.base import ObjectNotFound, Storage
 from cloudkeep.storage.url import open_store
@@ -195,6 +196,10 @@ class Workspace:
     def reclaim(self) -> ReclaimReport | None:
         """Reclaim space no backup uses (finishes a delete that was interrupted)."""
         return try_reclaim(self.repository())
+
+    def repair_index(self) -> RepairReport:
+        """Rebuild the index from the packs' headers (after index files were lost)."""
+        return repair_index(self.repository())
 
     def check(
         self,

@@ -185,6 +185,19 @@ def reclaim(ctx: typer.Context) -> None:
     print(f"reclaimed {reclaimed.bytes_freed:,} bytes ({reclaimed.packs_deleted} packs)")
 
 
+@app.command("repair-index")
+def repair_index(ctx: typer.Context) -> None:
+    """Rebuild the index from the packs' headers (after index files were lost or damaged)."""
+    report = workspace(ctx).repair_index()
+    for pack_id in report.unreadable_packs:
+        notice(f"warning: pack {pack_id[:16]} has no readable header and was not indexed")
+    print(
+        f"indexed {report.blobs_indexed:,} blobs in {report.packs_indexed} packs; "
+        f"replaced {report.index_files_removed} unreadable index files"
+    )
+    print("run 'cloudkeep check --read-data' to see which backups are complete")
+
+
 @app.command()
 def check(
     ctx: typer.Context,
