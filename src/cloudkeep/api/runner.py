@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.runtime import tune_memory
 from cloudkeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -56,7 +55,6 @@ class EngineCrashed(Exception):
 def _worker(settings: Settings, requests: Connection, replies: Connection, cancel: Any) -> None:
     """Entry point of the engine process: serve operations until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which cancels
-    tune_memory()
     if hasattr(os, "nice"):
         # Background work: when CPUs are scarce the API (and the user's app) go first.
         with contextlib.suppress(OSError):

@@ -17,7 +17,6 @@ import typer
 from cloudkeep import __version__
 from cloudkeep.cli.output import err, notice, print_json, progress_bar
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.runtime import tune_memory
 from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
 
@@ -258,7 +257,6 @@ def app_key_create(ctx: typer.Context) -> None:
 
 def run() -> None:
     """Console-script entry: map expected failures to one line and an exit code."""
-    tune_memory()
     logging.basicConfig(
         level=os.environ.get("CLOUDKEEP_LOG_LEVEL", "WARNING"),
         format="%(levelname)s %(name)s: %(message)s",

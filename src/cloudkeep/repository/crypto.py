@@ -59,7 +59,7 @@ class Sealer:
 
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._aead.encrypt(nonce, bytes(plaintext), associated)
+        return nonce + self._aead.encrypt(nonce, plaintext, associated)
 
     def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:
         if len(sealed) < OVERHEAD:

@@ -67,29 +67,29 @@ def pack_name(pack_id: str) -> str:
 
 
 class PackBuilder:
-    """Accumulates sealed blobs until the pack is big enough to upload."""
+    """Accumulates sealed blobs until the pack is big enough to upload.
+
+    Blobs are kept as they are and joined once at the end: one allocation of
+    the pack's size instead of a growing buffer that is copied again and again.
+    """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._parts: list[bytes] = []
+        self.size = 0
         self.entries: list[PackEntry] = []
-
-    @property
-    def size(self) -> int:
-        return len(self._buffer)
 
     def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         assert len(blob_id) == ID_SIZE
-        self.entries.append(
-            PackEntry(blob_type, blob_id, len(self._buffer), len(sealed), raw_length)
-        )
-        self._buffer += sealed
+        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed), raw_length))
+        self._parts.append(sealed)
+        self.size += len(sealed)
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:
         """The pack's id and its bytes, header appended."""
         header = sealer.seal(encode_header(self.entries), HEADER_AAD)
-        self._buffer += header
-        self._buffer += _TRAILER.pack(len(header))
-        content = bytes(self._buffer)
+        self._parts += [header, _TRAILER.pack(len(header))]
+        content = b"".join(self._parts)
+        self._parts = []
         return pack_id_of(content), content
 
 

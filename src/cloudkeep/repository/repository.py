@@ -45,6 +45,7 @@ from cloudkeep.storage.base import (
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 8 * 1024 * 1024
 DEFAULT_ZSTD_LEVEL = 3
+PACKS_PER_INDEX_FLUSH = 32  # an index file per 256 MiB uploaded
 _RAW, _ZSTD = 0, 1
 MAX_BLOB_SIZE = 64 * 1024 * 1024  # far above the largest chunk; bounds a hostile frame
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
@@ -392,7 +393,7 @@ class PackWriter:
     uploaded, so a manifest written afterwards never points at unindexed data.
     """
 
-    def __init__(self, repo: Repository, max_pending_uploads: int = 3) -> None:
+    def __init__(self, repo: Repository, max_pending_uploads: int = 2) -> None:
         self._repo = repo
         self._lock = threading.Lock()
         self._builder = PackBuilder()
@@ -460,6 +461,16 @@ class PackWriter:
             self._pending.difference_update(e.blob_id for e in builder.entries)
             self._unindexed.packs[pack_id] = builder.entries
             self.uploaded_bytes += len(content)
+            full = len(self._unindexed.packs) >= PACKS_PER_INDEX_FLUSH
+            if full:
+                unindexed, self._unindexed = self._unindexed, IndexFile()
+        if full:
+            # Index as we go: bounded memory, and what was uploaded before a crash
+            # is found (and deduplicated against) by the next backup.
+            name = self._repo.write_index_file(unindexed)
+            with self._lock:
+                self._index_files.append(name)
+                self._flushed_packs += unindexed.packs
 
     def _raise_failed_uploads(self) -> None:
         still_running = []

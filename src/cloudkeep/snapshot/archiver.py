@@ -23,7 +23,7 @@ from cloudkeep import __version__
 from cloudkeep.errors import CloudkeepError, DataSourceError
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import BlobType, pack_name
-from cloudkeep.repository.repository import Repository
+from cloudkeep.repository.repository import PackWriter, Repository
 from cloudkeep.snapshot.manifest import (
     CHUNKS_PER_LIST_BLOB,
     FileEntry,
@@ -43,25 +43,70 @@ if TYPE_CHECKING:
     from pyfastcdc import FastCDC
 
 BATCH_BYTES = 4 * 1024 * 1024
-MAX_BATCHES_IN_FLIGHT = 4
+MAX_BATCHES_IN_FLIGHT = 3
 REREADS_OF_CHANGING_FILE = 2
 LOCK_TIMEOUT_SECONDS = 600.0
 
 
-class _Batcher:
-    """Sends chunks to the workers in batches and collects (id, size) in order."""
+class _ChunkLists:
+    """Turns a file's stream of (chunk id, size) into chunk-list blobs as it goes.
 
-    def __init__(self, repo: Repository, writer, executor: ThreadPoolExecutor, tracker: Tracker):
+    Only one list blob's worth of entries is held at a time, so memory does not
+    grow with the size of the file.
+    """
+
+    def __init__(self, repo: Repository, writer: PackWriter) -> None:
+        self._repo = repo
+        self._writer = writer
+        self._pending: list[tuple[bytes, int]] = []
+        self.list_ids: list[str] = []
+        self.size = 0
+
+    def extend(self, results: list[tuple[bytes, int]]) -> None:
+        self._pending += results
+        self.size += sum(size for _, size in results)
+        while len(self._pending) >= CHUNKS_PER_LIST_BLOB:
+            self._emit(self._pending[:CHUNKS_PER_LIST_BLOB])
+            del self._pending[:CHUNKS_PER_LIST_BLOB]
+
+    def close(self) -> list[str]:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = []
+        return self.list_ids
+
+    def _emit(self, chunks: list[tuple[bytes, int]]) -> None:
+        listing = encode_chunk_list(chunks)
+        list_id = self._repo.sealer.blob_id(listing)
+        if not self._writer.known(list_id):
+            sealed = self._repo.seal_blob(list_id, listing)
+            self._writer.add(BlobType.TREE, list_id, sealed, len(listing))
+        self.list_ids.append(list_id.hex())
+
+
+class _Batcher:
+    """Sends chunks to the workers in batches; hands (id, size) to a sink, in order."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        writer: PackWriter,
+        executor: ThreadPoolExecutor,
+        tracker: Tracker,
+    ) -> None:
         self._repo = repo
         self._writer = writer
         self._executor = executor
         self._tracker = tracker
-        self._current: list[bytes] = []
+        self._current: list[bytes | memoryview] = []
         self._current_bytes = 0
         self._in_flight: deque[Future[list[tuple[bytes, int]]]] = deque()
-        self.results: list[tuple[bytes, int]] = []
+        self._sink: _ChunkLists | None = None
 
-    def add(self, chunk: bytes) -> None:
+    def start_file(self, sink: _ChunkLists) -> None:
+        self._sink = sink
+
+    def add(self, chunk: bytes | memoryview) -> None:
         self._current.append(chunk)
         self._current_bytes += len(chunk)
         if self._current_bytes >= BATCH_BYTES:
@@ -74,9 +119,13 @@ class _Batcher:
         batch, self._current, self._current_bytes = self._current, [], 0
         self._in_flight.append(self._executor.submit(self._process, batch))
         while len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
-            self.results += self._in_flight.popleft().result()
+            self._deliver(self._in_flight.popleft().result())
 
-    def _process(self, batch: list[bytes]) -> list[tuple[bytes, int]]:
+    def _deliver(self, results: list[tuple[bytes, int]]) -> None:
+        assert self._sink is not None
+        self._sink.extend(results)
+
+    def _process(self, batch: list[bytes | memoryview]) -> list[tuple[bytes, int]]:
         repo, writer = self._repo, self._writer
         blob_id = repo.sealer.blob_id
         ids = [blob_id(chunk) for chunk in batch]
@@ -91,20 +140,19 @@ class _Batcher:
         self._tracker.advance(sum(sizes))
         return list(zip(ids, sizes, strict=True))
 
-    def finish(self) -> list[tuple[bytes, int]]:
+    def finish(self) -> None:
+        """Wait for the current file's chunks and hand them all to its sink."""
         self._submit()
         while self._in_flight:
-            self.results += self._in_flight.popleft().result()
-        results, self.results = self.results, []
-        return results
+            self._deliver(self._in_flight.popleft().result())
 
 
-def page_chunks(blocks: Iterator[bytes], chunk_bytes: int) -> Iterator[bytes]:
-    """Cut page-aligned blocks (each a multiple of ``chunk_bytes``) into chunks."""
+def page_chunks(blocks: Iterator[bytes], chunk_bytes: int) -> Iterator[memoryview]:
+    """Cut page-aligned blocks (each a multiple of ``chunk_bytes``) into chunks (no copies)."""
     for block in blocks:
         view = memoryview(block)
         for start in range(0, len(block), chunk_bytes):
-            yield bytes(view[start : start + chunk_bytes])
+            yield view[start : start + chunk_bytes]
 
 
 def _cdc_chunks(path: Path, chunker: FastCDC) -> Iterator[bytes]:
@@ -178,7 +226,9 @@ class Archiver:
             writer.close()
             return self._save_manifest(source, kind, device_name, entries, writer.uploaded_bytes)
 
-    def _entry(self, item: SourceItem, batcher: _Batcher, writer, tracker: Tracker) -> FileEntry:
+    def _entry(
+        self, item: SourceItem, batcher: _Batcher, writer: PackWriter, tracker: Tracker
+    ) -> FileEntry:
         entry = FileEntry(
             item.relative, item.type, item.mode, item.mtime_ns, item.size, item.sqlite, item.target
         )
@@ -197,16 +247,9 @@ class Archiver:
             return previous
         entry.fingerprint = item.fingerprint
         self._need_index()
-        chunks = self._read_file(item, batcher)
-        entry.size = sum(size for _, size in chunks)
-        for start in range(0, len(chunks), CHUNKS_PER_LIST_BLOB):
-            listing = encode_chunk_list(chunks[start : start + CHUNKS_PER_LIST_BLOB])
-            list_id = self.repo.sealer.blob_id(listing)
-            if not writer.known(list_id):
-                writer.add(
-                    BlobType.TREE, list_id, self.repo.seal_blob(list_id, listing), len(listing)
-                )
-            entry.content.append(list_id.hex())
+        lists = self._read_file(item, batcher, writer)
+        entry.size = lists.size
+        entry.content = lists.close()
         return entry
 
     def _still_exists(self, backup_id: str) -> bool:
@@ -242,7 +285,15 @@ class Archiver:
             return None, {}
         return latest.id, {entry.path: entry for entry in latest.files if entry.type == "file"}
 
-    def _read_file(self, item: SourceItem, batcher: _Batcher) -> list[tuple[bytes, int]]:
+    def _read_file(self, item: SourceItem, batcher: _Batcher, writer: PackWriter) -> _ChunkLists:
+        """Chunk one file; each read (re-reads included) gets a fresh chunk-list sink."""
+
+        def fresh() -> _ChunkLists:
+            lists = _ChunkLists(self.repo, writer)
+            batcher.start_file(lists)
+            return lists
+
+        lists = fresh()
         try:
             if item.sqlite:
                 page_size = sqlite_page_size(item.path)
@@ -253,37 +304,40 @@ class Archiver:
                     with consistent_pages(item.path, self.scratch, block_bytes) as capture:
                         for chunk in page_chunks(capture.blocks, chunk_bytes):
                             batcher.add(chunk)
-                        return batcher.finish()
+                        batcher.finish()
+                        return lists
                 except CaptureTorn:
                     batcher.finish()  # what was stored is deduplicated on the second read
+                lists = fresh()
                 with consistent_pages(
                     item.path, self.scratch, block_bytes, in_place=False
                 ) as capture:
                     for chunk in page_chunks(capture.blocks, chunk_bytes):
                         batcher.add(chunk)
-                    return batcher.finish()
+                    batcher.finish()
+                    return lists
             for attempt in range(REREADS_OF_CHANGING_FILE + 1):
+                if attempt:
+                    lists = fresh()
                 before = item.path.stat()
                 for chunk in _cdc_chunks(item.path, self._chunker()):
                     batcher.add(chunk)
-                chunks = batcher.finish()
+                batcher.finish()
                 after = item.path.stat()
                 if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
-                    return chunks
-                if attempt == REREADS_OF_CHANGING_FILE:
-                    self.warnings.append(
-                        f"{item.relative} kept changing while it was read; "
-                        "the backup holds the last read"
-                    )
-                    return chunks
+                    return lists
+            self.warnings.append(
+                f"{item.relative} kept changing while it was read; the backup holds the last read"
+            )
+            return lists
         except FileNotFoundError:
             self.warnings.append(f"{item.relative} vanished during the backup")
-            return batcher.finish()
+            batcher.finish()
+            return lists
         except PermissionError as exc:
             raise DataSourceError(f"cannot read {item.path}: permission denied") from exc
-        raise AssertionError("unreachable")
 
-    def _discard_uploads(self, writer) -> None:
+    def _discard_uploads(self, writer: PackWriter) -> None:
         """Remove packs this failed backup uploaded but never indexed (best effort)."""
         for pack_id in writer.unindexed_pack_ids():
             with contextlib.suppress(StorageError, CloudkeepError):

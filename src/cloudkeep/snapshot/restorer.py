@@ -34,7 +34,7 @@ from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavaila
 MAX_RANGE_BYTES = 4 * 1024 * 1024
 MAX_RANGE_GAP = 512 * 1024
 FILES_PER_BATCH = 256
-CHUNKS_PER_BATCH = 200_000
+CHUNKS_PER_BATCH = 32_768  # 256 MiB of 8 KiB pages per fetch plan
 FETCH_THREADS = 4
 LOCK_TIMEOUT_SECONDS = 600.0
 _IOV_MAX = 1024
@@ -163,17 +163,20 @@ class Restorer:
         for folder, _dirs, _files in os.walk(staging):
             fsync_dir(Path(folder))
 
-    def _chunks_of(self, entry: FileEntry) -> list[tuple[bytes, int]]:
-        chunks: list[tuple[bytes, int]] = []
-        for list_id in entry.content:
-            try:
-                chunks += decode_chunk_list(self.repo.read_blob(bytes.fromhex(list_id)))
-            except (BlobDamaged, ValueError) as exc:
-                raise RepositoryDamaged(f"cannot restore {entry.path}: {exc}") from exc
-        return chunks
+    def _chunk_list(self, entry: FileEntry, list_id: str) -> list[tuple[bytes, int]]:
+        try:
+            return decode_chunk_list(self.repo.read_blob(bytes.fromhex(list_id)))
+        except (BlobDamaged, ValueError) as exc:
+            raise RepositoryDamaged(f"cannot restore {entry.path}: {exc}") from exc
 
     def _write_batch(self, batch: list[FileEntry], staging: Path, tracker: Tracker) -> None:
+        """Write a group of files, fetching at most ``CHUNKS_PER_BATCH`` chunks' worth at a time.
+
+        The plan (blob → where it goes) covers one slice of the data at a time, so
+        a database of any size is restored in bounded memory.
+        """
         destinations: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
+        planned = 0
         descriptors: list[int] = []
         try:
             for number, entry in enumerate(batch):
@@ -182,13 +185,19 @@ class Restorer:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 descriptors.append(fd)
                 offset = 0
-                for blob_id, size in self._chunks_of(entry):
-                    destinations[blob_id].append((number, offset))
-                    offset += size
+                for list_id in entry.content:
+                    for blob_id, size in self._chunk_list(entry, list_id):
+                        destinations[blob_id].append((number, offset))
+                        offset += size
+                        planned += 1
+                    if planned >= CHUNKS_PER_BATCH:
+                        self._fetch_and_write(destinations, descriptors, tracker)
+                        destinations, planned = defaultdict(list), 0
                 if offset != entry.size:
                     raise RepositoryDamaged(f"the chunk list of {entry.path} does not add up")
                 os.ftruncate(fd, offset)
-            self._fetch_and_write(destinations, descriptors, tracker)
+            if destinations:
+                self._fetch_and_write(destinations, descriptors, tracker)
             for fd in descriptors:
                 os.fsync(fd)
         finally:
