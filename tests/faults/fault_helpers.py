@@ -26,6 +26,11 @@ from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
 
 PASSPHRASE = "fault-suite passphrase 7f3a"
+
+
+def scaled(trials: int) -> int:
+    """Trial counts of the suite, multiplied by ``CLOUDKEEP_FAULT_SCALE`` (scripts/soak.py)."""
+    return trials * max(1, int(os.environ.get("CLOUDKEEP_FAULT_SCALE", "1")))
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 

@@ -20,11 +20,12 @@ from tests.faults.fault_helpers import (
     exact_state,
     make_live_db,
     mutate_db,
+    scaled,
     start_server,
 )
 
-BACKUPS_PER_DEVICE = 6
-DELETES = 5
+BACKUPS_PER_DEVICE = scaled(6)
+DELETES = scaled(5)
 
 
 def test_two_devices_back_up_while_a_third_deletes(

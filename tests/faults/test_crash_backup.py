@@ -22,13 +22,14 @@ from tests.faults.fault_helpers import (
     kill_group,
     make_data_folder,
     mutate_db,
+    scaled,
     session_pids,
     start_server,
     wait_gone,
 )
 
-CLI_TRIALS = 12
-SERVER_TRIALS = 8
+CLI_TRIALS = scaled(12)
+SERVER_TRIALS = scaled(8)
 
 
 class Ledger:

@@ -20,9 +20,10 @@ from tests.faults.fault_helpers import (
     kill_group,
     make_data_folder,
     mutate_db,
+    scaled,
 )
 
-TRIALS = 10
+TRIALS = scaled(10)
 
 
 def garbage(setup: Setup) -> tuple[set[str], set[str]]:

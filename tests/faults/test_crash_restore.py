@@ -22,13 +22,14 @@ from tests.faults.fault_helpers import (
     kill_group,
     make_data_folder,
     mutate_db,
+    scaled,
     session_pids,
     start_server,
     wait_gone,
 )
 
-CLI_TRIALS = 10
-SERVER_TRIALS = 6
+CLI_TRIALS = scaled(10)
+SERVER_TRIALS = scaled(6)
 
 
 def _two_backups(setup: Setup, rnd: random.Random) -> dict[str, dict[str, str]]:
