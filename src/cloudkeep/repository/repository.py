@@ -44,7 +44,8 @@ from cloudkeep.storage.base import (
 
 FORMAT_VERSION = 1
 PACK_TARGET_SIZE = 8 * 1024 * 1024
-DEFAULT_ZSTD_LEVEL = 3
+# Level 1 vs 3 on the benchmark database: 15-20% less CPU for a 1.6% larger store.
+DEFAULT_ZSTD_LEVEL = 1
 PACKS_PER_INDEX_FLUSH = 32  # an index file per 256 MiB uploaded
 _RAW, _ZSTD = 0, 1
 MAX_BLOB_SIZE = 64 * 1024 * 1024  # far above the largest chunk; bounds a hostile frame

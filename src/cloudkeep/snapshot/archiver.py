@@ -42,7 +42,7 @@ from cloudkeep.storage.base import ObjectExists, ObjectNotFound, StorageError
 if TYPE_CHECKING:
     from pyfastcdc import FastCDC
 
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 2 * 1024 * 1024  # 4 MiB batches: 232 MiB peak on 2 GiB of data, 2 MiB: 198
 MAX_BATCHES_IN_FLIGHT = 3
 REREADS_OF_CHANGING_FILE = 2
 LOCK_TIMEOUT_SECONDS = 600.0
