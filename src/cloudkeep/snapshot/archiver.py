@@ -147,7 +147,7 @@ class _Batcher:
             self._deliver(self._in_flight.popleft().result())
 
 
-def page_chunks(blocks: Iterator[bytes], chunk_bytes: int) -> Iterator[memoryview]:
+def page_chunks(blocks: Iterator[bytes | bytearray], chunk_bytes: int) -> Iterator[memoryview]:
     """Cut page-aligned blocks (each a multiple of ``chunk_bytes``) into chunks (no copies)."""
     for block in blocks:
         view = memoryview(block)

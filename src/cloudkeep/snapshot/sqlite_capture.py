@@ -51,7 +51,7 @@ _HEADER_SAMPLES = 20
 @dataclass
 class Capture:
     page_size: int
-    blocks: Iterator[bytes]
+    blocks: Iterator[bytearray]
     method: str  # "in-place" | "backup-api"
 
 
@@ -127,23 +127,31 @@ def _blocks(
     page_count: int,
     overlay: dict[int, int],
     block_pages: int,
-) -> Iterator[bytes]:
+) -> Iterator[bytearray]:
+    """Blocks of consecutive pages, each read straight into a fresh buffer (no copies).
+
+    A new buffer per block: consumers keep views of earlier blocks while they work.
+    """
     for first in range(1, page_count + 1, block_pages):
         count = min(block_pages, page_count - first + 1)
-        block = bytearray(os.pread(db_fd, count * page_size, (first - 1) * page_size))
-        have = len(block) // page_size
-        if have < count:
-            if not all(first + i in overlay for i in range(have, count)):
-                raise DataSourceError("the database file is shorter than its committed size")
-            block.extend(bytes(count * page_size - len(block)))
+        block = bytearray(count * page_size)
+        view = memoryview(block)
+        got = 0
+        while got < len(block):
+            read = os.preadv(db_fd, [view[got:]], (first - 1) * page_size + got)
+            if read == 0:
+                break
+            got += read
+        if got < len(block) and not all(
+            first + i in overlay for i in range(got // page_size, count)
+        ):
+            raise DataSourceError("the database file is shorter than its committed size")
         if overlay and wal_fd is not None:
             for i in range(count):
                 wal_offset = overlay.get(first + i)
                 if wal_offset is not None:
-                    block[i * page_size : (i + 1) * page_size] = os.pread(
-                        wal_fd, page_size, wal_offset
-                    )
-        yield bytes(block)
+                    os.preadv(wal_fd, [view[i * page_size : (i + 1) * page_size]], wal_offset)
+        yield block
 
 
 class CaptureTorn(Exception):
