@@ -57,8 +57,12 @@ class Sealer:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()
 
-    def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
+    def seal(
+        self, plaintext: bytes | memoryview, associated: bytes, nonce: bytes | None = None
+    ) -> bytes:
+        """``nonce`` lets batch callers draw all their random nonces in one system call."""
+        if nonce is None:
+            nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, associated)
 
     def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:

@@ -30,7 +30,7 @@ from cloudkeep.errors import (
     RepositoryNotFound,
     WrongPassphrase,
 )
-from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
+from cloudkeep.repository.crypto import NONCE_SIZE, DecryptionFailed, MasterKey, Sealer
 from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import unwrap_key, wrap_key
 from cloudkeep.repository.packs import BlobType, PackBuilder, pack_name
@@ -297,13 +297,15 @@ class Repository:
             compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=level)
         compressed = compressor.multi_compress_to_buffer(chunks, threads=1)
         seal = self.sealer.seal
+        nonces = os.urandom(NONCE_SIZE * len(chunks))
         sealed = []
         for number, (blob_id, chunk) in enumerate(zip(blob_ids, chunks, strict=True)):
             packed = compressed[number].tobytes()
+            nonce = nonces[number * NONCE_SIZE : (number + 1) * NONCE_SIZE]
             if len(packed) < len(chunk):
-                sealed.append(seal(b"\x01" + packed, blob_id))
+                sealed.append(seal(b"\x01" + packed, blob_id, nonce))
             else:
-                sealed.append(seal(b"\x00" + chunk, blob_id))
+                sealed.append(seal(b"\x00" + chunk, blob_id, nonce))
         return sealed
 
     def open_blob(self, blob_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
@@ -397,6 +399,7 @@ class PackWriter:
     def __init__(self, repo: Repository, max_pending_uploads: int = 2) -> None:
         self._repo = repo
         self._lock = threading.Lock()
+        self._uploads_lock = threading.Lock()
         self._builder = PackBuilder()
         self._pending: set[bytes] = set()
         self._uploads: list[Future[None]] = []
@@ -414,7 +417,7 @@ class PackWriter:
     def claim_new(self, blob_ids: list[bytes]) -> list[int]:
         """Positions of the ids nobody stored or claimed yet; claims them (one lock per batch).
 
-        A claimed blob must then be passed to ``add`` by the claimer.
+        A claimed blob must then be passed to ``add_claimed`` by the claimer.
         """
         index, pending = self._repo.index, self._pending
         fresh = []
@@ -425,34 +428,37 @@ class PackWriter:
                     fresh.append(position)
         return fresh
 
-    def add(
-        self,
-        blob_type: BlobType,
-        blob_id: bytes,
-        sealed: bytes,
-        raw_length: int,
-        *,
-        claimed: bool = False,
-    ) -> bool:
-        """Queue a sealed blob; False if it turned out to be known already."""
+    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
+        """Queue one sealed blob; False if it turned out to be known already."""
         with self._lock:
-            if not claimed:
-                if self.known(blob_id):
-                    return False
-                self._pending.add(blob_id)
-            self._builder.add(blob_type, blob_id, sealed, raw_length)
-            if self._builder.size < self._repo.config.get("pack_size", PACK_TARGET_SIZE):
-                return True
-            builder, self._builder = self._builder, PackBuilder()
-        self._submit(builder)
+            if self.known(blob_id):
+                return False
+            self._pending.add(blob_id)
+        self.add_claimed(blob_type, [(blob_id, sealed, raw_length)])
         return True
 
+    def add_claimed(self, blob_type: BlobType, blobs: list[tuple[bytes, bytes, int]]) -> None:
+        """``add`` for a batch of claimed (id, sealed, raw length): one lock round per pack."""
+        pack_size = self._repo.config.get("pack_size", PACK_TARGET_SIZE)
+        full: list[PackBuilder] = []
+        with self._lock:
+            for blob_id, sealed, raw_length in blobs:
+                self._builder.add(blob_type, blob_id, sealed, raw_length)
+                if self._builder.size >= pack_size:
+                    full.append(self._builder)
+                    self._builder = PackBuilder()
+        for builder in full:
+            self._submit(builder)
+
     def _submit(self, builder: PackBuilder) -> None:
+        # Two sealing threads submit packs: the list of uploads has its own lock, as
+        # a lost future would let flush() index before that pack is uploaded.
         self._raise_failed_uploads()
         self._slots.acquire()
         future = self._executor.submit(self._upload, builder)
         future.add_done_callback(lambda _f: self._slots.release())
-        self._uploads.append(future)
+        with self._uploads_lock:
+            self._uploads.append(future)
 
     def _upload(self, builder: PackBuilder) -> None:
         pack_id, content = builder.finish(self._repo.sealer)
@@ -474,13 +480,11 @@ class PackWriter:
                 self._flushed_packs += unindexed.packs
 
     def _raise_failed_uploads(self) -> None:
-        still_running = []
-        for future in self._uploads:
-            if future.done():
-                future.result()  # re-raises the upload's error here, in the caller
-            else:
-                still_running.append(future)
-        self._uploads = still_running
+        with self._uploads_lock:
+            done = [future for future in self._uploads if future.done()]
+            self._uploads = [future for future in self._uploads if not future.done()]
+        for future in done:
+            future.result()  # re-raises the upload's error here, in the caller
 
     def flush(self) -> list[str]:
         """Upload everything queued and index it; returns the new index file names."""
@@ -488,9 +492,10 @@ class PackWriter:
             builder, self._builder = self._builder, PackBuilder()
         if builder.entries:
             self._submit(builder)
-        for future in self._uploads:
+        with self._uploads_lock:
+            uploads, self._uploads = self._uploads, []
+        for future in uploads:
             future.result()
-        self._uploads = []
         with self._lock:
             unindexed, self._unindexed = self._unindexed, IndexFile()
         if unindexed.packs:

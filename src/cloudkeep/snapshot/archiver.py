@@ -134,8 +134,13 @@ class _Batcher:
             fresh_ids = [ids[position] for position in fresh]
             fresh_chunks = [batch[position] for position in fresh]
             sealed = repo.seal_blobs(fresh_ids, fresh_chunks)
-            for chunk_id, chunk, blob in zip(fresh_ids, fresh_chunks, sealed, strict=True):
-                writer.add(BlobType.DATA, chunk_id, blob, len(chunk), claimed=True)
+            writer.add_claimed(
+                BlobType.DATA,
+                [
+                    (chunk_id, blob, len(chunk))
+                    for chunk_id, chunk, blob in zip(fresh_ids, fresh_chunks, sealed, strict=True)
+                ],
+            )
         sizes = [len(chunk) for chunk in batch]
         self._tracker.advance(sum(sizes))
         return list(zip(ids, sizes, strict=True))
