@@ -30,6 +30,7 @@ from tests.faults.fault_helpers import (
 
 CLI_TRIALS = scaled(12)
 SERVER_TRIALS = scaled(8)
+S3_TRIALS = scaled(4)
 
 
 class Ledger:
@@ -96,36 +97,60 @@ def _wait_in_progress(response: httpx.Response, timeout: float) -> None:
         assert '"FAILED"' not in line, line
 
 
-def test_kill_cli_backup_at_random_moments(
-    tmp_path: Path, live_db_template: Path, rng: random.Random
-) -> None:
-    setup = Setup(tmp_path, tmp_path / "production", (tmp_path / "store").as_uri())
-    make_data_folder(setup.data, live_db_template, rng)
-    ledger = Ledger(setup, rng)
+def _cli_kill_trials(
+    setup: Setup, template: Path, rnd: random.Random, trials: int, window: tuple[float, float]
+) -> Ledger:
+    make_data_folder(setup.data, template, rnd)
+    ledger = Ledger(setup, rnd)
     ledger.backup_now(exact_state(setup.data))
-    for trial in range(CLI_TRIALS):
-        mutate_db(setup.data / "snippets.db", rng)
+    durations: list[float] = []  # of the backups that finished before their kill
+    low, high = window
+    for trial in range(trials):
+        mutate_db(setup.data / "snippets.db", rnd)
         state = exact_state(setup.data)
-        process = setup.popen("backup", log=tmp_path / f"cli-{trial}.log")
-        delay = rng.uniform(0.3, 1.1)
+        log = setup.root / f"cli-{trial}.log"
+        process = setup.popen("backup", log=log)
+        delay = rnd.uniform(low, high)
+        started = time.monotonic()
         try:
             process.wait(timeout=delay)
+            durations.append(time.monotonic() - started)
+            # Finished before the kill: aim the next kills inside a backup's duration.
+            high = max(low + 0.1, 0.9 * durations[-1])
         except subprocess.TimeoutExpired:
             kill_group(process)
         if process.returncode == -signal.SIGKILL:
             ledger.killed_midway += 1
         else:
-            assert process.returncode == 0, (tmp_path / f"cli-{trial}.log").read_text()
+            assert process.returncode == 0, log.read_text()
         ledger.after_crash(state, f"cli trial {trial} (kill at {delay:.2f}s)", trial % 4 == 3)
         if trial % 3 == 2:
             ledger.backup_now(state)
-    assert ledger.killed_midway >= CLI_TRIALS // 2, "kills should mostly land mid-backup"
+    assert ledger.killed_midway >= trials // 2, "kills should mostly land mid-backup"
     ledger.backup_now(exact_state(setup.data))
     done = setup.run("check", "--read-data")
     assert done.returncode == 0, done.stdout + done.stderr
     ledger.restore_all()
-    print(f"cli trials {CLI_TRIALS}, killed mid-backup {ledger.killed_midway}, "
-          f"backups {len(ledger.expected)}, restores {ledger.restores}")
+    print(f"cli trials {trials}, killed mid-backup {ledger.killed_midway}, "
+          f"backups {len(ledger.expected)}, restores {ledger.restores}, "
+          f"finished before the kill in {[round(d, 2) for d in durations]} s")
+    return ledger
+
+
+def test_kill_cli_backup_at_random_moments(
+    tmp_path: Path, live_db_template: Path, rng: random.Random
+) -> None:
+    setup = Setup(tmp_path, tmp_path / "production", (tmp_path / "store").as_uri())
+    _cli_kill_trials(setup, live_db_template, rng, CLI_TRIALS, (0.3, 1.1))
+
+
+def test_kill_cli_backup_on_s3(
+    tmp_path: Path, live_db_template: Path, rng: random.Random, s3_server  # type: ignore[no-untyped-def]
+) -> None:
+    """The same on S3 (moto): uploads cut mid-request, no rename-into-place."""
+    store = s3_server.url_for(f"crash-{rng.randrange(16**8):08x}")
+    setup = Setup(tmp_path, tmp_path / "production", store)
+    _cli_kill_trials(setup, live_db_template, rng, S3_TRIALS, (0.3, 1.6))
 
 
 def test_kill_server_during_backup(
