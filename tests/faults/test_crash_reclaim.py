@@ -12,6 +12,7 @@ import json
 import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.faults.fault_helpers import (
@@ -67,12 +68,16 @@ def test_kill_delete_and_reclaim_at_random_moments(
     ws = setup.workspace()
     outcomes = {"killed": 0, "manifest already gone": 0}
     restores = 0
+    low, high = 0.3, 1.2
     for trial in range(TRIALS):
         victim = rng.choice(sorted(expected)[:-1])
         process = setup.popen("delete", victim, log=tmp_path / f"delete-{trial}.log")
-        delay = rng.uniform(0.3, 1.2)
+        delay = rng.uniform(low, high)
+        started = time.monotonic()
         try:
             process.wait(timeout=delay)
+            # Finished before the kill: aim the next kills inside its duration.
+            high = max(low + 0.1, 0.9 * (time.monotonic() - started))
         except subprocess.TimeoutExpired:
             kill_group(process)
         label = f"trial {trial} (delete {victim}, kill at {delay:.2f}s)"

@@ -76,13 +76,17 @@ def test_kill_cli_restore_at_random_moments(
     states = _two_backups(setup, rng)
     ids = sorted(states)
     outcomes = {"old": 0, "new": 0}
+    low, high = 0.3, 1.3
     for trial in range(CLI_TRIALS):
         before = exact_state(setup.data)
         backup_id = next(i for i in ids if states[i] != before)
         process = setup.popen("restore", backup_id, log=tmp_path / f"restore-{trial}.log")
-        delay = rng.uniform(0.3, 1.3)
+        delay = rng.uniform(low, high)
+        started = time.monotonic()
         try:
             process.wait(timeout=delay)
+            # Finished before the kill: aim the next kills inside its duration.
+            high = max(low + 0.1, 0.9 * (time.monotonic() - started))
         except subprocess.TimeoutExpired:
             kill_group(process)
         label = f"trial {trial} (kill at {delay:.2f}s, rc {process.returncode})"
