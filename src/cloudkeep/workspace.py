@@ -29,7 +29,7 @@ from cloudkeep.snapshot.archiver import Archiver
 from cloudkeep.snapshot.checker import Checker, CheckReport
 from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
 from cloudkeep.snapshot.progress import Progress, ProgressFn
-from cloudkeep.snapshot.reclaim import ReclaimReport, delete_backup, try_reclaim
+from cloudkeep.snapshot.reclaim import ReclaimReport, delete_backup, reclaim, try_reclaim
 from cloudkeep.snapshot.repair import RepairReport, repair_index
 from cloudkeep.snapshot.restorer import Restorer
 from cloudkeep.storage.base import ObjectNotFound, Storage
@@ -193,9 +193,12 @@ class Workspace:
         delete_backup(repo, backup_id)
         return try_reclaim(repo)
 
-    def reclaim(self) -> ReclaimReport | None:
-        """Reclaim space no backup uses (finishes a delete that was interrupted)."""
-        return try_reclaim(self.repository())
+    def reclaim(self) -> ReclaimReport:
+        """Reclaim space no backup uses (finishes a delete that was interrupted).
+
+        Raises ``Busy`` if other clients hold the repository past the lock timeout.
+        """
+        return reclaim(self.repository())
 
     def repair_index(self) -> RepairReport:
         """Rebuild the index from the packs' headers (after index files were lost)."""
