@@ -106,7 +106,8 @@ def backup(ctx: typer.Context, json: JsonOption = False) -> None:
         print_json(backup_from_info(info).to_json())
     else:
         print(
-            f"backup {info.id} of {info.bytes:,} bytes saved ({info.device_name}); "
+            f"backup {info.id} of {ws.settings.data} ({info.bytes:,} bytes) saved to "
+            f"{ws.storage.describe()} as device {info.device_name}; "
             f"{info.added_bytes:,} bytes added to the store"
         )
 
