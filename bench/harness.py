@@ -409,10 +409,11 @@ class Cloudkeep(Tool):
         if self.data is None:
             self.init_for(data)
         self.data = data
-        return Cmd([self.exe, *self.globals(data), "backup", "--json"])
+        # Plain output, as restic and borg are run: the id is read untimed afterwards.
+        return Cmd([self.exe, *self.globals(data), "backup"])
 
     def after_backup(self, m: Measure, n: int) -> None:
-        self.last_id = find_id(parse_json_output(m.stdout))
+        self.last_id = None
 
     def latest_id(self) -> str:
         """Id of the newest backup: from the last backup's JSON, else from ``list --json``."""
@@ -433,7 +434,7 @@ class Cloudkeep(Tool):
     def restore(self, target: Path) -> Cmd:
         assert self.data is not None
         return Cmd([self.exe, *self.globals(self.data), "restore", self.latest_id(),
-                    "--target", str(target), "--json"])
+                    "--target", str(target)])
 
 
 def parse_json_output(text: str) -> Any:
