@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.faults.fault_helpers import (
     Setup,
     exact_state,
@@ -22,9 +24,11 @@ from tests.faults.fault_helpers import (
     make_data_folder,
     mutate_db,
     scaled,
+    start_server,
 )
 
 TRIALS = scaled(10)
+SERVER_TRIALS = scaled(3)
 
 
 def garbage(setup: Setup) -> tuple[set[str], set[str]]:
@@ -116,3 +120,44 @@ def test_kill_delete_and_reclaim_at_random_moments(
         assert exact_state(target) == state
     print(f"delete kills {TRIALS}: {outcomes}, restores {restores + len(expected)}")
     assert outcomes["killed"] >= TRIALS // 2
+
+
+def test_kill_server_during_background_reclaim(
+    tmp_path: Path, live_db_template: Path, rng: random.Random
+) -> None:
+    """The server answers 204 once the manifest is gone and reclaims in the background:
+    kill it (whole group) at a random moment after the 204."""
+    setup = Setup(tmp_path, tmp_path / "production", (tmp_path / "store").as_uri())
+    make_data_folder(setup.data, live_db_template, rng)
+    expected: dict[str, dict[str, str]] = {}
+    for _ in range(3):
+        _new_backup(setup, rng, expected)
+    ws = setup.workspace()
+    unfinished = 0
+    for trial in range(SERVER_TRIALS):
+        victim = rng.choice(sorted(expected)[:-1])
+        server = start_server(setup)
+        delay = rng.uniform(0.0, 0.25)
+        try:
+            response = httpx.post(f"{server.url}/backups/{victim}/delete", timeout=60)
+            assert response.status_code == 204, response.text
+            time.sleep(delay)  # the random kill moment, not a synchronisation
+            kill_group(server.process)
+        finally:
+            server.stop()
+        del expected[victim]
+        label = f"server trial {trial} (kill {delay:.2f}s after the 204)"
+        listed = {b.id for b in ws.list()}
+        assert listed == expected.keys(), f"{label}: {listed ^ expected.keys()}"
+        report = ws.check(read_data=True)
+        assert report.ok, f"{label}: {report.errors}"
+        survivor = rng.choice(sorted(expected))
+        ws.restore(survivor, target=tmp_path / f"server-restored-{trial}")
+        assert exact_state(tmp_path / f"server-restored-{trial}") == expected[survivor]
+        unfinished += any(garbage(setup))
+        rerun = setup.run("reclaim")
+        assert rerun.returncode == 0, f"{label}: {rerun.stderr}"
+        unindexed, dead = garbage(setup)
+        assert not unindexed and not dead, f"{label}: rerun left {unindexed} / {dead}"
+        _new_backup(setup, rng, expected)
+    print(f"server delete kills {SERVER_TRIALS}: reclaim unfinished at the kill {unfinished}")
