@@ -90,10 +90,16 @@ def make_data_folder(root: Path, template: Path, rnd: random.Random) -> None:
     (root / "empty.txt").write_bytes(b"")
 
 
-def _sqlite_digest(path: Path) -> str:
-    """Hash of every row of every table (the logical database, not its file layout)."""
+def _sqlite_digest(path: Path, writable: bool = False) -> str:
+    """Hash of every row of every table (the logical database, not its file layout).
+
+    ``writable`` opens it as an application would, so a crashed writer's journal or
+    WAL is recovered first.
+    """
     digest = hashlib.blake2b()
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    db = sqlite3.connect(path) if writable else sqlite3.connect(
+        f"{path.as_uri()}?mode=ro", uri=True
+    )
     try:
         check = db.execute("PRAGMA integrity_check").fetchone()[0]
         digest.update(check.encode())
@@ -111,6 +117,11 @@ def _sqlite_digest(path: Path) -> str:
     finally:
         db.close()
     return digest.hexdigest()
+
+
+def sqlite_state(path: Path) -> str:
+    """Content of one live database, opened (and recovered) the way an app opens it."""
+    return _sqlite_digest(path, writable=True)
 
 
 def exact_state(root: Path) -> dict[str, str]:

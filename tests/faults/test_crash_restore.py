@@ -24,12 +24,14 @@ from tests.faults.fault_helpers import (
     mutate_db,
     scaled,
     session_pids,
+    sqlite_state,
     start_server,
     wait_gone,
 )
 
 CLI_TRIALS = scaled(10)
 SERVER_TRIALS = scaled(6)
+FILE_TRIALS = scaled(6)
 
 
 def _two_backups(setup: Setup, rnd: random.Random) -> dict[str, dict[str, str]]:
@@ -164,3 +166,43 @@ def test_staging_of_a_killed_unreaped_restore_is_cleaned(tmp_path: Path) -> None
         assert live.is_dir()
     finally:
         child.wait(timeout=10)
+
+
+def test_kill_single_file_restore_into_the_live_database(
+    tmp_path: Path, live_db_template: Path, rng: random.Random
+) -> None:
+    """A single-SQLite-file source is restored through SQLite's backup API into the live
+    file: a kill mid-way must leave the old database (SQLite rolls the write back)."""
+    live = tmp_path / "app" / "snippets.db"
+    make_data_folder(tmp_path / "app", live_db_template, rng)
+    setup = Setup(tmp_path, live, (tmp_path / "store").as_uri())
+    states: dict[str, str] = {}
+    for _ in range(2):
+        mutate_db(live, rng, rows=400)
+        done = setup.run("backup", "--json")
+        assert done.returncode == 0, done.stderr
+        states[json.loads(done.stdout)["id"]] = sqlite_state(live)
+    outcomes = {"old": 0, "new": 0}
+    low, high = 0.3, 1.3
+    for trial in range(FILE_TRIALS):
+        before = sqlite_state(live)
+        backup_id = next(i for i in sorted(states) if states[i] != before)
+        process = setup.popen("restore", backup_id, log=tmp_path / f"file-{trial}.log")
+        delay = rng.uniform(low, high)
+        started = time.monotonic()
+        try:
+            process.wait(timeout=delay)
+            high = max(low + 0.1, 0.9 * (time.monotonic() - started))
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+        label = f"file trial {trial} (kill at {delay:.2f}s, rc {process.returncode})"
+        assert process.returncode in (0, -signal.SIGKILL), label
+        assert live.is_file(), f"{label}: the database is missing"
+        now = sqlite_state(live)
+        assert now in (before, states[backup_id]), f"{label}: mixed database"
+        outcomes["new" if now == states[backup_id] else "old"] += 1
+        done = setup.run("restore", backup_id)
+        assert done.returncode == 0, f"{label}: rerun failed: {done.stderr}"
+        assert sqlite_state(live) == states[backup_id]
+        assert not [p for p in live.parent.iterdir() if ".cloudkeep-restore-" in p.name]
+    print(f"single-file restore kills {FILE_TRIALS}: {outcomes}")
