@@ -28,17 +28,19 @@ RSS_GROWTH_BOUND = 40 * 1024 * 1024
 FD_GROWTH_BOUND = 8
 
 
-def usage(server: Server) -> tuple[int, int]:
-    """(RSS bytes, open fds) of the server and every process under it."""
+def usage(server: Server) -> tuple[int, int, int]:
+    """(RSS bytes, open fds) of the server and every process under it, and the
+    server's own RSS (the rest is the engine process)."""
     root = psutil.Process(server.process.pid)
     rss = fds = 0
+    own = root.memory_info().rss
     for process in [root, *root.children(recursive=True)]:
         try:
             rss += process.memory_info().rss
             fds += process.num_fds()
         except psutil.NoSuchProcess:
             continue
-    return rss, fds
+    return rss, fds, own
 
 
 def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]:
@@ -73,7 +75,8 @@ def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]
 
     threads = [threading.Thread(target=reader, daemon=True) for _ in range(2)]
     threads.append(threading.Thread(target=listener, daemon=True))
-    samples: list[tuple[int, int]] = []
+    samples: list[tuple[int, int, int]] = []
+    timings: list[tuple[float, float]] = []  # seconds of (create, delete) per cycle
     try:
         for thread in threads:
             thread.start()
@@ -82,16 +85,20 @@ def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]
                 with sqlite3.connect(db) as conn:
                     conn.execute("INSERT INTO notes(body) VALUES (?)",
                                  (rnd.randbytes(2000).hex(),))
+                started = time.monotonic()
                 created = http.post("/backups/create")
+                create_seconds = time.monotonic() - started
                 assert created.status_code == 200, created.text
                 backup_id = created.json()["id"]
                 latest.append(backup_id)
                 listed = http.get("/backups").json()["iterable"]
                 assert backup_id in {b["id"] for b in listed}, cycle
+                started = time.monotonic()
                 if len(latest) > 2:  # keep two: deletes reclaim real packs every cycle
                     victim = latest.pop(0)
                     deleted = http.post(f"/backups/{victim}/delete")
                     assert deleted.status_code == 204, deleted.text
+                timings.append((create_seconds, time.monotonic() - started))
                 samples.append(usage(server))
     finally:
         stop.set()
@@ -99,7 +106,8 @@ def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]
             thread.join(timeout=10)
         server.stop()
     assert not reader_errors, reader_errors[:5]
-    return {"samples": samples, "reads": reads, "log": server.output(), "kept": latest}
+    return {"samples": samples, "reads": reads, "log": server.output(), "kept": latest,
+            "timings": timings}
 
 
 def test_soak_memory_and_fds_stay_flat(tmp_path: Path, rng: random.Random) -> None:
@@ -109,12 +117,18 @@ def test_soak_memory_and_fds_stay_flat(tmp_path: Path, rng: random.Random) -> No
         conn.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
     started = time.monotonic()
     result = run_soak(setup, CYCLES, rng)
-    samples: list[tuple[int, int]] = result["samples"]  # type: ignore[assignment]
+    samples: list[tuple[int, int, int]] = result["samples"]  # type: ignore[assignment]
+    timings: list[tuple[float, float]] = result["timings"]  # type: ignore[assignment]
     assert len(samples) == CYCLES
-    base_rss = max(rss for rss, _ in samples[WARMUP - 5 : WARMUP])
-    base_fds = max(fds for _, fds in samples[WARMUP - 5 : WARMUP])
-    peak_rss = max(rss for rss, _ in samples[WARMUP:])
-    peak_fds = max(fds for _, fds in samples[WARMUP:])
+    base_rss = max(rss for rss, _, _ in samples[WARMUP - 5 : WARMUP])
+    base_fds = max(fds for _, fds, _ in samples[WARMUP - 5 : WARMUP])
+    peak_rss = max(rss for rss, _, _ in samples[WARMUP:])
+    peak_fds = max(fds for _, fds, _ in samples[WARMUP:])
+    for decile in range(0, CYCLES, max(1, CYCLES // 10)):  # the trend, for the record
+        rss, fds, own = samples[decile]
+        create, delete = timings[decile]
+        print(f"  cycle {decile}: RSS {rss / 2**20:.0f} MiB (server {own / 2**20:.0f}), "
+              f"fds {fds}, create {create * 1000:.0f} ms, delete {delete * 1000:.0f} ms")
     print(f"soak {CYCLES} cycles in {time.monotonic() - started:.0f}s, reads {result['reads']}: "
           f"RSS {base_rss / 2**20:.0f} -> peak {peak_rss / 2**20:.0f} MiB, "
           f"fds {base_fds} -> peak {peak_fds}")
