@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import zstandard
 
@@ -69,8 +70,9 @@ class IndexFile:
         return packs
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):
+    """Where a blob is (a tuple: a restore looks up one per chunk)."""
+
     pack_id: str
     offset: int
     length: int

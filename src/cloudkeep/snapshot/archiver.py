@@ -24,6 +24,7 @@ from cloudkeep.errors import CloudkeepError, DataSourceError
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import BlobType, pack_name
 from cloudkeep.repository.repository import PackWriter, Repository
+from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import (
     CHUNKS_PER_LIST_BLOB,
     FileEntry,
@@ -207,8 +208,11 @@ class Archiver:
         parent_id, parent_files = self._parent_files(source, device_name)
         tracker = Tracker("backup", sum(i.size for i in items), self.progress, self.cancel)
         tracker.advance(0)
-        with RepositoryLock(self.repo, exclusive=False, purpose="backup").acquire(
-            LOCK_TIMEOUT_SECONDS
+        with (
+            gc_paused(),
+            RepositoryLock(self.repo, exclusive=False, purpose="backup").acquire(
+                LOCK_TIMEOUT_SECONDS
+            ),
         ):
             # Reusing the parent's chunk lists is safe once our shared lock is held and
             # the parent still exists: reclaim (exclusive) only removes blobs that no

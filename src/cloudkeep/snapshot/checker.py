@@ -17,6 +17,7 @@ from cloudkeep.repository.index import MasterIndex
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import PackEntry, pack_id_of, pack_name, read_header
 from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.usage import blob_users, load_manifests
 from cloudkeep.storage.base import ObjectNotFound
@@ -51,8 +52,11 @@ class Checker:
         self.cancel = cancel
 
     def run(self, read_data: bool) -> CheckReport:
-        with RepositoryLock(self.repo, exclusive=False, purpose="check").acquire(
-            LOCK_TIMEOUT_SECONDS
+        with (
+            gc_paused(),
+            RepositoryLock(self.repo, exclusive=False, purpose="check").acquire(
+                LOCK_TIMEOUT_SECONDS
+            ),
         ):
             return self._run(read_data)
 

@@ -24,6 +24,7 @@ from cloudkeep.errors import CloudkeepError, RepositoryDamaged, UserError
 from cloudkeep.repository.locks import RepositoryLock, pid_alive
 from cloudkeep.repository.packs import pack_name
 from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.sources import is_sqlite
@@ -119,8 +120,11 @@ class Restorer:
         tracker.advance(0)
         try:
             staging.mkdir()
-            with RepositoryLock(self.repo, exclusive=False, purpose="restore").acquire(
-                LOCK_TIMEOUT_SECONDS
+            with (
+                gc_paused(),
+                RepositoryLock(self.repo, exclusive=False, purpose="restore").acquire(
+                    LOCK_TIMEOUT_SECONDS
+                ),
             ):
                 self.repo.load_index()
                 self._materialize(manifest, staging, tracker)
