@@ -26,6 +26,11 @@ CYCLES = int(os.environ.get("CLOUDKEEP_SOAK_CYCLES", "200"))
 WARMUP = max(10, CYCLES // 10)
 RSS_GROWTH_BOUND = 40 * 1024 * 1024
 FD_GROWTH_BOUND = 8
+# The server keeps its last 1,000 finished jobs (docs/api.md): RSS rises while that
+# history fills (~25 MiB measured) and must then be flat. Long runs (scripts/soak.py)
+# also check growth after the history is full against this tighter bound.
+HISTORY_FULL_AT = 1100
+RSS_GROWTH_AFTER_HISTORY_BOUND = 12 * 1024 * 1024
 
 
 def usage(server: Server) -> tuple[int, int, int]:
@@ -132,7 +137,14 @@ def test_soak_memory_and_fds_stay_flat(tmp_path: Path, rng: random.Random) -> No
     print(f"soak {CYCLES} cycles in {time.monotonic() - started:.0f}s, reads {result['reads']}: "
           f"RSS {base_rss / 2**20:.0f} -> peak {peak_rss / 2**20:.0f} MiB, "
           f"fds {base_fds} -> peak {peak_fds}")
-    assert peak_rss - base_rss < RSS_GROWTH_BOUND
+    if CYCLES > HISTORY_FULL_AT + 100:
+        full = max(rss for rss, _, _ in samples[HISTORY_FULL_AT - 50 : HISTORY_FULL_AT])
+        late_peak = max(rss for rss, _, _ in samples[HISTORY_FULL_AT:])
+        print(f"after the job history is full: RSS {full / 2**20:.0f} -> "
+              f"peak {late_peak / 2**20:.0f} MiB")
+        assert late_peak - full < RSS_GROWTH_AFTER_HISTORY_BOUND
+    else:
+        assert peak_rss - base_rss < RSS_GROWTH_BOUND
     assert peak_fds - base_fds <= FD_GROWTH_BOUND
     assert "Traceback" not in str(result["log"])
     # What is left is exactly the two newest backups, and the store checks clean.
