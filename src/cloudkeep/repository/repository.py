@@ -280,24 +280,27 @@ class Repository:
         return name
 
     # ------------------------------------------------------------------- blobs
-    def seal_blob(self, blob_id: bytes, data: bytes | memoryview) -> bytes:
-        """Compress (when it pays) and seal one blob; GIL-free in zstd and AES."""
+    def _zstd(self) -> zstandard.ZstdCompressor:
+        """This thread's compressor (zstd contexts are not thread-safe)."""
         compressor = getattr(self._compressor, "zstd", None)
         if compressor is None:
             level = self.config.get("zstd_level", DEFAULT_ZSTD_LEVEL)
             compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=level)
-        compressed = compressor.compress(data)
-        if len(compressed) < len(data):
-            return self.sealer.seal(b"\x01" + compressed, blob_id)
-        return self.sealer.seal(b"\x00" + bytes(data), blob_id)
+        return compressor
 
-    def seal_blobs(self, blob_ids: list[bytes], chunks: list[bytes]) -> list[bytes]:
-        """``seal_blob`` for a whole batch: zstd compresses all of it in one GIL-free call."""
-        compressor = getattr(self._compressor, "zstd", None)
-        if compressor is None:
-            level = self.config.get("zstd_level", DEFAULT_ZSTD_LEVEL)
-            compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=level)
-        compressed = compressor.multi_compress_to_buffer(chunks, threads=1)
+    def _unzstd(self) -> zstandard.ZstdDecompressor:
+        decompressor = getattr(self._compressor, "unzstd", None)
+        if decompressor is None:
+            decompressor = self._compressor.unzstd = zstandard.ZstdDecompressor()
+        return decompressor
+
+    def seal_blob(self, blob_id: bytes, data: bytes | memoryview) -> bytes:
+        """Compress (when it pays) and seal one blob."""
+        return self.seal_blobs([blob_id], [data])[0]
+
+    def seal_blobs(self, blob_ids: list[bytes], chunks: list[bytes | memoryview]) -> list[bytes]:
+        """Compress (when it pays) and seal a batch: zstd takes all of it in one GIL-free call."""
+        compressed = self._zstd().multi_compress_to_buffer(chunks, threads=1)
         seal = self.sealer.seal
         nonces = os.urandom(NONCE_SIZE * len(chunks))
         sealed = []
@@ -319,11 +322,8 @@ class Repository:
         if not plaintext:
             raise BlobDamaged(blob_id, "empty payload")
         if plaintext[0] == _ZSTD:
-            decompressor = getattr(self._compressor, "unzstd", None)
-            if decompressor is None:
-                decompressor = self._compressor.unzstd = zstandard.ZstdDecompressor()
             try:
-                data = decompressor.decompress(
+                data = self._unzstd().decompress(
                     memoryview(plaintext)[1:], max_output_size=MAX_BLOB_SIZE
                 )
             except zstandard.ZstdError as exc:
@@ -350,11 +350,8 @@ class Repository:
             if any(not p or p[0] not in (_RAW, _ZSTD) for p in payloads):
                 raise ValueError("unknown payload encoding")
             packed = [p[1:] for p in payloads if p[0] == _ZSTD]
-            decompressor = getattr(self._compressor, "unzstd", None)
-            if decompressor is None:
-                decompressor = self._compressor.unzstd = zstandard.ZstdDecompressor()
             unpacked = (
-                iter(decompressor.multi_decompress_to_buffer(packed, threads=1))
+                iter(self._unzstd().multi_decompress_to_buffer(packed, threads=1))
                 if packed
                 else iter(())
             )
