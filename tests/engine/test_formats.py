@@ -9,18 +9,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from cloudkeep.repository.crypto import MasterKey, Sealer
 from cloudkeep.repository.index import IndexFile, MasterIndex
-from cloudkeep.repository.packs import BlobType, PackBuilder, PackEntry, read_header
+from cloudkeep.repository.packs import BlobType, PackBuilder, PackEntry, frames_of, read_header
+from cloudkeep.repository.repository import Repository
 from cloudkeep.snapshot.archiver import page_chunks
 from cloudkeep.snapshot.manifest import decode_chunk_list, encode_chunk_list
+from cloudkeep.storage.url import open_store
 
-SEALER = Sealer(MasterKey.generate())
 ids = st.binary(min_size=32, max_size=32)
 entries = st.builds(
     PackEntry,
     st.sampled_from(list(BlobType)),
     ids,
+    st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
@@ -68,20 +69,32 @@ def test_index_files_round_trip(packs: dict[str, list[PackEntry]]) -> None:
     assert IndexFile.decode(IndexFile(packs).encode()).packs == packs
 
 
-@given(st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=30))
+# Sizes straddle the frame target, so frames of one blob and of many are both made.
+blob_bodies = st.one_of(
+    st.binary(min_size=0, max_size=5000),
+    st.builds(lambda n, b: b * n, st.integers(1, 300_000), st.binary(min_size=1, max_size=3)),
+)
+
+
+@given(st.lists(blob_bodies, min_size=1, max_size=30))
 @settings(max_examples=40, deadline=None)
 def test_packs_round_trip_and_locate_every_blob(blobs: list[bytes]) -> None:
+    repo = Repository.init(open_store("memory://"), "pass")
+    ids = [repo.sealer.blob_id(blob) for blob in blobs]
+    frames = repo.seal_frames(ids, blobs)
+    assert [m.blob_id for _, members in frames for m in members] == ids
     builder = PackBuilder()
-    for blob in blobs:
-        blob_id = SEALER.blob_id(blob)
-        builder.add(BlobType.DATA, blob_id, SEALER.seal(blob, blob_id), len(blob))
-    pack_id, content = builder.finish(SEALER)
-    header = read_header(content, SEALER)
+    for sealed, members in frames:
+        builder.add_frame(BlobType.DATA, sealed, members)
+    pack_id, content = builder.finish(repo.sealer)
+    header = read_header(content, repo.sealer)
     assert header == builder.entries
+    assert len(frames_of(header)) == len(frames)
     index = MasterIndex()
     index.add_pack(pack_id, header)
     for blob, entry in zip(blobs, header, strict=True):
         location = index.lookup(entry.blob_id)
         assert location is not None and location.pack_id == pack_id
-        sealed = content[location.offset : location.offset + location.length]
-        assert SEALER.open(sealed, entry.blob_id) == blob
+        frame = repo.open_frame(content[location.offset : location.offset + location.length])
+        data = repo.blob_in_frame(frame, entry.blob_id, location.inner_offset, location.raw_length)
+        assert data == blob

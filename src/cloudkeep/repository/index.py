@@ -18,8 +18,9 @@ import zstandard
 from cloudkeep.repository.packs import ENTRY, PackEntry, decode_header, encode_header
 
 INDEX_AAD = b"index"
-_MAGIC = b"CKIX\x01"
+_MAGIC = b"CKIX\x02"
 _COUNT = struct.Struct("<I")
+_U32 = 0xFFFFFFFF
 
 
 class IndexFormatError(Exception):
@@ -71,11 +72,17 @@ class IndexFile:
 
 
 class BlobLocation(NamedTuple):
-    """Where a blob is (a tuple: a restore looks up one per chunk)."""
+    """Where a blob is (a tuple: a restore looks up one per chunk).
+
+    ``offset``/``length`` locate its sealed frame in the pack; the blob is
+    ``raw_length`` bytes at ``inner_offset`` of the frame's plaintext.
+    """
 
     pack_id: str
     offset: int
     length: int
+    inner_offset: int
+    raw_length: int
 
 
 class MasterIndex:
@@ -102,10 +109,12 @@ class MasterIndex:
             number = len(self._pack_ids)
             self._pack_ids.append(pack_id)
             self._pack_numbers[pack_id] = number
-        blobs, base = self._blobs, number << 64
-        for _type, blob_id, offset, length, _raw in entries:
+        blobs, base = self._blobs, number << 128
+        for _type, blob_id, offset, length, inner_offset, raw_length in entries:
             if blob_id not in blobs:
-                blobs[blob_id] = base | (offset << 32) | length
+                blobs[blob_id] = (
+                    base | (offset << 96) | (length << 64) | (inner_offset << 32) | raw_length
+                )
 
     def add_pack_encoded(self, pack_id: str, encoded_entries: bytes) -> None:
         """``add_pack`` straight from encoded header entries (no per-entry objects)."""
@@ -116,5 +125,9 @@ class MasterIndex:
         if packed is None:
             return None
         return BlobLocation(
-            self._pack_ids[packed >> 64], (packed >> 32) & 0xFFFFFFFF, packed & 0xFFFFFFFF
+            self._pack_ids[packed >> 128],
+            (packed >> 96) & _U32,
+            (packed >> 64) & _U32,
+            (packed >> 32) & _U32,
+            packed & _U32,
         )

@@ -1,13 +1,17 @@
-"""Pack files: many sealed blobs in one object, so S3 sees few, large requests.
+"""Pack files: many sealed frames of blobs in one object, so S3 sees few, large requests.
 
 Layout of a pack (all integers little-endian)::
 
-    sealed blob 0 | sealed blob 1 | ... | sealed header | u32 sealed-header length
+    sealed frame 0 | sealed frame 1 | ... | sealed header | u32 sealed-header length
 
-The header lists, for every blob, its type, id, offset and sealed length and
-the length of its plaintext. It is sealed too (associated data ``pack-header``),
-so a pack reveals only how many bytes it holds. A pack's name is the BLAKE3 hash
-of its whole content, which lets ``check --read-data`` verify it before opening.
+A frame is several consecutive blobs compressed and sealed together: one zstd
+call and one AES-GCM call per ~256 KiB instead of per 8 KiB database chunk,
+which compresses better and costs far less CPU. Deduplication stays per blob.
+The header lists, for every blob, its type, id, the offset and sealed length of
+its frame, and where the blob lies in the frame's plaintext. It is sealed too
+(associated data ``pack-header``), so a pack reveals only how many bytes it
+holds. A pack's name is the BLAKE3 hash of its whole content, which lets
+``check --read-data`` verify it before opening.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import NamedTuple
 
 import blake3
 
-from cloudkeep.repository.crypto import ID_SIZE, Sealer
+from cloudkeep.repository.crypto import Sealer
 
 HEADER_AAD = b"pack-header"
-ENTRY = struct.Struct("<B32sIII")
+ENTRY = struct.Struct("<B32sIIII")
 _TRAILER = struct.Struct("<I")
 
 
@@ -35,19 +39,30 @@ class PackFormatError(Exception):
 
 
 class PackEntry(NamedTuple):
-    """One blob in a pack (a tuple: hundreds of thousands are made per backup)."""
+    """One blob in a pack (a tuple: hundreds of thousands are made per backup).
+
+    ``offset`` and ``length`` locate the sealed frame holding the blob; the blob
+    is ``raw_length`` bytes at ``inner_offset`` in that frame's plaintext.
+    """
 
     type: BlobType
     blob_id: bytes
     offset: int
     length: int
+    inner_offset: int
+    raw_length: int
+
+
+class FrameMember(NamedTuple):
+    """A blob's place in a frame's plaintext."""
+
+    blob_id: bytes
+    inner_offset: int
     raw_length: int
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:
-    return b"".join(
-        ENTRY.pack(e.type, e.blob_id, e.offset, e.length, e.raw_length) for e in entries
-    )
+    return b"".join(ENTRY.pack(*e) for e in entries)
 
 
 def decode_header(raw: bytes) -> list[PackEntry]:
@@ -66,10 +81,18 @@ def pack_name(pack_id: str) -> str:
     return f"data/{pack_id[:2]}/{pack_id}"
 
 
-class PackBuilder:
-    """Accumulates sealed blobs until the pack is big enough to upload.
+def frames_of(entries: list[PackEntry]) -> dict[tuple[int, int], list[PackEntry]]:
+    """A pack's entries grouped by the frame (offset, length) that holds them."""
+    frames: dict[tuple[int, int], list[PackEntry]] = {}
+    for entry in entries:
+        frames.setdefault((entry.offset, entry.length), []).append(entry)
+    return frames
 
-    Blobs are kept as they are and joined once at the end: one allocation of
+
+class PackBuilder:
+    """Accumulates sealed frames until the pack is big enough to upload.
+
+    Frames are kept as they are and joined once at the end: one allocation of
     the pack's size instead of a growing buffer that is copied again and again.
     """
 
@@ -78,11 +101,16 @@ class PackBuilder:
         self.size = 0
         self.entries: list[PackEntry] = []
 
-    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
-        assert len(blob_id) == ID_SIZE
-        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed), raw_length))
+    def add_frame(
+        self, blob_type: BlobType, sealed: bytes, members: list[FrameMember]
+    ) -> None:
+        offset, length = self.size, len(sealed)
+        self.entries += [
+            PackEntry(blob_type, blob_id, offset, length, inner_offset, raw_length)
+            for blob_id, inner_offset, raw_length in members
+        ]
         self._parts.append(sealed)
-        self.size += len(sealed)
+        self.size += length
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:
         """The pack's id and its bytes, header appended."""

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import zstandard
 
@@ -33,7 +35,7 @@ from cloudkeep.errors import (
 from cloudkeep.repository.crypto import NONCE_SIZE, DecryptionFailed, MasterKey, Sealer
 from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import unwrap_key, wrap_key
-from cloudkeep.repository.packs import BlobType, PackBuilder, pack_name
+from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, pack_name
 from cloudkeep.storage.base import (
     ObjectExists,
     ObjectNotFound,
@@ -42,7 +44,8 @@ from cloudkeep.storage.base import (
     StorageUnavailable,
 )
 
-FORMAT_VERSION = 1
+# 2: blobs sealed in frames of several blobs (1: one sealed blob per chunk).
+FORMAT_VERSION = 2
 # 4 MiB: a 2 GiB backup peaked at 174 MiB RSS (8 MiB packs: 211 MiB) for less CPU,
 # and still few, large requests on object stores.
 PACK_TARGET_SIZE = 4 * 1024 * 1024
@@ -50,7 +53,13 @@ PACK_TARGET_SIZE = 4 * 1024 * 1024
 DEFAULT_ZSTD_LEVEL = 1
 PACKS_PER_INDEX_FLUSH = 64  # an index file per 256 MiB uploaded
 _RAW, _ZSTD = 0, 1
-MAX_BLOB_SIZE = 64 * 1024 * 1024  # far above the largest chunk; bounds a hostile frame
+# Frames of ~256 KiB on the benchmark database vs one 8 KiB chunk each: 10% smaller
+# store, zstd 35% faster, 32x fewer AES-GCM calls (see docs/format.md).
+FRAME_TARGET_SIZE = 256 * 1024
+FRAME_AAD = b"frame"
+_COUNT = struct.Struct("<I")
+_MEMBER = struct.Struct("<32sI")  # blob id, length: the frame's authenticated member table
+MAX_FRAME_SIZE = 64 * 1024 * 1024  # far above the largest frame; bounds a hostile one
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
 DEFAULT_CHUNKER = {
     "sqlite_chunk_bytes": 8192,
@@ -58,6 +67,17 @@ DEFAULT_CHUNKER = {
     "cdc_avg": 1024 * 1024,
     "cdc_max": 4 * 1024 * 1024,
 }
+
+
+class OpenedFrame(NamedTuple):
+    """A decrypted, decompressed frame and its member table ((offset, id) -> length)."""
+
+    data: memoryview
+    table: dict[tuple[int, bytes], int]
+
+
+class FrameDamaged(Exception):
+    """A frame does not decrypt or decompress: every blob in it is lost."""
 
 
 class BlobDamaged(Exception):
@@ -105,6 +125,12 @@ class Repository:
             raise FormatTooNew(
                 f"the repository uses format {version}, this cloudkeep reads up to "
                 f"{FORMAT_VERSION}: update cloudkeep"
+            )
+        if version < FORMAT_VERSION:
+            raise RepositoryDamaged(
+                f"the repository at {storage.describe()} uses format {version} of a "
+                "pre-release cloudkeep, which this version does not read: back up into a "
+                "new store"
             )
         return config
 
@@ -294,80 +320,135 @@ class Repository:
             decompressor = self._compressor.unzstd = zstandard.ZstdDecompressor()
         return decompressor
 
-    def seal_blob(self, blob_id: bytes, data: bytes | memoryview) -> bytes:
-        """Compress (when it pays) and seal one blob."""
-        return self.seal_blobs([blob_id], [data])[0]
+    def seal_frames(
+        self, blob_ids: list[bytes], chunks: list[bytes | memoryview]
+    ) -> list[tuple[bytes, list[FrameMember]]]:
+        """Group consecutive blobs into frames, compress them all in one GIL-free call, seal.
 
-    def seal_blobs(self, blob_ids: list[bytes], chunks: list[bytes | memoryview]) -> list[bytes]:
-        """Compress (when it pays) and seal a batch: zstd takes all of it in one GIL-free call."""
-        compressed = self._zstd().multi_compress_to_buffer(chunks, threads=1)
-        seal = self.sealer.seal
-        nonces = os.urandom(NONCE_SIZE * len(chunks))
-        sealed = []
-        for number, (blob_id, chunk) in enumerate(zip(blob_ids, chunks, strict=True)):
-            packed = compressed[number].tobytes()
-            nonce = nonces[number * NONCE_SIZE : (number + 1) * NONCE_SIZE]
-            if len(packed) < len(chunk):
-                sealed.append(seal(b"\x01" + packed, blob_id, nonce))
-            else:
-                sealed.append(seal(b"\x00" + chunk, blob_id, nonce))
-        return sealed
-
-    def open_blob(self, blob_id: bytes, sealed: bytes | memoryview) -> bytes | memoryview:
-        """Decrypt, decompress and verify one blob against its id."""
-        try:
-            plaintext = self.sealer.open(sealed, blob_id)
-        except DecryptionFailed as exc:
-            raise BlobDamaged(blob_id, str(exc)) from exc
-        if not plaintext:
-            raise BlobDamaged(blob_id, "empty payload")
-        if plaintext[0] == _ZSTD:
-            try:
-                data = self._unzstd().decompress(
-                    memoryview(plaintext)[1:], max_output_size=MAX_BLOB_SIZE
-                )
-            except zstandard.ZstdError as exc:
-                raise BlobDamaged(blob_id, f"does not decompress: {exc}") from exc
-        elif plaintext[0] == _RAW:
-            data = memoryview(plaintext)[1:]
-        else:
-            raise BlobDamaged(blob_id, "unknown payload encoding")
-        if self.sealer.blob_id(data) != blob_id:
-            raise BlobDamaged(blob_id, "content does not match its id")
-        return data
-
-    def open_blobs(self, blobs: list[tuple[bytes, bytes | memoryview]]) -> list[bytes | memoryview]:
-        """``open_blob`` for many blobs: all zstd payloads decompressed in one GIL-free call.
-
-        Thousands of per-blob GIL releases stall the other threads (convoy effect).
-        On any failure the batch is redone blob by blob, to name the damaged one.
+        Returns (sealed frame, its members) pairs, blobs in their original order.
         """
-        open_sealed = self.sealer.open
-        payloads: list[memoryview] = []
+        groups: list[list[bytes | memoryview]] = []
+        memberships: list[list[FrameMember]] = []
+        parts: list[bytes | memoryview] = []
+        members: list[FrameMember] = []
+        size = 0
+        for blob_id, chunk in zip(blob_ids, chunks, strict=True):
+            members.append(FrameMember(blob_id, size, len(chunk)))
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= FRAME_TARGET_SIZE:
+                groups.append(parts)
+                memberships.append(members)
+                parts, members, size = [], [], 0
+        if members:
+            groups.append(parts)
+            memberships.append(members)
+        raws = [group[0] if len(group) == 1 else b"".join(group) for group in groups]
+        non_empty = [raw for raw in raws if raw]  # zstd's batch call refuses empty inputs
+        compressed = iter(
+            self._zstd().multi_compress_to_buffer(non_empty, threads=1) if non_empty else ()
+        )
+        seal = self.sealer.seal
+        nonces = os.urandom(NONCE_SIZE * len(raws))
+        frames = []
+        for number, (raw, frame_members) in enumerate(zip(raws, memberships, strict=True)):
+            packed = next(compressed) if raw else b""
+            nonce = nonces[number * NONCE_SIZE : (number + 1) * NONCE_SIZE]
+            table = _COUNT.pack(len(frame_members)) + b"".join(
+                _MEMBER.pack(m.blob_id, m.raw_length) for m in frame_members
+            )
+            # zstd only when it pays: incompressible frames are stored as they are.
+            if len(packed) < len(raw):
+                payload = b"".join((table, b"\x01", packed))  # type: ignore[arg-type]
+            else:
+                payload = b"".join((table, b"\x00", raw))
+            frames.append((seal(payload, FRAME_AAD, nonce), frame_members))
+        return frames
+
+    def open_frame(self, sealed: bytes | memoryview) -> OpenedFrame:
+        """Decrypt and decompress one frame; its blobs are cut out by ``blob_in_frame``."""
         try:
-            for blob_id, sealed in blobs:
-                payloads.append(memoryview(open_sealed(sealed, blob_id)))
-            if any(not p or p[0] not in (_RAW, _ZSTD) for p in payloads):
-                raise ValueError("unknown payload encoding")
-            packed = [p[1:] for p in payloads if p[0] == _ZSTD]
+            table, encoding, payload = self._split_frame(self.sealer.open(sealed, FRAME_AAD))
+        except DecryptionFailed as exc:
+            raise FrameDamaged(str(exc)) from exc
+        if encoding == _RAW:
+            return OpenedFrame(payload, table)
+        try:
+            data = self._unzstd().decompress(payload, max_output_size=MAX_FRAME_SIZE)
+        except zstandard.ZstdError as exc:
+            raise FrameDamaged(f"does not decompress: {exc}") from exc
+        return OpenedFrame(memoryview(data), table)
+
+    @staticmethod
+    def _split_frame(
+        plaintext: bytes,
+    ) -> tuple[dict[tuple[int, bytes], int], int, memoryview]:
+        """(member table by offset, encoding, payload) of a decrypted frame."""
+        view = memoryview(plaintext)
+        try:
+            (count,) = _COUNT.unpack_from(view)
+            end = _COUNT.size + count * _MEMBER.size
+            table: dict[tuple[int, bytes], int] = {}  # keyed by id too: empty blobs share offsets
+            offset = 0
+            for blob_id, raw_length in _MEMBER.iter_unpack(view[_COUNT.size : end]):
+                table[offset, blob_id] = raw_length
+                offset += raw_length
+            encoding = view[end]
+        except (struct.error, IndexError) as exc:
+            raise FrameDamaged("member table is malformed") from exc
+        if encoding not in (_RAW, _ZSTD):
+            raise FrameDamaged("unknown payload encoding")
+        return table, encoding, view[end + 1 :]
+
+    def open_frames(self, sealed_frames: list[bytes | memoryview]) -> list[OpenedFrame]:
+        """``open_frame`` for many: all zstd payloads decompressed in one GIL-free call.
+
+        Thousands of per-frame GIL releases stall the other threads (convoy effect).
+        On any failure the batch is redone frame by frame, to raise for the damaged one.
+        """
+        open_sealed, split = self.sealer.open, self._split_frame
+        try:
+            parts = [split(open_sealed(sealed, FRAME_AAD)) for sealed in sealed_frames]
+            packed = [payload for _, encoding, payload in parts if encoding == _ZSTD]
             unpacked = (
                 iter(self._unzstd().multi_decompress_to_buffer(packed, threads=1))
                 if packed
                 else iter(())
             )
-            out: list[bytes | memoryview] = [
-                memoryview(next(unpacked)) if p[0] == _ZSTD else p[1:] for p in payloads
+            return [
+                OpenedFrame(
+                    memoryview(next(unpacked)) if encoding == _ZSTD else payload, table
+                )
+                for table, encoding, payload in parts
             ]
-            blob_id_of = self.sealer.blob_id
-            if any(
-                blob_id_of(data) != blob_id for (blob_id, _), data in zip(blobs, out, strict=True)
-            ):
-                raise ValueError("content does not match its id")
-            return out
-        except (DecryptionFailed, zstandard.ZstdError, ValueError):
-            return [self.open_blob(blob_id, sealed) for blob_id, sealed in blobs]
+        except (DecryptionFailed, FrameDamaged, zstandard.ZstdError, ValueError):
+            return [self.open_frame(sealed) for sealed in sealed_frames]
 
-    def read_blob(self, blob_id: bytes) -> bytes:
+    def blob_in_frame(
+        self,
+        frame: OpenedFrame,
+        blob_id: bytes,
+        inner_offset: int,
+        raw_length: int,
+        *,
+        rehash: bool = False,
+    ) -> memoryview:
+        """A blob cut out of its opened frame.
+
+        The frame's authenticated member table vouches for the blob: only a key
+        holder can write a frame, and the writer hashed every blob it lists.
+        ``rehash`` also recomputes the id, which only a writer bug could fail.
+        """
+        if frame.table.get((inner_offset, blob_id)) != raw_length:
+            raise BlobDamaged(blob_id, "is not where the index says in its frame")
+        data = frame.data[inner_offset : inner_offset + raw_length]
+        if len(data) != raw_length:
+            raise BlobDamaged(blob_id, "lies past the end of its frame")
+        if rehash and self.sealer.blob_id(data) != blob_id:
+            raise BlobDamaged(blob_id, "content does not match its id")
+        return data
+
+    def read_blob(self, blob_id: bytes) -> memoryview:
         location = self.index.lookup(blob_id)
         if location is None:
             raise BlobDamaged(blob_id, "not in the index")
@@ -381,7 +462,13 @@ class Repository:
             raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated") from exc
         if len(sealed) != location.length:
             raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated")
-        return self.open_blob(blob_id, sealed)
+        try:
+            frame = self.open_frame(sealed)
+        except FrameDamaged as exc:
+            raise BlobDamaged(blob_id, str(exc)) from exc
+        return self.blob_in_frame(
+            frame, blob_id, location.inner_offset, location.raw_length, rehash=True
+        )
 
     def pack_writer(self) -> PackWriter:
         return PackWriter(self)
@@ -427,22 +514,31 @@ class PackWriter:
                     fresh.append(position)
         return fresh
 
-    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> bool:
-        """Queue one sealed blob; False if it turned out to be known already."""
-        with self._lock:
-            if self.known(blob_id):
-                return False
-            self._pending.add(blob_id)
-        self.add_claimed(blob_type, [(blob_id, sealed, raw_length)])
+    def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
+        """Seal and queue one blob in a frame of its own; False if it is known already."""
+        if not self.claim_new([blob_id]):
+            return False
+        self.add_claimed(blob_type, self._repo.seal_frames([blob_id], [data]))
         return True
 
-    def add_claimed(self, blob_type: BlobType, blobs: list[tuple[bytes, bytes, int]]) -> None:
-        """``add`` for a batch of claimed (id, sealed, raw length): one lock round per pack."""
+    def add_frame(self, blob_type: BlobType, sealed: bytes, members: list[FrameMember]) -> bool:
+        """Queue an already sealed frame (space reclaim copies them) unless all of it is known."""
+        with self._lock:
+            if all(self.known(member.blob_id) for member in members):
+                return False
+            self._pending.update(member.blob_id for member in members)
+        self.add_claimed(blob_type, [(sealed, members)])
+        return True
+
+    def add_claimed(
+        self, blob_type: BlobType, frames: list[tuple[bytes, list[FrameMember]]]
+    ) -> None:
+        """Queue sealed frames whose blobs the caller claimed: one lock round per batch."""
         pack_size = self._repo.config.get("pack_size", PACK_TARGET_SIZE)
         full: list[PackBuilder] = []
         with self._lock:
-            for blob_id, sealed, raw_length in blobs:
-                self._builder.add(blob_type, blob_id, sealed, raw_length)
+            for sealed, members in frames:
+                self._builder.add_frame(blob_type, sealed, members)
                 if self._builder.size >= pack_size:
                     full.append(self._builder)
                     self._builder = PackBuilder()

@@ -79,9 +79,7 @@ class _ChunkLists:
     def _emit(self, chunks: list[tuple[bytes, int]]) -> None:
         listing = encode_chunk_list(chunks)
         list_id = self._repo.sealer.blob_id(listing)
-        if not self._writer.known(list_id):
-            sealed = self._repo.seal_blob(list_id, listing)
-            self._writer.add(BlobType.TREE, list_id, sealed, len(listing))
+        self._writer.add(BlobType.TREE, list_id, listing)
         self.list_ids.append(list_id.hex())
 
 
@@ -134,14 +132,7 @@ class _Batcher:
         if fresh:
             fresh_ids = [ids[position] for position in fresh]
             fresh_chunks = [batch[position] for position in fresh]
-            sealed = repo.seal_blobs(fresh_ids, fresh_chunks)
-            writer.add_claimed(
-                BlobType.DATA,
-                [
-                    (chunk_id, blob, len(chunk))
-                    for chunk_id, chunk, blob in zip(fresh_ids, fresh_chunks, sealed, strict=True)
-                ],
-            )
+            writer.add_claimed(BlobType.DATA, repo.seal_frames(fresh_ids, fresh_chunks))
         sizes = [len(chunk) for chunk in batch]
         self._tracker.advance(sum(sizes))
         return list(zip(ids, sizes, strict=True))

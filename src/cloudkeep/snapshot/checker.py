@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.index import MasterIndex
 from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import PackEntry, pack_id_of, pack_name, read_header
-from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.repository.packs import (
+    PackEntry,
+    frames_of,
+    pack_id_of,
+    pack_name,
+    read_header,
+)
+from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.usage import blob_users, load_manifests
@@ -151,13 +157,22 @@ class Checker:
             # Blobs are judged one by one: restore reads them through the index, so
             # only the blobs that fail here make a backup unrestorable.
             bad: dict[bytes, str] = {}
-            for entry in indexed[pack_id]:
+            view = memoryview(content)
+            for (offset, length), members in frames_of(indexed[pack_id]).items():
                 try:
-                    self.repo.open_blob(
-                        entry.blob_id, content[entry.offset : entry.offset + entry.length]
-                    )
-                except BlobDamaged as exc:
-                    bad[entry.blob_id] = f"{exc} in pack {pack_id[:16]}"
+                    frame = self.repo.open_frame(view[offset : offset + length])
+                except FrameDamaged as exc:
+                    reason = f"frame at {offset} damaged ({exc}) in pack {pack_id[:16]}"
+                    for entry in members:
+                        bad[entry.blob_id] = reason
+                    continue
+                for entry in members:
+                    try:
+                        self.repo.blob_in_frame(
+                            frame, entry.blob_id, entry.inner_offset, entry.raw_length, rehash=True
+                        )
+                    except BlobDamaged as exc:
+                        bad[entry.blob_id] = f"{exc} in pack {pack_id[:16]}"
             with lock:
                 report.bytes_read += len(content)
                 if pack_problems:

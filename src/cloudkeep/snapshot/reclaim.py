@@ -17,8 +17,8 @@ import logging
 from cloudkeep.errors import Busy, RepositoryDamaged
 from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import PackEntry, pack_name, read_header
-from cloudkeep.repository.repository import Repository
+from cloudkeep.repository.packs import FrameMember, PackEntry, frames_of, pack_name, read_header
+from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
 from cloudkeep.snapshot.usage import blob_users, load_manifests
 from cloudkeep.storage.base import ObjectNotFound
 
@@ -78,17 +78,24 @@ def _reclaim(repo: Repository) -> ReclaimReport:
     used = set(users)
     stored = {info.name.rsplit("/", 1)[-1]: info.size for info in repo.storage.list("data/")}
 
+    # A frame is the unit of storage: it stays (whole) while any blob in it is used.
     keep: dict[str, list[PackEntry]] = {}
     seen: set[bytes] = set()
     to_repack: list[str] = []
     for pack_id, entries in indexed.items():
         if pack_id not in stored:
             continue  # already gone; its blobs are reported by check
-        live = [e for e in entries if e.blob_id in used and e.blob_id not in seen]
-        if not live:
+        frames = frames_of(entries)
+        live_bytes = sum(
+            length
+            for (_offset, length), members in frames.items()
+            if any(m.blob_id in used and m.blob_id not in seen for m in members)
+        )
+        if not live_bytes:
             continue
-        unused_bytes = sum(e.length for e in entries) - sum(e.length for e in live)
-        if unused_bytes > REPACK_WHEN_UNUSED_FRACTION * stored[pack_id]:
+        if sum(length for _offset, length in frames) - live_bytes > (
+            REPACK_WHEN_UNUSED_FRACTION * stored[pack_id]
+        ):
             to_repack.append(pack_id)
         else:
             keep[pack_id] = entries
@@ -100,12 +107,27 @@ def _reclaim(repo: Repository) -> ReclaimReport:
         repo.index.add_pack(pack_id, entries)
     try:
         for pack_id in to_repack:
-            content = repo.storage.get(pack_name(pack_id))
-            for entry in read_header(content, repo.sealer):
-                if entry.blob_id in used and entry.blob_id not in repo.index:
-                    sealed = content[entry.offset : entry.offset + entry.length]
-                    repo.open_blob(entry.blob_id, sealed)  # never copy damage forward
-                    writer.add(entry.type, entry.blob_id, sealed, entry.raw_length)
+            content = memoryview(repo.storage.get(pack_name(pack_id)))
+            for (offset, length), members in frames_of(read_header(content, repo.sealer)).items():
+                if not any(m.blob_id in used and m.blob_id not in repo.index for m in members):
+                    continue
+                sealed = content[offset : offset + length]
+                try:  # never copy damage forward
+                    frame = repo.open_frame(sealed)
+                    for m in members:
+                        repo.blob_in_frame(
+                            frame, m.blob_id, m.inner_offset, m.raw_length, rehash=True
+                        )
+                except (FrameDamaged, BlobDamaged) as exc:
+                    raise RepositoryDamaged(
+                        f"space reclaim stopped: pack {pack_id[:16]} holds damaged data "
+                        f"({exc}); run 'cloudkeep check'"
+                    ) from exc
+                writer.add_frame(
+                    members[0].type,
+                    bytes(sealed),
+                    [FrameMember(m.blob_id, m.inner_offset, m.raw_length) for m in members],
+                )
             report.packs_repacked += 1
         new_index_names = set(writer.flush())
     finally:

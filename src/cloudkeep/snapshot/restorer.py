@@ -10,6 +10,7 @@ as an ordinary commit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -17,13 +18,14 @@ import sqlite3
 import threading
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cloudkeep.errors import CloudkeepError, RepositoryDamaged, UserError
 from cloudkeep.repository.locks import RepositoryLock, pid_alive
 from cloudkeep.repository.packs import pack_name
-from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
@@ -39,6 +41,7 @@ CHUNKS_PER_BATCH = 32_768  # 256 MiB of 8 KiB pages per fetch plan
 FETCH_THREADS = 4
 LOCK_TIMEOUT_SECONDS = 600.0
 _IOV_MAX = 1024
+_Wanted = tuple[bytes, int, int]  # blob id, offset in its frame, length
 _STAGING = re.compile(r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+$")
 
 
@@ -87,6 +90,31 @@ def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> Non
             done = os.pwrite(fd, joined, offset + written)
             written += done
             joined = joined[done:]
+    _start_writeback(fd, offset, expected)
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: fsync at the end does all the work
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a just-written range to disk now (asynchronously, GIL released).
+
+    The fsync before the swap then finds little left to flush instead of
+    writing the whole database in one stall at the end.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class Restorer:
@@ -174,14 +202,25 @@ class Restorer:
             raise RepositoryDamaged(f"cannot restore {entry.path}: {exc}") from exc
 
     def _write_batch(self, batch: list[FileEntry], staging: Path, tracker: Tracker) -> None:
-        """Write a group of files, fetching at most ``CHUNKS_PER_BATCH`` chunks' worth at a time.
+        """Write a group of files, planning at most ``CHUNKS_PER_BATCH`` chunks at a time.
 
         The plan (blob → where it goes) covers one slice of the data at a time, so
-        a database of any size is restored in bounded memory.
+        a database of any size is restored in bounded memory. The next slice is
+        planned while the fetch threads work on the previous one.
         """
         destinations: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
         planned = 0
         descriptors: list[int] = []
+        in_flight: list[Future[None]] = []
+        pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+
+        def hand_over() -> None:
+            nonlocal in_flight, destinations, planned
+            started = self._start_fetches(pool, destinations, descriptors, tracker)
+            for future in in_flight:  # at most two slices planned at once
+                future.result()
+            in_flight, destinations, planned = started, defaultdict(list), 0
+
         try:
             for number, entry in enumerate(batch):
                 path = staging / entry.path
@@ -195,48 +234,57 @@ class Restorer:
                         offset += size
                         planned += 1
                     if planned >= CHUNKS_PER_BATCH:
-                        self._fetch_and_write(destinations, descriptors, tracker)
-                        destinations, planned = defaultdict(list), 0
+                        hand_over()
                 if offset != entry.size:
                     raise RepositoryDamaged(f"the chunk list of {entry.path} does not add up")
                 os.ftruncate(fd, offset)
             if destinations:
-                self._fetch_and_write(destinations, descriptors, tracker)
+                hand_over()
+            for future in in_flight:
+                future.result()
             for fd in descriptors:
                 os.fsync(fd)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             for fd in descriptors:
                 os.close(fd)
 
-    def _fetch_and_write(
+    def _start_fetches(
         self,
+        pool: ThreadPoolExecutor,
         destinations: dict[bytes, list[tuple[int, int]]],
         descriptors: list[int],
         tracker: Tracker,
-    ) -> None:
-        by_pack: dict[str, list[tuple[int, int, bytes]]] = defaultdict(list)
+    ) -> list[Future[None]]:
+        """Submit the fetch-and-write jobs of one planned slice."""
+        by_pack: dict[str, dict[tuple[int, int], list[_Wanted]]] = defaultdict(dict)
         for blob_id in destinations:
             location = self.repo.index.lookup(blob_id)
             if location is None:
                 raise RepositoryDamaged(f"blob {blob_id.hex()[:16]} is not in the index")
-            by_pack[location.pack_id].append((location.offset, location.length, blob_id))
-        ranges: list[tuple[str, int, int, list[tuple[int, int, bytes]]]] = []
-        for pack_id, blobs in by_pack.items():
-            blobs.sort()
-            current: list[tuple[int, int, bytes]] = []
-            for blob in blobs:
+            by_pack[location.pack_id].setdefault((location.offset, location.length), []).append(
+                (blob_id, location.inner_offset, location.raw_length)
+            )
+        ranges: list[tuple[str, int, int, list[tuple[int, int, list[_Wanted]]]]] = []
+        for pack_id, frames in by_pack.items():
+            current: list[tuple[int, int, list[_Wanted]]] = []
+            for (offset, length), wanted in sorted(frames.items()):
                 if current:
                     start, end = current[0][0], current[-1][0] + current[-1][1]
-                    if blob[0] - end > MAX_RANGE_GAP or blob[0] + blob[1] - start > MAX_RANGE_BYTES:
+                    if offset - end > MAX_RANGE_GAP or offset + length - start > MAX_RANGE_BYTES:
                         ranges.append((pack_id, start, end - start, current))
                         current = []
-                current.append(blob)
+                current.append((offset, length, wanted))
             start, end = current[0][0], current[-1][0] + current[-1][1]
             ranges.append((pack_id, start, end - start, current))
 
-        def fetch(job: tuple[str, int, int, list[tuple[int, int, bytes]]]) -> None:
+        def fetch(job: tuple[str, int, int, list[tuple[int, int, list[_Wanted]]]]) -> None:
             tracker.check_canceled()
-            pack_id, start, length, blobs = job
+            pack_id, start, length, frames = job
             try:
                 data = self.repo.storage.get(pack_name(pack_id), start, length)
             except ObjectNotFound as exc:
@@ -248,29 +296,27 @@ class Restorer:
             if len(data) != length:
                 raise RepositoryDamaged(f"pack {pack_id[:16]} is truncated")
             view = memoryview(data)
-            writes: list[tuple[int, int, bytes | memoryview]] = []
-            sealed = [
-                (blob_id, view[offset - start : offset - start + blob_length])
-                for offset, blob_length, blob_id in blobs
-            ]
             try:
-                plains = self.repo.open_blobs(sealed)
+                opened = self.repo.open_frames(
+                    [view[offset - start : offset - start + size] for offset, size, _ in frames]
+                )
+            except FrameDamaged as exc:
+                raise RepositoryDamaged(
+                    f"a frame at {frames[0][0]}+ in pack {pack_id[:16]} is damaged: {exc}"
+                ) from exc
+            blob_in_frame = self.repo.blob_in_frame
+            writes: list[tuple[int, int, bytes | memoryview]] = []
+            try:
+                for frame, (_, _, wanted) in zip(opened, frames, strict=True):
+                    for blob_id, inner_offset, raw_length in wanted:
+                        plain = blob_in_frame(frame, blob_id, inner_offset, raw_length)
+                        for number, file_offset in destinations[blob_id]:
+                            writes.append((number, file_offset, plain))
             except BlobDamaged as exc:
                 raise RepositoryDamaged(f"{exc} (in pack {pack_id[:16]})") from exc
-            for (blob_id, _), plain in zip(sealed, plains, strict=True):
-                for number, file_offset in destinations[blob_id]:
-                    writes.append((number, file_offset, plain))
             tracker.advance(_write_runs(descriptors, writes))
 
-        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch") as pool:
-            futures = [pool.submit(fetch, job) for job in ranges]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        return [pool.submit(fetch, job) for job in ranges]
 
     # ------------------------------------------------------------- single file
     @staticmethod
