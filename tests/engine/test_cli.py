@@ -161,3 +161,30 @@ def test_passphrase_never_appears_in_output(data_dir: Path, tmp_path: Path, cli)
     ]
     for result in outputs:
         assert secret not in result.stdout + result.stderr
+
+
+def test_restore_without_room_fails_before_fetching(data_dir: Path, tmp_path: Path) -> None:
+    """A file size limit stands in for a full disk: blocks are reserved before any fetch."""
+    import shlex
+    import subprocess
+    import sys
+
+    store = (tmp_path / "store").as_uri()
+    env = {**os.environ, "CLOUDKEEP_PASSPHRASE": PASSPHRASE}
+    base = [sys.executable, "-m", "cloudkeep", *_args(data_dir, store)]
+    backup = subprocess.run([*base, "backup", "--json"], capture_output=True, text=True, env=env)
+    backup_id = json.loads(backup.stdout)["id"]
+    target = tmp_path / "restored"
+    restore = shlex.join([*base, "restore", backup_id, "--target", str(target)])
+    done = subprocess.run(
+        ["bash", "-c", f"ulimit -f 100 && exec {restore}"],  # files up to 100 KiB
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "not enough space to restore" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not target.exists() or not any(target.iterdir())
+    assert not list(tmp_path.glob(".restored.cloudkeep-restore-*"))  # staging removed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ CHUNKS_PER_BATCH = 32_768  # 256 MiB of 8 KiB pages per fetch plan
 FETCH_THREADS = 4
 LOCK_TIMEOUT_SECONDS = 600.0
 _IOV_MAX = 1024
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _Wanted = tuple[bytes, int, int]  # blob id, offset in its frame, length
 _STAGING = re.compile(r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+$")
 
@@ -91,6 +93,25 @@ def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> Non
             written += done
             joined = joined[done:]
     _start_writeback(fd, offset, expected)
+
+
+def _reserve(fd: int, entry: FileEntry) -> None:
+    """Allocate the file's blocks up front, as restic does.
+
+    A full disk is reported before anything is fetched rather than halfway, and
+    writes land in allocated blocks instead of growing a sparse file page by page.
+    """
+    if entry.size <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, entry.size)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise UserError(
+                f"not enough space to restore {entry.path} ({entry.size:,} bytes): "
+                f"{exc.strerror}"
+            ) from exc
+        os.ftruncate(fd, entry.size)  # no fallocate here (EOPNOTSUPP/EINVAL): a sparse file
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -155,7 +176,14 @@ class Restorer:
                 ),
             ):
                 self.repo.load_index()
-                self._materialize(manifest, staging, tracker)
+                try:
+                    self._materialize(manifest, staging, tracker)
+                except OSError as exc:
+                    if exc.errno not in _NO_ROOM:
+                        raise
+                    raise UserError(
+                        f"no room left to restore into {staging.parent}: {exc.strerror}"
+                    ) from exc
             tracker.check_canceled()
             if manifest.kind == "file" and target is None:
                 self._replace_single_file(staging / manifest.files[0].path, live)
@@ -227,6 +255,7 @@ class Restorer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 descriptors.append(fd)
+                _reserve(fd, entry)
                 offset = 0
                 for list_id in entry.content:
                     for blob_id, size in self._chunk_list(entry, list_id):
