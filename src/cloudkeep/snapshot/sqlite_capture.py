@@ -127,31 +127,51 @@ def _blocks(
     page_count: int,
     overlay: dict[int, int],
     block_pages: int,
-) -> Iterator[bytearray]:
-    """Blocks of consecutive pages, each read straight into a fresh buffer (no copies).
+) -> Iterator[bytes | bytearray]:
+    """Blocks of consecutive pages, each read straight into a fresh buffer.
 
-    A new buffer per block: consumers keep views of earlier blocks while they work.
+    A new buffer per block: consumers keep views of earlier blocks while they
+    work. Blocks without WAL pages are read as ``bytes`` (no zero-filling of a
+    buffer that the read overwrites anyway); blocks that take pages from the WAL
+    are read into a ``bytearray`` and patched in place.
     """
     for first in range(1, page_count + 1, block_pages):
         count = min(block_pages, page_count - first + 1)
-        block = bytearray(count * page_size)
-        view = memoryview(block)
-        got = 0
-        while got < len(block):
-            read = os.preadv(db_fd, [view[got:]], (first - 1) * page_size + got)
-            if read == 0:
-                break
-            got += read
-        if got < len(block) and not all(
+        offset = (first - 1) * page_size
+        patched = bool(overlay) and wal_fd is not None and any(
+            first + i in overlay for i in range(count)
+        )
+        wanted = count * page_size
+        block: bytes | bytearray = b"" if patched else os.pread(db_fd, wanted, offset)
+        got = len(block)
+        if got < wanted:  # WAL pages to patch in, or a short read to finish
+            buffer = bytearray(wanted)
+            buffer[:got] = block
+            got += _read_into(db_fd, memoryview(buffer)[got:], offset + got)
+            block = buffer
+        if got < wanted and not all(
             first + i in overlay for i in range(got // page_size, count)
         ):
             raise DataSourceError("the database file is shorter than its committed size")
-        if overlay and wal_fd is not None:
+        if patched:
+            assert wal_fd is not None and isinstance(block, bytearray)
+            view = memoryview(block)
             for i in range(count):
                 wal_offset = overlay.get(first + i)
                 if wal_offset is not None:
                     os.preadv(wal_fd, [view[i * page_size : (i + 1) * page_size]], wal_offset)
         yield block
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` until it is full or the file ends; bytes read."""
+    got = 0
+    while got < len(view):
+        read = os.preadv(fd, [view[got:]], offset + got)
+        if read == 0:
+            break
+        got += read
+    return got
 
 
 class CaptureTorn(Exception):
