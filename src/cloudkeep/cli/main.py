@@ -10,15 +10,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cloudkeep import __version__
-from cloudkeep.cli.output import err, notice, print_json, progress_bar
+from cloudkeep.cli.output import error, notice, print_json, progress_bar
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.settings import Settings
-from cloudkeep.workspace import Workspace
+
+if TYPE_CHECKING:
+    from cloudkeep.workspace import Workspace
 
 app = typer.Typer(
     name="cloudkeep",
@@ -78,6 +80,9 @@ def main(
 
 
 def workspace(ctx: typer.Context) -> Workspace:
+    """Imported here: --help and --version need none of the engine."""
+    from cloudkeep.workspace import Workspace
+
     return Workspace(ctx.obj, notice=notice)
 
 
@@ -95,14 +100,14 @@ def init(ctx: typer.Context) -> None:
 @app.command()
 def backup(ctx: typer.Context, json: JsonOption = False) -> None:
     """Back up the data folder now (creating the repository if needed)."""
-    from cloudkeep.wire import backup_from_info
-
     ws = workspace(ctx)
     with progress_bar("backup") as progress:
         info = ws.backup(progress=progress)
     for warning in info.warnings:
         notice(f"warning: {warning}")
     if json:
+        from cloudkeep.wire import backup_from_info
+
         print_json(backup_from_info(info).to_json())
     else:
         print(
@@ -115,10 +120,10 @@ def backup(ctx: typer.Context, json: JsonOption = False) -> None:
 @app.command("list")
 def list_(ctx: typer.Context, json: JsonOption = False) -> None:
     """Every backup in the store, all devices, newest first."""
-    from cloudkeep.wire import backups_from_infos
-
     infos = workspace(ctx).list()
     if json:
+        from cloudkeep.wire import backups_from_infos
+
         print_json(backups_from_infos(infos).to_json())
         return
     if not infos:
@@ -150,12 +155,12 @@ def restore(
     json: JsonOption = False,
 ) -> None:
     """Restore a backup into the live data path (atomically), or into --target."""
-    from cloudkeep.wire import backup_from_info
-
     ws = workspace(ctx)
     with progress_bar("restore") as progress:
         info = ws.restore(backup_id, target.absolute() if target else None, progress=progress)
     if json:
+        from cloudkeep.wire import backup_from_info
+
         print_json(backup_from_info(info).to_json())
     else:
         print(f"restored backup {info.id} into {target or ws.settings.data}")
@@ -207,8 +212,8 @@ def check(
         report = workspace(ctx).check(read_data=read_data, progress=progress)
     for warning in report.warnings:
         notice(f"warning: {warning}")
-    for error in report.errors:
-        err.print(f"error: {error}", soft_wrap=True, markup=False)
+    for problem in report.errors:
+        error(f"error: {problem}")
     scope = f"{report.bytes_read:,} bytes read" if read_data else "structure only"
     print(f"checked {report.backups} backups, {report.packs} packs, {report.blobs} blobs ({scope})")
     if not report.ok:
@@ -263,12 +268,12 @@ def run() -> None:
         code = app(standalone_mode=False)  # click returns Exit codes in this mode
         sys.exit(code if isinstance(code, int) else 0)
     except CloudkeepError as exc:
-        err.print(f"cloudkeep: error: {exc}", soft_wrap=True, markup=False)
+        error(f"cloudkeep: error: {exc}")
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("cloudkeep: interrupted", markup=False)
+        error("cloudkeep: interrupted")
         sys.exit(130)
     except Exception as exc:
         import click
@@ -280,10 +285,8 @@ def run() -> None:
             sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
         if os.environ.get("CLOUDKEEP_DEBUG"):
             raise
-        err.print(
+        error(
             f"cloudkeep: internal error: {type(exc).__name__}: {exc} "
-            "(set CLOUDKEEP_DEBUG=1 for details)",
-            soft_wrap=True,
-            markup=False,
+            "(set CLOUDKEEP_DEBUG=1 for details)"
         )
         sys.exit(70)
