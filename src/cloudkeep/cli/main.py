@@ -16,6 +16,7 @@ import typer
 
 from cloudkeep import __version__
 from cloudkeep.cli.output import error, notice, print_json, progress_bar
+from cloudkeep.cli.params import FastCommand, FastGroup
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.settings import Settings
 
@@ -24,13 +25,16 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="cloudkeep",
+    cls=FastGroup,
     help="Keep a local database backed up to storage you own.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app_key = typer.Typer(help="Manage the application keys the server accepts.", no_args_is_help=True)
+app_key = typer.Typer(
+    cls=FastGroup, help="Manage the application keys the server accepts.", no_args_is_help=True
+)
 app.add_typer(app_key, name="app-key")
 
 
@@ -89,7 +93,7 @@ def workspace(ctx: typer.Context) -> Workspace:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def init(ctx: typer.Context) -> None:
     """Create the repository in the store."""
     ws = workspace(ctx)
@@ -97,7 +101,7 @@ def init(ctx: typer.Context) -> None:
     notice(f"created a repository at {ws.storage.describe()}")
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def backup(ctx: typer.Context, json: JsonOption = False) -> None:
     """Back up the data folder now (creating the repository if needed)."""
     ws = workspace(ctx)
@@ -117,7 +121,7 @@ def backup(ctx: typer.Context, json: JsonOption = False) -> None:
         )
 
 
-@app.command("list")
+@app.command("list", cls=FastCommand)
 def list_(ctx: typer.Context, json: JsonOption = False) -> None:
     """Every backup in the store, all devices, newest first."""
     infos = workspace(ctx).list()
@@ -144,7 +148,7 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
     Console(highlight=False).print(table)
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to restore.")],
@@ -166,7 +170,7 @@ def restore(
         print(f"restored backup {info.id} into {target or ws.settings.data}")
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def delete(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to delete.")],
@@ -180,14 +184,14 @@ def delete(
         notice(f"reclaimed {reclaimed.bytes_freed:,} bytes ({reclaimed.packs_deleted} packs)")
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def reclaim(ctx: typer.Context) -> None:
     """Reclaim the space no backup uses (finishes an interrupted delete)."""
     reclaimed = workspace(ctx).reclaim()  # Busy (exit 1) if other clients hold the lock
     print(f"reclaimed {reclaimed.bytes_freed:,} bytes ({reclaimed.packs_deleted} packs)")
 
 
-@app.command("repair-index")
+@app.command("repair-index", cls=FastCommand)
 def repair_index(ctx: typer.Context) -> None:
     """Rebuild the index from the packs' headers (after index files were lost or damaged)."""
     report = workspace(ctx).repair_index()
@@ -200,7 +204,7 @@ def repair_index(ctx: typer.Context) -> None:
     print("run 'cloudkeep check --read-data' to see which backups are complete")
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def check(
     ctx: typer.Context,
     read_data: Annotated[
@@ -224,7 +228,7 @@ def check(
     print("no errors were found")
 
 
-@app.command()
+@app.command(cls=FastCommand)
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to bind (default localhost).")] = None,
@@ -250,7 +254,7 @@ def serve(
     )
 
 
-@app_key.command("create")
+@app_key.command("create", cls=FastCommand)
 def app_key_create(ctx: typer.Context) -> None:
     """Issue a new application key (shown once) for X-Application-ID."""
     from cloudkeep.api.appkeys import create_app_key
