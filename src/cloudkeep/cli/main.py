@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 user error, 2 repository damage found by check,
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -264,6 +265,16 @@ def app_key_create(ctx: typer.Context) -> None:
 
 def run() -> None:
     """Console-script entry: map expected failures to one line and an exit code."""
+    try:
+        _run()
+    finally:
+        # The process is ending: spare the interpreter's final garbage collections a
+        # walk over the ~25k objects of start-up (25 ms of a 0.3 s command); the OS
+        # frees the memory. Exit handlers and module teardown still run.
+        gc.freeze()
+
+
+def _run() -> None:
     logging.basicConfig(
         level=os.environ.get("CLOUDKEEP_LOG_LEVEL", "WARNING"),
         format="%(levelname)s %(name)s: %(message)s",
