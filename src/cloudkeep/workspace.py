@@ -11,6 +11,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -138,9 +139,13 @@ class Workspace:
         data = self.settings.data
         if self.settings.data_is_default:
             data.mkdir(parents=True, exist_ok=True)
-        repo = self.repository(create=True)
-        from cloudkeep.snapshot.archiver import Archiver
+        # Unlocking spends ~90 ms in Argon2, which releases the GIL: the archiver's
+        # modules are imported meanwhile rather than after it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
+            opening = pool.submit(self.repository, True)
+            from cloudkeep.snapshot.archiver import Archiver
 
+            repo = opening.result()
         archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
