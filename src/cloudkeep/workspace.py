@@ -117,14 +117,22 @@ class Workspace:
         with self._open_lock:
             if self._unlocked is None:
                 cache = self._cache()
-                if create and not Repository.exists(self.storage):
+                # One read of the config says both whether to create the repository and
+                # "no repository" before "no key" (a stat first cost a round trip).
+                try:
+                    Repository.read_config(self.storage)
+                    exists = True
+                except RepositoryNotFound:
+                    if not create:
+                        raise
+                    exists = False
+                if exists:
+                    repo = Repository.open(self.storage, self._passphrase(False), cache)
+                else:
                     try:
                         repo = Repository.init(self.storage, self._passphrase(True), cache)
                     except RepositoryExists:  # another device created it meanwhile
                         repo = Repository.open(self.storage, self._passphrase(False), cache)
-                else:
-                    Repository.read_config(self.storage)  # "no repository" before "no key"
-                    repo = Repository.open(self.storage, self._passphrase(False), cache)
                 self._unlocked = (repo.config, repo.key)
             config, key = self._unlocked
         return Repository(self.storage, config, key, self._cache())
