@@ -11,7 +11,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,17 +25,19 @@ from cloudkeep.errors import (
     UserError,
 )
 from cloudkeep.repository.crypto import MasterKey
-from cloudkeep.repository.repository import Repository
+from cloudkeep.repository.keys import first_unwrapped
 from cloudkeep.settings import Settings
-from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
 from cloudkeep.snapshot.progress import Progress, ProgressFn
-from cloudkeep.storage.base import ObjectNotFound, Storage
+from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
 from cloudkeep.storage.url import open_store
 
-# Each operation imports its engine module itself: a CLI process runs one
-# operation, and compiling/importing the others cost it ~25 ms.
+# Imported where used: a CLI process runs one operation, and compiling/importing
+# the others cost it ~25 ms; a backup imports the repository and the archiver
+# while its key is derived (see ``_derive_key_soon``).
 if TYPE_CHECKING:
+    from cloudkeep.repository.repository import Repository
     from cloudkeep.snapshot.checker import CheckReport
+    from cloudkeep.snapshot.manifest import Manifest
     from cloudkeep.snapshot.reclaim import ReclaimReport
     from cloudkeep.snapshot.repair import RepairReport
 
@@ -85,12 +87,20 @@ class Workspace:
             self._storage = open_store(self.settings.store)
         return self._storage
 
-    def _passphrase(self, creating: bool) -> str:
+    def _known_passphrase(self) -> str | None:
+        """The passphrase given or in the default key file; None if there is neither."""
         if self.settings.passphrase:
             return self.settings.passphrase
         key_file = self.settings.default_key_file
         if key_file.exists():
             return key_file.read_text(encoding="utf-8").strip()
+        return None
+
+    def _passphrase(self, creating: bool) -> str:
+        known = self._known_passphrase()
+        if known is not None:
+            return known
+        key_file = self.settings.default_key_file
         if not creating:
             raise KeyMissing(
                 "no passphrase given and no key file at "
@@ -107,27 +117,42 @@ class Workspace:
         return key_file.read_text(encoding="utf-8").strip()
 
     def init(self) -> None:
+        from cloudkeep.repository.repository import Repository
+
         if Repository.exists(self.storage):
             raise RepositoryExists(f"a repository already exists at {self.storage.describe()}")
         repo = Repository.init(self.storage, self._passphrase(creating=True), self._cache())
         self._unlocked = (repo.config, repo.key)
 
-    def repository(self, create: bool = False) -> Repository:
-        """A fresh handle on the unlocked repository (one per operation: own index)."""
+    def repository(
+        self, create: bool = False, derived: Future[tuple[str, MasterKey | None]] | None = None
+    ) -> Repository:
+        """A fresh handle on the unlocked repository (one per operation: own index).
+
+        ``derived`` is a key derivation from ``_derive_key_soon``: its key is used if it
+        found one for the passphrase that opens the repository now.
+        """
+        from cloudkeep.repository.repository import Repository
+
         with self._open_lock:
             if self._unlocked is None:
                 cache = self._cache()
                 # One read of the config says both whether to create the repository and
                 # "no repository" before "no key" (a stat first cost a round trip).
                 try:
-                    Repository.read_config(self.storage)
+                    config = Repository.read_config(self.storage)
                     exists = True
                 except RepositoryNotFound:
                     if not create:
                         raise
                     exists = False
                 if exists:
-                    repo = Repository.open(self.storage, self._passphrase(False), cache)
+                    passphrase = self._passphrase(False)
+                    found = derived.result() if derived else None
+                    if found is not None and found[0] == passphrase and found[1] is not None:
+                        repo = Repository(self.storage, config, found[1], cache)
+                    else:  # the usual way, with its errors (no key files, wrong passphrase)
+                        repo = Repository.open(self.storage, passphrase, cache)
                 else:
                     try:
                         repo = Repository.init(self.storage, self._passphrase(True), cache)
@@ -140,6 +165,32 @@ class Workspace:
     def _cache(self) -> Path:
         return self.settings.cache_dir / "repositories"
 
+    def _derive_key_soon(
+        self, pool: ThreadPoolExecutor
+    ) -> Future[tuple[str, MasterKey | None]] | None:
+        """Start deriving the master key from the store's key files in ``pool``.
+
+        Argon2id takes ~90 ms and releases the GIL, so whatever the caller does next
+        (importing the engine, reading the config) runs meanwhile instead of after
+        it. Only the key files are read first, so it starts as early as it can. It
+        changes nothing else: ``repository()`` still reads the config first, and
+        opens the repository the usual way (with its errors) when no key came out.
+        """
+        if self._unlocked is not None:
+            return None
+        passphrase = self._known_passphrase()
+        if not passphrase:
+            return None
+        try:
+            documents = [self.storage.get(info.name) for info in self.storage.list("keys/")]
+        except StorageUnavailable:
+            raise  # unreachable: retrying it all again in repository() would double the wait
+        except StorageError:
+            return None  # e.g. a key file deleted meanwhile: the usual way sorts it out
+        if not documents:
+            return None  # no repository yet (or no keys: the usual way says so)
+        return pool.submit(lambda: (passphrase, first_unwrapped(documents, passphrase)))
+
     # --------------------------------------------------------------- operations
     def backup(
         self, progress: ProgressFn | None = None, cancel: threading.Event | None = None
@@ -147,17 +198,17 @@ class Workspace:
         data = self.settings.data
         if self.settings.data_is_default:
             data.mkdir(parents=True, exist_ok=True)
-        # Unlocking spends ~90 ms in Argon2, which releases the GIL: the archiver's
-        # modules are imported meanwhile rather than after it.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
-            opening = pool.submit(self.repository, True)
-            from cloudkeep.snapshot.archiver import Archiver
+            derived = self._derive_key_soon(pool)
+            from cloudkeep.snapshot.archiver import Archiver  # while Argon2 runs
 
-            repo = opening.result()
+            repo = self.repository(create=True, derived=derived)
         archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
     def list(self) -> list[BackupInfo]:
+        from cloudkeep.snapshot.manifest import Manifest
+
         try:
             repo = self.repository()
         except RepositoryNotFound:
@@ -172,6 +223,8 @@ class Workspace:
         return infos
 
     def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
+        from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
+
         validate_backup_id(backup_id)
         repo = repo or self.repository()
         try:

@@ -55,6 +55,15 @@ def wrap_key(master: MasterKey, passphrase: str) -> bytes:
     return json.dumps(document, indent=1).encode()
 
 
+def first_unwrapped(documents: list[bytes], passphrase: str) -> MasterKey | None:
+    """The master key from the first key file this passphrase opens, or None."""
+    for document in documents:
+        key = unwrap_key(document, passphrase)
+        if key is not None:
+            return key
+    return None
+
+
 def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
     """The master key, or None when this passphrase does not open this key file."""
     try:
