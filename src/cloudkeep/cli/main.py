@@ -4,8 +4,8 @@ Exit codes: 0 success, 1 user error, 2 repository damage found by check,
 3 storage unreachable. Expected failures print one line, never a traceback.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: Typer would compile every option's
+# annotation string again each time it builds the commands.
 import gc
 import logging
 import os
@@ -84,7 +84,7 @@ def main(
     ctx.obj = Settings.resolve(data, store, passphrase_file, device_name)
 
 
-def workspace(ctx: typer.Context) -> Workspace:
+def workspace(ctx: typer.Context) -> "Workspace":
     """Imported here: --help and --version need none of the engine."""
     from cloudkeep.workspace import Workspace
 
