@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -106,6 +105,8 @@ class Workspace:
                 "no passphrase given and no key file at "
                 f"{key_file}: set CLOUDKEEP_PASSPHRASE or use --passphrase-file"
             )
+        import secrets  # imports hmac and OpenSSL's hashlib (~5 ms): only to make a key
+
         key_file.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
