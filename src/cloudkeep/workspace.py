@@ -23,7 +23,6 @@ from cloudkeep.errors import (
     SnapshotNotFound,
     UserError,
 )
-from cloudkeep.repository.crypto import MasterKey
 from cloudkeep.repository.keys import first_unwrapped
 from cloudkeep.settings import Settings
 from cloudkeep.snapshot.progress import Progress, ProgressFn
@@ -34,6 +33,7 @@ from cloudkeep.storage.url import open_store
 # the others cost it ~25 ms; a backup imports the repository and the archiver
 # while its key is derived (see ``_derive_key_soon``).
 if TYPE_CHECKING:
+    from cloudkeep.repository.crypto import MasterKey
     from cloudkeep.repository.repository import Repository
     from cloudkeep.snapshot.checker import CheckReport
     from cloudkeep.snapshot.manifest import Manifest
