@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import platformdirs
 
 from cloudkeep.errors import ConfigurationError
 
 APP = "cloudkeep"
 
 
+# platformdirs is imported on use (~6 ms): a command given its paths (options or
+# CLOUDKEEP_* variables) never asks for a default.
+def _user_dir(kind: str) -> Path:
+    """``platformdirs.user_<kind>_dir`` for the app."""
+    import platformdirs
+
+    return Path(getattr(platformdirs, f"user_{kind}_dir")(APP))
+
+
 def default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir(APP)) / "production"
+    return _user_dir("data") / "production"
 
 
 def default_store_dir() -> Path:
-    return Path(platformdirs.user_data_dir(APP)) / "cloud"
+    return _user_dir("data") / "cloud"
 
 
 @dataclass(frozen=True)
@@ -33,8 +40,8 @@ class Settings:
     store: str
     passphrase: str | None = None
     device_name: str = ""
-    config_dir: Path = Path(platformdirs.user_config_dir(APP))
-    cache_dir: Path = Path(platformdirs.user_cache_dir(APP))
+    config_dir: Path = field(default_factory=lambda: _user_dir("config"))
+    cache_dir: Path = field(default_factory=lambda: _user_dir("cache"))
     data_is_default: bool = False
 
     @classmethod
@@ -55,8 +62,8 @@ class Settings:
             passphrase = _read_passphrase_file(Path(file_value).expanduser())
         elif env.get("CLOUDKEEP_PASSPHRASE"):
             passphrase = env["CLOUDKEEP_PASSPHRASE"]
-        config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or platformdirs.user_config_dir(APP))
-        cache_dir = Path(env.get("CLOUDKEEP_CACHE_DIR") or platformdirs.user_cache_dir(APP))
+        config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or _user_dir("config"))
+        cache_dir = Path(env.get("CLOUDKEEP_CACHE_DIR") or _user_dir("cache"))
         return cls(
             data=Path(data_value).expanduser().absolute() if data_value else default_data_dir(),
             store=store_value,

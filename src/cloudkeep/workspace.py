@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloudkeep.errors import (
     KeyMissing,
@@ -22,20 +23,24 @@ from cloudkeep.errors import (
     SnapshotNotFound,
     UserError,
 )
-from cloudkeep.repository.crypto import MasterKey
-from cloudkeep.repository.repository import Repository
+from cloudkeep.repository.keys import first_unwrapped
 from cloudkeep.settings import Settings
-from cloudkeep.snapshot.archiver import Archiver
-from cloudkeep.snapshot.checker import Checker, CheckReport
-from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
 from cloudkeep.snapshot.progress import Progress, ProgressFn
-from cloudkeep.snapshot.reclaim import ReclaimReport, delete_backup, reclaim, try_reclaim
-from cloudkeep.snapshot.repair import RepairReport, repair_index
-from cloudkeep.snapshot.restorer import Restorer
-from cloudkeep.storage.base import ObjectNotFound, Storage
+from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
 from cloudkeep.storage.url import open_store
 
-__all__ = ["BackupInfo", "CheckReport", "Progress", "Workspace"]
+# Imported where used: a CLI process runs one operation, and compiling/importing
+# the others cost it ~25 ms; a backup imports the repository and the archiver
+# while its key is derived (see ``_derive_key_soon``).
+if TYPE_CHECKING:
+    from cloudkeep.repository.crypto import MasterKey
+    from cloudkeep.repository.repository import Repository
+    from cloudkeep.snapshot.checker import CheckReport
+    from cloudkeep.snapshot.manifest import Manifest
+    from cloudkeep.snapshot.reclaim import ReclaimReport
+    from cloudkeep.snapshot.repair import RepairReport
+
+__all__ = ["BackupInfo", "Progress", "Workspace"]
 log = logging.getLogger(__name__)
 
 
@@ -81,17 +86,27 @@ class Workspace:
             self._storage = open_store(self.settings.store)
         return self._storage
 
-    def _passphrase(self, creating: bool) -> str:
+    def _known_passphrase(self) -> str | None:
+        """The passphrase given or in the default key file; None if there is neither."""
         if self.settings.passphrase:
             return self.settings.passphrase
         key_file = self.settings.default_key_file
         if key_file.exists():
             return key_file.read_text(encoding="utf-8").strip()
+        return None
+
+    def _passphrase(self, creating: bool) -> str:
+        known = self._known_passphrase()
+        if known is not None:
+            return known
+        key_file = self.settings.default_key_file
         if not creating:
             raise KeyMissing(
                 "no passphrase given and no key file at "
                 f"{key_file}: set CLOUDKEEP_PASSPHRASE or use --passphrase-file"
             )
+        import secrets  # imports hmac and OpenSSL's hashlib (~5 ms): only to make a key
+
         key_file.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -103,30 +118,79 @@ class Workspace:
         return key_file.read_text(encoding="utf-8").strip()
 
     def init(self) -> None:
+        from cloudkeep.repository.repository import Repository
+
         if Repository.exists(self.storage):
             raise RepositoryExists(f"a repository already exists at {self.storage.describe()}")
         repo = Repository.init(self.storage, self._passphrase(creating=True), self._cache())
         self._unlocked = (repo.config, repo.key)
 
-    def repository(self, create: bool = False) -> Repository:
-        """A fresh handle on the unlocked repository (one per operation: own index)."""
+    def repository(
+        self, create: bool = False, derived: Future[tuple[str, MasterKey | None]] | None = None
+    ) -> Repository:
+        """A fresh handle on the unlocked repository (one per operation: own index).
+
+        ``derived`` is a key derivation from ``_derive_key_soon``: its key is used if it
+        found one for the passphrase that opens the repository now.
+        """
+        from cloudkeep.repository.repository import Repository
+
         with self._open_lock:
             if self._unlocked is None:
                 cache = self._cache()
-                if create and not Repository.exists(self.storage):
+                # One read of the config says both whether to create the repository and
+                # "no repository" before "no key" (a stat first cost a round trip).
+                try:
+                    config = Repository.read_config(self.storage)
+                    exists = True
+                except RepositoryNotFound:
+                    if not create:
+                        raise
+                    exists = False
+                if exists:
+                    passphrase = self._passphrase(False)
+                    found = derived.result() if derived else None
+                    if found is not None and found[0] == passphrase and found[1] is not None:
+                        repo = Repository(self.storage, config, found[1], cache)
+                    else:  # the usual way, with its errors (no key files, wrong passphrase)
+                        repo = Repository.open(self.storage, passphrase, cache)
+                else:
                     try:
                         repo = Repository.init(self.storage, self._passphrase(True), cache)
                     except RepositoryExists:  # another device created it meanwhile
                         repo = Repository.open(self.storage, self._passphrase(False), cache)
-                else:
-                    Repository.read_config(self.storage)  # "no repository" before "no key"
-                    repo = Repository.open(self.storage, self._passphrase(False), cache)
                 self._unlocked = (repo.config, repo.key)
             config, key = self._unlocked
         return Repository(self.storage, config, key, self._cache())
 
     def _cache(self) -> Path:
         return self.settings.cache_dir / "repositories"
+
+    def _derive_key_soon(
+        self, pool: ThreadPoolExecutor
+    ) -> Future[tuple[str, MasterKey | None]] | None:
+        """Start deriving the master key from the store's key files in ``pool``.
+
+        Argon2id takes ~90 ms and releases the GIL, so whatever the caller does next
+        (importing the engine, reading the config) runs meanwhile instead of after
+        it. Only the key files are read first, so it starts as early as it can. It
+        changes nothing else: ``repository()`` still reads the config first, and
+        opens the repository the usual way (with its errors) when no key came out.
+        """
+        if self._unlocked is not None:
+            return None
+        passphrase = self._known_passphrase()
+        if not passphrase:
+            return None
+        try:
+            documents = [self.storage.get(info.name) for info in self.storage.list("keys/")]
+        except StorageUnavailable:
+            raise  # unreachable: retrying it all again in repository() would double the wait
+        except StorageError:
+            return None  # e.g. a key file deleted meanwhile: the usual way sorts it out
+        if not documents:
+            return None  # no repository yet (or no keys: the usual way says so)
+        return pool.submit(lambda: (passphrase, first_unwrapped(documents, passphrase)))
 
     # --------------------------------------------------------------- operations
     def backup(
@@ -135,11 +199,17 @@ class Workspace:
         data = self.settings.data
         if self.settings.data_is_default:
             data.mkdir(parents=True, exist_ok=True)
-        repo = self.repository(create=True)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
+            derived = self._derive_key_soon(pool)
+            from cloudkeep.snapshot.archiver import Archiver  # while Argon2 runs
+
+            repo = self.repository(create=True, derived=derived)
         archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
     def list(self) -> list[BackupInfo]:
+        from cloudkeep.snapshot.manifest import Manifest
+
         try:
             repo = self.repository()
         except RepositoryNotFound:
@@ -154,6 +224,8 @@ class Workspace:
         return infos
 
     def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
+        from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
+
         validate_backup_id(backup_id)
         repo = repo or self.repository()
         try:
@@ -184,10 +256,14 @@ class Workspace:
                 f"backup {backup_id} holds one file but the data path {live} is a folder; "
                 "restore it with --target"
             )
+        from cloudkeep.snapshot.restorer import Restorer
+
         Restorer(repo, progress, cancel).run(manifest, live, target)
         return BackupInfo.of(manifest)
 
     def delete(self, backup_id: str) -> ReclaimReport | None:
+        from cloudkeep.snapshot.reclaim import delete_backup, try_reclaim
+
         repo = self.repository()
         self.manifest(backup_id, repo)
         delete_backup(repo, backup_id)
@@ -198,10 +274,14 @@ class Workspace:
 
         Raises ``Busy`` if other clients hold the repository past the lock timeout.
         """
+        from cloudkeep.snapshot.reclaim import reclaim
+
         return reclaim(self.repository())
 
     def repair_index(self) -> RepairReport:
         """Rebuild the index from the packs' headers (after index files were lost)."""
+        from cloudkeep.snapshot.repair import repair_index
+
         return repair_index(self.repository())
 
     def check(
@@ -210,4 +290,6 @@ class Workspace:
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> CheckReport:
+        from cloudkeep.snapshot.checker import Checker
+
         return Checker(self.repository(), progress, cancel).run(read_data)

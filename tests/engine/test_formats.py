@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+from dataclasses import asdict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +15,12 @@ from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.packs import BlobType, PackBuilder, PackEntry, frames_of, read_header
 from cloudkeep.repository.repository import Repository
 from cloudkeep.snapshot.archiver import page_chunks
-from cloudkeep.snapshot.manifest import decode_chunk_list, encode_chunk_list
+from cloudkeep.snapshot.manifest import (
+    FileEntry,
+    Manifest,
+    decode_chunk_list,
+    encode_chunk_list,
+)
 from cloudkeep.storage.url import open_store
 
 ids = st.binary(min_size=32, max_size=32)
@@ -98,3 +105,26 @@ def test_packs_round_trip_and_locate_every_blob(blobs: list[bytes]) -> None:
         frame = repo.open_frame(content[location.offset : location.offset + location.length])
         data = repo.blob_in_frame(frame, entry.blob_id, location.inner_offset, location.raw_length)
         assert data == blob
+
+
+def test_manifest_encoding_is_the_dataclass_document() -> None:
+    """encode() builds the document by hand; it must stay what asdict() gives, key order too."""
+    entry = FileEntry("db/app.sqlite", "file", 0o600, 7, 9, True, "", ["ab" * 32], "1:9:7")
+    manifest = Manifest(
+        id="0.1.0_1",
+        version="0.1.0",
+        timestamp="1",
+        bytes=9,
+        created="1970-01-01T00:00:00.000001+00:00",
+        device_name="dev",
+        platform="LINUX",
+        hostname="host",
+        source="/data",
+        kind="folder",
+        files=[entry, FileEntry("db", "dir", 0o755, 3)],
+        warnings=["w"],
+        added_bytes=5,
+    )
+    expected = json.dumps(asdict(manifest), separators=(",", ":")).encode()
+    assert manifest.encode() == expected
+    assert Manifest.decode(expected) == manifest

@@ -1,30 +1,40 @@
-"""Terminal output: progress bars on a terminal, nothing on a pipe, JSON for scripts."""
+"""Terminal output: progress bars on a terminal, nothing on a pipe, JSON for scripts.
+
+rich costs ~30 ms of import, so it is loaded only when something is drawn or
+printed to stderr; a quiet command (an unchanged backup on a pipe) never loads it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from cloudkeep.snapshot.progress import Progress as Report
 from cloudkeep.snapshot.progress import ProgressFn
 
-err = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cloudkeep.snapshot.progress import Progress as Report
+
+
+@functools.cache
+def err() -> Console:
+    """The stderr console, made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
 
 
 def notice(message: str) -> None:
-    err.print(f"[bold]cloudkeep:[/bold] {message}", soft_wrap=True)
+    err().print(f"[bold]cloudkeep:[/bold] {message}", soft_wrap=True)
+
+
+def error(message: str) -> None:
+    """One plain line on stderr (no markup: messages may hold brackets)."""
+    err().print(message, soft_wrap=True, markup=False)
 
 
 @contextlib.contextmanager
@@ -33,13 +43,23 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressFn | None
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err(),
         transient=True,
     ) as bar:
         task: TaskID = bar.add_task(label, total=None)

@@ -12,12 +12,14 @@ import json
 import os
 import socket
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from argon2.low_level import Type, hash_secret_raw
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cloudkeep.repository.crypto import NONCE_SIZE, MasterKey
+# cryptography and our crypto module (~10 ms of import) are imported where used:
+# a caller deriving the key in a thread imports them meanwhile, not before.
+if TYPE_CHECKING:
+    from cloudkeep.repository.crypto import MasterKey
 
 KEY_AAD = b"cloudkeep-key-v1"
 # 64 MiB, 2 passes, 2 lanes: ~90 ms here, paid by every command; more memory than
@@ -38,6 +40,10 @@ def _derive(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:
 
 
 def wrap_key(master: MasterKey, passphrase: str) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from cloudkeep.repository.crypto import NONCE_SIZE
+
     salt = os.urandom(16)
     nonce = os.urandom(NONCE_SIZE)
     kek = _derive(passphrase, salt, DEFAULT_KDF)
@@ -55,6 +61,15 @@ def wrap_key(master: MasterKey, passphrase: str) -> bytes:
     return json.dumps(document, indent=1).encode()
 
 
+def first_unwrapped(documents: list[bytes], passphrase: str) -> MasterKey | None:
+    """The master key from the first key file this passphrase opens, or None."""
+    for document in documents:
+        key = unwrap_key(document, passphrase)
+        if key is not None:
+            return key
+    return None
+
+
 def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
     """The master key, or None when this passphrase does not open this key file."""
     try:
@@ -63,6 +78,14 @@ def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
             return None
         params = {k: int(document[k]) for k in DEFAULT_KDF}
         kek = _derive(passphrase, base64.b64decode(document["salt"]), params)
+    except (ValueError, KeyError, TypeError):
+        return None
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from cloudkeep.repository.crypto import MasterKey
+
+    try:
         payload = AESGCM(kek).decrypt(
             base64.b64decode(document["nonce"]), base64.b64decode(document["data"]), KEY_AAD
         )

@@ -13,7 +13,7 @@ import re
 import struct
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,7 +100,13 @@ class Manifest:
         return datetime.fromisoformat(self.created)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # The document asdict() gave (same keys, same order), without its deep copy
+        # of every entry: a third of the time of saving a manifest.
+        document = {name: getattr(self, name) for name in _MANIFEST_FIELDS}
+        document["files"] = [
+            {name: getattr(entry, name) for name in _ENTRY_FIELDS} for entry in self.files
+        ]
+        return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Manifest:
@@ -112,6 +118,10 @@ class Manifest:
             )
         files = [FileEntry(**entry) for entry in document.pop("files")]
         return cls(files=files, **document)
+
+
+_MANIFEST_FIELDS = tuple(f.name for f in fields(Manifest))
+_ENTRY_FIELDS = tuple(f.name for f in fields(FileEntry))
 
 
 def created_from_us(timestamp_us: int) -> str:

@@ -15,7 +15,7 @@ from cloudkeep.storage.base import (
 )
 from cloudkeep.storage.limits import ConcurrencyLimitedStorage, limit_concurrency
 from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
-from cloudkeep.storage.url import SUPPORTED_SCHEMES, describe_store_url, open_store
+from cloudkeep.storage.url import describe_store_url, open_store
 
 __all__ = [
     "SUPPORTED_SCHEMES",
@@ -33,3 +33,12 @@ __all__ = [
     "limit_concurrency",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # Re-exported lazily: see cloudkeep.storage.url.
+    if name == "SUPPORTED_SCHEMES":
+        from cloudkeep.storage.url import supported_schemes
+
+        return supported_schemes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -66,7 +66,17 @@ def _available_drives() -> tuple[str, ...]:
     return tuple(available)
 
 
-SUPPORTED_SCHEMES: tuple[str, ...] = _BASE_SCHEMES + _available_drives()
+def supported_schemes() -> tuple[str, ...]:
+    """Every scheme ``open_store`` accepts here (probing the drives on first use)."""
+    return _BASE_SCHEMES + _available_drives()
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # SUPPORTED_SCHEMES is computed on first access: probing the drive services costs
+    # every command ~2 ms, and only bad URLs and drive URLs need the answer.
+    if name == "SUPPORTED_SCHEMES":
+        return supported_schemes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -83,7 +93,7 @@ class _Spec:
 def _error(url: str, why: str) -> ConfigurationError:
     return ConfigurationError(
         f"unusable store URL {describe_store_url(url)!r}: {why}; "
-        f"supported schemes: {', '.join(SUPPORTED_SCHEMES)} (or a plain folder path)"
+        f"supported schemes: {', '.join(supported_schemes())} (or a plain folder path)"
     )
 
 
@@ -343,7 +353,6 @@ _PARSERS: dict[str, Callable[[str, Mapping[str, str]], _Spec]] = {
     "azblob": _parse_azblob,
     "webdav": _parse_webdav,
     "webdavs": _parse_webdav,
-    **dict.fromkeys(_available_drives(), _parse_drive),
 }
 
 _memory_lock = threading.Lock()
@@ -391,11 +400,13 @@ def _spec(url: str, env: Mapping[str, str]) -> _Spec:
     if "://" not in url:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\\]", url) and not os.path.exists(url):
             scheme = url.split(":", 1)[0]
-            if scheme.lower() in SUPPORTED_SCHEMES:
+            if scheme.lower() in supported_schemes():
                 raise _error(url, f"write {scheme}://…")
         return _file_spec(url)
     scheme = url.split("://", 1)[0].lower()
     parser = _PARSERS.get(scheme)
+    if parser is None and scheme in _available_drives():
+        parser = _parse_drive
     if parser is None:
         raise _error(url, f"unknown scheme {scheme!r}")
     try:
