@@ -188,3 +188,16 @@ def test_restore_without_room_fails_before_fetching(data_dir: Path, tmp_path: Pa
     assert "Traceback" not in done.stderr
     assert not target.exists() or not any(target.iterdir())
     assert not list(tmp_path.glob(".restored.cloudkeep-restore-*"))  # staging removed
+
+
+def test_usage_errors_are_one_clear_line_with_exit_1(cli) -> None:
+    for args, says in (
+        (["--bogus"], "No such option: --bogus"),
+        (["backup", "--nope"], "No such option: --nope"),
+        (["restore"], "Missing argument 'ID'"),
+    ):
+        result = cli(*args)
+        assert result.code == 1, (args, result.stderr)
+        assert says in result.stderr and "internal error" not in result.stderr
+    bare = cli()
+    assert bare.code == 0 and "Usage" in bare.stdout

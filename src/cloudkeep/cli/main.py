@@ -290,14 +290,19 @@ def _run() -> None:
     except KeyboardInterrupt:
         error("cloudkeep: interrupted")
         sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors (Typer carries its own click)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # as Typer itself tells it apart
+            sys.exit(0)  # the help was printed: plain `cloudkeep` is a request for it
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            error(f"cloudkeep: error: {exc}")
+        code = getattr(exc, "exit_code", 1)
+        sys.exit(1 if code == 2 else code)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
         if os.environ.get("CLOUDKEEP_DEBUG"):
             raise
         error(
