@@ -84,7 +84,12 @@ class _ChunkLists:
 
 
 class _Batcher:
-    """Sends chunks to the workers in batches; hands (id, size) to a sink, in order."""
+    """Sends chunks to the workers in batches; hands (id, size) to each file's sink, in order.
+
+    Batches of several files are in flight at once: a file's last batch does
+    not stall the pipeline before the next file starts, which matters for
+    folders of many small files.
+    """
 
     def __init__(
         self,
@@ -99,10 +104,11 @@ class _Batcher:
         self._tracker = tracker
         self._current: list[bytes | memoryview] = []
         self._current_bytes = 0
-        self._in_flight: deque[Future[list[tuple[bytes, int]]]] = deque()
+        self._in_flight: deque[tuple[Future[list[tuple[bytes, int]]], _ChunkLists]] = deque()
         self._sink: _ChunkLists | None = None
 
     def start_file(self, sink: _ChunkLists) -> None:
+        self._submit()  # the previous file's tail goes out as a batch of its own
         self._sink = sink
 
     def add(self, chunk: bytes | memoryview) -> None:
@@ -114,15 +120,16 @@ class _Batcher:
     def _submit(self) -> None:
         if not self._current:
             return
+        assert self._sink is not None
         self._tracker.check_canceled()
         batch, self._current, self._current_bytes = self._current, [], 0
-        self._in_flight.append(self._executor.submit(self._process, batch))
+        self._in_flight.append((self._executor.submit(self._process, batch), self._sink))
         while len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
-            self._deliver(self._in_flight.popleft().result())
+            self._deliver_oldest()
 
-    def _deliver(self, results: list[tuple[bytes, int]]) -> None:
-        assert self._sink is not None
-        self._sink.extend(results)
+    def _deliver_oldest(self) -> None:
+        future, sink = self._in_flight.popleft()
+        sink.extend(future.result())
 
     def _process(self, batch: list[bytes | memoryview]) -> list[tuple[bytes, int]]:
         repo, writer = self._repo, self._writer
@@ -138,10 +145,10 @@ class _Batcher:
         return list(zip(ids, sizes, strict=True))
 
     def finish(self) -> None:
-        """Wait for the current file's chunks and hand them all to its sink."""
+        """Wait for every batch and hand all results to their files' sinks."""
         self._submit()
         while self._in_flight:
-            self._deliver(self._in_flight.popleft().result())
+            self._deliver_oldest()
 
 
 def page_chunks(blocks: Iterator[bytes | bytearray], chunk_bytes: int) -> Iterator[memoryview]:
@@ -214,7 +221,12 @@ class Archiver:
             executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
             try:
                 batcher = _Batcher(self.repo, writer, executor, tracker)
-                entries = [self._entry(item, batcher, writer, tracker) for item in items]
+                read: list[tuple[FileEntry, _ChunkLists]] = []
+                entries = [self._entry(item, batcher, writer, tracker, read) for item in items]
+                batcher.finish()
+                for entry, lists in read:
+                    entry.size = lists.size
+                    entry.content = lists.close()
                 tracker.check_canceled()
                 writer.flush()
             except BaseException:
@@ -227,8 +239,15 @@ class Archiver:
             return self._save_manifest(source, kind, device_name, entries, writer.uploaded_bytes)
 
     def _entry(
-        self, item: SourceItem, batcher: _Batcher, writer: PackWriter, tracker: Tracker
+        self,
+        item: SourceItem,
+        batcher: _Batcher,
+        writer: PackWriter,
+        tracker: Tracker,
+        read: list[tuple[FileEntry, _ChunkLists]],
     ) -> FileEntry:
+        """The file's entry; a file that is read gets its size and content once all
+        its batches are done (``read`` collects it for that)."""
         entry = FileEntry(
             item.relative, item.type, item.mode, item.mtime_ns, item.size, item.sqlite, item.target
         )
@@ -247,9 +266,7 @@ class Archiver:
             return previous
         entry.fingerprint = item.fingerprint
         self._need_index()
-        lists = self._read_file(item, batcher, writer)
-        entry.size = lists.size
-        entry.content = lists.close()
+        read.append((entry, self._read_file(item, batcher, writer)))
         return entry
 
     def _still_exists(self, backup_id: str) -> bool:
@@ -304,17 +321,15 @@ class Archiver:
                     with consistent_pages(item.path, self.scratch, block_bytes) as capture:
                         for chunk in page_chunks(capture.blocks, chunk_bytes):
                             batcher.add(chunk)
-                        batcher.finish()
                         return lists
                 except CaptureTorn:
-                    batcher.finish()  # what was stored is deduplicated on the second read
+                    pass  # what was stored is deduplicated on the second read
                 lists = fresh()
                 with consistent_pages(
                     item.path, self.scratch, block_bytes, in_place=False
                 ) as capture:
                     for chunk in page_chunks(capture.blocks, chunk_bytes):
                         batcher.add(chunk)
-                    batcher.finish()
                     return lists
             for attempt in range(REREADS_OF_CHANGING_FILE + 1):
                 if attempt:
@@ -322,7 +337,6 @@ class Archiver:
                 before = item.path.stat()
                 for chunk in _cdc_chunks(item.path, self._chunker()):
                     batcher.add(chunk)
-                batcher.finish()
                 after = item.path.stat()
                 if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
                     return lists
@@ -332,7 +346,6 @@ class Archiver:
             return lists
         except FileNotFoundError:
             self.warnings.append(f"{item.relative} vanished during the backup")
-            batcher.finish()
             return lists
         except PermissionError as exc:
             raise DataSourceError(f"cannot read {item.path}: permission denied") from exc
