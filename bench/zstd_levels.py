@@ -1,6 +1,6 @@
 """zstd levels on 256 KiB frames of the benchmark database: speed (CPU time) and size.
 
-    python bench/zstd_levels.py bench/work/base/production/snippets.db
+    python bench/zstd_levels.py bench/work/600mib/base/production/snippets.db [LEVEL ...]
 
 Every 4th frame of the file (spread over all of it), best of four rounds of
 process CPU time, so other load on the machine skews it little. This is what
@@ -15,16 +15,15 @@ import time
 import zstandard
 
 FRAME = 256 * 1024
-LEVELS = (1, 3, -1)
 
 
-def main(path: str) -> None:
+def main(path: str, levels: tuple[int, ...]) -> None:
     data = open(path, "rb").read()  # noqa: SIM115 - a one-shot read
     frames = [data[i : i + FRAME] for i in range(0, len(data), FRAME)][::4]
     total = sum(map(len, frames))
     best: dict[int, list[float]] = {}
     for _round in range(4):
-        for level in LEVELS:
+        for level in levels:
             compressor = zstandard.ZstdCompressor(level=level)
             start = time.process_time()
             packed = [compressor.compress(f) for f in frames]
@@ -46,4 +45,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], tuple(int(x) for x in sys.argv[2:]) or (1, 3, -1, -2, -3))

@@ -49,10 +49,11 @@ FORMAT_VERSION = 2
 # 4 MiB: a 2 GiB backup peaked at 174 MiB RSS (8 MiB packs: 211 MiB) for less CPU,
 # and still few, large requests on object stores.
 PACK_TARGET_SIZE = 4 * 1024 * 1024
-# zstd --fast=1 on 256 KiB frames of the benchmark database, against level 1 (level 3):
-# compresses 449 vs 363 (309) MB/s, decompresses 1687 vs 1038 (1049) MB/s, for a
-# 5% larger (13% larger) frame. Speed wins: a day's backup adds ~2% of the database.
-DEFAULT_ZSTD_LEVEL = -1
+# zstd --fast=2 on 256 KiB frames of the benchmark database (bench/zstd_levels.py):
+# compresses 509-516 MB/s and decompresses 1810 MB/s with frames 0.536 of the input;
+# level 1: 363-424 / 1038-1270 MB/s, 0.503; --fast=1: 429-471 / 1776, 0.528; --fast=3
+# buys only 2-4% more speed for another 1.5% of size. A day's backup adds ~2%.
+DEFAULT_ZSTD_LEVEL = -2
 PACKS_PER_INDEX_FLUSH = 64  # an index file per 256 MiB uploaded
 _RAW, _ZSTD = 0, 1
 # Frames of ~256 KiB on the benchmark database vs one 8 KiB chunk each: 10% smaller
