@@ -243,7 +243,11 @@ class Workspace:
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> BackupInfo:
-        repo = self.repository()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
+            derived = self._derive_key_soon(pool)
+            from cloudkeep.snapshot.restorer import Restorer  # while Argon2 runs
+
+            repo = self.repository(derived=derived)
         manifest = self.manifest(backup_id, repo)
         live = self.settings.data
         if target is None and manifest.kind == "folder" and live.is_file():
@@ -256,8 +260,6 @@ class Workspace:
                 f"backup {backup_id} holds one file but the data path {live} is a folder; "
                 "restore it with --target"
             )
-        from cloudkeep.snapshot.restorer import Restorer
-
         Restorer(repo, progress, cancel).run(manifest, live, target)
         return BackupInfo.of(manifest)
 
