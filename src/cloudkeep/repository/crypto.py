@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import blake3
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_SIZE = 12
@@ -52,6 +53,7 @@ class Sealer:
 
     def __init__(self, key: MasterKey) -> None:
         self._aead = AESGCM(key.encryption_key)
+        self._key = key.encryption_key
         self._id_key = key.id_key
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
@@ -64,6 +66,21 @@ class Sealer:
         if nonce is None:
             nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, associated)
+
+    def seal_parts(
+        self, parts: list[bytes | memoryview], associated: bytes, nonce: bytes
+    ) -> list[bytes]:
+        """``seal`` of the parts' concatenation, returned as pieces to be written in order.
+
+        The same bytes as ``seal(b"".join(parts))``, without joining the parts
+        first or the nonce to the ciphertext after: two copies of every frame
+        (and their fresh buffers) fewer on the backup's hot path.
+        """
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(associated)
+        pieces = [nonce, *(encryptor.update(part) for part in parts), encryptor.finalize()]
+        pieces.append(encryptor.tag)
+        return pieces
 
     def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:
         if len(sealed) < OVERHEAD:

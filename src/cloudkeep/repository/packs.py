@@ -102,14 +102,15 @@ class PackBuilder:
         self.entries: list[PackEntry] = []
 
     def add_frame(
-        self, blob_type: BlobType, sealed: bytes, members: list[FrameMember]
+        self, blob_type: BlobType, sealed: list[bytes], members: list[FrameMember]
     ) -> None:
-        offset, length = self.size, len(sealed)
+        """Append a sealed frame, given as the pieces that make it up, in order."""
+        offset, length = self.size, sum(map(len, sealed))
         self.entries += [
             PackEntry(blob_type, blob_id, offset, length, inner_offset, raw_length)
             for blob_id, inner_offset, raw_length in members
         ]
-        self._parts.append(sealed)
+        self._parts += sealed
         self.size += length
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:

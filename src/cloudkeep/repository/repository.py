@@ -325,10 +325,11 @@ class Repository:
 
     def seal_frames(
         self, blob_ids: list[bytes], chunks: list[bytes | memoryview]
-    ) -> list[tuple[bytes, list[FrameMember]]]:
+    ) -> list[tuple[list[bytes], list[FrameMember]]]:
         """Group consecutive blobs into frames, compress them all in one GIL-free call, seal.
 
-        Returns (sealed frame, its members) pairs, blobs in their original order.
+        Returns (sealed frame as pieces to write in order, its members) pairs,
+        blobs in their original order.
         """
         groups: list[list[bytes | memoryview]] = []
         memberships: list[list[FrameMember]] = []
@@ -351,7 +352,7 @@ class Repository:
         compressed = iter(
             self._zstd().multi_compress_to_buffer(non_empty, threads=1) if non_empty else ()
         )
-        seal = self.sealer.seal
+        seal_parts = self.sealer.seal_parts
         nonces = os.urandom(NONCE_SIZE * len(raws))
         frames = []
         for number, (raw, frame_members) in enumerate(zip(raws, memberships, strict=True)):
@@ -361,11 +362,8 @@ class Repository:
                 _MEMBER.pack(m.blob_id, m.raw_length) for m in frame_members
             )
             # zstd only when it pays: incompressible frames are stored as they are.
-            if len(packed) < len(raw):
-                payload = b"".join((table, b"\x01", packed))  # type: ignore[arg-type]
-            else:
-                payload = b"".join((table, b"\x00", raw))
-            frames.append((seal(payload, FRAME_AAD, nonce), frame_members))
+            body = [b"\x01", packed] if len(packed) < len(raw) else [b"\x00", raw]
+            frames.append((seal_parts([table, *body], FRAME_AAD, nonce), frame_members))
         return frames
 
     def open_frame(self, sealed: bytes | memoryview) -> OpenedFrame:
@@ -524,7 +522,9 @@ class PackWriter:
         self.add_claimed(blob_type, self._repo.seal_frames([blob_id], [data]))
         return True
 
-    def add_frame(self, blob_type: BlobType, sealed: bytes, members: list[FrameMember]) -> bool:
+    def add_frame(
+        self, blob_type: BlobType, sealed: list[bytes], members: list[FrameMember]
+    ) -> bool:
         """Queue an already sealed frame (space reclaim copies them) unless all of it is known."""
         with self._lock:
             if all(self.known(member.blob_id) for member in members):
@@ -534,7 +534,7 @@ class PackWriter:
         return True
 
     def add_claimed(
-        self, blob_type: BlobType, frames: list[tuple[bytes, list[FrameMember]]]
+        self, blob_type: BlobType, frames: list[tuple[list[bytes], list[FrameMember]]]
     ) -> None:
         """Queue sealed frames whose blobs the caller claimed: one lock round per batch."""
         pack_size = self._repo.config.get("pack_size", PACK_TARGET_SIZE)

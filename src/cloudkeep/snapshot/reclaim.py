@@ -125,7 +125,7 @@ def _reclaim(repo: Repository) -> ReclaimReport:
                     ) from exc
                 writer.add_frame(
                     members[0].type,
-                    bytes(sealed),
+                    [bytes(sealed)],
                     [FrameMember(m.blob_id, m.inner_offset, m.raw_length) for m in members],
                 )
             report.packs_repacked += 1
