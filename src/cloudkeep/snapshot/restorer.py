@@ -39,6 +39,9 @@ MAX_RANGE_BYTES = 2 * 1024 * 1024  # 2 GiB restore: 179 MiB peak RSS (4 MiB rang
 MAX_RANGE_GAP = 512 * 1024
 FILES_PER_BATCH = 256
 CHUNKS_PER_BATCH = 32_768  # 256 MiB of 8 KiB pages per fetch plan
+# Plans start small and double: fetching starts after one chunk list is read, and
+# each plan is made while the previous (half as big) one is being fetched.
+FIRST_BATCH_CHUNKS = 4_096
 FETCH_THREADS = 4
 LOCK_TIMEOUT_SECONDS = 600.0
 _IOV_MAX = 1024
@@ -240,6 +243,7 @@ class Restorer:
         planned = 0
         descriptors: list[int] = []
         in_flight: list[Future[None]] = []
+        plan_limit = FIRST_BATCH_CHUNKS
         pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
 
         def hand_over() -> None:
@@ -262,8 +266,9 @@ class Restorer:
                         destinations[blob_id].append((number, offset))
                         offset += size
                         planned += 1
-                    if planned >= CHUNKS_PER_BATCH:
+                    if planned >= plan_limit:
                         hand_over()
+                        plan_limit = min(2 * plan_limit, CHUNKS_PER_BATCH)
                 if offset != entry.size:
                     raise RepositoryDamaged(f"the chunk list of {entry.path} does not add up")
                 os.ftruncate(fd, offset)
