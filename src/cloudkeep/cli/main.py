@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cloudkeep import __version__
+from cloudkeep.allocator import keep_freed_memory
 from cloudkeep.cli.output import error, notice, print_json, progress_bar
 from cloudkeep.cli.params import FastCommand, FastGroup
 from cloudkeep.errors import CloudkeepError
@@ -275,6 +276,7 @@ def run() -> None:
 
 
 def _run() -> None:
+    keep_freed_memory()
     logging.basicConfig(
         level=os.environ.get("CLOUDKEEP_LOG_LEVEL", "WARNING"),
         format="%(levelname)s %(name)s: %(message)s",
