@@ -32,7 +32,13 @@ from cloudkeep.errors import (
     RepositoryNotFound,
     WrongPassphrase,
 )
-from cloudkeep.repository.crypto import NONCE_SIZE, DecryptionFailed, MasterKey, Sealer
+from cloudkeep.repository.crypto import (
+    NONCE_SIZE,
+    OVERHEAD,
+    DecryptionFailed,
+    MasterKey,
+    Sealer,
+)
 from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import unwrap_key, wrap_key
 from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, pack_name
@@ -382,7 +388,7 @@ class Repository:
 
     @staticmethod
     def _split_frame(
-        plaintext: bytes,
+        plaintext: bytes | memoryview,
     ) -> tuple[dict[tuple[int, bytes], int], int, memoryview]:
         """(member table by offset, encoding, payload) of a decrypted frame."""
         view = memoryview(plaintext)
@@ -407,9 +413,16 @@ class Repository:
         Thousands of per-frame GIL releases stall the other threads (convoy effect).
         On any failure the batch is redone frame by frame, to raise for the damaged one.
         """
-        open_sealed, split = self.sealer.open, self._split_frame
+        open_into, split = self.sealer.open_into, self._split_frame
         try:
-            parts = [split(open_sealed(sealed, FRAME_AAD)) for sealed in sealed_frames]
+            plain = memoryview(bytearray(sum(len(s) - OVERHEAD for s in sealed_frames)))
+            parts = []
+            position = 0
+            for sealed in sealed_frames:
+                size = len(sealed) - OVERHEAD
+                open_into(memoryview(sealed), FRAME_AAD, plain[position : position + size])
+                parts.append(split(plain[position : position + size]))
+                position += size
             packed = [payload for _, encoding, payload in parts if encoding == _ZSTD]
             unpacked = (
                 iter(self._unzstd().multi_decompress_to_buffer(packed, threads=1))
