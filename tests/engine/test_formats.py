@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
 from cloudkeep.repository.index import IndexFile, MasterIndex
-from cloudkeep.repository.packs import BlobType, PackBuilder, PackEntry, frames_of, read_header
+from cloudkeep.repository.packs import (
+    BlobType,
+    PackBuilder,
+    PackEntry,
+    frames_of,
+    pack_id_of,
+    read_header,
+)
 from cloudkeep.repository.repository import Repository
 from cloudkeep.snapshot.archiver import page_chunks
 from cloudkeep.snapshot.manifest import (
@@ -93,7 +100,9 @@ def test_packs_round_trip_and_locate_every_blob(blobs: list[bytes]) -> None:
     builder = PackBuilder()
     for sealed, members in frames:
         builder.add_frame(BlobType.DATA, sealed, members)
-    pack_id, content = builder.finish(repo.sealer)
+    pack_id, parts = builder.finish(repo.sealer)
+    content = b"".join(parts)
+    assert pack_id_of(content) == pack_id
     header = read_header(content, repo.sealer)
     assert header == builder.entries
     assert len(frames_of(header)) == len(frames)

@@ -115,8 +115,10 @@ def _cli_kill_trials(
         try:
             process.wait(timeout=delay)
             durations.append(time.monotonic() - started)
-            # Finished before the kill: aim the next kills inside a backup's duration.
-            high = max(low + 0.1, 0.9 * durations[-1])
+            # Finished before the kill: aim the next kills inside a backup's duration,
+            # in its second half (after start-up, while data is read and uploaded).
+            low = min(low, 0.5 * durations[-1])
+            high = max(low + 0.02, 0.9 * durations[-1])
         except subprocess.TimeoutExpired:
             kill_group(process)
         if process.returncode == -signal.SIGKILL:

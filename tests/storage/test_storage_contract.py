@@ -226,6 +226,16 @@ def test_bytes_like_payloads(store: Storage) -> None:
     assert store.get("bl/b") == b"memoryview"
 
 
+def test_payload_in_pieces_is_stored_concatenated(store: Storage) -> None:
+    """A pack is put as its sealed pieces; every backend stores them as one object."""
+    pieces = [b"head-", b"", bytes(range(256)) * 1000, memoryview(b"-tail")]
+    store.put("pieces/a", pieces)  # type: ignore[arg-type]
+    assert store.get("pieces/a") == b"".join(pieces)
+    with pytest.raises(ObjectExists):
+        store.put("pieces/a", [b"other"], create_only=True)
+    assert store.get("pieces/a") == b"".join(pieces)
+
+
 def test_file_store_leaves_no_partial_or_temp_files(tmp_path: Path) -> None:
     """fs writes go through the reserved temp folder and are renamed into place."""
     url = (tmp_path / "fs-store").as_uri()

@@ -7,12 +7,29 @@ protocol around another one, as in restic's ``internal/backend``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from cloudkeep.errors import CloudkeepError, StoreUnreachable
 
+#: What ``put`` stores: bytes, or pieces written one after another (a pack is
+#: sealed frames; joining them first would copy every byte once more).
+Payload = bytes | Sequence[bytes]
+
+
+def pieces(data: Payload) -> Sequence[bytes]:
+    """The payload as pieces (one buffer is one piece; bytearray and memoryview too)."""
+    return [data] if isinstance(data, bytes | bytearray | memoryview) else data
+
+
+def joined(data: Payload) -> bytes:
+    """The payload as one ``bytes`` (for backends that take a single buffer)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    return b"".join(data)
 
 class StorageError(CloudkeepError):
     """A storage operation failed for a reason other than the ones below."""
@@ -47,8 +64,10 @@ class ObjectInfo:
 class Storage(Protocol):
     """Names are '/'-separated relative paths such as ``data/ab/abcdef…``."""
 
-    def put(self, name: str, data: bytes, *, create_only: bool = False) -> None:
-        """Store ``data`` under ``name`` atomically (readers see all or nothing).
+    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
+        """Store ``data`` (bytes, or pieces to concatenate) under ``name`` atomically.
+
+        Readers see all or nothing.
 
         With ``create_only`` raise ``ObjectExists`` if the name is taken, where the
         backend can tell atomically; otherwise best effort (stat, then write).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from cloudkeep.storage.base import ObjectInfo, Storage
+from cloudkeep.storage.base import ObjectInfo, Payload, Storage
 from cloudkeep.storage.retrying import RetryingStorage
 
 
@@ -31,7 +31,7 @@ class ConcurrencyLimitedStorage:
     def __repr__(self) -> str:
         return f"ConcurrencyLimitedStorage({self._inner!r}, limit={self.limit})"
 
-    def put(self, name: str, data: bytes, *, create_only: bool = False) -> None:
+    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
         """Put while holding a slot."""
         with self._slots:
             self._inner.put(name, data, create_only=create_only)

@@ -18,10 +18,13 @@ atomic only against readers, not against a concurrent writer of the same name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import opendal
 import opendal.exceptions as oe
@@ -30,9 +33,12 @@ from cloudkeep.storage.base import (
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    Payload,
     StorageError,
     StorageUnavailable,
     StoreRejected,
+    joined,
+    pieces,
 )
 
 #: Folder (under the store root) holding in-flight writes; never listed.
@@ -143,12 +149,15 @@ class OpenDALStorage:
         *,
         atomic_rename: bool = False,
         secrets: Iterable[str] = (),
+        local_root: str | Path | None = None,
     ) -> None:
         """``description`` must already be secret-free; ``secrets`` are scrubbed from errors.
 
         ``atomic_rename`` selects write-to-temp-then-rename for services whose
-        plain writes are visible while in progress (fs, WebDAV).
+        plain writes are visible while in progress (fs, WebDAV). ``local_root``
+        is the fs service's root: puts there are written directly (see ``_put_local``).
         """
+        self._local_root = Path(local_root) if local_root is not None else None
         capability = operator.capability()
         if atomic_rename and not capability.rename:
             raise ValueError(f"{description}: atomic_rename needs a service that can rename")
@@ -213,10 +222,13 @@ class OpenDALStorage:
 
     # -- protocol ----------------------------------------------------------
 
-    def put(self, name: str, data: bytes, *, create_only: bool = False) -> None:
+    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
         """Store ``data`` under ``name``; see the module docstring for atomicity."""
         check_name(name)
-        payload = data if isinstance(data, bytes) else bytes(data)
+        if self._local_root is not None:
+            self._put_local(name, pieces(data), create_only)
+            return
+        payload = joined(data)
         if self._atomic_rename:
             self._put_via_rename(name, payload, create_only=create_only)
         elif create_only and self._native_create_only:
@@ -262,6 +274,51 @@ class OpenDALStorage:
         except BaseException:
             self._discard(temp)
             raise
+
+    def _put_local(self, name: str, parts: Sequence[bytes], create_only: bool) -> None:
+        """The fs service's put, as OpenDAL does it (temp file, fsync, rename), in writev.
+
+        OpenDAL's fs writer takes one buffer (so a pack had to be joined first) and
+        copies it again before writing: writing 87 packs of 4 MiB that way took
+        0.46-0.53 s of system time, against 0.13-0.19 s writing the pieces with
+        writev (fsync included in both, three paired runs). The semantics are
+        OpenDAL's: a temporary file under ``.cloudkeep-tmp/``, fsync, rename.
+        """
+        assert self._local_root is not None
+        temp = self._local_root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        target = self._local_root / name
+        try:
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                _writev_all(fd, parts)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if create_only and target.exists():
+                raise self._exists_error(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise self._local_error(exc, name) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+
+    def _local_error(self, exc: OSError, name: str) -> StorageError:
+        """Classify a local write failure the way ``_translate`` classifies OpenDAL's."""
+        where = f"put {name!r} on {self._description}"
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            return StorageError(f"{where}: a parent folder of the name is an object")
+        if exc.errno in _OS_REJECTED:
+            return StoreRejected(f"{where}: {reason}")
+        if exc.errno in _OS_PERMANENT or exc.errno == errno.EISDIR:
+            return StorageError(f"{where}: {reason}")
+        return StorageUnavailable(f"{where}: {reason}")
 
     def _exists_error(self, name: str) -> ObjectExists:
         return ObjectExists(f"put {name!r} on {self._description}: the object already exists")
@@ -406,3 +463,16 @@ class OpenDALStorage:
             if isinstance(error, ObjectNotFound):
                 return
             raise error from exc
+
+
+def _writev_all(fd: int, parts: Sequence[bytes]) -> None:
+    """Write every piece, in order, resuming after short writes."""
+    pending = [memoryview(part) for part in parts if len(part)]
+    while pending:
+        written = os.writev(fd, pending[:1024])
+        while written:
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][written:]
+                written = 0

@@ -44,9 +44,11 @@ from cloudkeep.storage.base import (
     ObjectExists,
     ObjectInfo,
     ObjectNotFound,
+    Payload,
     Storage,
     StorageUnavailable,
     StoreRejected,
+    joined,
 )
 
 T = TypeVar("T")
@@ -184,7 +186,7 @@ class RetryingStorage:
                     raise
                 backoff.failed(exc)
 
-    def put(self, name: str, data: bytes, *, create_only: bool = False) -> None:
+    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
         """Put with retries; see the module docstring for create-only after a lost reply."""
         outcome_unknown = False
 
@@ -203,12 +205,13 @@ class RetryingStorage:
 
         self._call(attempt)
 
-    def _holds(self, name: str, data: bytes) -> bool:
+    def _holds(self, name: str, data: Payload) -> bool:
         """Whether ``name`` already contains exactly ``data`` (our own earlier write)."""
+        content = joined(data)
         try:
-            if self._inner.stat(name).size != len(data):
+            if self._inner.stat(name).size != len(content):
                 return False
-            return self._inner.get(name) == bytes(data)
+            return self._inner.get(name) == content
         except ObjectNotFound:
             return False
 

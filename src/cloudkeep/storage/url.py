@@ -444,6 +444,10 @@ def open_store(
         raise _error(url, f"{spec.service}: {reason}") from None
     operator = operator.layer(TimeoutLayer(timeout=control, io_timeout=io))
     raw = OpenDALStorage(
-        operator, spec.description, atomic_rename=spec.atomic_rename, secrets=spec.secrets
+        operator,
+        spec.description,
+        atomic_rename=spec.atomic_rename,
+        secrets=spec.secrets,
+        local_root=spec.options["root"] if spec.service == "fs" else None,
     )
     return RetryingStorage.with_policy(raw, policy)
