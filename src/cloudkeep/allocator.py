@@ -17,7 +17,7 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's ceiling; packs (4 MiB) stay below it
-_TRIM_THRESHOLD_BYTES = 128 * 1024 * 1024
+_TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024  # per arena (each thread has one): a few buffers
 
 
 def keep_freed_memory() -> None:
