@@ -210,6 +210,25 @@ class Setup:
                 out.close()  # type: ignore[union-attr]
 
 
+class KillWindow:
+    """When to kill a process so that kills mostly land while it works.
+
+    Starts at (low, high) seconds; every run that finishes before its kill pulls
+    the window into the second half of that run's duration, so the trials keep
+    aiming inside the operation as it gets faster.
+    """
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def delay(self, rnd: random.Random) -> float:
+        return rnd.uniform(self.low, self.high)
+
+    def finished_in(self, seconds: float) -> None:
+        self.low = min(self.low, 0.5 * seconds)
+        self.high = max(self.low + 0.02, 0.9 * seconds)
+
+
 def kill_group(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process and everything in its session (e.g. the server's engine)."""
     with contextlib.suppress(ProcessLookupError):

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.faults.fault_helpers import (
+    KillWindow,
     Setup,
     exact_state,
     kill_group,
@@ -103,22 +104,19 @@ def _cli_kill_trials(
     make_data_folder(setup.data, template, rnd)
     ledger = Ledger(setup, rnd)
     ledger.backup_now(exact_state(setup.data))
+    kill_window = KillWindow(*window)
     durations: list[float] = []  # of the backups that finished before their kill
-    low, high = window
     for trial in range(trials):
         mutate_db(setup.data / "snippets.db", rnd)
         state = exact_state(setup.data)
         log = setup.root / f"cli-{trial}.log"
         process = setup.popen("backup", log=log)
-        delay = rnd.uniform(low, high)
+        delay = kill_window.delay(rnd)
         started = time.monotonic()
         try:
             process.wait(timeout=delay)
             durations.append(time.monotonic() - started)
-            # Finished before the kill: aim the next kills inside a backup's duration,
-            # in its second half (after start-up, while data is read and uploaded).
-            low = min(low, 0.5 * durations[-1])
-            high = max(low + 0.02, 0.9 * durations[-1])
+            kill_window.finished_in(durations[-1])
         except subprocess.TimeoutExpired:
             kill_group(process)
         if process.returncode == -signal.SIGKILL:

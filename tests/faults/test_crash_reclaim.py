@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.faults.fault_helpers import (
+    KillWindow,
     Setup,
     exact_state,
     kill_group,
@@ -72,16 +73,15 @@ def test_kill_delete_and_reclaim_at_random_moments(
     ws = setup.workspace()
     outcomes = {"killed": 0, "manifest already gone": 0}
     restores = 0
-    low, high = 0.3, 1.2
+    kill_window = KillWindow(0.3, 1.2)
     for trial in range(TRIALS):
         victim = rng.choice(sorted(expected)[:-1])
         process = setup.popen("delete", victim, log=tmp_path / f"delete-{trial}.log")
-        delay = rng.uniform(low, high)
+        delay = kill_window.delay(rng)
         started = time.monotonic()
         try:
             process.wait(timeout=delay)
-            # Finished before the kill: aim the next kills inside its duration.
-            high = max(low + 0.1, 0.9 * (time.monotonic() - started))
+            kill_window.finished_in(time.monotonic() - started)
         except subprocess.TimeoutExpired:
             kill_group(process)
         label = f"trial {trial} (delete {victim}, kill at {delay:.2f}s)"

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.faults.fault_helpers import (
+    KillWindow,
     Setup,
     exact_state,
     kill_group,
@@ -78,17 +79,16 @@ def test_kill_cli_restore_at_random_moments(
     states = _two_backups(setup, rng)
     ids = sorted(states)
     outcomes = {"old": 0, "new": 0}
-    low, high = 0.3, 1.3
+    kill_window = KillWindow(0.3, 1.3)
     for trial in range(CLI_TRIALS):
         before = exact_state(setup.data)
         backup_id = next(i for i in ids if states[i] != before)
         process = setup.popen("restore", backup_id, log=tmp_path / f"restore-{trial}.log")
-        delay = rng.uniform(low, high)
+        delay = kill_window.delay(rng)
         started = time.monotonic()
         try:
             process.wait(timeout=delay)
-            # Finished before the kill: aim the next kills inside its duration.
-            high = max(low + 0.1, 0.9 * (time.monotonic() - started))
+            kill_window.finished_in(time.monotonic() - started)
         except subprocess.TimeoutExpired:
             kill_group(process)
         label = f"trial {trial} (kill at {delay:.2f}s, rc {process.returncode})"
@@ -183,16 +183,16 @@ def test_kill_single_file_restore_into_the_live_database(
         assert done.returncode == 0, done.stderr
         states[json.loads(done.stdout)["id"]] = sqlite_state(live)
     outcomes = {"old": 0, "new": 0}
-    low, high = 0.3, 1.3
+    kill_window = KillWindow(0.3, 1.3)
     for trial in range(FILE_TRIALS):
         before = sqlite_state(live)
         backup_id = next(i for i in sorted(states) if states[i] != before)
         process = setup.popen("restore", backup_id, log=tmp_path / f"file-{trial}.log")
-        delay = rng.uniform(low, high)
+        delay = kill_window.delay(rng)
         started = time.monotonic()
         try:
             process.wait(timeout=delay)
-            high = max(low + 0.1, 0.9 * (time.monotonic() - started))
+            kill_window.finished_in(time.monotonic() - started)
         except subprocess.TimeoutExpired:
             kill_group(process)
         label = f"file trial {trial} (kill at {delay:.2f}s, rc {process.returncode})"
