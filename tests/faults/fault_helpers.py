@@ -214,8 +214,9 @@ class KillWindow:
     """When to kill a process so that kills mostly land while it works.
 
     Starts at (low, high) seconds; every run that finishes before its kill pulls
-    the window into the second half of that run's duration, so the trials keep
-    aiming inside the operation as it gets faster.
+    the window to the middle of that run's duration (a quarter to three quarters:
+    runs of the same operation vary), so the trials keep aiming inside the
+    operation as it gets faster.
     """
 
     def __init__(self, low: float, high: float) -> None:
@@ -225,8 +226,8 @@ class KillWindow:
         return rnd.uniform(self.low, self.high)
 
     def finished_in(self, seconds: float) -> None:
-        self.low = min(self.low, 0.5 * seconds)
-        self.high = max(self.low + 0.02, 0.9 * seconds)
+        self.low = min(self.low, 0.25 * seconds)
+        self.high = max(self.low + 0.02, 0.75 * seconds)
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:

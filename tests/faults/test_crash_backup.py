@@ -140,7 +140,7 @@ def test_kill_cli_backup_at_random_moments(
     tmp_path: Path, live_db_template: Path, rng: random.Random
 ) -> None:
     setup = Setup(tmp_path, tmp_path / "production", (tmp_path / "store").as_uri())
-    _cli_kill_trials(setup, live_db_template, rng, CLI_TRIALS, (0.3, 1.1))
+    _cli_kill_trials(setup, live_db_template, rng, CLI_TRIALS, (0.2, 1.1))
 
 
 def test_kill_cli_backup_on_s3(
@@ -149,7 +149,7 @@ def test_kill_cli_backup_on_s3(
     """The same on S3 (moto): uploads cut mid-request, no rename-into-place."""
     store = s3_server.url_for(f"crash-{rng.randrange(16**8):08x}")
     setup = Setup(tmp_path, tmp_path / "production", store)
-    _cli_kill_trials(setup, live_db_template, rng, S3_TRIALS, (0.3, 1.6))
+    _cli_kill_trials(setup, live_db_template, rng, S3_TRIALS, (0.2, 1.2))
 
 
 def test_kill_server_during_backup(
