@@ -59,18 +59,16 @@ class Sealer:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()
 
-    def seal(
-        self, plaintext: bytes | memoryview, associated: bytes, nonce: bytes | None = None
-    ) -> bytes:
-        """``nonce`` lets batch callers draw all their random nonces in one system call."""
-        if nonce is None:
-            nonce = os.urandom(NONCE_SIZE)
+    def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, associated)
 
     def seal_parts(
         self, parts: list[bytes | memoryview], associated: bytes, nonce: bytes
     ) -> list[bytes]:
         """``seal`` of the parts' concatenation, returned as pieces to be written in order.
+
+        ``nonce`` lets batch callers draw all their random nonces in one system call.
 
         The same bytes as ``seal(b"".join(parts))``, without joining the parts
         first or the nonce to the ciphertext after: two copies of every frame
