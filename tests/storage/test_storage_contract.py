@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from cloudkeep.storage.base import (
     Storage,
     StorageError,
 )
+from cloudkeep.storage.direct_io import DIRECT_MIN_BYTES
 from cloudkeep.storage.opendal_store import TEMP_PREFIX
 from cloudkeep.storage.retrying import is_transient
 from cloudkeep.storage.url import open_store
@@ -252,6 +254,52 @@ def test_file_store_leaves_no_partial_or_temp_files(tmp_path: Path) -> None:
     temp_dir.mkdir(exist_ok=True)
     (temp_dir / "leftover").write_bytes(b"partial")
     assert names(store) == [f"data/p{i}" for i in range(5)]
+
+
+SHM = Path("/dev/shm")
+
+
+@pytest.mark.parametrize("on_tmpfs", [False, True], ids=["disk", "tmpfs"])
+@pytest.mark.parametrize("size", [DIRECT_MIN_BYTES, DIRECT_MIN_BYTES + 4095, 5 * 1024 * 1024 + 1])
+def test_file_store_large_objects_are_exact(
+    tmp_path: Path, size: int, on_tmpfs: bool, request: pytest.FixtureRequest
+) -> None:
+    """Packs bypass the page cache (O_DIRECT: whole aligned blocks, then cut to size).
+
+    tmpfs may refuse O_DIRECT, and the store then reads and writes the ordinary
+    way. Either way objects hold exactly their bytes, large ranges at any offset
+    read back exactly, and ranges past the end raise instead of coming back short.
+    """
+    if on_tmpfs:
+        if not SHM.is_dir() or not os.access(SHM, os.W_OK):
+            pytest.skip("no writable /dev/shm")
+        root = SHM / f"cloudkeep-test-{os.getpid()}-{size}"
+        request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    else:
+        root = tmp_path / "fs-store"
+    store = open_store(root.as_uri())
+    whole = os.urandom(size)
+    pieces = [whole[:5], memoryview(whole)[5:-5], b"", whole[-5:]]
+    store.put("data/big", pieces, create_only=True)  # type: ignore[arg-type]
+    store.put("data/big2", whole)
+    assert (root / "data" / "big").stat().st_size == size
+    assert store.get("data/big") == whole
+    assert store.get("data/big2") == whole
+    last = size - DIRECT_MIN_BYTES
+    for offset in {offset for offset in (0, 1, 4095, 4097, last) if offset <= last}:
+        assert store.get("data/big", offset, DIRECT_MIN_BYTES) == whole[offset:][:DIRECT_MIN_BYTES]
+    with pytest.raises(StorageError, match="beyond the end"):
+        store.get("data/big", size - DIRECT_MIN_BYTES + 1, DIRECT_MIN_BYTES)
+    with pytest.raises(ObjectNotFound):
+        store.get("data/absent", 0, DIRECT_MIN_BYTES)
+    with pytest.raises(ObjectNotFound):
+        store.get("data", 0, DIRECT_MIN_BYTES)
+    with pytest.raises(ObjectNotFound):
+        store.get("data/big/below", 0, DIRECT_MIN_BYTES)
+    with pytest.raises(ObjectExists):
+        store.put("data/big", pieces, create_only=True)  # type: ignore[arg-type]
+    temp_dir = root / TEMP_PREFIX.rstrip("/")
+    assert not temp_dir.exists() or list(temp_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,13 @@ from cloudkeep.storage.base import (
     joined,
     pieces,
 )
+from cloudkeep.storage.direct_io import (
+    DIRECT_MIN_BYTES,
+    DirectIOUnsupported,
+    create_direct,
+    read_direct,
+    write_direct,
+)
 
 #: Folder (under the store root) holding in-flight writes; never listed.
 TEMP_PREFIX = ".cloudkeep-tmp/"
@@ -158,6 +165,7 @@ class OpenDALStorage:
         is the fs service's root: puts there are written directly (see ``_put_local``).
         """
         self._local_root = Path(local_root) if local_root is not None else None
+        self._direct_io = local_root is not None  # until the filesystem refuses O_DIRECT
         capability = operator.capability()
         if atomic_rename and not capability.rename:
             raise ValueError(f"{description}: atomic_rename needs a service that can rename")
@@ -281,20 +289,27 @@ class OpenDALStorage:
         OpenDAL's fs writer takes one buffer (so a pack had to be joined first) and
         copies it again before writing: writing 87 packs of 4 MiB that way took
         0.46-0.53 s of system time, against 0.13-0.19 s writing the pieces with
-        writev (fsync included in both, three paired runs). The semantics are
-        OpenDAL's: a temporary file under ``.cloudkeep-tmp/``, fsync, rename.
+        writev (fsync included in both, three paired runs). Packs are written
+        with ``O_DIRECT`` where the filesystem allows it (see ``direct_io``). The
+        semantics are OpenDAL's: a temporary file under ``.cloudkeep-tmp/``,
+        fsync, rename.
         """
         assert self._local_root is not None
         temp = self._local_root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         target = self._local_root / name
         try:
             temp.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            try:
-                _writev_all(fd, parts)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if not (
+                self._direct_io
+                and sum(map(len, parts)) >= DIRECT_MIN_BYTES
+                and self._put_file_direct(temp, parts)
+            ):
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                try:
+                    _writev_all(fd, parts)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             if create_only and target.exists():
                 raise self._exists_error(name)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +322,40 @@ class OpenDALStorage:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
+
+    def _put_file_direct(self, temp: Path, parts: Sequence[bytes]) -> bool:
+        """Write a pack past the page cache (see ``direct_io``); False if unsupported."""
+        try:
+            fd = create_direct(temp)
+        except DirectIOUnsupported:
+            self._direct_io = False
+            return False
+        try:
+            write_direct(fd, parts)
+            os.fsync(fd)
+        except DirectIOUnsupported:
+            self._direct_io = False
+            os.close(fd)
+            temp.unlink()
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return True
+
+    def _get_file_direct(self, name: str, offset: int, length: int) -> bytes | None:
+        """A large range of a local object past the page cache; None to read it buffered."""
+        assert self._local_root is not None
+        try:
+            return read_direct(self._local_root / name, offset, length)
+        except DirectIOUnsupported:
+            self._direct_io = False
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"get {name!r} on {self._description}: no such object") from None
+        except OSError:
+            pass  # OpenDAL's read reports it in the words of every other store
+        return None
 
     def _local_error(self, exc: OSError, name: str) -> StorageError:
         """Classify a local write failure the way ``_translate`` classifies OpenDAL's."""
@@ -347,8 +396,12 @@ class OpenDALStorage:
             self._check_range(name, offset, 0, self.stat(name).size)
             return b""
         ranged = bool(offset) or length is not None
+        data: bytes | None = None
+        if self._direct_io and length is not None and length >= DIRECT_MIN_BYTES:
+            data = self._get_file_direct(name, offset, length)
         try:
-            data = self._op.read(name, offset=offset, size=length)
+            if data is None:
+                data = self._op.read(name, offset=offset, size=length)
         except Exception as exc:
             if not is_opendal_error(exc):
                 raise
