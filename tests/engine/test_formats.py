@@ -60,11 +60,12 @@ def test_page_chunks_are_whole_chunks(pages: int, page_size: int, per_chunk: int
     chunk = page_size * per_chunk
     body = os.urandom(page_size * pages)
     block = chunk * chunks_per_block
-    blocks = (body[i : i + block] for i in range(0, len(body), block))
-    chunks = list(page_chunks(blocks, chunk))
-    assert b"".join(chunks) == body
-    assert all(len(c) == chunk for c in chunks[:-1])
-    assert len(chunks[-1]) % page_size == 0
+    blocks = [body[i : i + block] for i in range(0, len(body), block)]
+    for piece in blocks:
+        chunks = page_chunks(memoryview(piece), chunk)
+        assert b"".join(chunks) == piece
+        assert all(len(c) == chunk for c in chunks[:-1])
+        assert len(chunks[-1]) % page_size == 0
 
 
 @given(st.lists(st.tuples(ids, st.integers(0, 2**32 - 1)), max_size=200))
@@ -114,6 +115,45 @@ def test_packs_round_trip_and_locate_every_blob(blobs: list[bytes]) -> None:
         frame = repo.open_frame(content[location.offset : location.offset + location.length])
         data = repo.blob_in_frame(frame, entry.blob_id, location.inner_offset, location.raw_length)
         assert data == blob
+
+
+@given(
+    st.integers(1, 80),
+    st.sampled_from([4096, 8192, 16384]),
+    st.data(),
+)
+@settings(max_examples=40, deadline=None)
+def test_frames_cut_from_a_block_equal_joined_frames(
+    pages: int, chunk: int, data: st.DataObject
+) -> None:
+    """Frames made as slices of the source block hold what joining the chunks would.
+
+    Only some chunks of a block are new (the rest were stored before), so runs
+    of adjacent chunks alternate with gaps; a frame across a gap must not be a slice.
+    """
+    repo = Repository.init(open_store("memory://"), "pass")
+    if data.draw(st.booleans(), label="compressible"):
+        block = memoryview(b"".join(os.urandom(64) * 64 for _ in range(pages)))
+    else:
+        block = memoryview(os.urandom(pages * 4096))
+    chunks = page_chunks(block, chunk)
+    fresh = sorted(data.draw(st.sets(st.integers(0, len(chunks) - 1), min_size=1)))
+    wanted = [chunks[number] for number in fresh]
+    ids = [repo.sealer.blob_id(piece) for piece in wanted]
+    frames = repo.seal_frames(ids, wanted, block, [number * chunk for number in fresh])
+    opened = [repo.open_frame(b"".join(sealed)) for sealed, _ in frames]
+    got = [
+        bytes(repo.blob_in_frame(frame, m.blob_id, m.inner_offset, m.raw_length, rehash=True))
+        for frame, (_, members) in zip(opened, frames, strict=True)
+        for m in members
+    ]
+    assert got == [bytes(piece) for piece in wanted]
+    position = 0
+    for frame, (_, members) in zip(opened, frames, strict=True):
+        in_frame = wanted[position : position + len(members)]
+        assert bytes(frame.data) == b"".join(bytes(piece) for piece in in_frame)
+        position += len(members)
+    assert position == len(wanted)
 
 
 def test_manifest_encoding_is_the_dataclass_document() -> None:

@@ -330,30 +330,44 @@ class Repository:
         return decompressor
 
     def seal_frames(
-        self, blob_ids: list[bytes], chunks: list[bytes | memoryview]
+        self,
+        blob_ids: list[bytes],
+        chunks: list[bytes | memoryview],
+        source: memoryview | None = None,
+        offsets: list[int] | None = None,
     ) -> list[tuple[list[bytes], list[FrameMember]]]:
         """Group consecutive blobs into frames, compress them all in one GIL-free call, seal.
 
         Returns (sealed frame as pieces to write in order, its members) pairs,
-        blobs in their original order.
+        blobs in their original order. When the chunks are slices of ``source``
+        (chunk i at ``offsets[i]``, increasing, not overlapping), a frame of
+        adjacent chunks is that slice of ``source`` instead of a joined copy: a
+        backup's database pages were copied once more per frame (0.1-0.2 s of
+        CPU per 600 MiB).
         """
         groups: list[list[bytes | memoryview]] = []
         memberships: list[list[FrameMember]] = []
+        spans: list[tuple[int, int]] = []  # (first, last) chunk numbers of each frame
         parts: list[bytes | memoryview] = []
         members: list[FrameMember] = []
-        size = 0
-        for blob_id, chunk in zip(blob_ids, chunks, strict=True):
+        size = first = 0
+        for number, (blob_id, chunk) in enumerate(zip(blob_ids, chunks, strict=True)):
             members.append(FrameMember(blob_id, size, len(chunk)))
             parts.append(chunk)
             size += len(chunk)
             if size >= FRAME_TARGET_SIZE:
                 groups.append(parts)
                 memberships.append(members)
-                parts, members, size = [], [], 0
+                spans.append((first, number))
+                parts, members, size, first = [], [], 0, number + 1
         if members:
             groups.append(parts)
             memberships.append(members)
-        raws = [group[0] if len(group) == 1 else b"".join(group) for group in groups]
+            spans.append((first, len(chunks) - 1))
+        raws = [
+            self._frame_bytes(group, span, source, offsets)
+            for group, span in zip(groups, spans, strict=True)
+        ]
         non_empty = [raw for raw in raws if raw]  # zstd's batch call refuses empty inputs
         compressed = iter(
             self._zstd().multi_compress_to_buffer(non_empty, threads=1) if non_empty else ()
@@ -371,6 +385,21 @@ class Repository:
             body = [b"\x01", packed] if len(packed) < len(raw) else [b"\x00", raw]
             frames.append((seal_parts([table, *body], FRAME_AAD, nonce), frame_members))
         return frames
+
+    @staticmethod
+    def _frame_bytes(
+        group: list[bytes | memoryview],
+        span: tuple[int, int],
+        source: memoryview | None,
+        offsets: list[int] | None,
+    ) -> bytes | memoryview:
+        if len(group) == 1:
+            return group[0]
+        if source is not None and offsets is not None:
+            start, end = offsets[span[0]], offsets[span[1]] + len(group[-1])
+            if end - start == sum(map(len, group)):  # adjacent: the frame is already there
+                return source[start:end]
+        return b"".join(group)
 
     def open_frame(self, sealed: bytes | memoryview) -> OpenedFrame:
         """Decrypt and decompress one frame; its blobs are cut out by ``blob_in_frame``."""

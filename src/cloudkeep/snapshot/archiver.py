@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cloudkeep import __version__
 from cloudkeep.errors import CloudkeepError, DataSourceError
@@ -83,6 +83,18 @@ class _ChunkLists:
         self.list_ids.append(list_id.hex())
 
 
+class _Pages(NamedTuple):
+    """A block of whole database pages: one batch, cut into chunks by the worker."""
+
+    block: bytes | bytearray
+    chunk_bytes: int
+
+
+def page_chunks(block: memoryview, chunk_bytes: int) -> list[memoryview]:
+    """Cut a block of whole pages into chunks of ``chunk_bytes`` (the last may be shorter)."""
+    return [block[start : start + chunk_bytes] for start in range(0, len(block), chunk_bytes)]
+
+
 class _Batcher:
     """Sends chunks to the workers in batches; hands (id, size) to each file's sink, in order.
 
@@ -117,12 +129,20 @@ class _Batcher:
         if self._current_bytes >= BATCH_BYTES:
             self._submit()
 
+    def add_pages(self, block: bytes | bytearray, chunk_bytes: int) -> None:
+        """A block of database pages, sent as one batch and cut into chunks by the worker."""
+        self._submit()  # chunks added before it go first
+        self._send(_Pages(block, chunk_bytes))
+
     def _submit(self) -> None:
         if not self._current:
             return
+        batch, self._current, self._current_bytes = self._current, [], 0
+        self._send(batch)
+
+    def _send(self, batch: list[bytes | memoryview] | _Pages) -> None:
         assert self._sink is not None
         self._tracker.check_canceled()
-        batch, self._current, self._current_bytes = self._current, [], 0
         self._in_flight.append((self._executor.submit(self._process, batch), self._sink))
         while len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
             self._deliver_oldest()
@@ -131,16 +151,28 @@ class _Batcher:
         future, sink = self._in_flight.popleft()
         sink.extend(future.result())
 
-    def _process(self, batch: list[bytes | memoryview]) -> list[tuple[bytes, int]]:
+    def _process(self, batch: list[bytes | memoryview] | _Pages) -> list[tuple[bytes, int]]:
         repo, writer = self._repo, self._writer
+        if isinstance(batch, _Pages):
+            source: memoryview | None = memoryview(batch.block)
+            chunk_bytes = batch.chunk_bytes
+            chunks = page_chunks(source, chunk_bytes)
+        else:
+            source, chunk_bytes, chunks = None, 0, batch
         blob_id = repo.sealer.blob_id
-        ids = [blob_id(chunk) for chunk in batch]
+        ids = [blob_id(chunk) for chunk in chunks]
         fresh = writer.claim_new(ids)
         if fresh:
             fresh_ids = [ids[position] for position in fresh]
-            fresh_chunks = [batch[position] for position in fresh]
-            writer.add_claimed(BlobType.DATA, repo.seal_frames(fresh_ids, fresh_chunks))
-        sizes = [len(chunk) for chunk in batch]
+            fresh_chunks = [chunks[position] for position in fresh]
+            if source is None:
+                frames = repo.seal_frames(fresh_ids, fresh_chunks)
+            else:
+                # Runs of new pages are frames cut straight out of the block (no join).
+                offsets = [position * chunk_bytes for position in fresh]
+                frames = repo.seal_frames(fresh_ids, fresh_chunks, source, offsets)
+            writer.add_claimed(BlobType.DATA, frames)
+        sizes = [len(chunk) for chunk in chunks]
         self._tracker.advance(sum(sizes))
         return list(zip(ids, sizes, strict=True))
 
@@ -149,14 +181,6 @@ class _Batcher:
         self._submit()
         while self._in_flight:
             self._deliver_oldest()
-
-
-def page_chunks(blocks: Iterator[bytes | bytearray], chunk_bytes: int) -> Iterator[memoryview]:
-    """Cut page-aligned blocks (each a multiple of ``chunk_bytes``) into chunks (no copies)."""
-    for block in blocks:
-        view = memoryview(block)
-        for start in range(0, len(block), chunk_bytes):
-            yield view[start : start + chunk_bytes]
 
 
 def _cdc_chunks(path: Path, chunker: FastCDC) -> Iterator[bytes]:
@@ -319,8 +343,8 @@ class Archiver:
                 block_bytes = max(1, BATCH_BYTES // chunk_bytes) * chunk_bytes
                 try:
                     with consistent_pages(item.path, self.scratch, block_bytes) as capture:
-                        for chunk in page_chunks(capture.blocks, chunk_bytes):
-                            batcher.add(chunk)
+                        for block in capture.blocks:
+                            batcher.add_pages(block, chunk_bytes)
                         return lists
                 except CaptureTorn:
                     pass  # what was stored is deduplicated on the second read
@@ -328,8 +352,8 @@ class Archiver:
                 with consistent_pages(
                     item.path, self.scratch, block_bytes, in_place=False
                 ) as capture:
-                    for chunk in page_chunks(capture.blocks, chunk_bytes):
-                        batcher.add(chunk)
+                    for block in capture.blocks:
+                        batcher.add_pages(block, chunk_bytes)
                     return lists
             for attempt in range(REREADS_OF_CHANGING_FILE + 1):
                 if attempt:
