@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloudkeep.direct_io import DIRECT_MIN_BYTES
 from cloudkeep.storage.base import (
     ObjectExists,
     ObjectInfo,
@@ -20,7 +21,6 @@ from cloudkeep.storage.base import (
     Storage,
     StorageError,
 )
-from cloudkeep.storage.direct_io import DIRECT_MIN_BYTES
 from cloudkeep.storage.opendal_store import TEMP_PREFIX
 from cloudkeep.storage.retrying import is_transient
 from cloudkeep.storage.url import open_store

@@ -29,6 +29,13 @@ from pathlib import Path
 import opendal
 import opendal.exceptions as oe
 
+from cloudkeep.direct_io import (
+    DIRECT_MIN_BYTES,
+    DirectIOUnsupported,
+    create_direct,
+    read_direct,
+    write_direct,
+)
 from cloudkeep.storage.base import (
     ObjectExists,
     ObjectInfo,
@@ -39,13 +46,6 @@ from cloudkeep.storage.base import (
     StoreRejected,
     joined,
     pieces,
-)
-from cloudkeep.storage.direct_io import (
-    DIRECT_MIN_BYTES,
-    DirectIOUnsupported,
-    create_direct,
-    read_direct,
-    write_direct,
 )
 
 #: Folder (under the store root) holding in-flight writes; never listed.
