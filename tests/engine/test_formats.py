@@ -6,7 +6,9 @@ import io
 import json
 import os
 from dataclasses import asdict
+from random import Random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
@@ -154,6 +156,26 @@ def test_frames_cut_from_a_block_equal_joined_frames(
         assert bytes(frame.data) == b"".join(bytes(piece) for piece in in_frame)
         position += len(members)
     assert position == len(wanted)
+
+
+@given(st.lists(entries, min_size=1, max_size=60), st.randoms(use_true_random=False))
+def test_frames_of_groups_what_lookup_finds(pack_entries: list[PackEntry], rnd: Random) -> None:
+    index = MasterIndex()
+    index.add_pack("a" * 64, pack_entries[::2])
+    index.add_pack("b" * 64, pack_entries[1::2])
+    wanted = list(dict.fromkeys(entry.blob_id for entry in pack_entries))
+    rnd.shuffle(wanted)
+    frames = index.frames_of(wanted)
+    seen = [blob for frame in frames for blob, _, _ in frame.blobs]
+    assert sorted(seen) == sorted(wanted)
+    assert len({(f.pack_id, f.offset, f.length) for f in frames}) == len(frames)
+    for frame in frames:
+        for blob_id, inner_offset, raw_length in frame.blobs:
+            location = index.lookup(blob_id)
+            assert location == (frame.pack_id, frame.offset, frame.length, inner_offset, raw_length)
+    with pytest.raises(KeyError) as raised:
+        index.frames_of([*wanted, b"\xff" * 33])
+    assert raised.value.args[0] == b"\xff" * 33
 
 
 def test_manifest_encoding_is_the_dataclass_document() -> None:

@@ -85,6 +85,15 @@ class BlobLocation(NamedTuple):
     raw_length: int
 
 
+class FrameBlobs(NamedTuple):
+    """One frame and the wanted blobs in it: (blob id, offset in frame, length) each."""
+
+    pack_id: str
+    offset: int
+    length: int
+    blobs: list[tuple[bytes, int, int]]
+
+
 class MasterIndex:
     """Every known blob → its pack, in a compact form (one int per blob).
 
@@ -119,6 +128,28 @@ class MasterIndex:
     def add_pack_encoded(self, pack_id: str, encoded_entries: bytes) -> None:
         """``add_pack`` straight from encoded header entries (no per-entry objects)."""
         self.add_pack(pack_id, ENTRY.iter_unpack(encoded_entries))
+
+    def frames_of(self, blob_ids: Iterable[bytes]) -> list[FrameBlobs]:
+        """The blobs grouped by the frame holding them, frames in order of first appearance.
+
+        A restore locates every blob of a slice of its data at once: grouping on
+        the packed ints makes no object per blob (half the planning CPU of
+        ``lookup`` per blob). ``KeyError`` names the first blob not in the index.
+        """
+        blobs = self._blobs
+        frames: dict[int, list[tuple[bytes, int, int]]] = {}
+        for blob_id in blob_ids:
+            packed = blobs[blob_id]
+            frame = packed >> 64  # pack number, frame offset, frame length
+            members = frames.get(frame)
+            if members is None:
+                frames[frame] = members = []
+            members.append((blob_id, (packed >> 32) & _U32, packed & _U32))
+        pack_ids = self._pack_ids
+        return [
+            FrameBlobs(pack_ids[frame >> 64], (frame >> 32) & _U32, frame & _U32, members)
+            for frame, members in frames.items()
+        ]
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         packed = self._blobs.get(blob_id)

@@ -32,6 +32,7 @@ from cloudkeep.direct_io import (
     pwrite_direct,
 )
 from cloudkeep.errors import CloudkeepError, RepositoryDamaged, UserError
+from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.repository.locks import RepositoryLock, pid_alive
 from cloudkeep.repository.packs import pack_name
 from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
@@ -411,18 +412,18 @@ class Restorer:
     ) -> list[Future[None]]:
         """Submit the fetch-and-write jobs of one planned slice."""
         one_writer = self._one_writer
-        by_pack: dict[str, dict[tuple[int, int], list[_Wanted]]] = defaultdict(dict)
-        for blob_id in destinations:
-            location = self.repo.index.lookup(blob_id)
-            if location is None:
-                raise RepositoryDamaged(f"blob {blob_id.hex()[:16]} is not in the index")
-            by_pack[location.pack_id].setdefault((location.offset, location.length), []).append(
-                (blob_id, location.inner_offset, location.raw_length)
-            )
+        try:
+            located = self.repo.index.frames_of(destinations)
+        except KeyError as exc:
+            raise RepositoryDamaged(f"blob {exc.args[0].hex()[:16]} is not in the index") from None
+        by_pack: dict[str, list[FrameBlobs]] = {}  # packs in the order the data needs them
+        for frame in located:
+            by_pack.setdefault(frame.pack_id, []).append(frame)
         ranges: list[tuple[str, int, int, list[tuple[int, int, list[_Wanted]]]]] = []
         for pack_id, frames in by_pack.items():
             current: list[tuple[int, int, list[_Wanted]]] = []
-            for (offset, length), wanted in sorted(frames.items()):
+            frames.sort(key=lambda frame: frame.offset)
+            for _, offset, length, wanted in frames:
                 if current:
                     start, end = current[0][0], current[-1][0] + current[-1][1]
                     if offset - end > MAX_RANGE_GAP or offset + length - start > MAX_RANGE_BYTES:
