@@ -131,7 +131,7 @@ def test_large_files_restore_exactly_past_the_page_cache(tmp_path: Path) -> None
     root = tmp_path / "production"
     make_snippets_db(root / "snippets.db", 3000)
     (root / "cache").mkdir()
-    noise = os.urandom(3 * 1024 * 1024 + 777)
+    noise = os.urandom(9 * 1024 * 1024 + 777)  # runs longer than a 4 MiB window
     (root / "cache" / "noise.bin").write_bytes(noise)
     repeated = os.urandom(600_000)
     (root / "cache" / "repeated.bin").write_bytes(repeated * 5 + b"tail")
