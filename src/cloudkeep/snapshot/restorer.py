@@ -35,7 +35,7 @@ from cloudkeep.errors import CloudkeepError, RepositoryDamaged, UserError
 from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.repository.locks import RepositoryLock, pid_alive
 from cloudkeep.repository.packs import pack_name
-from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
+from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, OpenedFrame, Repository
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
@@ -460,19 +460,49 @@ class Restorer:
                 raise RepositoryDamaged(
                     f"a frame at {frames[0][0]}+ in pack {pack_id[:16]} is damaged: {exc}"
                 ) from exc
-            blob_in_frame = self.repo.blob_in_frame
             writes: list[tuple[int, int, bytes | memoryview]] = []
             try:
                 for frame, (_, _, wanted) in zip(opened, frames, strict=True):
-                    for blob_id, inner_offset, raw_length in wanted:
-                        plain = blob_in_frame(frame, blob_id, inner_offset, raw_length)
-                        for number, file_offset in destinations[blob_id]:
-                            writes.append((number, file_offset, plain))
+                    self._frame_writes(frame, wanted, destinations, writes)
             except BlobDamaged as exc:
                 raise RepositoryDamaged(f"{exc} (in pack {pack_id[:16]})") from exc
             tracker.advance(_write_runs(files, writes, one_writer))
 
         return [pool.submit(fetch, job) for job in ranges]
+
+    def _frame_writes(
+        self,
+        frame: OpenedFrame,
+        wanted: list[_Wanted],
+        destinations: dict[bytes, list[tuple[int, int]]],
+        writes: list[tuple[int, int, bytes | memoryview]],
+    ) -> None:
+        """Add the writes of one opened frame's wanted blobs, each checked against it.
+
+        Blobs that follow each other both in the frame and in one file become one
+        piece (a frame of database pages is usually one piece, not 32): the
+        write path then handles ~30x fewer pieces in Python.
+        """
+        blob_in_frame, data = self.repo.blob_in_frame, frame.data
+        run_file, run_offset, run_end, inner_start, inner_end = -1, 0, 0, 0, 0
+        for blob_id, inner_offset, raw_length in wanted:
+            plain = blob_in_frame(frame, blob_id, inner_offset, raw_length)
+            places = destinations[blob_id]
+            if len(places) != 1:  # the same content at several places (or none)
+                for number, file_offset in places:
+                    writes.append((number, file_offset, plain))
+                continue
+            number, file_offset = places[0]
+            if number == run_file and file_offset == run_end and inner_offset == inner_end:
+                run_end += raw_length
+                inner_end += raw_length
+                continue
+            if run_file >= 0:
+                writes.append((run_file, run_offset, data[inner_start:inner_end]))
+            run_file, run_offset, run_end = number, file_offset, file_offset + raw_length
+            inner_start, inner_end = inner_offset, inner_offset + raw_length
+        if run_file >= 0:
+            writes.append((run_file, run_offset, data[inner_start:inner_end]))
 
     # ------------------------------------------------------------- single file
     @staticmethod
