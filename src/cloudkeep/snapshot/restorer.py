@@ -52,8 +52,8 @@ CHUNKS_PER_BATCH = 16_384  # 128 MiB of 8 KiB pages per plan; two plans live at 
 # each plan is made while the previous (half as big) one is being fetched.
 FIRST_BATCH_CHUNKS = 4_096
 FETCH_THREADS = 4
-# Shorter runs are written buffered: each direct write waits for the device and, into
-# fallocated (unwritten) blocks, takes the file's lock exclusively. Restoring a backup
+# Shorter runs are written buffered: each direct write waits for the device and then
+# converts its fallocated (unwritten) blocks, splitting the file's extents. Restoring a backup
 # taken after the 1% update (runs broken every ~400 KiB), three rounds: buffered
 # 1.18-1.26 s, 1 MiB 1.30-1.41 s, 256 KiB 1.51-1.79 s; the first backup (long runs):
 # buffered 1.56-1.82 s, 1 MiB 1.11-1.36 s, 256 KiB 1.11-1.39 s.
@@ -93,20 +93,35 @@ class _Files:
         self.buffered: list[int] = []
         self.direct: list[int | None] = []
         self.direct_ok = True
+        self._direct_opened: list[int] = []
 
     def open(self, path: Path, size: int) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.buffered.append(fd)
         self.direct.append(None)
         if self.direct_ok and size >= DIRECT_MIN_BYTES:
-            self.direct[-1] = open_direct_writer(path)
-            self.direct_ok = self.direct[-1] is not None
+            try:
+                direct = open_direct_writer(path)
+            except OSError:  # e.g. out of descriptors: direct writing is only a speed-up
+                direct = None
+            if direct is None:
+                self.direct_ok = False
+            else:
+                self.direct[-1] = direct
+                self._direct_opened.append(direct)
         return fd
 
+    def drop_direct(self, number: int) -> None:
+        """Stop writing a file directly (the filesystem refused after all), and any other.
+
+        The descriptor stays open until ``close``: another thread may be using it.
+        """
+        self.direct[number] = None
+        self.direct_ok = False
+
     def close(self) -> None:
-        for fd in [*self.buffered, *self.direct]:
-            if fd is not None:
-                os.close(fd)
+        for fd in [*self.buffered, *self._direct_opened]:
+            os.close(fd)
 
 
 def _write_runs(
@@ -148,6 +163,7 @@ def _write_run(
     start: int,
     one_writer: threading.Lock,
 ) -> None:
+    """Write one run of adjacent pieces: its whole blocks directly if it is long enough."""
     end = start + sum(len(piece) for piece in pieces)
     first_block = -(-start // ALIGNMENT) * ALIGNMENT
     last_block = end - end % ALIGNMENT
@@ -166,12 +182,16 @@ def _write_run(
         while position < last_block:
             size = min(len(buffer), last_block - position)
             source.copy_into(buffer[:size])
-            try:
-                pwrite_direct(direct, buffer[:size], position)
-            except DirectIOUnsupported:
-                files.direct[number] = None
-                with one_writer:
-                    _pwritev_all(files.buffered[number], [buffer[:size]], position)
+            if direct is not None:
+                try:
+                    pwrite_direct(direct, buffer[:size], position)
+                    position += size
+                    continue
+                except DirectIOUnsupported:  # refused after all: this file goes buffered
+                    files.drop_direct(number)
+                    direct = None
+            with one_writer:
+                _pwritev_all(files.buffered[number], [buffer[:size]], position)
             position += size
         if end > last_block:
             with one_writer:
