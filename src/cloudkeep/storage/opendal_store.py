@@ -335,13 +335,10 @@ class OpenDALStorage:
             os.fsync(fd)
         except DirectIOUnsupported:
             self._direct_io = False
-            os.close(fd)
             temp.unlink()
             return False
-        except BaseException:
+        finally:
             os.close(fd)
-            raise
-        os.close(fd)
         return True
 
     def _get_file_direct(self, name: str, offset: int, length: int) -> bytes | None:
