@@ -24,11 +24,12 @@ ordinary reads and writes: callers fall back on ``DirectIOUnsupported``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 #: Offsets, lengths and the buffer's address must be multiples of the device's
 #: logical block size: 4096 covers 512-byte and 4 KiB devices alike.
@@ -63,15 +64,31 @@ def _aligned_up(size: int) -> int:
     return -(-size // ALIGNMENT) * ALIGNMENT
 
 
-def _open(path: str | os.PathLike[str], flags: int) -> int:
-    if not O_DIRECT:
-        raise DirectIOUnsupported("this system has no O_DIRECT")
+@contextlib.contextmanager
+def _refusal_is_unsupported() -> Iterator[None]:
+    """``EINVAL`` from an open, read or write with ``O_DIRECT`` means the filesystem refuses it."""
     try:
-        return os.open(path, flags | os.O_CLOEXEC | O_DIRECT, 0o666)
+        yield
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             raise DirectIOUnsupported(str(exc)) from exc
         raise
+
+
+def _open(path: str | os.PathLike[str], flags: int) -> int:
+    if not O_DIRECT:
+        raise DirectIOUnsupported("this system has no O_DIRECT")
+    with _refusal_is_unsupported():
+        return os.open(path, flags | os.O_CLOEXEC | O_DIRECT, 0o666)
+
+
+def fill(target: memoryview, pieces: Sequence[bytes | memoryview]) -> int:
+    """Copy ``pieces`` one after another to the start of ``target``; the bytes copied."""
+    position = 0
+    for piece in pieces:
+        target[position : position + len(piece)] = piece
+        position += len(piece)
+    return position
 
 
 def open_direct_writer(path: str | os.PathLike[str]) -> int | None:
@@ -91,12 +108,8 @@ def pwrite_direct(fd: int, view: memoryview, offset: int) -> None:
     """Write all of an aligned ``view`` (whole blocks) at an aligned ``offset``."""
     written = 0
     while written < len(view):
-        try:
+        with _refusal_is_unsupported():
             done = os.pwrite(fd, view[written:], offset + written)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise DirectIOUnsupported(str(exc)) from exc
-            raise
         if done <= 0 or done % ALIGNMENT:
             raise DirectIOUnsupported(f"a direct write stopped at {written + done} bytes")
         written += done
@@ -117,10 +130,7 @@ def write_direct(fd: int, parts: Sequence[bytes | memoryview]) -> None:
     padded = _aligned_up(total)
     view = aligned_buffer(padded)
     try:
-        position = 0
-        for part in parts:
-            view[position : position + len(part)] = part
-            position += len(part)
+        fill(view, parts)
         view[total:padded] = bytes(padded - total)
         pwrite_direct(fd, view[:padded], 0)
     finally:
@@ -139,16 +149,12 @@ def read_direct(path: str | os.PathLike[str], offset: int, length: int) -> bytes
     try:
         start = offset - offset % ALIGNMENT
         end = _aligned_up(offset + length)
-        view = _buffers.at_least(end - start)
+        view = aligned_buffer(end - start)
         try:
             got = 0
             while got < end - start:
-                try:
+                with _refusal_is_unsupported():
                     done = os.preadv(fd, [view[got : end - start]], start + got)
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL:
-                        raise DirectIOUnsupported(str(exc)) from exc
-                    raise
                 if done <= 0:
                     break  # end of file
                 got += done

@@ -347,7 +347,7 @@ class Repository:
         """
         groups: list[list[bytes | memoryview]] = []
         memberships: list[list[FrameMember]] = []
-        spans: list[tuple[int, int]] = []  # (first, last) chunk numbers of each frame
+        spans: list[tuple[int, int]] = []  # (first chunk number, bytes) of each frame
         parts: list[bytes | memoryview] = []
         members: list[FrameMember] = []
         size = first = 0
@@ -358,12 +358,12 @@ class Repository:
             if size >= FRAME_TARGET_SIZE:
                 groups.append(parts)
                 memberships.append(members)
-                spans.append((first, number))
+                spans.append((first, size))
                 parts, members, size, first = [], [], 0, number + 1
         if members:
             groups.append(parts)
             memberships.append(members)
-            spans.append((first, len(chunks) - 1))
+            spans.append((first, size))
         raws = [
             self._frame_bytes(group, span, source, offsets)
             for group, span in zip(groups, spans, strict=True)
@@ -396,8 +396,9 @@ class Repository:
         if len(group) == 1:
             return group[0]
         if source is not None and offsets is not None:
-            start, end = offsets[span[0]], offsets[span[1]] + len(group[-1])
-            if end - start == sum(map(len, group)):  # adjacent: the frame is already there
+            first, size = span
+            start, end = offsets[first], offsets[first + len(group) - 1] + len(group[-1])
+            if end - start == size:  # adjacent: the frame is already there
                 return source[start:end]
         return b"".join(group)
 

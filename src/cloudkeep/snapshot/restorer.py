@@ -28,6 +28,7 @@ from cloudkeep.direct_io import (
     DIRECT_MIN_BYTES,
     DirectIOUnsupported,
     aligned_buffer,
+    fill,
     open_direct_writer,
     pwrite_direct,
 )
@@ -144,7 +145,7 @@ def _write_runs(
     run_file, run_start, run_end = -1, 0, 0
     for number, offset, data in writes:
         if run and (number != run_file or offset != run_end or len(run) >= _IOV_MAX):
-            _write_run(files, run_file, run, run_start)
+            _write_run(files, run_file, run, run_start, run_end)
             run = []
         if not run:
             run_file, run_start, run_end = number, offset, offset
@@ -152,7 +153,7 @@ def _write_runs(
         run_end += len(data)
         total += len(data)
     if run:
-        _write_run(files, run_file, run, run_start)
+        _write_run(files, run_file, run, run_start, run_end)
     return total
 
 
@@ -161,9 +162,9 @@ def _write_run(
     number: int,
     pieces: list[bytes | memoryview],
     start: int,
+    end: int,
 ) -> None:
     """Write one run of adjacent pieces: its whole blocks directly if it is long enough."""
-    end = start + sum(len(piece) for piece in pieces)
     first_block = -(-start // ALIGNMENT) * ALIGNMENT
     last_block = end - end % ALIGNMENT
     direct = files.direct[number]
@@ -217,10 +218,7 @@ class _Concatenation:
         return taken
 
     def copy_into(self, target: memoryview) -> None:
-        position = 0
-        for part in self.take(len(target)):
-            target[position : position + len(part)] = part
-            position += len(part)
+        fill(target, self.take(len(target)))
 
 
 def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:
