@@ -51,13 +51,14 @@ class _AlignedBuffer(threading.local):
 
     def at_least(self, size: int) -> memoryview:
         if self.memory is None or len(self.memory) < size:
-            if self.memory is not None:
-                self.memory.close()
-            self.memory = mmap.mmap(-1, size)  # anonymous mappings are page-aligned
+            # Anonymous mappings are page-aligned. A smaller one is unmapped when
+            # the last view of it goes.
+            self.memory = mmap.mmap(-1, size)
         return memoryview(self.memory)
 
 
 _buffers = _AlignedBuffer()
+_read_buffers = _AlignedBuffer()
 
 
 def _aligned_up(size: int) -> int:
@@ -102,6 +103,12 @@ def open_direct_writer(path: str | os.PathLike[str]) -> int | None:
 def aligned_buffer(size: int) -> memoryview:
     """This thread's page-aligned buffer, at least ``size`` bytes; release the view after use."""
     return _buffers.at_least(max(size, ALIGNMENT))
+
+
+def aligned_read_buffer(size: int) -> memoryview:
+    """A second page-aligned buffer per thread: what is read into it can be written
+    directly from it while ``aligned_buffer`` stages other writes."""
+    return _read_buffers.at_least(max(size, ALIGNMENT))
 
 
 def pwrite_direct(fd: int, view: memoryview, offset: int) -> None:

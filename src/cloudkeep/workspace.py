@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +55,9 @@ class BackupInfo:
     platform: str
     warnings: tuple[str, ...] = ()
     added_bytes: int = 0
+    # Set by a restore: how many bytes the local data supplied and how many were fetched.
+    reused_bytes: int = 0
+    fetched_bytes: int = 0
 
     @classmethod
     def of(cls, manifest: Manifest) -> BackupInfo:
@@ -242,7 +245,10 @@ class Workspace:
         target: Path | None = None,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        reuse_local: bool = True,
     ) -> BackupInfo:
+        """Restore a backup; ``reuse_local`` takes the chunks the live data still holds
+        from it instead of the store (each checked against the backup's id for it)."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             derived = self._derive_key_soon(pool)
             from cloudkeep.snapshot.restorer import Restorer  # while Argon2 runs
@@ -260,8 +266,13 @@ class Workspace:
                 f"backup {backup_id} holds one file but the data path {live} is a folder; "
                 "restore it with --target"
             )
-        Restorer(repo, progress, cancel).run(manifest, live, target)
-        return BackupInfo.of(manifest)
+        restorer = Restorer(repo, progress, cancel, reuse_local=reuse_local)
+        restorer.run(manifest, live, target)
+        return replace(
+            BackupInfo.of(manifest),
+            reused_bytes=restorer.reused_bytes,
+            fetched_bytes=restorer.fetched_bytes,
+        )
 
     def delete(self, backup_id: str) -> ReclaimReport | None:
         from cloudkeep.snapshot.reclaim import delete_backup, try_reclaim

@@ -57,6 +57,23 @@ def test_restore_delete_and_check_commands(data_dir: Path, tmp_path: Path, cli) 
     assert restored.code == 0, restored.stderr
     assert json.loads(restored.stdout)["id"] == backup["id"]
     assert (target / "config" / "app.json").read_text() == '{"theme": "dark"}'
+    (data_dir / "config" / "app.json").write_text('{"theme": "light"}')
+    again = cli(
+        *_args(data_dir, store), "restore", backup["id"], "--target", str(tmp_path / "r2"), env=env
+    )
+    assert again.code == 0, again.stderr
+    assert "bytes came from the live data, 17 from the store" in again.stderr
+    fetched = cli(
+        *_args(data_dir, store),
+        "restore",
+        backup["id"],
+        "--target",
+        str(tmp_path / "r3"),
+        "--fetch-all",
+        env=env,
+    )
+    assert fetched.code == 0 and "live data" not in fetched.stderr, fetched.stderr
+    assert (tmp_path / "r3" / "config" / "app.json").read_text() == '{"theme": "dark"}'
     checked = cli(*_args(data_dir, store), "check", "--read-data", env=env)
     assert checked.code == 0 and "no errors" in checked.stdout
     deleted = cli(*_args(data_dir, store), "delete", backup["id"], env=env)

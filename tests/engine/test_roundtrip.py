@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from cloudkeep.direct_io import DIRECT_MIN_BYTES
 from cloudkeep.storage.url import open_store
@@ -21,7 +24,7 @@ def test_round_trip_on_every_store(data_dir: Path, store_url: str, tmp_path: Pat
     second = ws.backup()
     assert [b.id for b in ws.list()] == [second.id, first.id]
 
-    ws.restore(first.id, target=tmp_path / "restored")
+    ws.restore(first.id, target=tmp_path / "restored", reuse_local=False)  # all from the store
     restored = folder_state(tmp_path / "restored")
     assert restored["config/app.json"] == b'{"theme": "dark"}'
     assert restored["snippets.db"] == folder_state(data_dir)["snippets.db"]
@@ -121,12 +124,14 @@ def test_page_level_dedup_keeps_small_updates_small(tmp_path: Path) -> None:
     assert added <= 0.05 * db_size, f"added {added} bytes for a {db_size}-byte database"
 
 
-def test_large_files_restore_exactly_past_the_page_cache(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuse_local", [False, True], ids=["fetched", "reused"])
+def test_large_files_restore_exactly_past_the_page_cache(tmp_path: Path, reuse_local: bool) -> None:
     """Large restored files are written with O_DIRECT in whole blocks.
 
     Content-defined chunks end anywhere, so the runs written here start and end
     off block boundaries; the partial blocks at their ends go through the page
     cache. Repeated content makes one blob land at several places of a file.
+    Both ways in: fetched from the store, and taken from the live files.
     """
     root = tmp_path / "production"
     make_snippets_db(root / "snippets.db", 3000)
@@ -140,8 +145,60 @@ def test_large_files_restore_exactly_past_the_page_cache(tmp_path: Path) -> None
     assert (root / "snippets.db").stat().st_size > 4 * 1024 * 1024
     ws = workspace(root, (tmp_path / "store").as_uri())
     backup = ws.backup()
-    ws.restore(backup.id, target=tmp_path / "restored")
+    info = ws.restore(backup.id, target=tmp_path / "restored", reuse_local=reuse_local)
     assert folder_state(tmp_path / "restored") == folder_state(root)
+    assert (info.reused_bytes > 0) == reuse_local
+    assert info.reused_bytes + info.fetched_bytes == backup.bytes
     snippets = tmp_path / "restored" / "snippets.db"
     assert snippets.read_bytes()[:16] == b"SQLite format 3\x00"
     assert snippets.stat().st_size == (root / "snippets.db").stat().st_size
+
+
+def test_restore_takes_from_the_live_data_only_what_still_matches(tmp_path: Path) -> None:
+    """A restore fetches only the chunks the live files no longer hold at their place.
+
+    After the backup the live data changes every way it can: rows updated (pages
+    change in place), a file grown at its start (every later chunk shifts), cut
+    short, overwritten in the middle, deleted, turned into a symlink or a FIFO, or
+    into a folder. Whatever is taken from the live data must match the backup's
+    keyed ids, so the restore equals the backup exactly, in place as into a target.
+    """
+    root = tmp_path / "production"
+    make_snippets_db(root / "snippets.db", 3000, wal=False)
+    (root / "cache").mkdir()
+    files = {name: os.urandom(3 * 1024 * 1024 + 4321) for name in "abcdefg"}
+    for name, content in files.items():
+        (root / "cache" / f"{name}.bin").write_bytes(content)
+    ws = workspace(root, (tmp_path / "store").as_uri())
+    backup = ws.backup()
+    expected = folder_state(root)
+    db_bytes = (root / "snippets.db").stat().st_size
+
+    db = sqlite3.connect(root / "snippets.db")
+    db.execute("UPDATE snippets SET body = upper(body) WHERE id % 50 = 0")
+    db.commit()
+    db.close()
+    cache = root / "cache"
+    (cache / "a.bin").write_bytes(b"shifted" + files["a"])
+    (cache / "b.bin").write_bytes(files["b"][:1_000_000])
+    middle = bytearray(files["c"])
+    middle[1_500_000:1_600_000] = os.urandom(100_000)
+    (cache / "c.bin").write_bytes(middle)
+    (cache / "d.bin").unlink()
+    (cache / "e.bin").unlink()
+    (cache / "e.bin").symlink_to(root / "snippets.db")
+    (cache / "f.bin").unlink()
+    os.mkfifo(cache / "f.bin")  # never opened for reading: the restore must not hang on it
+    (cache / "g.bin").unlink()
+    (cache / "g.bin").mkdir()
+
+    into_target = ws.restore(backup.id, target=tmp_path / "restored")
+    assert folder_state(tmp_path / "restored") == expected
+    # Nearly all the database is still in place; nothing of the moved or replaced files is.
+    assert into_target.reused_bytes > 0.8 * db_bytes
+    assert into_target.fetched_bytes >= sum(len(files[name]) for name in "adefg")
+    assert into_target.reused_bytes + into_target.fetched_bytes == backup.bytes
+
+    in_place = ws.restore(backup.id)
+    assert folder_state(root) == expected
+    assert in_place.reused_bytes == into_target.reused_bytes

@@ -158,18 +158,39 @@ def restore(
         str | None,  # not Path: Typer would build a pydantic adapter for it (~65 ms)
         typer.Option(help="Restore into this new or empty folder instead of the live data."),
     ] = None,
+    fetch_all: Annotated[
+        bool,
+        typer.Option(
+            "--fetch-all",
+            help="Fetch every chunk from the store, even those the live data still holds.",
+        ),
+    ] = False,
     json: JsonOption = False,
 ) -> None:
-    """Restore a backup into the live data path (atomically), or into --target."""
+    """Restore a backup into the live data path (atomically), or into --target.
+
+    Chunks the live data still holds unchanged (checked against the backup) are
+    taken from it; only the others are fetched from the store.
+    """
     ws = workspace(ctx)
     with progress_bar("restore") as progress:
-        info = ws.restore(backup_id, Path(target).absolute() if target else None, progress=progress)
+        info = ws.restore(
+            backup_id,
+            Path(target).absolute() if target else None,
+            progress=progress,
+            reuse_local=not fetch_all,
+        )
     if json:
         from cloudkeep.wire import backup_from_info
 
         print_json(backup_from_info(info).to_json())
     else:
         print(f"restored backup {info.id} into {target or ws.settings.data}")
+        if info.reused_bytes:
+            notice(
+                f"{info.reused_bytes:,} bytes came from the live data, "
+                f"{info.fetched_bytes:,} from the store"
+            )
 
 
 @app.command(cls=FastCommand)

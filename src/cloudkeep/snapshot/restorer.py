@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import threading
 import uuid
 from collections import defaultdict
@@ -28,6 +29,7 @@ from cloudkeep.direct_io import (
     DIRECT_MIN_BYTES,
     DirectIOUnsupported,
     aligned_buffer,
+    aligned_read_buffer,
     fill,
     open_direct_writer,
     pwrite_direct,
@@ -41,7 +43,7 @@ from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.sources import is_sqlite
-from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS
+from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS, read_into
 from cloudkeep.snapshot.swap import fsync_dir, recover, replace_atomically
 from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
 
@@ -61,9 +63,13 @@ FETCH_THREADS = 4
 DIRECT_MIN_RUN_BYTES = 1024 * 1024
 DIRECT_WINDOW_BYTES = 4 * 1024 * 1024  # per fetch thread: runs are written in windows
 LOCK_TIMEOUT_SECONDS = 600.0
+# Local data is compared with the backup in spans of this size, by these threads.
+REUSE_SPAN_BYTES = 4 * 1024 * 1024
+REUSE_THREADS = 2
 _IOV_MAX = 1024
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _Wanted = tuple[bytes, int, int]  # blob id, offset in its frame, length
+_Place = tuple[int, int, bytes]  # offset in its file, length, blob id
 _STAGING = re.compile(r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+$")
 
 
@@ -143,9 +149,10 @@ def _write_runs(
     total = 0
     run: list[bytes | memoryview] = []
     run_file, run_start, run_end = -1, 0, 0
+    dirty: dict[int, list[int]] = {}
     for number, offset, data in writes:
         if run and (number != run_file or offset != run_end or len(run) >= _IOV_MAX):
-            _write_run(files, run_file, run, run_start, run_end)
+            _write_run(files, run_file, run, run_start, run_end, dirty)
             run = []
         if not run:
             run_file, run_start, run_end = number, offset, offset
@@ -153,7 +160,9 @@ def _write_runs(
         run_end += len(data)
         total += len(data)
     if run:
-        _write_run(files, run_file, run, run_start, run_end)
+        _write_run(files, run_file, run, run_start, run_end, dirty)
+    for number, (low, high) in dirty.items():
+        _start_writeback(files.buffered[number], low, high - low)
     return total
 
 
@@ -163,11 +172,21 @@ def _write_run(
     pieces: list[bytes | memoryview],
     start: int,
     end: int,
+    dirty: dict[int, list[int]],
 ) -> None:
-    """Write one run of adjacent pieces: its whole blocks directly if it is long enough."""
+    """Write one run of adjacent pieces: its whole blocks directly if it is long enough.
+
+    ``dirty`` collects, per file, the span written through the page cache: its
+    writeback is started once per fetch job, not once per run.
+    """
     first_block = -(-start // ALIGNMENT) * ALIGNMENT
     last_block = end - end % ALIGNMENT
     direct = files.direct[number]
+    span = dirty.get(number)
+    if span is None:
+        dirty[number] = [start, end]
+    else:
+        span[0], span[1] = min(span[0], start), max(span[1], end)
     if direct is None or last_block - first_block < DIRECT_MIN_RUN_BYTES:
         _pwritev_all(files.buffered[number], pieces, start)
         return
@@ -194,6 +213,30 @@ def _write_run(
             _pwritev_all(files.buffered[number], source.take(end - last_block), last_block)
     finally:
         buffer.release()
+
+
+def _write_in_place(
+    files: _Files, number: int, view: memoryview, base: int, start: int, end: int
+) -> bool:
+    """Write bytes ``start:end`` of a file from ``view`` (aligned, holding the file from
+    ``base``), its whole blocks directly; False if they are too few to go direct."""
+    first_block = -(-start // ALIGNMENT) * ALIGNMENT
+    last_block = end - end % ALIGNMENT
+    direct = files.direct[number]
+    if direct is None or last_block - first_block < DIRECT_MIN_RUN_BYTES:
+        return False
+    try:
+        pwrite_direct(direct, view[first_block - base : last_block - base], first_block)
+    except DirectIOUnsupported:  # refused after all: this file goes buffered
+        files.drop_direct(number)
+        return False
+    fd = files.buffered[number]
+    if start < first_block:
+        _pwritev_all(fd, [view[start - base : first_block - base]], start)
+    if last_block < end:
+        _pwritev_all(fd, [view[last_block - base : end - base]], last_block)
+    _start_writeback(fd, start, end - start)
+    return True
 
 
 class _Concatenation:
@@ -230,7 +273,6 @@ def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> Non
             done = os.pwrite(fd, joined, offset + written)
             written += done
             joined = joined[done:]
-    _start_writeback(fd, offset, expected)
 
 
 def _reserve(fd: int, entry: FileEntry) -> None:
@@ -250,6 +292,26 @@ def _reserve(fd: int, entry: FileEntry) -> None:
                 f"{exc.strerror}"
             ) from exc
         os.ftruncate(fd, entry.size)  # no fallocate here (EOPNOTSUPP/EINVAL): a sparse file
+
+
+def _read_local(path: Path, view: memoryview, offset: int) -> int:
+    """Read a span of a live file into ``view``; the bytes read (0 if it cannot be read).
+
+    Only a regular file is read (not a FIFO or device swapped in meanwhile), and
+    a failing read just means its chunks are fetched instead.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        return read_into(fd, view, offset)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -277,15 +339,32 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 class Restorer:
+    """Restores a backup; chunks the local data already holds are not fetched.
+
+    ``reuse_local``: a restore usually replaces data that differs from the backup
+    in a few pages (a bad update, a day of use). Each chunk is first looked for at
+    its place in the live copy and used if its keyed BLAKE3 id matches the one
+    the backup recorded, so only the chunks that differ are downloaded,
+    decrypted and decompressed: the same check a fetched chunk passes, and no
+    bytes the backup does not vouch for. ``reused_bytes`` and ``fetched_bytes``
+    say how the last restore was served.
+    """
+
     def __init__(
         self,
         repo: Repository,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        reuse_local: bool = True,
     ) -> None:
         self.repo = repo
         self.progress = progress
         self.cancel = cancel
+        self.reuse_local = reuse_local
+        self.reused_bytes = 0
+        self.fetched_bytes = 0
+        self._live: Path | None = None
+        self._live_is_file = False
 
     def run(self, manifest: Manifest, live: Path, target: Path | None) -> Path:
         """Restore ``manifest``; returns the path now holding the restored data."""
@@ -300,6 +379,9 @@ class Restorer:
             destination = live
         destination.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(destination)
+        self._live = live if self.reuse_local else None
+        self._live_is_file = manifest.kind == "file"
+        self.reused_bytes = self.fetched_bytes = 0
         staging = destination.parent / (
             f".{destination.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
@@ -316,6 +398,10 @@ class Restorer:
                 self.repo.load_index()
                 try:
                     self._materialize(manifest, staging, tracker)
+                    self.fetched_bytes = (
+                        sum(entry.size for entry in manifest.files if entry.type == "file")
+                        - self.reused_bytes
+                    )
                 except OSError as exc:
                     if exc.errno not in _NO_ROOM:
                         raise
@@ -372,21 +458,32 @@ class Restorer:
 
         The plan (blob → where it goes) covers one slice of the data at a time, so
         a database of any size is restored in bounded memory. The next slice is
-        planned while the fetch threads work on the previous one.
+        planned while the fetch threads work on the previous one. A slice's chunks
+        are first looked for in the live copies of their files; only those not
+        found there are fetched.
         """
         destinations: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
+        local: dict[int, list[_Place]] = {}  # per file: places to look for in its live copy
+        sources: list[Path | None] = []
         planned = 0
         files = _Files()
         in_flight: list[Future[None]] = []
         plan_limit = FIRST_BATCH_CHUNKS
         pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+        reuse_pool = ThreadPoolExecutor(REUSE_THREADS, thread_name_prefix="reuse")
+
+        reusing: list[tuple[int, Future[tuple[list[_Place], int]]]] = []
 
         def hand_over() -> None:
-            nonlocal in_flight, destinations, planned
+            """Start on the slice just planned; fetch what the previous one did not find."""
+            nonlocal in_flight, destinations, local, planned, reusing
+            started_reuse = self._start_reuse(reuse_pool, local, sources, files, tracker)
+            self._missing_to_fetch(reusing, destinations)
             started = self._start_fetches(pool, destinations, files, tracker)
             for future in in_flight:  # at most two slices planned at once
                 future.result()
-            in_flight, destinations, planned = started, defaultdict(list), 0
+            in_flight, reusing = started, started_reuse
+            destinations, local, planned = defaultdict(list), {}, 0
 
         try:
             for number, entry in enumerate(batch):
@@ -394,31 +491,132 @@ class Restorer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = files.open(path, entry.size)
                 _reserve(fd, entry)
+                source = self._local_copy(entry)
+                sources.append(source)
                 offset = 0
                 for list_id in entry.content:
-                    for blob_id, size in self._chunk_list(entry, list_id):
-                        destinations[blob_id].append((number, offset))
-                        offset += size
-                        planned += 1
+                    chunks = self._chunk_list(entry, list_id)
+                    if source is None:
+                        for blob_id, size in chunks:
+                            destinations[blob_id].append((number, offset))
+                            offset += size
+                    else:
+                        places = local.setdefault(number, [])
+                        for blob_id, size in chunks:
+                            places.append((offset, size, blob_id))
+                            offset += size
+                    planned += len(chunks)
                     if planned >= plan_limit:
                         hand_over()
                         plan_limit = min(2 * plan_limit, CHUNKS_PER_BATCH)
                 if offset != entry.size:
                     raise RepositoryDamaged(f"the chunk list of {entry.path} does not add up")
                 os.ftruncate(fd, offset)
-            if destinations:
+            if destinations or local:
+                hand_over()
+            if reusing:  # the last slice's chunks not found locally
                 hand_over()
             for future in in_flight:
                 future.result()
             for fd in files.buffered:
                 os.fsync(fd)
         except BaseException:
-            for future in in_flight:
+            for future in [*in_flight, *(future for _, future in reusing)]:
                 future.cancel()
             raise
         finally:
+            reuse_pool.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
             files.close()
+
+    # ----------------------------------------------------------- local reuse
+    def _local_copy(self, entry: FileEntry) -> Path | None:
+        """The live file that may hold some of ``entry``'s chunks, if it is a regular file."""
+        if self._live is None:
+            return None
+        path = self._live if self._live_is_file else self._live / entry.path
+        try:
+            info = path.lstat()
+        except OSError:
+            return None
+        return path if stat.S_ISREG(info.st_mode) and info.st_size > 0 else None
+
+    def _start_reuse(
+        self,
+        pool: ThreadPoolExecutor,
+        local: dict[int, list[_Place]],
+        sources: list[Path | None],
+        files: _Files,
+        tracker: Tracker,
+    ) -> list[tuple[int, Future[tuple[list[_Place], int]]]]:
+        """Submit the jobs that write the chunks the live copies hold, a span each."""
+        spans: list[tuple[int, list[_Place]]] = []
+        for number, places in local.items():
+            first = 0
+            for position, (offset, size, _) in enumerate(places):
+                if offset + size - places[first][0] > REUSE_SPAN_BYTES and position > first:
+                    spans.append((number, places[first:position]))
+                    first = position
+            spans.append((number, places[first:]))
+        return [
+            (number, pool.submit(self._reuse_span, files, number, sources[number], span, tracker))
+            for number, span in spans
+        ]
+
+    def _missing_to_fetch(
+        self,
+        reusing: list[tuple[int, Future[tuple[list[_Place], int]]]],
+        destinations: dict[bytes, list[tuple[int, int]]],
+    ) -> None:
+        """Wait for reuse jobs; the chunks they did not find locally go to ``destinations``."""
+        for number, future in reusing:
+            missing, reused = future.result()
+            self.reused_bytes += reused
+            for offset, _, blob_id in missing:
+                destinations[blob_id].append((number, offset))
+
+    def _reuse_span(
+        self,
+        files: _Files,
+        number: int,
+        source: Path | None,
+        places: list[_Place],
+        tracker: Tracker,
+    ) -> tuple[list[_Place], int]:
+        """Write the chunks of one span its live copy holds; (chunks it does not, bytes written).
+
+        The span is read from a block boundary into an aligned buffer: when the
+        whole span matches, its whole blocks are written directly from that
+        buffer, without the copy ``_write_runs`` makes.
+        """
+        tracker.check_canceled()
+        start, end = places[0][0], places[-1][0] + places[-1][1]
+        base = start - start % ALIGNMENT
+        view = aligned_read_buffer(end - base)[: end - base]
+        got = _read_local(source, view, base) if source is not None else 0
+        blob_id = self.repo.sealer.blob_id
+        runs: list[list[int]] = []  # [start, end) of each run of chunks found
+        missing: list[_Place] = []
+        for place in places:
+            offset, size, expected = place
+            at = offset - base
+            if at + size <= got and blob_id(view[at : at + size]) == expected:
+                if runs and runs[-1][1] == offset:
+                    runs[-1][1] += size
+                else:
+                    runs.append([offset, offset + size])
+            else:
+                missing.append(place)
+        short = [
+            (number, run_start, view[run_start - base : run_end - base])
+            for run_start, run_end in runs
+            if not _write_in_place(files, number, view, base, run_start, run_end)
+        ]
+        if short:
+            _write_runs(files, short)
+        reused = sum(run_end - run_start for run_start, run_end in runs)
+        tracker.advance(reused)
+        return missing, reused
 
     def _start_fetches(
         self,

@@ -147,7 +147,7 @@ def _blocks(
         if got < wanted:  # WAL pages to patch in, or a short read to finish
             buffer = bytearray(wanted)
             buffer[:got] = block
-            got += _read_into(db_fd, memoryview(buffer)[got:], offset + got)
+            got += read_into(db_fd, memoryview(buffer)[got:], offset + got)
             block = buffer
         if got < wanted and not all(
             first + i in overlay for i in range(got // page_size, count)
@@ -163,7 +163,7 @@ def _blocks(
         yield block
 
 
-def _read_into(fd: int, view: memoryview, offset: int) -> int:
+def read_into(fd: int, view: memoryview, offset: int) -> int:
     """Fill ``view`` from ``offset`` until it is full or the file ends; bytes read."""
     got = 0
     while got < len(view):
