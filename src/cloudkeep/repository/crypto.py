@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import blake3
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_SIZE = 12
@@ -53,7 +52,6 @@ class Sealer:
 
     def __init__(self, key: MasterKey) -> None:
         self._aead = AESGCM(key.encryption_key)
-        self._key = key.encryption_key
         self._id_key = key.id_key
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
@@ -70,15 +68,13 @@ class Sealer:
 
         ``nonce`` lets batch callers draw all their random nonces in one system call.
 
-        The same bytes as ``seal(b"".join(parts))``, without joining the parts
-        first or the nonce to the ciphertext after: two copies of every frame
-        (and their fresh buffers) fewer on the backup's hot path.
+        The same bytes as ``seal(b"".join(parts))``, without joining the nonce to
+        the ciphertext after. The parts are joined for the one-shot AEAD call:
+        it releases the GIL, while the streaming ``Cipher`` API (which needed no
+        join) held it for every byte it encrypted and for building a context per
+        frame (two threads sealing frames ran at 0.55-0.75x of one).
         """
-        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
-        encryptor.authenticate_additional_data(associated)
-        pieces = [nonce, *(encryptor.update(part) for part in parts), encryptor.finalize()]
-        pieces.append(encryptor.tag)
-        return pieces
+        return [nonce, self._aead.encrypt(nonce, b"".join(parts), associated)]
 
     def open(self, sealed: bytes | memoryview, associated: bytes) -> bytes:
         if len(sealed) < OVERHEAD:
