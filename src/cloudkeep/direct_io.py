@@ -25,6 +25,7 @@ ordinary reads and writes: callers fall back on ``DirectIOUnsupported``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -127,6 +128,17 @@ def create_direct(path: str | os.PathLike[str]) -> int:
     return _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
 
+def _starts_at(part: bytes | memoryview, view: memoryview) -> bool:
+    """Whether ``part`` is a view of the first bytes of ``view``'s memory."""
+    if not isinstance(part, memoryview) or part.obj is not view.obj or part.readonly:
+        return False
+    return _address(part) == _address(view)
+
+
+def _address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
 def write_direct(fd: int, parts: Sequence[bytes | memoryview]) -> None:
     """Write ``parts`` in order from offset 0 of a file made by ``create_direct``.
 
@@ -137,7 +149,8 @@ def write_direct(fd: int, parts: Sequence[bytes | memoryview]) -> None:
     padded = _aligned_up(total)
     view = aligned_buffer(padded)
     try:
-        fill(view, parts)
+        if not (len(parts) == 1 and _starts_at(parts[0], view)):  # else assembled there already
+            fill(view, parts)
         view[total:padded] = bytes(padded - total)
         pwrite_direct(fd, view[:padded], 0)
     finally:

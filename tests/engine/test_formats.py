@@ -103,8 +103,8 @@ def test_packs_round_trip_and_locate_every_blob(blobs: list[bytes]) -> None:
     builder = PackBuilder()
     for sealed, members in frames:
         builder.add_frame(BlobType.DATA, sealed, members)
-    pack_id, parts = builder.finish(repo.sealer)
-    content = b"".join(parts)
+    pack_id, assembled = builder.finish(repo.sealer)
+    content = bytes(assembled)
     assert pack_id_of(content) == pack_id
     header = read_header(content, repo.sealer)
     assert header == builder.entries

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import blake3
 
+from cloudkeep.direct_io import aligned_buffer, fill
 from cloudkeep.repository.crypto import Sealer
 
 HEADER_AAD = b"pack-header"
@@ -113,18 +114,20 @@ class PackBuilder:
         self._parts += sealed
         self.size += length
 
-    def finish(self, sealer: Sealer) -> tuple[str, list[bytes]]:
-        """The pack's id and its bytes as pieces to write in order, header appended.
+    def finish(self, sealer: Sealer) -> tuple[str, memoryview]:
+        """The pack's id and its bytes, header appended.
 
-        Not joined: the store writes the pieces as they are (one copy fewer of
-        every pack, and no fresh 4 MiB buffer each time).
+        The bytes are assembled in this thread's page-aligned buffer (valid until
+        the thread's next pack): hashed there in one call, they are written to a
+        local store with ``O_DIRECT`` straight from it, with no further copy (a
+        hash update per piece released and retook the GIL ~150 times per pack).
         """
         header = sealer.seal(encode_header(self.entries), HEADER_AAD)
         parts, self._parts = [*self._parts, header, _TRAILER.pack(len(header))], []
-        hasher = blake3.blake3()
-        for part in parts:
-            hasher.update(part)
-        return hasher.hexdigest(), parts
+        size = sum(map(len, parts))
+        content = aligned_buffer(size)[:size]
+        fill(content, parts)
+        return blake3.blake3(content).hexdigest(), content
 
 
 def read_header(content: bytes, sealer: Sealer) -> list[PackEntry]:

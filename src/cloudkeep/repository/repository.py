@@ -602,13 +602,13 @@ class PackWriter:
             self._uploads.append(future)
 
     def _upload(self, builder: PackBuilder) -> None:
-        pack_id, parts = builder.finish(self._repo.sealer)
-        self._repo.storage.put(pack_name(pack_id), parts)
+        pack_id, content = builder.finish(self._repo.sealer)
+        self._repo.storage.put(pack_name(pack_id), content)
         with self._lock:
             self._repo.index.add_pack(pack_id, builder.entries)
             self._pending.difference_update(e.blob_id for e in builder.entries)
             self._unindexed.packs[pack_id] = builder.entries
-            self.uploaded_bytes += sum(map(len, parts))
+            self.uploaded_bytes += len(content)
             full = len(self._unindexed.packs) >= PACKS_PER_INDEX_FLUSH
             if full:
                 unindexed, self._unindexed = self._unindexed, IndexFile()
