@@ -296,6 +296,11 @@ class Tool:
         """Command restoring the latest backup into the empty folder ``target``."""
         raise NotImplementedError
 
+    def restore_store_only(self, target: Path) -> Cmd | None:
+        """Like ``restore`` but reading everything from the repository, if the tool
+        would otherwise take unchanged data from the live folder (None: it never does)."""
+        return None
+
     def after_backup(self, m: Measure, n: int) -> None:
         """Hook to remember ids printed by the backup command."""
 
@@ -435,6 +440,10 @@ class Cloudkeep(Tool):
         assert self.data is not None
         return Cmd([self.exe, *self.globals(self.data), "restore", self.latest_id(),
                     "--target", str(target)])
+
+    def restore_store_only(self, target: Path) -> Cmd:
+        """cloudkeep takes chunks the live data still holds from it; this fetches all."""
+        return Cmd([*self.restore(target).argv, "--fetch-all"])
 
 
 def parse_json_output(text: str) -> Any:

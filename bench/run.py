@@ -30,9 +30,14 @@ import harness
 from harness import MIB, Measure, Tool
 
 BENCH = Path(__file__).resolve().parent
-STEPS = ("initial", "mutation_1pct", "unchanged", "restore")
+STEPS = ("initial", "mutation_1pct", "unchanged", "restore", "restore_store")
 STEP_LABEL = {"initial": "1 initial backup", "mutation_1pct": "2 after 1% mutation",
-              "unchanged": "3 unchanged backup", "restore": "4 full restore"}
+              "unchanged": "3 unchanged backup", "restore": "4 full restore",
+              "restore_store": "4b store-only restore"}
+# 4b: the same restore reading every chunk from the repository (cloudkeep's
+# --fetch-all; restic and borg always do), compared with restic's step 4.
+RATIO_BASE = {"restore_store": "restore"}
+RESTORES = ("restore", "restore_store")
 WALL_TARGET = {"initial": 0.5, "mutation_1pct": 0.5, "unchanged": 0.5, "restore": 0.7}
 ADDED_TARGET = 0.05  # bytes added by the 1% backup / DB size
 RSS_TARGET_MIB = 200
@@ -176,6 +181,26 @@ def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int,
     log(f"{tool.name}: restore verified: {out['verify']['ok']} "
         f"{'; '.join(out['verify'].get('problems', [])[:3])}")
     out["repo_bytes"] = harness.dir_bytes(tool.repo)
+    store_target = tool.workdir / "restore-store-only"
+    store_cmd = tool.restore_store_only(store_target)
+    if store_cmd is not None:
+        if store_target.exists():
+            shutil.rmtree(store_target)
+        store_target.mkdir(parents=True)
+        log(f"{tool.name}: {STEP_LABEL['restore_store']}")
+        quiet = harness.wait_quiet(settle_s) if settle_s else {}
+        m = harness.run_measured(store_cmd, logs / "4b-restore-store-only.log")
+        m.settle = quiet
+        m.repo_bytes_before = m.repo_bytes_after = 0
+        out["steps"]["restore_store"] = m.as_dict()
+        log(f"{tool.name}: store-only restore rc={m.rc} wall={m.wall_s:.2f}s")
+        if m.rc != 0:
+            out["error"] = f"store-only restore failed (exit {m.rc}), see {m.log}"
+            return out
+        verified = verify_restore(live, store_target)
+        if not verified["ok"]:
+            out["verify"] = verified
+        shutil.rmtree(store_target)
     return out
 
 
@@ -210,7 +235,7 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float | Non
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, r in results.items():
         for step, m in r.get("steps", {}).items():
-            base = ref.get(step)
+            base = ref.get(RATIO_BASE.get(step, step))
             row: dict[str, float | None] = {}
             for key in ("wall_s", "cpu_s", "peak_rss_bytes", "added_bytes"):
                 row[key] = (round(m[key] / base[key], 3)
@@ -233,6 +258,11 @@ def targets(results: dict[str, Any], rat: dict[str, Any], db_bytes: int,
     for step, limit in WALL_TARGET.items():
         add(f"cloudkeep/restic wall, {STEP_LABEL[step]}",
             rat.get("cloudkeep", {}).get(step, {}).get("wall_s"), limit, "ratio")
+    store_only = rat.get("cloudkeep", {}).get("restore_store", {}).get("wall_s")
+    if store_only is not None:  # for reference: the target is step 4's
+        add("  (4b store-only restore / restic's 4, no target)", store_only,
+            WALL_TARGET["restore"], "ratio")
+        rows[-1]["verdict"] = "info"
     added = ck.get("steps", {}).get("mutation_1pct", {}).get("added_bytes")
     add("bytes added after 1% / DB size",
         round(added / db_bytes, 4) if added is not None and db_bytes else None,
@@ -270,14 +300,14 @@ def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]
             if m is None:
                 continue
             q = rat.get(name, {}).get(step, {})
-            added = m["added_bytes"] / MIB if step != "restore" else None
+            added = m["added_bytes"] / MIB if step not in RESTORES else None
             lines.append(
                 f"{name:<10} {STEP_LABEL[step]:<20} {m['wall_s']:>8.2f} {m['cpu_s']:>8.2f} "
                 f"{m['peak_rss_bytes'] / MIB:>8.0f} {_fmt(added, '.3g'):>10} "
                 f"{harness.other_load(m) * 100:>7.0f} | "
                 f"{_fmt(q.get('wall_s'), '.2f'):>7} {_fmt(q.get('cpu_s'), '.2f'):>7} "
                 f"{_fmt(q.get('peak_rss_bytes'), '.2f'):>7} "
-                f"{_fmt(q.get('added_bytes') if step != 'restore' else None, '.2f'):>8}"
+                f"{_fmt(q.get('added_bytes') if step not in RESTORES else None, '.2f'):>8}"
                 + (f"  ({m['note']})" if m.get("note") else ""))
         if "error" in r:
             lines.append(f"{name:<10} ERROR: {r['error']}")
@@ -309,10 +339,11 @@ def chart(results: dict[str, Any], path: Path, title: str, floor_s: float | None
 
     names = [n for n, r in results.items() if r.get("steps")]
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-    panels = (("wall_s", "wall time (s)", 1.0, STEPS),
-              ("cpu_s", "CPU time, user+sys of process tree (s)", 1.0, STEPS),
+    shared = STEPS[:4]  # the steps every tool runs
+    panels = (("wall_s", "wall time (s)", 1.0, shared),
+              ("cpu_s", "CPU time, user+sys of process tree (s)", 1.0, shared),
               ("added_bytes", "bytes added to repository (MiB)", MIB, STEPS[:3]),
-              ("peak_rss_bytes", "peak RSS of process tree (MiB)", MIB, STEPS))
+              ("peak_rss_bytes", "peak RSS of process tree (MiB)", MIB, shared))
     width = 0.8 / max(1, len(names))
     for ax, (key, label, scale, steps) in zip(axes.flat, panels, strict=True):
         for i, name in enumerate(names):
