@@ -45,6 +45,9 @@ class DirectIOUnsupported(Exception):
     """The filesystem refused ``O_DIRECT``: use ordinary reads and writes."""
 
 
+_GROWTH = 1024 * 1024
+
+
 class _AlignedBuffer(threading.local):
     """One page-aligned buffer per thread, reused: no page faults per pack."""
 
@@ -52,9 +55,10 @@ class _AlignedBuffer(threading.local):
 
     def at_least(self, size: int) -> memoryview:
         if self.memory is None or len(self.memory) < size:
-            # Anonymous mappings are page-aligned. A smaller one is unmapped when
-            # the last view of it goes.
-            self.memory = mmap.mmap(-1, size)
+            # Anonymous mappings are page-aligned; whole MiBs, so that packs and
+            # ranges of slightly different sizes (and a pack's size padded to the
+            # block size) reuse one. A smaller one is unmapped when its last view goes.
+            self.memory = mmap.mmap(-1, -(-size // _GROWTH) * _GROWTH)
         return memoryview(self.memory)
 
 
