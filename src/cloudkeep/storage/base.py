@@ -13,9 +13,8 @@ from typing import Protocol, runtime_checkable
 
 from cloudkeep.errors import CloudkeepError, StoreUnreachable
 
-#: What ``put`` stores: bytes, or pieces written one after another (a pack is
-#: sealed frames; joining them first would copy every byte once more).
-Payload = bytes | Sequence[bytes]
+#: What ``put`` stores: bytes (or a view of them), or pieces written one after another.
+Payload = bytes | memoryview | Sequence[bytes]
 
 
 def pieces(data: Payload) -> Sequence[bytes]:
@@ -67,7 +66,9 @@ class Storage(Protocol):
     def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
         """Store ``data`` (bytes, or pieces to concatenate) under ``name`` atomically.
 
-        Readers see all or nothing.
+        Readers see all or nothing. ``data`` is read only during the call: the
+        caller may reuse its memory once ``put`` returns or raises (a pack is
+        assembled in a buffer its thread reuses for the next one).
 
         With ``create_only`` raise ``ObjectExists`` if the name is taken, where the
         backend can tell atomically; otherwise best effort (stat, then write).
