@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
+from itertools import starmap
 from typing import NamedTuple
 
 import blake3
@@ -63,7 +64,7 @@ class FrameMember(NamedTuple):
 
 
 def encode_header(entries: list[PackEntry]) -> bytes:
-    return b"".join(ENTRY.pack(*e) for e in entries)
+    return b"".join(starmap(ENTRY.pack, entries))
 
 
 def decode_header(raw: bytes) -> list[PackEntry]:

@@ -379,7 +379,7 @@ class Repository:
             packed = next(compressed) if raw else b""
             nonce = nonces[number * NONCE_SIZE : (number + 1) * NONCE_SIZE]
             table = _COUNT.pack(len(frame_members)) + b"".join(
-                _MEMBER.pack(m.blob_id, m.raw_length) for m in frame_members
+                [_MEMBER.pack(blob_id, raw_length) for blob_id, _, raw_length in frame_members]
             )
             # zstd only when it pays: incompressible frames are stored as they are.
             body = [b"\x01", packed] if len(packed) < len(raw) else [b"\x00", raw]
@@ -549,11 +549,11 @@ class PackWriter:
 
         A claimed blob must then be passed to ``add_claimed`` by the claimer.
         """
-        index, pending = self._repo.index, self._pending
+        known, pending = self._repo.index.ids(), self._pending
         fresh = []
         with self._lock:
             for position, blob_id in enumerate(blob_ids):
-                if blob_id not in index and blob_id not in pending:
+                if blob_id not in known and blob_id not in pending:
                     pending.add(blob_id)
                     fresh.append(position)
         return fresh
@@ -606,7 +606,7 @@ class PackWriter:
         self._repo.storage.put(pack_name(pack_id), content)
         with self._lock:
             self._repo.index.add_pack(pack_id, builder.entries)
-            self._pending.difference_update(e.blob_id for e in builder.entries)
+            self._pending.difference_update([entry.blob_id for entry in builder.entries])
             self._unindexed.packs[pack_id] = builder.entries
             self.uploaded_bytes += len(content)
             full = len(self._unindexed.packs) >= PACKS_PER_INDEX_FLUSH

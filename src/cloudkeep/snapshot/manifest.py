@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from itertools import starmap
 from typing import Any
 
 from cloudkeep import __version__
@@ -54,7 +55,7 @@ def now_us() -> int:
 
 
 def encode_chunk_list(chunks: list[tuple[bytes, int]]) -> bytes:
-    return b"".join(CHUNK_LIST_ENTRY.pack(blob_id, size) for blob_id, size in chunks)
+    return b"".join(starmap(CHUNK_LIST_ENTRY.pack, chunks))
 
 
 def decode_chunk_list(raw: bytes) -> list[tuple[bytes, int]]:
