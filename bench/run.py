@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import generate
 import harness
-from harness import MIB, Measure, Tool
+from harness import MIB, Cmd, Measure, Tool
 
 BENCH = Path(__file__).resolve().parent
 STEPS = ("initial", "mutation_1pct", "unchanged", "restore", "restore_store")
@@ -157,25 +157,28 @@ def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int,
             out["error"] = f"{step} failed (exit {m.rc}), see {m.log}"
             return out
 
-    target = tool.workdir / "restore"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    log(f"{tool.name}: {STEP_LABEL['restore']}")
+    def restore(step: str, cmd: Cmd, log_name: str) -> bool:
+        """Run and measure one restore; False (with the error recorded) if it failed."""
+        log(f"{tool.name}: {STEP_LABEL[step]}")
+        quiet = harness.wait_quiet(settle_s) if settle_s else {}
+        m = harness.run_measured(cmd, logs / log_name)
+        m.settle = quiet
+        m.repo_bytes_before = m.repo_bytes_after = 0
+        out["steps"][step] = m.as_dict()
+        log(f"{tool.name}: {step} rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
+            f"rss={m.peak_rss_bytes / MIB:.0f}MiB")
+        if m.rc != 0:
+            out["error"] = f"{STEP_LABEL[step]} failed (exit {m.rc}), see {m.log}"
+            return False
+        return True
+
+    target = empty_folder(tool.workdir / "restore")
     try:
         cmd = tool.restore(target)
     except Exception as exc:  # a tool-side lookup failure must not kill the other tools
         out["error"] = f"restore lookup failed: {exc}"
         return out
-    quiet = harness.wait_quiet(settle_s) if settle_s else {}
-    m = harness.run_measured(cmd, logs / "4-restore.log")
-    m.settle = quiet
-    m.repo_bytes_before = m.repo_bytes_after = 0
-    out["steps"]["restore"] = m.as_dict()
-    log(f"{tool.name}: restore rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
-        f"rss={m.peak_rss_bytes / MIB:.0f}MiB")
-    if m.rc != 0:
-        out["error"] = f"restore failed (exit {m.rc}), see {m.log}"
+    if not restore("restore", cmd, "4-restore.log"):
         return out
     out["verify"] = verify_restore(live, target)
     log(f"{tool.name}: restore verified: {out['verify']['ok']} "
@@ -184,24 +187,22 @@ def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int,
     store_target = tool.workdir / "restore-store-only"
     store_cmd = tool.restore_store_only(store_target)
     if store_cmd is not None:
-        if store_target.exists():
-            shutil.rmtree(store_target)
-        store_target.mkdir(parents=True)
-        log(f"{tool.name}: {STEP_LABEL['restore_store']}")
-        quiet = harness.wait_quiet(settle_s) if settle_s else {}
-        m = harness.run_measured(store_cmd, logs / "4b-restore-store-only.log")
-        m.settle = quiet
-        m.repo_bytes_before = m.repo_bytes_after = 0
-        out["steps"]["restore_store"] = m.as_dict()
-        log(f"{tool.name}: store-only restore rc={m.rc} wall={m.wall_s:.2f}s")
-        if m.rc != 0:
-            out["error"] = f"store-only restore failed (exit {m.rc}), see {m.log}"
+        empty_folder(store_target)
+        if not restore("restore_store", store_cmd, "4b-restore-store-only.log"):
             return out
         verified = verify_restore(live, store_target)
         if not verified["ok"]:
             out["verify"] = verified
         shutil.rmtree(store_target)
     return out
+
+
+def empty_folder(path: Path) -> Path:
+    """``path`` as a new empty folder (whatever was there removed)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 MEDIAN_KEYS = ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_bytes", "added_bytes",

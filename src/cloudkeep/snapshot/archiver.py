@@ -64,9 +64,10 @@ class _ChunkLists:
         self.list_ids: list[str] = []
         self.size = 0
 
-    def extend(self, results: list[tuple[bytes, int]]) -> None:
+    def extend(self, results: list[tuple[bytes, int]], size: int) -> None:
+        """Add (id, size) of the next chunks; ``size`` is their total."""
         self._pending += results
-        self.size += sum(size for _, size in results)
+        self.size += size
         while len(self._pending) >= CHUNKS_PER_LIST_BLOB:
             self._emit(self._pending[:CHUNKS_PER_LIST_BLOB])
             del self._pending[:CHUNKS_PER_LIST_BLOB]
@@ -118,7 +119,7 @@ class _Batcher:
         self._current: list[bytes | memoryview] = []
         self._current_bytes = 0
         self._in_flight: deque[
-            tuple[Future[None] | None, list[tuple[bytes, int]], _ChunkLists]
+            tuple[Future[None] | None, list[tuple[bytes, int]], int, _ChunkLists]
         ] = deque()
         self._sink: _ChunkLists | None = None
 
@@ -162,6 +163,7 @@ class _Batcher:
         blob_id = self._repo.sealer.blob_id
         ids = [blob_id(chunk) for chunk in chunks]
         sizes = [len(chunk) for chunk in chunks]
+        batch_bytes = sum(sizes)
         fresh = self._writer.claim_new(ids)
         sealed: Future[None] | None = None
         if fresh:
@@ -173,20 +175,21 @@ class _Batcher:
                 [chunks[position] for position in fresh],
                 source,
                 offsets,
-                sum(sizes),
+                batch_bytes,
             )
         else:
-            self._tracker.advance(sum(sizes))
-        self._in_flight.append((sealed, list(zip(ids, sizes, strict=True)), self._sink))
+            self._tracker.advance(batch_bytes)
+        results = list(zip(ids, sizes, strict=True))
+        self._in_flight.append((sealed, results, batch_bytes, self._sink))
         while len(self._in_flight) >= MAX_BATCHES_IN_FLIGHT:
             self._deliver_oldest()
 
     def _deliver_oldest(self) -> None:
         """A batch's chunks go into its file's lists once its new blobs are queued."""
-        sealed, results, sink = self._in_flight.popleft()
+        sealed, results, size, sink = self._in_flight.popleft()
         if sealed is not None:
             sealed.result()
-        sink.extend(results)
+        sink.extend(results, size)
 
     def _seal(
         self,

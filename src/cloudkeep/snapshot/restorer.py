@@ -181,17 +181,17 @@ def _write_run(
     ``dirty`` collects, per file, the span written through the page cache: its
     writeback is started once per fetch job, not once per run.
     """
-    first_block = -(-start // ALIGNMENT) * ALIGNMENT
-    last_block = end - end % ALIGNMENT
-    direct = files.direct[number]
     span = dirty.get(number)
     if span is None:
         dirty[number] = [start, end]
     else:
         span[0], span[1] = min(span[0], start), max(span[1], end)
-    if direct is None or last_block - first_block < DIRECT_MIN_RUN_BYTES:
+    blocks = _direct_blocks(files, number, start, end)
+    if blocks is None:
         _pwritev_all(files.buffered[number], pieces, start)
         return
+    direct: int | None = files.direct[number]
+    first_block, last_block = blocks
     buffer = aligned_buffer(min(last_block - first_block, DIRECT_WINDOW_BYTES))
     try:
         source = _Concatenation(pieces)
@@ -217,16 +217,25 @@ def _write_run(
         buffer.release()
 
 
+def _direct_blocks(files: _Files, number: int, start: int, end: int) -> tuple[int, int] | None:
+    """The whole blocks of bytes ``start:end`` of a file, if they are to be written directly."""
+    first_block = -(-start // ALIGNMENT) * ALIGNMENT
+    last_block = end - end % ALIGNMENT
+    if files.direct[number] is None or last_block - first_block < DIRECT_MIN_RUN_BYTES:
+        return None
+    return first_block, last_block
+
+
 def _write_in_place(
     files: _Files, number: int, view: memoryview, base: int, start: int, end: int
 ) -> bool:
     """Write bytes ``start:end`` of a file from ``view`` (aligned, holding the file from
     ``base``), its whole blocks directly; False if they are too few to go direct."""
-    first_block = -(-start // ALIGNMENT) * ALIGNMENT
-    last_block = end - end % ALIGNMENT
+    blocks = _direct_blocks(files, number, start, end)
     direct = files.direct[number]
-    if direct is None or last_block - first_block < DIRECT_MIN_RUN_BYTES:
+    if blocks is None or direct is None:
         return False
+    first_block, last_block = blocks
     try:
         pwrite_direct(direct, view[first_block - base : last_block - base], first_block)
     except DirectIOUnsupported:  # refused after all: this file goes buffered
@@ -465,8 +474,7 @@ class Restorer:
         found there are fetched.
         """
         destinations: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
-        local: dict[int, list[_Place]] = {}  # per file: places to look for in its live copy
-        sources: list[Path | None] = []
+        local: dict[int, tuple[Path, list[_Place]]] = {}  # per file: its live copy, places
         planned = 0
         files = _Files()
         in_flight: list[Future[None]] = []
@@ -479,7 +487,7 @@ class Restorer:
         def hand_over() -> None:
             """Start on the slice just planned; fetch what the previous one did not find."""
             nonlocal in_flight, destinations, local, planned, reusing
-            started_reuse = self._start_reuse(reuse_pool, local, sources, files, tracker)
+            started_reuse = self._start_reuse(reuse_pool, local, files, tracker)
             self._missing_to_fetch(reusing, destinations)
             started = self._start_fetches(pool, destinations, files, tracker)
             for future in in_flight:  # at most two slices planned at once
@@ -494,7 +502,6 @@ class Restorer:
                 fd = files.open(path, entry.size)
                 _reserve(fd, entry)
                 source = self._local_copy(entry)
-                sources.append(source)
                 offset = 0
                 for list_id in entry.content:
                     chunks = self._chunk_list(entry, list_id)
@@ -503,7 +510,7 @@ class Restorer:
                             destinations[blob_id].append((number, offset))
                             offset += size
                     else:
-                        places = local.setdefault(number, [])
+                        places = local.setdefault(number, (source, []))[1]
                         for blob_id, size in chunks:
                             places.append((offset, size, blob_id))
                             offset += size
@@ -546,23 +553,22 @@ class Restorer:
     def _start_reuse(
         self,
         pool: ThreadPoolExecutor,
-        local: dict[int, list[_Place]],
-        sources: list[Path | None],
+        local: dict[int, tuple[Path, list[_Place]]],
         files: _Files,
         tracker: Tracker,
     ) -> list[tuple[int, Future[tuple[list[_Place], int]]]]:
         """Submit the jobs that write the chunks the live copies hold, a span each."""
-        spans: list[tuple[int, list[_Place]]] = []
-        for number, places in local.items():
+        spans: list[tuple[int, Path, list[_Place]]] = []
+        for number, (source, places) in local.items():
             first = 0
             for position, (offset, size, _) in enumerate(places):
                 if offset + size - places[first][0] > REUSE_SPAN_BYTES and position > first:
-                    spans.append((number, places[first:position]))
+                    spans.append((number, source, places[first:position]))
                     first = position
-            spans.append((number, places[first:]))
+            spans.append((number, source, places[first:]))
         return [
-            (number, pool.submit(self._reuse_span, files, number, sources[number], span, tracker))
-            for number, span in spans
+            (number, pool.submit(self._reuse_span, files, number, source, span, tracker))
+            for number, source, span in spans
         ]
 
     def _missing_to_fetch(
@@ -581,7 +587,7 @@ class Restorer:
         self,
         files: _Files,
         number: int,
-        source: Path | None,
+        source: Path,
         places: list[_Place],
         tracker: Tracker,
     ) -> tuple[list[_Place], int]:
@@ -595,7 +601,7 @@ class Restorer:
         start, end = places[0][0], places[-1][0] + places[-1][1]
         base = start - start % ALIGNMENT
         view = aligned_read_buffer(end - base)[: end - base]
-        got = _read_local(source, view, base) if source is not None else 0
+        got = _read_local(source, view, base)
         blob_id = self.repo.sealer.blob_id
         runs: list[list[int]] = []  # [start, end) of each run of chunks found
         missing: list[_Place] = []
