@@ -68,6 +68,12 @@ class Busy(CloudkeepError):
     http_status = 409
 
 
+class TooManyJobs(Busy):
+    """The server's queue of backups and restores is full."""
+
+    http_status = 429
+
+
 class Canceled(CloudkeepError):
     """The operation was canceled on request."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class Settings:
     config_dir: Path = field(default_factory=lambda: _user_dir("config"))
     cache_dir: Path = field(default_factory=lambda: _user_dir("cache"))
     data_is_default: bool = False
+    # Where the passphrase was read from, if a file (its permissions are checked).
+    passphrase_file: Path | None = None
 
     @classmethod
     def resolve(
@@ -57,9 +60,11 @@ class Settings:
         data_value = data or env.get("CLOUDKEEP_DATA")
         store_value = store or env.get("CLOUDKEEP_STORE") or default_store_dir().as_uri()
         passphrase = None
+        passphrase_path = None
         file_value = passphrase_file or env.get("CLOUDKEEP_PASSPHRASE_FILE")
         if file_value:
-            passphrase = _read_passphrase_file(Path(file_value).expanduser())
+            passphrase_path = Path(file_value).expanduser().absolute()
+            passphrase = _read_passphrase_file(passphrase_path)
         elif env.get("CLOUDKEEP_PASSPHRASE"):
             passphrase = env["CLOUDKEEP_PASSPHRASE"]
         config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or _user_dir("config"))
@@ -72,6 +77,7 @@ class Settings:
             config_dir=config_dir,
             cache_dir=cache_dir,
             data_is_default=not data_value,
+            passphrase_file=passphrase_path,
         )
 
     @property
@@ -91,3 +97,30 @@ def _read_passphrase_file(path: Path) -> str:
     if not text:
         raise ConfigurationError(f"the passphrase file {path} is empty")
     return text
+
+
+_WARNED_KEY_FILES: set[Path] = set()
+
+
+def key_file_warning(path: Path) -> str | None:
+    """One line if ``path`` (a key or passphrase file) is open to group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if os.name == "nt" or not mode & 0o077:
+        return None
+    return (
+        f"warning: the key file {path} is open to other users (mode {mode & 0o777:03o}): "
+        f"whoever reads it can decrypt your backups; run `chmod 600 {path}`"
+    )
+
+
+def warn_if_exposed(path: Path, notice: Callable[[str], None]) -> None:
+    """``notice`` the key file warning, once per file and process."""
+    if path in _WARNED_KEY_FILES:
+        return
+    warning = key_file_warning(path)
+    if warning is not None:
+        _WARNED_KEY_FILES.add(path)
+        notice(warning)

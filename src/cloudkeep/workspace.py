@@ -24,7 +24,7 @@ from cloudkeep.errors import (
     UserError,
 )
 from cloudkeep.repository.keys import first_unwrapped
-from cloudkeep.settings import Settings
+from cloudkeep.settings import Settings, warn_if_exposed
 from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
 from cloudkeep.storage.url import open_store
@@ -92,9 +92,12 @@ class Workspace:
     def _known_passphrase(self) -> str | None:
         """The passphrase given or in the default key file; None if there is neither."""
         if self.settings.passphrase:
+            if self.settings.passphrase_file is not None:
+                warn_if_exposed(self.settings.passphrase_file, self._notice)
             return self.settings.passphrase
         key_file = self.settings.default_key_file
         if key_file.exists():
+            warn_if_exposed(key_file, self._notice)
             return key_file.read_text(encoding="utf-8").strip()
         return None
 

@@ -206,9 +206,20 @@ def test_drive_services(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_webdav_url_forms() -> None:
-    store = open_store(f"webdav://me:{SECRET}@dav.example:8443/remote/backups")
+    store = open_store("webdav://me@dav.example:8443/remote/backups")
     assert store.describe() == "webdav://dav.example:8443/remote/backups"
     assert open_store("webdavs://dav.example/x").describe() == "webdavs://dav.example/x"
+
+
+@pytest.mark.parametrize("userinfo", [f"me:{SECRET}@", "me:@", f":{SECRET}@"])
+def test_webdav_password_in_the_url_is_refused(userinfo: str) -> None:
+    """A password in --store shows in the process list: the environment only."""
+    with pytest.raises(ConfigurationError) as refused:
+        open_store(f"webdavs://{userinfo}dav.example/x")
+    message = str(refused.value)
+    assert "CLOUDKEEP_WEBDAV_PASSWORD" in message
+    assert SECRET not in message
+    assert "\n" not in message
 
 
 def test_describe_store_url_strips_secrets() -> None:
@@ -252,24 +263,27 @@ def test_timeout_and_retry_settings_from_env(monkeypatch: pytest.MonkeyPatch) ->
         open_store("memory://")
 
 
-def test_webdav_basic_auth_from_url_and_env(
+def test_webdav_basic_auth_from_env(
     webdav_auth_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = webdav_auth_server
     user, password, address = server.user, server.password, server.address
-    with_url = open_store(f"webdav://{user}:{password}@{address}/auth-url", retry=FAST)
-    with_url.put("a/b", b"via url")
-    assert with_url.get("a/b") == b"via url"
-    assert password not in with_url.describe()
-    monkeypatch.setenv("CLOUDKEEP_WEBDAV_USER", user)
     monkeypatch.setenv("CLOUDKEEP_WEBDAV_PASSWORD", password)
+    user_in_url = open_store(f"webdav://{user}@{address}/auth-url", retry=FAST)
+    user_in_url.put("a/b", b"user in the url")
+    assert user_in_url.get("a/b") == b"user in the url"
+    assert password not in user_in_url.describe()
+    monkeypatch.setenv("CLOUDKEEP_WEBDAV_USER", user)
     with_env = open_store(f"webdav://{address}/auth-url", retry=FAST)
     assert [i.name for i in with_env.list("")] == ["a/b"]
 
 
-def test_webdav_wrong_password_is_rejected_fast(webdav_auth_server: Any) -> None:
+def test_webdav_wrong_password_is_rejected_fast(
+    webdav_auth_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     address = webdav_auth_server.address
-    store = open_store(f"webdav://keeper:{SECRET}@{address}/x", retry=FAST)
+    monkeypatch.setenv("CLOUDKEEP_WEBDAV_PASSWORD", SECRET)
+    store = open_store(f"webdav://keeper@{address}/x", retry=FAST)
     started = time.monotonic()
     for operation in (lambda: store.put("a", b"1"), lambda: store.stat("a")):
         with pytest.raises(StoreRejected) as info:

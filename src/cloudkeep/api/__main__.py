@@ -10,6 +10,8 @@ import argparse
 import sys
 from functools import partial
 
+from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
+from cloudkeep.api.protocol import DEFAULT_REQUEST_TIMEOUT
 from cloudkeep.api.server import serve
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.settings import Settings
@@ -36,6 +38,23 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="browser origin allowed to call the API (repeatable)",
     )
+    parser.add_argument(
+        "--tls-cert", help="PEM certificate chain: serve HTTPS (needed off loopback)"
+    )
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        help="seconds a client has to send a whole request (default %(default)g)",
+    )
+    parser.add_argument(
+        "--max-queued-jobs",
+        type=int,
+        default=DEFAULT_MAX_QUEUED,
+        help="backups and restores allowed to wait; more are refused with 429 "
+        "(default %(default)d)",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -56,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             args.require_app_key,
             allowed_origins=args.allow_origin,
             log_level=args.log_level,
+            request_timeout=args.request_timeout,
+            max_queued_jobs=args.max_queued_jobs,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
             announce=partial(print, flush=True),
         )
     except CloudkeepError as exc:

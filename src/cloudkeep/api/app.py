@@ -17,7 +17,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from cloudkeep import __version__
 from cloudkeep.api.appkeys import AppKeyVerifier
+from cloudkeep.api.docs import install_docs
 from cloudkeep.api.errors import CatchAllMiddleware, install_error_handlers
+from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
 from cloudkeep.api.routers import backup_router, backups_router, well_known_router
 from cloudkeep.api.security import DEFAULT_MAX_BODY, GuardMiddleware, GuardPolicy
 from cloudkeep.api.service import BackupService
@@ -48,6 +50,8 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     list_ttl: float = 30.0,
     jobs_in_subprocess: bool = True,
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED,
+    tls: bool = False,
 ) -> FastAPI:
     """Build the app.
 
@@ -56,8 +60,15 @@ def create_app(
     wildcard bind, where the mandatory application key is what keeps browsers out.
     ``jobs_in_subprocess=False`` runs backups in a thread of the server instead of a
     child process (simpler to debug; the event loop then shares the GIL with the job).
+    ``max_queued_jobs`` bounds the backups and restores waiting to run (429 beyond);
+    ``tls`` says the server speaks HTTPS (the Origin check then expects https).
     """
-    service = BackupService(settings, list_ttl=list_ttl, jobs_in_subprocess=jobs_in_subprocess)
+    service = BackupService(
+        settings,
+        list_ttl=list_ttl,
+        jobs_in_subprocess=jobs_in_subprocess,
+        max_queued_jobs=max_queued_jobs,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +83,8 @@ def create_app(
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, without CDNs
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings
@@ -79,6 +92,7 @@ def create_app(
     app.include_router(backups_router)
     app.include_router(backup_router)
     app.include_router(well_known_router)
+    install_docs(app)
 
     origins = list(allowed_origins)
     verifier = AppKeyVerifier(app_key_dir or settings.config_dir) if require_app_key else None
@@ -88,6 +102,7 @@ def create_app(
         any_host=any_host,
         verifier=verifier,
         max_body=max_body,
+        tls=tls,
     )
     # Added innermost first: Guard → CORS → CatchAll → routes.
     app.add_middleware(CatchAllMiddleware)

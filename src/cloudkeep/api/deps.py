@@ -50,7 +50,9 @@ def optional_body(model: type[M]) -> Callable[[Request], Awaitable[M | None]]:
 
     The TypeScript SDK sends ``Content-Type: application/json`` with no body at all and
     the Python SDK may send ``null`` or ``{}``: all mean "no body". Malformed JSON is a
-    400 and a wrong shape a 422, both with a plain-text explanation.
+    400 (so is JSON nested deeper than the parser's recursion limit, which Python's
+    ``json`` reports as a RecursionError) and a wrong shape a 422, both with a
+    plain-text explanation.
     """
 
     async def parse(request: Request) -> M | None:
@@ -65,6 +67,8 @@ def optional_body(model: type[M]) -> Callable[[Request], Awaitable[M | None]]:
             )
         try:
             data: Any = json.loads(raw)
+        except RecursionError:
+            raise ApiError(400, "Malformed JSON in the request body: nested too deeply.") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"Malformed JSON in the request body: {exc}.") from exc
         if data is None or data == {}:

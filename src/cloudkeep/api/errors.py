@@ -27,12 +27,15 @@ from cloudkeep.errors import (
     KeyMissing,
     RepositoryNotFound,
     StoreUnreachable,
+    TooManyJobs,
     WrongPassphrase,
 )
 
 __all__ = [
+    "RETRY_AFTER",
     "ApiError",
     "CatchAllMiddleware",
+    "error_response",
     "error_text",
     "install_error_handlers",
     "status_for",
@@ -40,6 +43,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("cloudkeep.api")
+
+# Seconds a client refused for a full job queue is told to wait (Retry-After).
+RETRY_AFTER = 30
 
 _HINTS: tuple[tuple[type[CloudkeepError], str], ...] = (
     (
@@ -63,6 +69,11 @@ _HINTS: tuple[tuple[type[CloudkeepError], str], ...] = (
     ),
     (FormatTooNew, "Update cloudkeep to a version that reads this repository."),
     (StoreUnreachable, "Check the network and the store's credentials, then retry."),
+    (
+        TooManyJobs,
+        "Retry later (the Retry-After header says when); the server's --max-queued-jobs "
+        "sets the limit.",
+    ),
     (Busy, "Wait for the other operation to finish, then retry."),
 )
 
@@ -104,13 +115,21 @@ def text_response(status: int, text: str) -> PlainTextResponse:
     return PlainTextResponse(text, status_code=status)
 
 
+def error_response(exc: CloudkeepError) -> PlainTextResponse:
+    """An engine error as its status and text; a full queue also says when to retry."""
+    response = text_response(status_for(exc), error_text(exc))
+    if isinstance(exc, TooManyJobs):
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every expected error to a text/plain body (the SDKs read errors as ``str``)."""
 
     @app.exception_handler(CloudkeepError)
     async def _cloudkeep_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, CloudkeepError)
-        return text_response(status_for(exc), error_text(exc))
+        return error_response(exc)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: Exception) -> Response:

@@ -2,10 +2,11 @@
 
 One worker thread runs the jobs in FIFO order, so backups are serialized and a restore
 never overlaps a backup of the same data (a request that arrives while another job
-runs is queued, visible as INITIALIZED). The engine is blocking; nothing here ever
-runs it on the event loop. Listeners live on the event loop and receive immutable
-snapshots through ``call_soon_threadsafe``; a listener that goes away does not affect
-the job: only an explicit cancel does.
+runs is queued, visible as INITIALIZED). The queue is bounded: beyond ``max_queued``
+waiting jobs a submission raises ``TooManyJobs`` (HTTP 429). The engine is blocking;
+nothing here ever runs it on the event loop. Listeners live on the event loop and
+receive immutable snapshots through ``call_soon_threadsafe``; a listener that goes
+away does not affect the job: only an explicit cancel does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cloudkeep import __version__
-from cloudkeep.errors import Canceled, CloudkeepError
+from cloudkeep.errors import Canceled, CloudkeepError, TooManyJobs
 from cloudkeep.wire import (
     Backup,
     BackupsStreamedProgress,
@@ -41,7 +42,15 @@ from cloudkeep.wire import (
 if TYPE_CHECKING:
     from cloudkeep.workspace import BackupInfo, Progress
 
-__all__ = ["Engine", "Job", "JobKind", "JobManager", "Subscription", "new_trace_id"]
+__all__ = [
+    "DEFAULT_MAX_QUEUED",
+    "Engine",
+    "Job",
+    "JobKind",
+    "JobManager",
+    "Subscription",
+    "new_trace_id",
+]
 
 log = logging.getLogger("cloudkeep.api")
 
@@ -49,6 +58,9 @@ Status = ModelDownloadProgressStatusEnum
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 JOB_PREFIX = "job-"
 _HISTORY = 1000
+# Jobs waiting behind the running one. Each is a whole backup or restore run in turn,
+# so more than this is a client looping, not a user asking.
+DEFAULT_MAX_QUEUED = 16
 # Publish an IN-PROGRESS event only when the percentage rose by this much, or this long
 # passed since the last one: enough for a smooth bar, few enough for slow clients.
 _MIN_STEP = 0.5
@@ -147,8 +159,10 @@ class JobManager:
         device_name: Callable[[], str],
         platform: PlatformEnum,
         on_created: Callable[[BackupInfo], None] | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self._engine = engine
+        self.max_queued = max_queued
         self._device_name = device_name
         self._platform = platform
         self._on_created = on_created
@@ -195,9 +209,19 @@ class JobManager:
         job = Job(f"{JOB_PREFIX}{secrets.token_hex(8)}", JobKind.RESTORATION, backup)
         return self._submit(job, loop)
 
+    def check_room(self) -> None:
+        """Raise ``TooManyJobs`` if the queue is full (before accepting a WebSocket, say)."""
+        with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.status is Status.INITIALIZED)
+            if waiting >= self.max_queued:
+                raise TooManyJobs(
+                    f"Too many jobs: {waiting} backups and restores are already waiting to run"
+                )
+
     def _submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> tuple[Job, Subscription]:
         subscription = Subscription(loop)
         with self._lock:
+            self.check_room()
             job.subscribers.add(subscription)
             self._remember(job)
             subscription.push(job.progress())

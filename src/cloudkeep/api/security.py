@@ -41,6 +41,8 @@ OPEN_PATHS = frozenset(
         "/redoc",
     }
 )
+# The docs pages' scripts and styles (see docs.py).
+OPEN_PREFIX = "/docs/assets/"
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -91,7 +93,12 @@ class GuardPolicy:
     any_host: bool = False
     verifier: AppKeyVerifier | None = None
     max_body: int = DEFAULT_MAX_BODY
+    tls: bool = False
     open_paths: frozenset[str] = field(default=OPEN_PATHS)
+
+    def is_open(self, path: str) -> bool:
+        """Reachable without an application key (no dot segments under the assets)."""
+        return path in self.open_paths or (path.startswith(OPEN_PREFIX) and ".." not in path)
 
     @staticmethod
     def normalize_origins(origins: Iterable[str]) -> frozenset[str]:
@@ -114,14 +121,15 @@ class GuardPolicy:
         if normalized == "null" or host_header is None:
             return False
         parts = urlsplit(normalized)
-        if parts.scheme != "http" or not parts.netloc:  # this server speaks plain HTTP only
+        scheme, default_port = ("https", 443) if self.tls else ("http", 80)
+        if parts.scheme != scheme or not parts.netloc:
             return False
         origin_host = split_host(parts.netloc)
         request_host = split_host(host_header.lower())
         if origin_host is None or request_host is None:
             return False
-        same = origin_host[0] == request_host[0] and (origin_host[1] or 80) == (
-            request_host[1] or 80
+        same = origin_host[0] == request_host[0] and (origin_host[1] or default_port) == (
+            request_host[1] or default_port
         )
         return same and self.host_allowed(host_header)
 
@@ -173,7 +181,7 @@ class GuardMiddleware:
         if (
             policy.verifier is not None
             and not is_preflight
-            and scope["path"] not in policy.open_paths
+            and not policy.is_open(scope["path"])
             and not policy.verifier.verify(headers.get(APP_KEY_HEADER))
         ):
             await _deny(

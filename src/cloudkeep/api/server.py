@@ -5,6 +5,12 @@ without an explicit ``--port`` the server falls back to the first free port of
 39300-39333, the range the SDK wrapper scans with ``HEAD /.well-known/health``.
 The socket is bound here (not by uvicorn) so the chosen port is known and printed
 before serving, with no window where another process could take it.
+
+Connections are read by ``protocol.GuardedHttpProtocol`` (a deadline and a size cap on
+every request, against slow clients); the descriptor limit is raised so that many
+such clients cannot keep real ones out. With ``--tls-cert``/``--tls-key`` the server
+speaks HTTPS, which is what an off-loopback server needs: the application key
+travels in every request.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -22,18 +29,23 @@ import uvicorn
 
 from cloudkeep.api.app import create_app
 from cloudkeep.api.appkeys import AppKeyVerifier
+from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
+from cloudkeep.api.protocol import DEFAULT_REQUEST_TIMEOUT, protocol_for
 from cloudkeep.api.security import DEFAULT_MAX_BODY, is_loopback_name
 from cloudkeep.errors import ConfigurationError
-from cloudkeep.settings import Settings
+from cloudkeep.settings import Settings, warn_if_exposed
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "FALLBACK_PORTS",
     "bind_listening_socket",
+    "raise_descriptor_limit",
     "serve",
     "url_for",
 ]
+
+log = logging.getLogger("cloudkeep.api")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1000
@@ -115,7 +127,7 @@ def bind_listening_socket(
     )
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, tls: bool = False) -> str:
     """The URL to print: loopback shown as ``localhost`` (what the SDKs default to)."""
     if host in ("127.0.0.1", "localhost") or host in _WILDCARDS:
         name = "localhost"
@@ -123,7 +135,59 @@ def url_for(host: str, port: int) -> str:
         name = f"[{host}]"
     else:
         name = host
-    return f"http://{name}:{port}"
+    return f"{'https' if tls else 'http'}://{name}:{port}"
+
+
+# Enough for thousands of connections; more than a per-user server ever needs.
+_WANTED_DESCRIPTORS = 65536
+
+
+def raise_descriptor_limit(wanted: int = _WANTED_DESCRIPTORS) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit; return the limit in force.
+
+    The usual soft limit of 1024 descriptors is exhausted by a thousand idle
+    connections, after which the server cannot accept anyone (not even within the
+    request deadline that ends the slow ones).
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+    return int(soft)
+
+
+def _check_tls(cert: str | None, key: str | None) -> bool:
+    """Whether TLS is on; a certificate or key that cannot be loaded is refused now."""
+    if cert is None:
+        if key is not None:
+            raise ConfigurationError("--tls-key needs --tls-cert (the certificate chain)")
+        return False
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"TLS file not found: {exc.filename or cert}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(
+            f"cannot use the TLS certificate {cert}"
+            + (f" and key {key}" if key else "")
+            + f": {getattr(exc, 'reason', None) or exc}; give a PEM certificate chain "
+            "(--tls-cert) and its unencrypted private key (--tls-key)"
+        ) from None
+    return True
+
+
+def _warn(message: str) -> None:
+    """One line on stderr, where the server's log goes."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _is_loopback(host: str) -> bool:
@@ -143,12 +207,17 @@ def serve(
     app_key_dir: Path | None = None,
     log_level: str = "info",
     max_body: int = DEFAULT_MAX_BODY,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     announce: Callable[[str], None] = _announce,
 ) -> None:
     """Serve until interrupted (Ctrl-C cancels running jobs; nothing partial is left).
 
     Binding anything but loopback requires ``require_app_key``: the key, not the
-    network, is then what authenticates clients.
+    network, is then what authenticates clients, and without TLS it crosses the
+    network in clear (a warning says so).
     """
     host = (host or DEFAULT_HOST).strip("[]")
     loopback = _is_loopback(host)
@@ -157,6 +226,21 @@ def serve(
             f"listening on {host} (not loopback) exposes your backups to the network; add "
             "--require-app-key and give clients a key from `cloudkeep app-key create`"
         )
+    if not request_timeout > 0:
+        raise ConfigurationError("--request-timeout must be a positive number of seconds")
+    if max_queued_jobs < 1:
+        raise ConfigurationError("--max-queued-jobs must be at least 1")
+    tls = _check_tls(tls_cert, tls_key)
+    if not loopback and not tls:
+        _warn(
+            f"warning: serving on {host} over plain HTTP: the application key (X-Application-ID) "
+            "and your backups' metadata travel in clear and can be read on the network; "
+            "give --tls-cert and --tls-key to serve HTTPS"
+        )
+    key_file = settings.passphrase_file if settings.passphrase else settings.default_key_file
+    if key_file is not None:
+        warn_if_exposed(key_file, _warn)
+    raise_descriptor_limit()
     key_dir = app_key_dir or settings.config_dir
     if require_app_key and not AppKeyVerifier(key_dir).has_keys():
         announce(
@@ -173,20 +257,25 @@ def serve(
         any_host=host in _WILDCARDS,
         app_key_dir=key_dir,
         max_body=max_body,
+        max_queued_jobs=max_queued_jobs,
+        tls=tls,
     )
     config = uvicorn.Config(
         app,
+        http=protocol_for(request_timeout),
         log_level=log_level,
         lifespan="on",
         proxy_headers=False,
         server_header=False,
         ws_max_size=max_body,
         timeout_graceful_shutdown=10,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
     )
     server = _Server(config, on_exit=app.state.service.jobs.cancel_all)
     # Keep the event loop responsive while a backup's Python code holds the GIL.
     sys.setswitchinterval(0.001)
-    url = url_for(host, bound_port)
+    url = url_for(host, bound_port, tls)
     announce(f"cloudkeep API listening on {url} (docs: {url}/docs)")
     logging.getLogger("cloudkeep.api").info("serving %s from %s", settings.data, url)
     try:

@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.cache import BackupListCache
 from cloudkeep.api.errors import ApiError
-from cloudkeep.api.jobs import JOB_PREFIX, Engine, Job, JobKind, JobManager, Subscription
+from cloudkeep.api.jobs import (
+    DEFAULT_MAX_QUEUED,
+    JOB_PREFIX,
+    Engine,
+    Job,
+    JobKind,
+    JobManager,
+    Subscription,
+)
 from cloudkeep.api.runner import ProcessEngine
 from cloudkeep.errors import (
     CloudkeepError,
@@ -77,7 +85,12 @@ class BackupService:
     """One per app; owns the worker thread (``start``/``stop`` from the lifespan)."""
 
     def __init__(
-        self, settings: Settings, *, list_ttl: float = 30.0, jobs_in_subprocess: bool = True
+        self,
+        settings: Settings,
+        *,
+        list_ttl: float = 30.0,
+        jobs_in_subprocess: bool = True,
+        max_queued_jobs: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self.settings = settings
         self._workspace: Workspace | None = None
@@ -94,6 +107,7 @@ class BackupService:
             device_name=self._device_name,
             platform=current_platform(),
             on_created=lambda info: self.cache.add(backup_from_info(info)),
+            max_queued=max_queued_jobs,
         )
 
     # -- engine ------------------------------------------------------------------

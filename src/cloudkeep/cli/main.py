@@ -264,6 +264,17 @@ def serve(
     allow_origin: Annotated[
         list[str] | None, typer.Option(help="A browser origin allowed to call the API.")
     ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(help="PEM certificate chain: serve HTTPS (needed off loopback)."),
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    request_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a whole request.")
+    ] = 10.0,
+    max_queued_jobs: Annotated[
+        int, typer.Option(help="Backups and restores allowed to wait; more get 429.")
+    ] = 16,
 ) -> None:
     """Run the Pieces OS Backups API server."""
     from cloudkeep.api.server import serve as run_server
@@ -274,6 +285,10 @@ def serve(
         port=port,
         require_app_key=require_app_key,
         allowed_origins=allow_origin or [],
+        request_timeout=request_timeout,
+        max_queued_jobs=max_queued_jobs,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
 
 

@@ -2,8 +2,9 @@
 
 Credentials never come from the URL's query string (URLs end up in logs, shell
 history and process lists); they come from the environment each service
-documents. WebDAV alone also accepts ``user:password@`` in the URL because many
-WebDAV setups are configured that way; it is stripped from every description.
+documents. A WebDAV URL may name the user (``webdav://user@host/path``) but never
+the password: a password in ``--store`` is visible to every local user in the
+process list; it comes from ``CLOUDKEEP_WEBDAV_PASSWORD``.
 
 Every store is built as: OpenDAL operator + ``TimeoutLayer`` (so no single call
 hangs forever) -> ``OpenDALStorage`` -> ``RetryingStorage``. OpenDAL's own
@@ -303,14 +304,20 @@ def _parse_webdav(url: str, env: Mapping[str, str]) -> _Spec:
     except ValueError:
         raise _error(url, "invalid port") from None
     if not host:
-        raise _error(url, "webdav URLs look like webdav://[user[:password]@]host[:port]/path")
+        raise _error(url, "webdav URLs look like webdav://[user@]host[:port]/path")
+    if parts.password is not None:
+        raise ConfigurationError(
+            f"a password in the store URL {describe_store_url(url)!r} is visible to every "
+            "local user (process list, shell history): remove it and set "
+            "CLOUDKEEP_WEBDAV_PASSWORD instead"
+        )
     _params(url, parts.query, ())
     http = "https" if parts.scheme.lower() == "webdavs" else "http"
     netloc = f"[{host}]" if ":" in host else host
     endpoint = f"{http}://{netloc}" + (f":{port}" if port else "")
     options = {"endpoint": endpoint, "root": _root(parts.path)}
     user = unquote(parts.username) if parts.username else env.get("CLOUDKEEP_WEBDAV_USER")
-    password = unquote(parts.password) if parts.password else env.get("CLOUDKEEP_WEBDAV_PASSWORD")
+    password = env.get("CLOUDKEEP_WEBDAV_PASSWORD")
     secrets = []
     if user:
         options["username"] = user

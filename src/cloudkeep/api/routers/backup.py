@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from cloudkeep.api.deps import BackupId, Service, get_service, optional_body, request_body_doc
-from cloudkeep.api.errors import ApiError, error_text, status_for, text_response
+from cloudkeep.api.errors import ApiError, error_response, text_response
 from cloudkeep.api.jobs import Job
 from cloudkeep.api.routers._responses import COMMON, ENGINE, errors, streamed_content
 from cloudkeep.api.service import BackupService, validate_id
@@ -120,7 +120,7 @@ async def restore_backup_websocket(
         await websocket.send_denial_response(text_response(exc.status, exc.message))
         return
     except CloudkeepError as exc:
-        await websocket.send_denial_response(text_response(status_for(exc), error_text(exc)))
+        await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
     await pump_websocket(websocket, service.jobs.events(job, subscription))

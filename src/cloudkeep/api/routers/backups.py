@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, WebSocket
 from starlette.responses import Response
 
 from cloudkeep.api.deps import BackupId, Service, get_service, optional_body, request_body_doc
-from cloudkeep.api.errors import ApiError, text_response
+from cloudkeep.api.errors import ApiError, error_response, error_text, text_response
 from cloudkeep.api.routers._responses import COMMON, ENGINE, errors, streamed_content
 from cloudkeep.api.service import BackupService
 from cloudkeep.api.streaming import (
@@ -21,6 +21,7 @@ from cloudkeep.api.streaming import (
     stream_mode,
     streamed_response,
 )
+from cloudkeep.errors import TooManyJobs
 from cloudkeep.wire import (
     Backup,
     Backups,
@@ -138,8 +139,17 @@ async def create_backup_websocket_http() -> Response:
 async def create_backup_websocket(
     websocket: WebSocket, service: Annotated[BackupService, Depends(get_service)]
 ) -> None:
+    try:
+        service.jobs.check_room()
+    except TooManyJobs as exc:
+        await websocket.send_denial_response(error_response(exc))
+        return
     await websocket.accept()
-    job, subscription = service.create()
+    try:
+        job, subscription = service.create()
+    except TooManyJobs as exc:  # filled up while the socket was being accepted
+        await websocket.close(code=1013, reason=error_text(exc)[:120])
+        return
     await pump_websocket(websocket, service.jobs.events(job, subscription))
 
 
