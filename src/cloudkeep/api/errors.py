@@ -13,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -180,6 +181,8 @@ class CatchAllMiddleware:
             await self.app(scope, receive, tracking_send)
         except BodyTooLarge:
             raise  # not a bug: the guard outside answers 413
+        except ClientDisconnect:
+            return  # the client left (or was cut off) before its body arrived: nobody to answer
         except Exception:
             trace_id = new_trace_id()
             log.exception(

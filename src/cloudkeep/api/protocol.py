@@ -9,10 +9,11 @@ does not help: it answers 503 to everyone once the slow connections fill it.
 
 Here every request must arrive whole (head and body) within ``request_timeout``
 seconds, counted from the connection's opening for the first request and from its
-first byte for the next ones; a late one gets a 408 (or, if its response has begun,
-just the close). A head larger than ``max_head`` bytes gets a 431. With these, a
-slow connection costs a file descriptor for a bounded time; ``serve`` raises the
-descriptor limit so that a thousand of them do not keep real clients out.
+first byte for the next ones; a late one gets a 408 (or, if a response has begun,
+just the close), and a route still waiting for its body sees the client disconnect.
+A head larger than ``max_head`` bytes gets a 431. With these, a slow connection costs
+a file descriptor for a bounded time; ``serve`` raises the descriptor limit so that
+a thousand of them do not keep real clients out.
 """
 
 from __future__ import annotations
@@ -81,7 +82,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: bytes, text: str) -> None:
         """Answer and close; only the close if a response is already under way."""
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(_refusal(status, text))
+        elif not cycle.response_started:  # the app waits for the body: it gets a disconnect
+            cycle.disconnected = True
+            cycle.message_event.set()
             self.transport.write(_refusal(status, text))
         self.transport.close()
 
