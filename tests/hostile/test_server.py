@@ -124,7 +124,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
                 cwd=root,
-                preexec_fn=preexec,  # noqa: PLW1509 (sets a resource limit, no locks)
+                preexec_fn=preexec,  # only sets a resource limit
             )
         server = Server(f"{scheme}://127.0.0.1:{port}", port, process, out, err, verify)
         started.append(server)
