@@ -407,9 +407,22 @@ def test_docs_pages_use_only_assets_served_by_the_server(start_server: StartServ
         assert "javascript" in script.headers["content-type"]
         assert b"SwaggerUIBundle" in script.content
         assert b"Redoc" in http.get("/docs/assets/redoc.standalone.js").content
-        assert http.get("/docs/assets/../backups").status_code in (401, 404)
         assert http.get("/backups").status_code == 401  # the key is still required elsewhere
+    for path in (b"/docs/assets/../../backups", b"/docs/assets/%2e%2e/%2e%2e/backups"):
+        answer = _raw_get(server.port, path)
+        assert answer.split(b" ", 2)[1] in (b"401", b"404"), answer[:200]
+        assert b"iterable" not in answer
     _assert_no_bug(server)
+
+
+def _raw_get(port: int, path: bytes) -> bytes:
+    """A GET of ``path`` exactly as given (clients would resolve the dot segments)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # ---- 5. TLS, and the app key in clear -----------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import socket
 import ssl
 import sys
@@ -226,7 +227,7 @@ def serve(
             f"listening on {host} (not loopback) exposes your backups to the network; add "
             "--require-app-key and give clients a key from `cloudkeep app-key create`"
         )
-    if not request_timeout > 0:
+    if not (request_timeout > 0 and math.isfinite(request_timeout)):
         raise ConfigurationError("--request-timeout must be a positive number of seconds")
     if max_queued_jobs < 1:
         raise ConfigurationError("--max-queued-jobs must be at least 1")
