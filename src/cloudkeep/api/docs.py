@@ -20,14 +20,15 @@ from fastapi.openapi.docs import (
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse
 
-__all__ = ["ASSETS_PATH", "DOCS_PATHS", "install_docs"]
+from cloudkeep.api.security import OPEN_PREFIX
 
-ASSETS_PATH = "/docs/assets"
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+__all__ = ["ASSETS_PATH", "install_docs"]
+
+ASSETS_PATH = OPEN_PREFIX.rstrip("/")  # reachable without an app key, like the pages
 _OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 
-# The bundles need inline scripts and styles, eval (Swagger UI's syntax highlighter) and
-# blob workers (ReDoc's search); every source stays this origin.
+# The pages need inline scripts and styles, ``new Function`` (ReDoc's schema compiler)
+# and blob workers (ReDoc's search); every source stays this origin.
 _CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "

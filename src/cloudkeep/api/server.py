@@ -278,7 +278,7 @@ def serve(
     sys.setswitchinterval(0.001)
     url = url_for(host, bound_port, tls)
     announce(f"cloudkeep API listening on {url} (docs: {url}/docs)")
-    logging.getLogger("cloudkeep.api").info("serving %s from %s", settings.data, url)
+    log.info("serving %s from %s", settings.data, url)
     try:
         server.run(sockets=[sock])
     finally:
