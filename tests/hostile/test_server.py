@@ -259,6 +259,23 @@ def _read_until_closed(sockets: list[socket.socket], bound: float) -> list[bytes
     return closed
 
 
+def test_the_deadline_bounds_reading_requests_not_websockets(start_server: StartServer) -> None:
+    """A WebSocket and a keep-alive connection outlive the request deadline."""
+    server = start_server("--request-timeout", "1")
+    url = f"ws://127.0.0.1:{server.port}/backups/streamed/progress"
+    with connect(url) as feed, server.http() as http:
+        assert '"backups":[]' in str(feed.recv(timeout=10))
+        assert http.get("/backups").status_code == 200
+        time.sleep(2.5)  # past the deadline, twice over
+        assert http.get("/backups").status_code == 200  # same connection, kept alive
+        created = http.post("/backups/create")
+        assert created.status_code == 200, created.text
+        seen = ""
+        while created.json()["id"] not in seen:
+            seen = str(feed.recv(timeout=30))
+    _assert_no_bug(server)
+
+
 def test_oversized_request_head_is_431(start_server: StartServer) -> None:
     server = start_server()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:

@@ -119,14 +119,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        # Also called for a WebSocket handshake, before uvicorn hands the transport over.
         self._disarm()
         self._reading_head = True  # what follows is the next request's head
         self._head_bytes = 0
         super().on_message_complete()
-
-    def handle_websocket_upgrade(self) -> None:
-        self._disarm()  # the WebSocket protocol takes the transport over
-        super().handle_websocket_upgrade()
 
 
 def protocol_for(
