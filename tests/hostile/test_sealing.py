@@ -74,13 +74,21 @@ def test_index_file_copied_over_another_is_reported(
 @pytest.mark.parametrize(
     ("field", "value", "complaint"),
     [
-        ("pack_size", 2**40, "pack_size 1099511627776 is outside"),
-        ("pack_size", "4194304", "pack_size 4194304 is outside"),
-        ("zstd_level", 99, "zstd_level 99 is outside"),
+        (
+            "pack_size",
+            2**40,
+            "pack_size must be an integer from 65536 to 67108864, not 1099511627776",
+        ),
+        (
+            "pack_size",
+            "4194304",
+            "pack_size must be an integer from 65536 to 67108864, not '4194304'",
+        ),
+        ("zstd_level", 99, "zstd_level must be an integer from -7 to 19, not 99"),
         (
             "chunker",
             {"sqlite_chunk_bytes": 8192, "cdc_min": 1, "cdc_avg": 2**40, "cdc_max": 2**50},
-            "chunker cdc_min 1 is outside",
+            "chunker cdc_min must be an integer from 65536 to 1048576, not 1",
         ),
         (
             "chunker",

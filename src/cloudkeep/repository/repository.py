@@ -136,8 +136,10 @@ def canonical_config(config: dict) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _in_range(value: object, bounds: tuple[int, int]) -> bool:
-    return type(value) is int and bounds[0] <= value <= bounds[1]
+def _range_problem(field: str, value: object, bounds: tuple[int, int]) -> str | None:
+    if type(value) is int and bounds[0] <= value <= bounds[1]:
+        return None
+    return f"{field} must be an integer from {bounds[0]} to {bounds[1]}, not {value!r:.40}"
 
 
 def config_problem(config: dict) -> str | None:
@@ -148,16 +150,17 @@ def config_problem(config: dict) -> str | None:
             return f"'{field}' is not {size} hex digits"
     if not isinstance(config.get("created"), str) or len(config["created"]) > 64:
         return "'created' is not a date"
-    if not _in_range(config.get("pack_size"), PACK_SIZE_RANGE):
-        return f"pack_size {str(config.get('pack_size'))[:40]} is outside {PACK_SIZE_RANGE}"
-    if not _in_range(config.get("zstd_level"), ZSTD_LEVEL_RANGE):
-        return f"zstd_level {str(config.get('zstd_level'))[:40]} is outside {ZSTD_LEVEL_RANGE}"
+    problem = _range_problem("pack_size", config.get("pack_size"), PACK_SIZE_RANGE)
+    problem = problem or _range_problem("zstd_level", config.get("zstd_level"), ZSTD_LEVEL_RANGE)
+    if problem:
+        return problem
     chunker = config.get("chunker")
     if not isinstance(chunker, dict) or set(chunker) != set(CHUNKER_RANGES):
         return "the chunker parameters are missing or unknown"
     for field, bounds in CHUNKER_RANGES.items():
-        if not _in_range(chunker[field], bounds):
-            return f"chunker {field} {str(chunker[field])[:40]} is outside {bounds}"
+        problem = _range_problem(f"chunker {field}", chunker[field], bounds)
+        if problem:
+            return problem
     if chunker["sqlite_chunk_bytes"] & (chunker["sqlite_chunk_bytes"] - 1):
         return "chunker sqlite_chunk_bytes is not a power of two"
     if not chunker["cdc_min"] <= chunker["cdc_avg"] <= chunker["cdc_max"]:
