@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from cloudkeep.errors import RepositoryChanged
 from cloudkeep.repository.keys import unwrap_key
+from cloudkeep.repository.packs import read_header
+from cloudkeep.repository.repository import Repository, file_aad
 from cloudkeep.settings import Settings
 from cloudkeep.storage.url import open_store
 from cloudkeep.workspace import Workspace
-from tests.hostile.conftest import PASSPHRASE
+from tests.hostile.conftest import PASSPHRASE, FolderRaw, HostileStore
 
 TRIALS_PER_STORE = 25  # x2 stores: 50 trials, 150 backups
 
@@ -102,3 +105,65 @@ def test_concurrent_first_backups_agree_on_one_key(
         else:
             store = request.getfixturevalue("s3_server").url_for(f"race-{uuid.uuid4().hex[:12]}")
         _run_trial(store, tmp_path / f"trial{trial}", devices=2 + trial % 3)
+
+
+def _second_creation(hostile_store: HostileStore, scratch: Path) -> Repository:
+    """Another device's repository overwrites the config, as a racing WebDAV put can."""
+    winner = Repository.init(open_store(scratch.as_uri()), PASSPHRASE)
+    elsewhere = FolderRaw(scratch)
+    for name in [*elsewhere.names("keys/"), "config"]:
+        hostile_store.raw.put(name, elsewhere.get(name))
+    return winner
+
+
+def test_backup_under_a_key_that_lost_the_creation_is_never_published(
+    hostile_store: HostileStore, tmp_path: Path
+) -> None:
+    """A store without atomic create lets a second device overwrite the config after
+    the first one read it back: the first device's backup must not be published
+    under its losing key; it joins the winner and backs up again."""
+    first = _fresh_device(hostile_store.url, tmp_path / "first")
+    (tmp_path / "first" / "data").mkdir(parents=True)
+    (tmp_path / "first" / "data" / "notes.bin").write_bytes(b"first device's notes")
+    first.init()
+    losing_key = json.loads(hostile_store.raw.get("config"))["key"]
+
+    winner = _second_creation(hostile_store, tmp_path / "elsewhere")
+
+    info = first.backup()
+    fresh = _fresh_device(hostile_store.url, tmp_path / "fresh")
+    assert [b.id for b in fresh.list()] == [info.id]
+    fresh.restore(info.id, target=tmp_path / "restored")
+    assert (tmp_path / "restored" / "notes.bin").read_bytes() == b"first device's notes"
+
+    # Nothing but its (unused) key file is left of the losing key.
+    storage = open_store(hostile_store.url)
+    for name in hostile_store.raw.names():
+        kind, _, rest = name.partition("/")
+        if kind in ("snapshots", "index"):
+            winner.sealer.open(hostile_store.raw.get(name), file_aad(kind, rest))
+        elif kind == "data":
+            read_header(hostile_store.raw.get(name), winner.sealer)
+    fingerprints = {
+        key.fingerprint()
+        for info_ in storage.list("keys/")
+        if (key := unwrap_key(storage.get(info_.name), PASSPHRASE)) is not None
+    }
+    assert fingerprints == {winner.key.fingerprint(), losing_key}
+
+
+def test_device_that_joined_the_losing_key_fails_clearly(
+    hostile_store: HostileStore, tmp_path: Path
+) -> None:
+    creator = _fresh_device(hostile_store.url, tmp_path / "creator")
+    creator.init()
+    joined = _fresh_device(hostile_store.url, tmp_path / "joined")
+    (tmp_path / "joined" / "data").mkdir(parents=True)
+    (tmp_path / "joined" / "data" / "notes.bin").write_bytes(b"notes")
+    joined.list()
+    _second_creation(hostile_store, tmp_path / "elsewhere")
+    before = hostile_store.raw.names()
+
+    with pytest.raises(RepositoryChanged, match="nothing was published: run the backup again"):
+        joined.backup()
+    assert hostile_store.raw.names() == before
