@@ -197,6 +197,7 @@ class Workspace:
         """
         if self._unlocked is not None or not self._known_passphrase():
             return None
+        self.storage  # noqa: B018 - opened here, not in two threads at once
         return pool.submit(self._open)
 
     # --------------------------------------------------------------- operations
