@@ -40,6 +40,12 @@ class WrongPassphrase(CloudkeepError):
     http_status = 511
 
 
+class RepositoryChanged(CloudkeepError):
+    """The store holds another repository or key than the one this device joined."""
+
+    http_status = 409
+
+
 class KeyMissing(CloudkeepError):
     """No passphrase or key file is available to open the repository."""
 

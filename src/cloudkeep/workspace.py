@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.errors import (
     KeyMissing,
+    RepositoryChanged,
+    RepositoryDamaged,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
     UserError,
 )
-from cloudkeep.repository.keys import first_unwrapped
+from cloudkeep.repository.trust import Joined, TrustStore
 from cloudkeep.settings import Settings, warn_if_exposed
 from cloudkeep.snapshot.progress import Progress, ProgressFn
-from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
+from cloudkeep.storage.base import ObjectNotFound, Storage
 from cloudkeep.storage.url import open_store
 
 # Imported where used: a CLI process runs one operation, and compiling/importing
@@ -81,6 +83,9 @@ class Workspace:
         self._storage: Storage | None = None
         self._unlocked: tuple[dict, MasterKey] | None = None
         self._open_lock = threading.Lock()
+        self._trust = TrustStore(settings.config_dir)
+        # Set when this workspace created the repository (it may lose a creation race).
+        self._created_here = False
 
     # ------------------------------------------------------------------ opening
     @property
@@ -129,74 +134,74 @@ class Workspace:
         if Repository.exists(self.storage):
             raise RepositoryExists(f"a repository already exists at {self.storage.describe()}")
         repo = Repository.init(self.storage, self._passphrase(creating=True), self._cache())
-        self._unlocked = (repo.config, repo.key)
+        self._joined(repo, created=True)
 
     def repository(
-        self, create: bool = False, derived: Future[tuple[str, MasterKey | None]] | None = None
+        self, create: bool = False, opening: Future[Repository] | None = None
     ) -> Repository:
         """A fresh handle on the unlocked repository (one per operation: own index).
 
-        ``derived`` is a key derivation from ``_derive_key_soon``: its key is used if it
-        found one for the passphrase that opens the repository now.
+        ``opening`` is an opening started by ``_open_soon``; its outcome is used.
         """
         from cloudkeep.repository.repository import Repository
 
         with self._open_lock:
             if self._unlocked is None:
-                cache = self._cache()
-                # One read of the config says both whether to create the repository and
-                # "no repository" before "no key" (a stat first cost a round trip).
                 try:
-                    config = Repository.read_config(self.storage)
-                    exists = True
+                    repo = opening.result() if opening else self._open()
                 except RepositoryNotFound:
                     if not create:
                         raise
-                    exists = False
-                if exists:
-                    passphrase = self._passphrase(False)
-                    found = derived.result() if derived else None
-                    if found is not None and found[0] == passphrase and found[1] is not None:
-                        repo = Repository(self.storage, config, found[1], cache)
-                    else:  # the usual way, with its errors (no key files, wrong passphrase)
-                        repo = Repository.open(self.storage, passphrase, cache)
-                else:
                     try:
-                        repo = Repository.init(self.storage, self._passphrase(True), cache)
+                        repo = Repository.init(self.storage, self._passphrase(True), self._cache())
+                        self._joined(repo, created=True)
                     except RepositoryExists:  # another device created it meanwhile
-                        repo = Repository.open(self.storage, self._passphrase(False), cache)
-                self._unlocked = (repo.config, repo.key)
+                        repo = self._open()
+            assert self._unlocked is not None  # set by _joined
             config, key = self._unlocked
         return Repository(self.storage, config, key, self._cache())
+
+    def _open(self) -> Repository:
+        """Open the existing repository: the config first ("no repository" comes before
+        "no key"), then this device's trust record, then the key."""
+        from cloudkeep.repository.repository import Repository
+
+        config = Repository.read_config(self.storage)
+        joined = self._trust.check(
+            self.settings.store, self.storage.describe(), config["id"], config["key"]
+        )
+        repo = Repository.unlock(
+            self.storage,
+            config,
+            self._passphrase(False),
+            self._cache(),
+            joined.key_file if joined else None,
+        )
+        self._joined(repo, created=False)
+        return repo
+
+    def _joined(self, repo: Repository, created: bool) -> None:
+        """Remember the repository this device now uses (trust on first use)."""
+        self._trust.remember(
+            self.settings.store, Joined(repo.config["id"], repo.config["key"], repo.key_file)
+        )
+        self._created_here = created
+        self._unlocked = (repo.config, repo.key)
 
     def _cache(self) -> Path:
         return self.settings.cache_dir / "repositories"
 
-    def _derive_key_soon(
-        self, pool: ThreadPoolExecutor
-    ) -> Future[tuple[str, MasterKey | None]] | None:
-        """Start deriving the master key from the store's key files in ``pool``.
+    def _open_soon(self, pool: ThreadPoolExecutor) -> Future[Repository] | None:
+        """Start opening the repository in ``pool`` if a passphrase is known.
 
         Argon2id takes ~90 ms and releases the GIL, so whatever the caller does next
-        (importing the engine, reading the config) runs meanwhile instead of after
-        it. Only the key files are read first, so it starts as early as it can. It
-        changes nothing else: ``repository()`` still reads the config first, and
-        opens the repository the usual way (with its errors) when no key came out.
+        (importing the engine) runs meanwhile instead of after it. ``repository()``
+        takes its outcome, errors included.
         """
-        if self._unlocked is not None:
+        if self._unlocked is not None or not self._known_passphrase():
             return None
-        passphrase = self._known_passphrase()
-        if not passphrase:
-            return None
-        try:
-            documents = [self.storage.get(info.name) for info in self.storage.list("keys/")]
-        except StorageUnavailable:
-            raise  # unreachable: retrying it all again in repository() would double the wait
-        except StorageError:
-            return None  # e.g. a key file deleted meanwhile: the usual way sorts it out
-        if not documents:
-            return None  # no repository yet (or no keys: the usual way says so)
-        return pool.submit(lambda: (passphrase, first_unwrapped(documents, passphrase)))
+        self.storage  # noqa: B018 - opened here, not in two threads at once
+        return pool.submit(self._open)
 
     # --------------------------------------------------------------- operations
     def backup(
@@ -206,16 +211,27 @@ class Workspace:
         if self.settings.data_is_default:
             data.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
-            derived = self._derive_key_soon(pool)
+            opening = self._open_soon(pool)
             from cloudkeep.snapshot.archiver import Archiver  # while Argon2 runs
 
-            repo = self.repository(create=True, derived=derived)
+            repo = self.repository(create=True, opening=opening)
         archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
+        try:
+            return BackupInfo.of(archiver.run(data, self.settings.device_name))
+        except RepositoryChanged:
+            if not self._created_here:
+                raise
+        # We created the repository, but a store without atomic create let another
+        # device replace its config: nothing was published; join the winner, once.
+        with self._open_lock:
+            self._trust.forget(self.settings.store)
+            self._unlocked = None
+            self._created_here = False
+        scratch = self.settings.cache_dir / "scratch"
+        archiver = Archiver(self.repository(), scratch, progress, cancel)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
     def list(self) -> list[BackupInfo]:
-        from cloudkeep.snapshot.manifest import Manifest
-
         try:
             repo = self.repository()
         except RepositoryNotFound:
@@ -223,19 +239,19 @@ class Workspace:
         infos = []
         for name in repo.list_files("snapshots"):
             try:
-                infos.append(BackupInfo.of(Manifest.decode(repo.load_file("snapshots", name))))
+                infos.append(BackupInfo.of(_load_manifest(repo, name)))
             except ObjectNotFound:
                 continue  # deleted while we listed
         infos.sort(key=lambda info: int(info.timestamp), reverse=True)
         return infos
 
     def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
-        from cloudkeep.snapshot.manifest import Manifest, validate_backup_id
+        from cloudkeep.snapshot.manifest import validate_backup_id
 
         validate_backup_id(backup_id)
         repo = repo or self.repository()
         try:
-            return Manifest.decode(repo.load_file("snapshots", backup_id))
+            return _load_manifest(repo, backup_id)
         except ObjectNotFound:
             raise SnapshotNotFound(f"no backup {backup_id} in {self.storage.describe()}") from None
 
@@ -253,10 +269,10 @@ class Workspace:
         """Restore a backup; ``reuse_local`` takes the chunks the live data still holds
         from it instead of the store (each checked against the backup's id for it)."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
-            derived = self._derive_key_soon(pool)
+            opening = self._open_soon(pool)
             from cloudkeep.snapshot.restorer import Restorer  # while Argon2 runs
 
-            repo = self.repository(derived=derived)
+            repo = self.repository(opening=opening)
         manifest = self.manifest(backup_id, repo)
         live = self.settings.data
         if target is None and manifest.kind == "folder" and live.is_file():
@@ -309,3 +325,13 @@ class Workspace:
         from cloudkeep.snapshot.checker import Checker
 
         return Checker(self.repository(), progress, cancel).run(read_data)
+
+
+def _load_manifest(repo: Repository, name: str) -> Manifest:
+    """The manifest ``snapshots/<name>``: sealed for that name, and naming itself so."""
+    from cloudkeep.snapshot.manifest import Manifest
+
+    manifest = Manifest.decode(repo.load_file("snapshots", name))
+    if manifest.id != name:
+        raise RepositoryDamaged(f"snapshots/{name} is damaged: it holds backup {manifest.id}")
+    return manifest

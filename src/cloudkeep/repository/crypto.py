@@ -1,8 +1,9 @@
 """Client-side encryption and keyed content ids.
 
 Every stored object is sealed with AES-256-GCM under the repository's master
-key, with associated data binding it to its role (a blob to its id, a file to
-its kind) so objects cannot be swapped for one another undetected. Blob ids are
+key, with associated data binding it to its role and name (a frame to its
+role, a file to its kind and name) so objects cannot be swapped for one another
+undetected. Blob ids are
 keyed BLAKE3 hashes, so a storage provider cannot confirm guesses about the
 content by hashing candidate plaintexts.
 """
@@ -41,6 +42,20 @@ class MasterKey:
     @classmethod
     def from_dict(cls, raw: dict[str, str]) -> MasterKey:
         return cls(bytes.fromhex(raw["encryption"]), bytes.fromhex(raw["id"]))
+
+    def fingerprint(self) -> str:
+        """A public name of this key (hex): the config records it, devices remember it."""
+        return blake3.blake3(
+            self.encryption_key + self.id_key,
+            derive_key_context="cloudkeep 2026-11 master key fingerprint",
+        ).hexdigest()
+
+    def config_mac(self, canonical: bytes) -> str:
+        """Keyed BLAKE3 of the config's canonical JSON, under a subkey of the master key."""
+        subkey = blake3.blake3(
+            self.encryption_key + self.id_key, derive_key_context="cloudkeep 2026-11 config mac"
+        ).digest()
+        return blake3.blake3(canonical, key=subkey).hexdigest()
 
     def chunker_seed(self) -> int:
         """A secret seed for the CDC gear table: chunk boundaries leak nothing."""

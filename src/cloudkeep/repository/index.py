@@ -17,7 +17,6 @@ import zstandard
 
 from cloudkeep.repository.packs import ENTRY, PackEntry, decode_header, encode_header
 
-INDEX_AAD = b"index"
 _MAGIC = b"CKIX\x02"
 _COUNT = struct.Struct("<I")
 _U32 = 0xFFFFFFFF

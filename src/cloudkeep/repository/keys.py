@@ -1,19 +1,30 @@
 """Key files: the master key wrapped by a key derived from the passphrase.
 
 Argon2id (memory-hard) makes offline guessing of the passphrase expensive for
-anyone who obtains the store. Several key files may exist (one per passphrase);
-any of them opens the repository.
+anyone who obtains the store. Several key files may exist (one per passphrase,
+or left by a device that lost a race to create the repository); a key file is
+used only when it opens with the passphrase AND holds the master key whose
+fingerprint the authenticated config names.
+
+Key files are store input, so they are bounded before any work: at most
+``MAX_KEY_FILE_BYTES``, Argon2 parameters between the defaults (a planted cheap
+file would be a cheaper guessing oracle than the real one) and a ceiling (a
+planted file must not hang or exhaust memory), and at most ``MAX_KEY_FILES_TRIED``
+derivations per opening.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
 import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 
 # cryptography and our crypto module (~10 ms of import) are imported where used:
@@ -25,6 +36,21 @@ KEY_AAD = b"cloudkeep-key-v1"
 # 64 MiB, 2 passes, 2 lanes: ~90 ms here, paid by every command; more memory than
 # OWASP's Argon2id recommendations (19-46 MiB), which is what makes guessing costly.
 DEFAULT_KDF = {"time_cost": 2, "memory_cost_kib": 64 * 1024, "parallelism": 2}
+# Accepted from a key file: never cheaper than the defaults, never more than
+# 1 GiB, 10 passes, 8 lanes, and at most 16 times the default work (~1.5 s here).
+KDF_BOUNDS = {
+    "time_cost": (2, 10),
+    "memory_cost_kib": (64 * 1024, 1024 * 1024),
+    "parallelism": (1, 8),
+}
+MAX_KDF_WORK = 16 * DEFAULT_KDF["time_cost"] * DEFAULT_KDF["memory_cost_kib"]
+MAX_KEY_FILE_BYTES = 4096
+MAX_KEY_FILES_TRIED = 8
+KEY_NAME = re.compile(r"keys/[0-9a-f]{32}")
+
+
+def new_key_name() -> str:
+    return f"keys/{os.urandom(16).hex()}"
 
 
 def _derive(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:
@@ -61,24 +87,41 @@ def wrap_key(master: MasterKey, passphrase: str) -> bytes:
     return json.dumps(document, indent=1).encode()
 
 
-def first_unwrapped(documents: list[bytes], passphrase: str) -> MasterKey | None:
-    """The master key from the first key file this passphrase opens, or None."""
-    for document in documents:
-        key = unwrap_key(document, passphrase)
-        if key is not None:
-            return key
-    return None
+def kdf_params(document: dict) -> dict[str, int] | None:
+    """The key file's Argon2 parameters if within ``KDF_BOUNDS``, else None."""
+    params = {}
+    for name, (low, high) in KDF_BOUNDS.items():
+        value = document.get(name)
+        if type(value) is not int or not low <= value <= high:
+            return None
+        params[name] = value
+    if params["time_cost"] * params["memory_cost_kib"] > MAX_KDF_WORK:
+        return None
+    return params
 
 
 def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
-    """The master key, or None when this passphrase does not open this key file."""
+    """The master key, or None when this passphrase does not open this key file.
+
+    A file out of bounds (size, Argon2 parameters, salt) is None without any derivation.
+    """
+    if len(document_bytes) > MAX_KEY_FILE_BYTES:
+        return None
     try:
         document = json.loads(document_bytes)
-        if document.get("kdf") != "argon2id":
+        if not isinstance(document, dict) or document.get("kdf") != "argon2id":
             return None
-        params = {k: int(document[k]) for k in DEFAULT_KDF}
-        kek = _derive(passphrase, base64.b64decode(document["salt"]), params)
-    except (ValueError, KeyError, TypeError):
+        params = kdf_params(document)
+        salt = base64.b64decode(document["salt"], validate=True)
+        nonce = base64.b64decode(document["nonce"], validate=True)
+        data = base64.b64decode(document["data"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+    if params is None or not 8 <= len(salt) <= 64:
+        return None
+    try:
+        kek = _derive(passphrase, salt, params)
+    except HashingError:  # e.g. the memory could not be allocated
         return None
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -86,9 +129,10 @@ def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
     from cloudkeep.repository.crypto import MasterKey
 
     try:
-        payload = AESGCM(kek).decrypt(
-            base64.b64decode(document["nonce"]), base64.b64decode(document["data"]), KEY_AAD
-        )
-        return MasterKey.from_dict(json.loads(payload))
-    except (InvalidTag, ValueError, KeyError, TypeError):
+        payload = AESGCM(kek).decrypt(nonce, data, KEY_AAD)
+        key = MasterKey.from_dict(json.loads(payload))
+    except (InvalidTag, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if len(key.encryption_key) != 32 or len(key.id_key) != 32:
+        return None
+    return key

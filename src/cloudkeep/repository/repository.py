@@ -2,7 +2,8 @@
 
 Store layout (see docs/format.md)::
 
-    config                 plaintext JSON: format version, repository id, chunker parameters
+    config                 JSON: format version, repository id, chunker parameters, the
+                           master key's fingerprint, a MAC under the master key
     keys/<id>              master key wrapped by a passphrase-derived key (Argon2id)
     data/<xx>/<pack id>    packs of sealed, compressed blobs
     index/<id>             which pack holds each blob
@@ -12,8 +13,10 @@ Store layout (see docs/format.md)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import struct
 import threading
 import uuid
@@ -27,6 +30,7 @@ import zstandard
 from cloudkeep.errors import (
     FormatTooNew,
     KeyMissing,
+    RepositoryChanged,
     RepositoryDamaged,
     RepositoryExists,
     RepositoryNotFound,
@@ -39,8 +43,15 @@ from cloudkeep.repository.crypto import (
     MasterKey,
     Sealer,
 )
-from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
-from cloudkeep.repository.keys import unwrap_key, wrap_key
+from cloudkeep.repository.index import IndexFile, IndexFormatError, MasterIndex
+from cloudkeep.repository.keys import (
+    KEY_NAME,
+    MAX_KEY_FILE_BYTES,
+    MAX_KEY_FILES_TRIED,
+    new_key_name,
+    unwrap_key,
+    wrap_key,
+)
 from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, pack_name
 from cloudkeep.storage.base import (
     ObjectExists,
@@ -50,8 +61,10 @@ from cloudkeep.storage.base import (
     StorageUnavailable,
 )
 
-# 2: blobs sealed in frames of several blobs (1: one sealed blob per chunk).
-FORMAT_VERSION = 2
+# 3: files sealed with their kind and name as associated data, an authenticated config
+# naming the master key's fingerprint (2: files bound to their kind only; 1: one sealed
+# blob per chunk).
+FORMAT_VERSION = 3
 # 4 MiB: a 2 GiB backup peaked at 174 MiB RSS (8 MiB packs: 211 MiB) for less CPU,
 # and still few, large requests on object stores.
 PACK_TARGET_SIZE = 4 * 1024 * 1024
@@ -76,6 +89,18 @@ DEFAULT_CHUNKER = {
     "cdc_avg": 1024 * 1024,
     "cdc_max": 4 * 1024 * 1024,
 }
+# What a config may hold: bounds keep a tampered (or foreign) config from costing
+# memory or crashing before its MAC is checked. FastCDC accepts min <= 1 MiB,
+# avg <= 4 MiB, max <= 16 MiB; a chunk must fit a frame.
+PACK_SIZE_RANGE = (64 * 1024, 64 * 1024 * 1024)
+ZSTD_LEVEL_RANGE = (-7, 19)
+CHUNKER_RANGES = {
+    "sqlite_chunk_bytes": (512, 64 * 1024),
+    "cdc_min": (64 * 1024, 1024 * 1024),
+    "cdc_avg": (64 * 1024, 4 * 1024 * 1024),
+    "cdc_max": (64 * 1024, 16 * 1024 * 1024),
+}
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class OpenedFrame(NamedTuple):
@@ -97,25 +122,83 @@ class BlobDamaged(Exception):
         self.blob_id = blob_id
 
 
+def file_aad(kind: str, name: str) -> bytes:
+    """Associated data of a sealed repository file: its kind and name.
+
+    A file copied over another name (an old manifest over a new one) fails to open.
+    """
+    return f"{kind}/{name}".encode()
+
+
+def canonical_config(config: dict) -> bytes:
+    """The bytes the config's MAC covers: every field but ``mac``, canonical JSON."""
+    fields = {k: v for k, v in config.items() if k != "mac"}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _range_problem(field: str, value: object, bounds: tuple[int, int]) -> str | None:
+    if type(value) is int and bounds[0] <= value <= bounds[1]:
+        return None
+    return f"{field} must be an integer from {bounds[0]} to {bounds[1]}, not {value!r:.40}"
+
+
+def config_problem(config: dict) -> str | None:
+    """Why a (version-checked) config cannot be used, or None: shapes and bounds only."""
+    for field, size in (("id", 32), ("key", 64), ("mac", 64)):
+        value = config.get(field)
+        if not isinstance(value, str) or len(value) != size or not _HEX.fullmatch(value):
+            return f"'{field}' is not {size} hex digits"
+    if not isinstance(config.get("created"), str) or len(config["created"]) > 64:
+        return "'created' is not a date"
+    problem = _range_problem("pack_size", config.get("pack_size"), PACK_SIZE_RANGE)
+    problem = problem or _range_problem("zstd_level", config.get("zstd_level"), ZSTD_LEVEL_RANGE)
+    if problem:
+        return problem
+    chunker = config.get("chunker")
+    if not isinstance(chunker, dict) or set(chunker) != set(CHUNKER_RANGES):
+        return "the chunker parameters are missing or unknown"
+    for field, bounds in CHUNKER_RANGES.items():
+        problem = _range_problem(f"chunker {field}", chunker[field], bounds)
+        if problem:
+            return problem
+    if chunker["sqlite_chunk_bytes"] & (chunker["sqlite_chunk_bytes"] - 1):
+        return "chunker sqlite_chunk_bytes is not a power of two"
+    if not chunker["cdc_min"] <= chunker["cdc_avg"] <= chunker["cdc_max"]:
+        return "chunker sizes are not ordered cdc_min <= cdc_avg <= cdc_max"
+    return None
+
+
 class Repository:
     """An unlocked repository. Thread-safe for concurrent blob reads and writes."""
 
     def __init__(
-        self, storage: Storage, config: dict, key: MasterKey, cache_dir: Path | None
+        self,
+        storage: Storage,
+        config: dict,
+        key: MasterKey,
+        cache_dir: Path | None,
+        key_file: str | None = None,
     ) -> None:
         self.storage = storage
         self.config = config
         self.key = key
+        # The key file this key came from (devices remember it and try it first).
+        self.key_file = key_file
         self.sealer = Sealer(key)
         self.index = MasterIndex()
         self._cache_dir = cache_dir / config["id"] if cache_dir else None
         self._compressor = threading.local()
         # check turns this off: it must judge what the store holds, not our copy of it.
         self.read_cache = True
+        # Packs and index files written through this handle: removed again if the
+        # repository turns out to have been created with another key meanwhile.
+        self._written: list[str] = []
+        self._written_lock = threading.Lock()
 
     # ----------------------------------------------------------------- opening
     @staticmethod
     def read_config(storage: Storage) -> dict:
+        """The config, its version and values checked; NOT authenticated (see ``unlock``)."""
         try:
             raw = storage.get("config")
         except ObjectNotFound as exc:
@@ -141,6 +224,11 @@ class Repository:
                 "pre-release cloudkeep, which this version does not read: back up into a "
                 "new store"
             )
+        problem = config_problem(config)
+        if problem is not None:
+            raise RepositoryDamaged(
+                f"the repository config at {storage.describe()} is invalid: {problem}"
+            )
         return config
 
     @classmethod
@@ -153,43 +241,123 @@ class Repository:
 
     @classmethod
     def init(cls, storage: Storage, passphrase: str, cache_dir: Path | None = None) -> Repository:
+        """Create the repository; ``RepositoryExists`` if another device's config won.
+
+        The key file goes first (a config without its key would be an unopenable
+        repository), then the config, create-only; then the config is read back,
+        since not every store can create an object atomically (see docs/format.md).
+        A device that lost removes its key file and opens the winner's key instead.
+        """
         if cls.exists(storage):
             raise RepositoryExists(f"a repository already exists at {storage.describe()}")
         key = MasterKey.generate()
-        config = {
+        config: dict = {
             "version": FORMAT_VERSION,
             "id": uuid.uuid4().hex,
             "created": datetime.now(UTC).isoformat(),
             "chunker": dict(DEFAULT_CHUNKER),
             "pack_size": PACK_TARGET_SIZE,
             "zstd_level": DEFAULT_ZSTD_LEVEL,
+            "key": key.fingerprint(),
         }
-        # The key goes first: a config without a key would be an unopenable repository.
-        storage.put(f"keys/{uuid.uuid4().hex}", wrap_key(key, passphrase))
-        try:
+        config["mac"] = key.config_mac(canonical_config(config))
+        key_file = new_key_name()
+        storage.put(key_file, wrap_key(key, passphrase))
+        # ObjectExists: another device's config, or our own earlier attempt; the read-back tells.
+        with contextlib.suppress(ObjectExists):
             storage.put("config", json.dumps(config, indent=1).encode(), create_only=True)
-        except ObjectExists as exc:
-            raise RepositoryExists(f"a repository already exists at {storage.describe()}") from exc
-        return cls(storage, config, key, cache_dir)
+        try:
+            stored = cls.read_config(storage)
+        except RepositoryDamaged:
+            stored = {}
+        if (stored.get("id"), stored.get("key")) != (config["id"], config["key"]):
+            storage.delete(key_file)  # nothing was sealed under this key
+            raise RepositoryExists(f"a repository already exists at {storage.describe()}")
+        return cls(storage, config, key, cache_dir, key_file)
 
     @classmethod
     def open(
-        cls, storage: Storage, passphrase: str | None, cache_dir: Path | None = None
+        cls,
+        storage: Storage,
+        passphrase: str | None,
+        cache_dir: Path | None = None,
+        preferred_key_file: str | None = None,
     ) -> Repository:
-        config = cls.read_config(storage)
+        return cls.unlock(
+            storage, cls.read_config(storage), passphrase, cache_dir, preferred_key_file
+        )
+
+    @classmethod
+    def unlock(
+        cls,
+        storage: Storage,
+        config: dict,
+        passphrase: str | None,
+        cache_dir: Path | None = None,
+        preferred_key_file: str | None = None,
+    ) -> Repository:
+        """Open ``config`` (from ``read_config``) with the key file holding the key it names.
+
+        At most ``MAX_KEY_FILES_TRIED`` well-formed key files are tried, the
+        preferred one (the one this device opened before) first. A key file that
+        opens with the passphrase but holds another master key (a planted one, or
+        one left by a device that lost the race to create the repository) is
+        skipped exactly like one that does not open: the work done, and what is
+        read from the store, do not depend on it, so it is no guessing oracle.
+        Then the config's MAC must verify under the key before its values count.
+        """
         if not passphrase:
             raise KeyMissing("no passphrase or key file given to open the repository")
-        key_names = [info.name for info in storage.list("keys/")]
-        if not key_names:
+        names = sorted(
+            info.name
+            for info in storage.list("keys/")
+            if KEY_NAME.fullmatch(info.name) and info.size <= MAX_KEY_FILE_BYTES
+        )
+        if not names:
             raise KeyMissing(f"the repository at {storage.describe()} has no key files")
-        for name in key_names:
+        if preferred_key_file in names:
+            names.remove(preferred_key_file)
+            names.insert(0, preferred_key_file)
+        for name in names[:MAX_KEY_FILES_TRIED]:
             try:
                 key = unwrap_key(storage.get(name), passphrase)
             except ObjectNotFound:
                 continue
-            if key is not None:
-                return cls(storage, config, key, cache_dir)
+            if key is None or key.fingerprint() != config["key"]:
+                continue
+            if key.config_mac(canonical_config(config)) != config["mac"]:
+                raise RepositoryDamaged(
+                    f"the repository config at {storage.describe()} fails authentication "
+                    "(it was modified): restore it from a copy, or back up into a new store"
+                )
+            return cls(storage, config, key, cache_dir, name)
         raise WrongPassphrase("wrong passphrase: no key of this repository opens with it")
+
+    def ensure_key_current(self) -> None:
+        """Refuse to publish unless the store's config still names this handle's key.
+
+        One GET. A store that cannot create the config atomically may let a second
+        device replace it during our first backup; everything this handle wrote
+        (sealed under the losing key) is then removed and ``RepositoryChanged``
+        raised, so no backup is published under a key no other device uses.
+        """
+        stored = self.read_config(self.storage)
+        if (stored["id"], stored["key"]) == (self.config["id"], self.config["key"]):
+            return
+        with self._written_lock:
+            written, self._written = self._written, []
+        for name in written:  # what a failed delete leaves is unreferenced: reclaim's
+            with contextlib.suppress(StorageError):
+                self.storage.delete(name)
+        raise RepositoryChanged(
+            f"the repository at {self.storage.describe()} was created with another key "
+            "while this backup ran (another device created it at the same time); "
+            "nothing was published: run the backup again"
+        )
+
+    def _note_written(self, name: str) -> None:
+        with self._written_lock:
+            self._written.append(name)
 
     @property
     def chunker(self) -> dict[str, int]:
@@ -200,7 +368,7 @@ class Repository:
         self, kind: str, name: str, plaintext: bytes, *, create_only: bool = False
     ) -> None:
         sealed = self.sealer.seal(
-            zstandard.ZstdCompressor(level=3).compress(plaintext), kind.encode()
+            zstandard.ZstdCompressor(level=3).compress(plaintext), file_aad(kind, name)
         )
         self.storage.put(f"{kind}/{name}", sealed, create_only=create_only)
         self._cache_put(kind, name, sealed)
@@ -213,7 +381,7 @@ class Repository:
             sealed = self.storage.get(f"{kind}/{name}")
         try:
             plaintext = zstandard.ZstdDecompressor().decompress(
-                self.sealer.open(sealed, kind.encode()), max_output_size=1 << 31
+                self.sealer.open(sealed, file_aad(kind, name)), max_output_size=1 << 31
             )
         except (DecryptionFailed, zstandard.ZstdError) as exc:
             if from_cache:
@@ -296,20 +464,21 @@ class Repository:
         sealed = self._cache_get("index", name)
         if sealed is not None:
             try:
-                return self.sealer.open(sealed, INDEX_AAD)
+                return self.sealer.open(sealed, file_aad("index", name))
             except DecryptionFailed:
                 self._cache_drop("index", name)
         sealed = self.storage.get(f"index/{name}")
         try:
-            compressed = self.sealer.open(sealed, INDEX_AAD)
+            compressed = self.sealer.open(sealed, file_aad("index", name))
         except DecryptionFailed as exc:
             raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
         self._cache_put("index", name, sealed)
         return compressed
 
     def write_index_file(self, index_file: IndexFile) -> str:
-        sealed = self.sealer.seal(index_file.encode(), INDEX_AAD)
         name = uuid.uuid4().hex
+        sealed = self.sealer.seal(index_file.encode(), file_aad("index", name))
+        self._note_written(f"index/{name}")
         self.storage.put(f"index/{name}", sealed)
         self._cache_put("index", name, sealed)
         return name
@@ -460,9 +629,7 @@ class Repository:
                 else iter(())
             )
             return [
-                OpenedFrame(
-                    memoryview(next(unpacked)) if encoding == _ZSTD else payload, table
-                )
+                OpenedFrame(memoryview(next(unpacked)) if encoding == _ZSTD else payload, table)
                 for table, encoding, payload in parts
             ]
         except (DecryptionFailed, FrameDamaged, zstandard.ZstdError, ValueError):
@@ -603,6 +770,7 @@ class PackWriter:
 
     def _upload(self, builder: PackBuilder) -> None:
         pack_id, content = builder.finish(self._repo.sealer)
+        self._repo._note_written(pack_name(pack_id))
         self._repo.storage.put(pack_name(pack_id), content)
         with self._lock:
             self._repo.index.add_pack(pack_id, builder.entries)

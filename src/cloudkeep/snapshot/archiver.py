@@ -415,6 +415,7 @@ class Archiver:
         entries: list[FileEntry],
         added_bytes: int,
     ) -> Manifest:
+        self.repo.ensure_key_current()  # never publish under a key that lost the creation
         stamp = now_us()
         while True:
             manifest = Manifest(

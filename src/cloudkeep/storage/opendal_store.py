@@ -12,8 +12,10 @@ WebDAV servers such as rclone do the same, so for those (``atomic_rename``)
 ``put`` writes a temporary object under ``.cloudkeep-tmp/`` and renames it into
 place. A crash therefore never leaves a truncated object under its real name,
 which matters doubly because create-only puts treat an existing name as done.
-The price is that create-only on those services is "stat, then rename", which is
-atomic only against readers, not against a concurrent writer of the same name.
+The price is that create-only on WebDAV is "stat, then rename", which is atomic
+only against readers, not against a concurrent writer of the same name. Local
+folders create-only with a hard link (atomic: EEXIST if the name is taken); S3
+and the others use the service's if-not-exists where OpenDAL reports it.
 """
 
 from __future__ import annotations
@@ -310,10 +312,11 @@ class OpenDALStorage:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            if create_only and target.exists():
-                raise self._exists_error(name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target)
+            if create_only:
+                self._link_new(temp, target, name)
+            else:
+                os.replace(temp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -322,6 +325,27 @@ class OpenDALStorage:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
+
+    def _link_new(self, temp: Path, target: Path, name: str) -> None:
+        """Publish ``temp`` as ``target`` only if ``target`` does not exist, atomically.
+
+        A hard link fails with EEXIST when the name is taken, so two devices
+        creating the same object at once (a repository's config) cannot both
+        succeed, as an exists-check before a rename could. Filesystems without
+        hard links fall back to that check (best effort, as the contract allows).
+        """
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            raise self._exists_error(name) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                raise
+            if target.exists():
+                raise self._exists_error(name) from None
+            os.replace(temp, target)
+            return
+        temp.unlink()
 
     def _put_file_direct(self, temp: Path, parts: Sequence[bytes]) -> bool:
         """Write a pack past the page cache (see ``direct_io``); False if unsupported."""
