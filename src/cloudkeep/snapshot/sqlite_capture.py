@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 from cloudkeep.errors import ConfigurationError, DataSourceError
 from cloudkeep.repository.locks import pid_alive
-from cloudkeep.snapshot.sources import RACY_WINDOW_NS, open_regular
+from cloudkeep.snapshot.sources import RACY_WINDOW_NS, describe, open_regular
 
 BUSY_TIMEOUT_SECONDS = 60.0
 _SHM_HEADER = struct.Struct("=IIIBBHII8s8s8s")  # WalIndexHdr, native byte order
@@ -352,26 +352,34 @@ def private_scratch(scratch: Path) -> None:
 
     Images in it are plaintext copies of the user's databases.
     """
-    scratch.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(scratch, 0o700)
-    info = os.lstat(scratch)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+    try:
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(scratch, 0o700)
+        info = os.lstat(scratch)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise ConfigurationError(
+                f"the scratch folder {scratch} is not a folder of this user; remove it"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(scratch, 0o700)
+    except OSError as exc:
         raise ConfigurationError(
-            f"the scratch folder {scratch} is not a folder of this user; remove it"
-        )
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(scratch, 0o700)
+            f"cannot use the scratch folder {scratch}: {describe(exc)}"
+        ) from exc
 
 
 def clean_scratch(scratch: Path) -> None:
-    """Make the scratch folder private and remove what captures of dead processes left.
+    """Make an existing scratch folder private again and remove what dead captures left.
 
     Each capture works in a folder named after its process (``capture-<pid>-…``),
     so the leftovers of a killed backup are told apart from those of a backup
     running beside this one. Loose ``capture-*.db`` files are from versions that
-    kept no pid: their owner cannot be known, and they are removed too.
+    kept no pid: their owner cannot be known, and they are removed too. A
+    missing scratch folder is made on first use only.
     """
+    if not os.path.lexists(scratch):
+        return
     private_scratch(scratch)
     for path in scratch.iterdir():
         match = _SCRATCH_RUN.match(path.name)
