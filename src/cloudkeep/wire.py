@@ -239,7 +239,8 @@ def backup_from_info(info: BackupInfo) -> Backup:
         created=grouped_timestamp(info.created),
         device_name=info.device_name,
         platform=_platform(info.platform),
-        warnings=list(info.warnings) or None,
+        # Lines from the store may hold lone surrogates, which JSON text cannot.
+        warnings=[w.encode("utf-8", "backslashreplace").decode() for w in info.warnings] or None,
     )
 
 

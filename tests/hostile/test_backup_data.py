@@ -299,6 +299,9 @@ def test_an_unreadable_file_is_skipped_with_a_warning_and_the_rest_restores(
     (data / "locked").mkdir()
     (data / "locked" / "inside.txt").write_text("cannot even be listed\n")
     unreadable(data / "locked")
+    raw_name = data / os.fsdecode(b"\xff-raw.bin")  # not UTF-8: still one line of JSON
+    raw_name.write_bytes(b"raw")
+    unreadable(raw_name)
     where = ("--data", str(data), "--store", unprivileged.store)
 
     done = unprivileged.run(*where, "backup", "--json")
@@ -306,6 +309,7 @@ def test_an_unreadable_file_is_skipped_with_a_warning_and_the_rest_restores(
     assert "Traceback" not in done.stderr
     saved = json.loads(done.stdout)
     expected = [
+        "\\xff-raw.bin: cannot read it (permission denied); it is not in this backup",
         "locked: cannot list this folder (permission denied); its contents are not in this backup",
         "secret.txt: cannot read it (permission denied); it is not in this backup",
     ]
@@ -315,7 +319,7 @@ def test_an_unreadable_file_is_skipped_with_a_warning_and_the_rest_restores(
     assert summary.code == 0, summary.stderr
     for warning in expected:
         assert f"cloudkeep: warning: {warning}" in summary.stderr
-    assert "bytes added to the store; 2 warnings (see above)" in summary.stdout
+    assert "bytes added to the store; 3 warnings (see above)" in summary.stdout
 
     target = unprivileged.home / "restored"
     restored = unprivileged.run(*where, "restore", saved["id"], "--target", str(target))

@@ -44,6 +44,7 @@ from cloudkeep.snapshot.sources import (
     looks_like_database,
     open_regular,
     scan,
+    shown,
     sqlite_page_size,
 )
 from cloudkeep.snapshot.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
@@ -439,9 +440,10 @@ class Archiver:
             ):
                 raise DataSourceError(f"cannot read the database {item.path}: {describe(error)}")
         self.warnings.append(
-            f"{item.relative}: vanished during the backup; it is not in this backup"
+            f"{shown(item.relative)}: vanished during the backup; it is not in this backup"
             if vanished
-            else f"{item.relative}: cannot read it ({describe(error)}); it is not in this backup"
+            else f"{shown(item.relative)}: cannot read it ({describe(error)}); "
+            "it is not in this backup"
         )
 
     def _still_exists(self, backup_id: str) -> bool:
@@ -527,7 +529,8 @@ class Archiver:
             if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
                 return lists
         self.warnings.append(
-            f"{item.relative}: kept changing while it was read; the backup holds the last read"
+            f"{shown(item.relative)}: kept changing while it was read; "
+            "the backup holds the last read"
         )
         return lists
 

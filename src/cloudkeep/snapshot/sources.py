@@ -43,6 +43,13 @@ class SourceItem:
     fingerprint: str = ""  # "" = changed too recently to vouch for; always re-read
 
 
+def shown(relative: str) -> str:
+    """A path as a warning shows it: undecodable bytes as ``\\xff``, control characters
+    escaped (a warning is one line of valid UTF-8, whatever the file is called)."""
+    text = relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def describe(error: OSError) -> str:
     """The reason of an ``OSError`` as a sentence fragment ("permission denied")."""
     return (error.strerror or type(error).__name__).lower()
@@ -162,7 +169,7 @@ def scan(root: Path, warnings: list[str]) -> tuple[str, list[SourceItem]]:
             items[:] = [item for item in items if item.relative != relative]
             return
         warnings.append(
-            f"{relative}: cannot list this folder ({describe(error)}); "
+            f"{shown(relative)}: cannot list this folder ({describe(error)}); "
             "its contents are not in this backup"
         )
 
@@ -187,7 +194,8 @@ def scan(root: Path, warnings: list[str]) -> tuple[str, list[SourceItem]]:
                     continue  # deleted since the folder was listed (e.g. a -journal)
                 except OSError as exc:
                     warnings.append(
-                        f"{relative}: cannot read it ({describe(exc)}); it is not in this backup"
+                        f"{shown(relative)}: cannot read it ({describe(exc)}); "
+                        "it is not in this backup"
                     )
                     continue
                 if item is not None:
