@@ -129,7 +129,12 @@ class Score(WireModel):
 
 
 class Backup(WireModel):
-    """Metadata needed to retrieve one backup; ``id`` is ``version_timestamp``."""
+    """Metadata needed to retrieve one backup; ``id`` is ``version_timestamp``.
+
+    ``warnings`` is a cloudkeep extension (ignored by the SDKs), present only when
+    the backup has some: files it left out (vanished, unreadable) or read while
+    they kept changing.
+    """
 
     id: str
     version: str
@@ -139,6 +144,7 @@ class Backup(WireModel):
     device_name: str
     platform: PlatformEnum
     schema_: EmbeddedModelSchema | None = Field(None, alias="schema")
+    warnings: list[str] | None = None
 
 
 class Backups(WireModel):
@@ -233,6 +239,8 @@ def backup_from_info(info: BackupInfo) -> Backup:
         created=grouped_timestamp(info.created),
         device_name=info.device_name,
         platform=_platform(info.platform),
+        # Lines from the store may hold lone surrogates, which JSON text cannot.
+        warnings=[w.encode("utf-8", "backslashreplace").decode() for w in info.warnings] or None,
     )
 
 

@@ -32,6 +32,7 @@ class FakeInfo:
     created: datetime
     device_name: str
     platform: str
+    warnings: tuple[str, ...] = ()
 
 
 CREATED = datetime(2026, 11, 26, 23, 30, 5, tzinfo=UTC)
@@ -56,6 +57,15 @@ def test_backup_from_info_round_trips_through_sdk_model() -> None:
     # No nulls on the wire, and the SDK's own serialization parses back into ours.
     assert "schema" not in json.loads(payload)
     assert wire.Backup.model_validate(sdk.to_dict()) == backup
+
+
+def test_backup_warnings_are_an_extension_the_sdk_ignores() -> None:
+    info = FakeInfo(**{**INFO.__dict__, "warnings": ("a.txt: vanished during the backup",)})
+    payload = wire.backup_from_info(info).to_json()
+    assert json.loads(payload)["warnings"] == ["a.txt: vanished during the backup"]
+    sdk = SdkBackup.from_json(payload)
+    assert sdk is not None and sdk.id == INFO.id
+    assert "warnings" not in wire.backup_from_info(INFO).to_wire()
 
 
 def test_readable_and_rfc3339_for_non_utc_and_morning_times() -> None:

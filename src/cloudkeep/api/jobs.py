@@ -349,6 +349,9 @@ class JobManager:
                 )
         else:
             backup = backup_from_info(info)
+            if job.kind is JobKind.CREATION:
+                for warning in info.warnings:
+                    log.warning("backup %s: %s", backup.id, warning)
             if job.kind is JobKind.CREATION and self._on_created is not None:
                 try:
                     self._on_created(info)

@@ -119,8 +119,16 @@ def backup(ctx: typer.Context, json: JsonOption = False) -> None:
         print(
             f"backup {info.id} of {ws.settings.data} ({info.bytes:,} bytes) saved to "
             f"{ws.storage.describe()} as device {info.device_name}; "
-            f"{info.added_bytes:,} bytes added to the store"
+            f"{info.added_bytes:,} bytes added to the store{_warned(info.warnings)}"
         )
+
+
+def _warned(warnings: tuple[str, ...]) -> str:
+    """The end of a backup's summary line: how many warnings were printed above it."""
+    if not warnings:
+        return ""
+    count = len(warnings)
+    return f"; {count} warning{'s' if count > 1 else ''} (see above)"
 
 
 @app.command("list", cls=FastCommand)

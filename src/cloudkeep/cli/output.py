@@ -29,12 +29,22 @@ def err() -> Console:
 
 
 def notice(message: str) -> None:
-    err().print(f"[bold]cloudkeep:[/bold] {message}", soft_wrap=True)
+    """One line on stderr after a bold ``cloudkeep:``; the message is shown as it is."""
+    from rich.markup import escape
+
+    err().print(f"[bold]cloudkeep:[/bold] {escape(one_line(message))}", soft_wrap=True)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (a newline in a file name, say) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def error(message: str) -> None:
     """One plain line on stderr (no markup: messages may hold brackets)."""
-    err().print(message, soft_wrap=True, markup=False)
+    err().print(one_line(message), soft_wrap=True, markup=False)
 
 
 @contextlib.contextmanager

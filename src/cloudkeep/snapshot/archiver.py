@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
 
 from cloudkeep import __version__
 from cloudkeep.errors import CloudkeepError, DataSourceError
@@ -37,8 +38,16 @@ from cloudkeep.snapshot.manifest import (
     now_us,
 )
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.sources import SourceItem, scan, sqlite_page_size
-from cloudkeep.snapshot.sqlite_capture import CaptureTorn, consistent_pages
+from cloudkeep.snapshot.sources import (
+    SourceItem,
+    describe,
+    looks_like_database,
+    open_regular,
+    scan,
+    shown,
+    sqlite_page_size,
+)
+from cloudkeep.snapshot.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
 from cloudkeep.storage.base import ObjectExists, ObjectNotFound, StorageError
 
 if TYPE_CHECKING:
@@ -48,6 +57,7 @@ BATCH_BYTES = 2 * 1024 * 1024  # 4 MiB batches: 232 MiB peak on 2 GiB of data, 2
 MAX_BATCHES_IN_FLIGHT = 4  # 3: paired initial backups 2.91/2.00/2.22 s, 5: 1.91/2.16/1.97 s
 REREADS_OF_CHANGING_FILE = 2
 LOCK_TIMEOUT_SECONDS = 600.0
+_Block = TypeVar("_Block")
 
 
 class _ChunkLists:
@@ -210,10 +220,52 @@ class _Batcher:
             self._deliver_oldest()
 
 
-def _cdc_chunks(path: Path, chunker: FastCDC) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        for chunk in chunker.cut_stream(handle):
-            yield bytes(chunk.data)
+def _cdc_chunks(handle: BinaryIO, chunker: FastCDC) -> Iterator[bytes]:
+    for chunk in chunker.cut_stream(handle):
+        yield bytes(chunk.data)
+
+
+class _ReadFailed(Exception):
+    """Reading a file of the source failed (it vanished, or cannot be read).
+
+    Only the reads of the user's file raise it, never the pipeline behind them:
+    an error of the store must fail the backup, not leave a file out.
+    """
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise _ReadFailed(exc) from exc
+
+
+def _read_through(blocks: Iterator[_Block]) -> Iterator[_Block]:
+    """The blocks of a file; an ``OSError`` of the reads becomes ``_ReadFailed``.
+
+    What the consumer raises between two blocks never passes through here.
+    """
+    with _reading():
+        yield from blocks
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """The folders above a relative posix path, nearest first."""
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        yield path
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 class Archiver:
@@ -232,6 +284,7 @@ class Archiver:
         self._index_loaded = False
         self._parent: dict[str, FileEntry] = {}
         self.warnings: list[str] = []
+        clean_scratch(scratch)
 
     def _chunker(self) -> FastCDC:
         if self._cdc is None:
@@ -253,7 +306,7 @@ class Archiver:
             self._index_loaded = True
 
     def run(self, source: Path, device_name: str) -> Manifest:
-        kind, items = scan(source)
+        kind, items = scan(source, self.warnings)
         parent_id, parent_files = self._parent_files(source, device_name)
         tracker = Tracker("backup", sum(i.size for i in items), self.progress, self.cancel)
         tracker.advance(0)
@@ -273,7 +326,7 @@ class Archiver:
             try:
                 batcher = _Batcher(self.repo, writer, executor, tracker)
                 read: list[tuple[FileEntry, _ChunkLists]] = []
-                entries = [self._entry(item, batcher, writer, tracker, read) for item in items]
+                entries = self._entries(kind, items, batcher, writer, tracker, read)
                 batcher.finish()
                 for entry, lists in read:
                     entry.size = lists.size
@@ -289,16 +342,57 @@ class Archiver:
             writer.close()
             return self._save_manifest(source, kind, device_name, entries, writer.uploaded_bytes)
 
-    def _entry(
+    def _entries(
         self,
-        item: SourceItem,
+        kind: str,
+        items: list[SourceItem],
         batcher: _Batcher,
         writer: PackWriter,
         tracker: Tracker,
         read: list[tuple[FileEntry, _ChunkLists]],
-    ) -> FileEntry:
-        """The file's entry; a file that is read gets its size and content once all
-        its batches are done (``read`` collects it for that)."""
+    ) -> list[FileEntry]:
+        """The entries of the items, less the files left out (see ``_left_out``).
+
+        A folder that vanished together with the files left out of it goes too,
+        with what the scan saw in it: every entry kept still has its folders.
+        """
+        entries: list[FileEntry] = []
+        left_out: list[str] = []
+        for item in items:
+            entry = self._entry(item, kind, batcher, writer, tracker, read)
+            if entry is None:
+                left_out.append(item.relative)
+            else:
+                entries.append(entry)
+        if not left_out:
+            return entries
+        folders = {item.relative: item.path for item in items if item.type == "dir"}
+        needed = {
+            folder for entry in entries if entry.type == "file" for folder in _ancestors(entry.path)
+        }
+        gone = {
+            folder
+            for path in left_out
+            for folder in _ancestors(path)
+            if folder in folders and folder not in needed and not _is_dir(folders[folder])
+        }
+        return [
+            entry
+            for entry in entries
+            if entry.path not in gone and gone.isdisjoint(_ancestors(entry.path))
+        ]
+
+    def _entry(
+        self,
+        item: SourceItem,
+        kind: str,
+        batcher: _Batcher,
+        writer: PackWriter,
+        tracker: Tracker,
+        read: list[tuple[FileEntry, _ChunkLists]],
+    ) -> FileEntry | None:
+        """The file's entry, None if it was left out; a file that is read gets its
+        size and content once all its batches are done (``read`` collects it)."""
         entry = FileEntry(
             item.relative, item.type, item.mode, item.mtime_ns, item.size, item.sqlite, item.target
         )
@@ -317,8 +411,40 @@ class Archiver:
             return previous
         entry.fingerprint = item.fingerprint
         self._need_index()
-        read.append((entry, self._read_file(item, batcher, writer)))
+        try:
+            lists = self._read_file(item, batcher, writer)
+        except _ReadFailed as failed:
+            self._left_out(item, kind, failed.error)
+            return None
+        read.append((entry, lists))
         return entry
+
+    def _left_out(self, item: SourceItem, kind: str, error: OSError) -> None:
+        """Warn that a file is not in this backup, or fail if it is what must be saved.
+
+        A file that vanished, or that cannot be read, is left out with a warning;
+        but a backup without its database (or the single file it is of) is no
+        backup: an unreadable database fails it. Unreadable, a database shows no
+        header, so its name, its companions or the last backup say what it is.
+        """
+        vanished = isinstance(error, (FileNotFoundError, NotADirectoryError))
+        if kind == "file":
+            happened = "vanished during the backup" if vanished else describe(error)
+            raise DataSourceError(f"cannot read the data file {item.path}: {happened}")
+        if not vanished:
+            previous = self._parent.get(item.relative)
+            if (
+                item.sqlite
+                or (previous is not None and previous.sqlite)
+                or looks_like_database(item.path)
+            ):
+                raise DataSourceError(f"cannot read the database {item.path}: {describe(error)}")
+        self.warnings.append(
+            f"{shown(item.relative)}: vanished during the backup; it is not in this backup"
+            if vanished
+            else f"{shown(item.relative)}: cannot read it ({describe(error)}); "
+            "it is not in this backup"
+        )
 
     def _still_exists(self, backup_id: str) -> bool:
         try:
@@ -354,7 +480,12 @@ class Archiver:
         return latest.id, {entry.path: entry for entry in latest.files if entry.type == "file"}
 
     def _read_file(self, item: SourceItem, batcher: _Batcher, writer: PackWriter) -> _ChunkLists:
-        """Chunk one file; each read (re-reads included) gets a fresh chunk-list sink."""
+        """Chunk one file; each read (re-reads included) gets a fresh chunk-list sink.
+
+        ``_ReadFailed`` if the file cannot be opened or read. A file deleted once
+        open is read to its end (its last state); a database that cannot be read
+        through SQLite raises ``DataSourceError``.
+        """
 
         def fresh() -> _ChunkLists:
             lists = _ChunkLists(self.repo, writer)
@@ -362,44 +493,46 @@ class Archiver:
             return lists
 
         lists = fresh()
-        try:
-            if item.sqlite:
+        if item.sqlite:
+            with _reading():
                 page_size = sqlite_page_size(item.path)
-                wanted = self.repo.chunker["sqlite_chunk_bytes"]
-                chunk_bytes = max(page_size, wanted // page_size * page_size)
-                block_bytes = max(1, BATCH_BYTES // chunk_bytes) * chunk_bytes
+            wanted = self.repo.chunker["sqlite_chunk_bytes"]
+            chunk_bytes = max(page_size, wanted // page_size * page_size)
+            block_bytes = max(1, BATCH_BYTES // chunk_bytes) * chunk_bytes
+            for in_place in (True, False):
+                if not in_place:
+                    lists = fresh()  # what was stored is deduplicated on the second read
                 try:
-                    with consistent_pages(item.path, self.scratch, block_bytes) as capture:
-                        for block in capture.blocks:
+                    with contextlib.ExitStack() as stack:
+                        with _reading():
+                            capture = stack.enter_context(
+                                consistent_pages(
+                                    item.path, self.scratch, block_bytes, in_place=in_place
+                                )
+                            )
+                        for block in _read_through(capture.blocks):
                             batcher.add_pages(block, chunk_bytes)
                         return lists
                 except CaptureTorn:
-                    pass  # what was stored is deduplicated on the second read
+                    continue  # only an in-place capture is torn: read it again
+            raise AssertionError("a capture through the backup API is never torn")
+        for attempt in range(REREADS_OF_CHANGING_FILE + 1):
+            if attempt:
                 lists = fresh()
-                with consistent_pages(
-                    item.path, self.scratch, block_bytes, in_place=False
-                ) as capture:
-                    for block in capture.blocks:
-                        batcher.add_pages(block, chunk_bytes)
-                    return lists
-            for attempt in range(REREADS_OF_CHANGING_FILE + 1):
-                if attempt:
-                    lists = fresh()
-                before = item.path.stat()
-                for chunk in _cdc_chunks(item.path, self._chunker()):
+            with _reading():
+                handle = os.fdopen(open_regular(item.path), "rb")
+            with handle:
+                before = os.fstat(handle.fileno())
+                for chunk in _read_through(_cdc_chunks(handle, self._chunker())):
                     batcher.add(chunk)
-                after = item.path.stat()
-                if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
-                    return lists
-            self.warnings.append(
-                f"{item.relative} kept changing while it was read; the backup holds the last read"
-            )
-            return lists
-        except FileNotFoundError:
-            self.warnings.append(f"{item.relative} vanished during the backup")
-            return lists
-        except PermissionError as exc:
-            raise DataSourceError(f"cannot read {item.path}: permission denied") from exc
+                after = os.fstat(handle.fileno())
+            if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+                return lists
+        self.warnings.append(
+            f"{shown(item.relative)}: kept changing while it was read; "
+            "the backup holds the last read"
+        )
+        return lists
 
     def _discard_uploads(self, writer: PackWriter) -> None:
         """Remove packs this failed backup uploaded but never indexed (best effort)."""

@@ -4,11 +4,13 @@ SQLite files are recognised by their 16-byte header, not their name, and
 captured as consistent images (``sqlite_capture``); their ``-wal``/``-shm``/
 ``-journal`` companions are not copied raw: the image already holds every
 committed page. Other files are streamed and re-read when they change
-underneath us.
+underneath us. A folder that cannot be listed is kept as an empty folder, with
+a warning; what cannot be read at all is the archiver's to judge.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -19,6 +21,9 @@ from cloudkeep.errors import DataSourceError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+# Names SQLite databases usually have: an unreadable file (no header to go by) with
+# one of them, or with a companion beside it, is taken to be a database.
+DATABASE_SUFFIXES = (".db", ".db3", ".sqlite", ".sqlite3")
 RESTORE_MARKER = ".cloudkeep-"  # staging folders of our own restores, never backed up
 # Kernel file timestamps tick at 1-10 ms; a file touched within this window of the
 # scan could change again within the same tick unnoticed, so it gets no fingerprint.
@@ -38,16 +43,56 @@ class SourceItem:
     fingerprint: str = ""  # "" = changed too recently to vouch for; always re-read
 
 
+def shown(relative: str) -> str:
+    """A path as a warning shows it: undecodable bytes as ``\\xff``, control characters
+    escaped (a warning is one line of valid UTF-8, whatever the file is called)."""
+    text = relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def describe(error: OSError) -> str:
+    """The reason of an ``OSError`` as a sentence fragment ("permission denied")."""
+    return (error.strerror or type(error).__name__).lower()
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor on the regular file at ``path``.
+
+    Never blocks and never follows a symlink: a file replaced by a FIFO since
+    the scan would otherwise hang the backup in ``open``. Anything but a regular
+    file raises ``OSError`` (``EISDIR``, ``ELOOP``, ``EINVAL``).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+            raise OSError(code, "not a regular file any more", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def is_sqlite(path: Path) -> bool:
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:
             return handle.read(16) == SQLITE_MAGIC
     except OSError:
         return False
 
 
+def looks_like_database(path: Path) -> bool:
+    """Whether a file whose header cannot be read is probably an SQLite database."""
+    if path.name.lower().endswith(DATABASE_SUFFIXES):
+        return True
+    return any(os.path.lexists(f"{path}{suffix}") for suffix in COMPANION_SUFFIXES)
+
+
 def sqlite_page_size(path: Path) -> int:
-    with path.open("rb") as handle:
+    with os.fdopen(open_regular(path), "rb") as handle:
         header = handle.read(100)
     raw = int.from_bytes(header[16:18], "big")
     return 65536 if raw == 1 else raw or 4096
@@ -107,8 +152,27 @@ def _item(path: Path, relative: str) -> SourceItem | None:
     return None  # sockets, fifos, devices: not data
 
 
-def scan(root: Path) -> tuple[str, list[SourceItem]]:
-    """The kind of source ("folder"/"file") and its items, sorted, companions dropped."""
+def scan(root: Path, warnings: list[str]) -> tuple[str, list[SourceItem]]:
+    """The kind of source ("folder"/"file") and its items, sorted, companions dropped.
+
+    The root must be readable; a folder or entry below it that cannot be read is
+    left out with a line in ``warnings``.
+    """
+
+    items: list[SourceItem] = []
+
+    def unlisted(error: OSError) -> None:
+        if Path(error.filename) == root:
+            raise error
+        relative = Path(error.filename).relative_to(root).as_posix()
+        if isinstance(error, FileNotFoundError):  # deleted since its parent was listed
+            items[:] = [item for item in items if item.relative != relative]
+            return
+        warnings.append(
+            f"{shown(relative)}: cannot list this folder ({describe(error)}); "
+            "its contents are not in this backup"
+        )
+
     try:
         if root.is_file():
             item = _item(root, root.name)
@@ -116,8 +180,7 @@ def scan(root: Path) -> tuple[str, list[SourceItem]]:
             return "file", [item]
         if not root.is_dir():
             raise DataSourceError(f"the data path {root} does not exist")
-        items: list[SourceItem] = []
-        for folder, dirnames, filenames in os.walk(root, onerror=_raise):
+        for folder, dirnames, filenames in os.walk(root, onerror=unlisted):
             dirnames.sort()
             folder_path = Path(folder)
             for name in sorted(dirnames + filenames):
@@ -129,6 +192,12 @@ def scan(root: Path) -> tuple[str, list[SourceItem]]:
                     item = _item(path, relative)
                 except FileNotFoundError:
                     continue  # deleted since the folder was listed (e.g. a -journal)
+                except OSError as exc:
+                    warnings.append(
+                        f"{shown(relative)}: cannot read it ({describe(exc)}); "
+                        "it is not in this backup"
+                    )
+                    continue
                 if item is not None:
                     items.append(item)
     except PermissionError as exc:
@@ -145,7 +214,3 @@ def scan(root: Path) -> tuple[str, list[SourceItem]]:
         )
     ]
     return "folder", kept
-
-
-def _raise(error: OSError) -> None:
-    raise error

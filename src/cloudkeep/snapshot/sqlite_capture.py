@@ -27,17 +27,23 @@ database under concurrent writers, checkpoints and WAL restarts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import sqlite3
+import stat
 import struct
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
-from cloudkeep.errors import DataSourceError
-from cloudkeep.snapshot.sources import RACY_WINDOW_NS
+from cloudkeep.errors import ConfigurationError, DataSourceError
+from cloudkeep.repository.locks import pid_alive
+from cloudkeep.snapshot.sources import RACY_WINDOW_NS, describe, open_regular
 
 BUSY_TIMEOUT_SECONDS = 60.0
 _SHM_HEADER = struct.Struct("=IIIBBHII8s8s8s")  # WalIndexHdr, native byte order
@@ -46,6 +52,9 @@ _NBACKFILL = struct.Struct("=I")  # WalCkptInfo.nBackfill at offset 96
 _WAL_HEADER = 32
 _FRAME_HEADER = struct.Struct(">II8s8s")  # pgno, commit size, salts, checksums
 _HEADER_SAMPLES = 20
+_SCRATCH_PREFIX = "capture-"
+_SCRATCH_RUN = re.compile(r"^capture-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+_LEGACY_IMAGE = re.compile(r"^capture-[A-Za-z0-9_]{8}\.db(-journal|-wal|-shm)?$")
 
 
 @dataclass
@@ -60,18 +69,29 @@ def _page_size_of(header: bytes) -> int:
     return 65536 if raw == 1 else raw
 
 
+def sqlite_uri(path: Path, mode: str) -> str:
+    """An SQLite URI naming exactly ``path``, whatever its characters.
+
+    Unescaped, ``?`` and ``#`` in a name end the path (``what?.db`` opened, and
+    created, ``what``) and ``%`` starts an escape: every byte but ``/`` and
+    the unreserved ones is percent-encoded (SQLite decodes ``%HH``).
+    """
+    return f"file:{quote(os.fsencode(path), safe='/')}?mode={mode}"
+
+
 def _open_reader(path: Path, read_only: bool = True) -> sqlite3.Connection:
     """A connection holding a read transaction (a consistent snapshot) on ``path``.
 
     Read-only, so that closing it never checkpoints or deletes the app's WAL
-    (a read-write connection that is the last one to close does both).
+    (a read-write connection that is the last one to close does both). Neither
+    kind creates the database: one that vanished is an error, not a new file.
     """
-    if read_only:
-        connection = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
-        )
-    else:
-        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    connection = sqlite3.connect(
+        sqlite_uri(path, "ro" if read_only else "rw"),
+        uri=True,
+        timeout=BUSY_TIMEOUT_SECONDS,
+        isolation_level=None,
+    )
     try:
         connection.execute("PRAGMA query_only=1")
         connection.execute("BEGIN")
@@ -138,8 +158,8 @@ def _blocks(
     for first in range(1, page_count + 1, block_pages):
         count = min(block_pages, page_count - first + 1)
         offset = (first - 1) * page_size
-        patched = bool(overlay) and wal_fd is not None and any(
-            first + i in overlay for i in range(count)
+        patched = (
+            bool(overlay) and wal_fd is not None and any(first + i in overlay for i in range(count))
         )
         wanted = count * page_size
         block: bytes | bytearray = b"" if patched else os.pread(db_fd, wanted, offset)
@@ -149,9 +169,7 @@ def _blocks(
             buffer[:got] = block
             got += read_into(db_fd, memoryview(buffer)[got:], offset + got)
             block = buffer
-        if got < wanted and not all(
-            first + i in overlay for i in range(got // page_size, count)
-        ):
+        if got < wanted and not all(first + i in overlay for i in range(got // page_size, count)):
             raise DataSourceError("the database file is shorter than its committed size")
         if patched:
             assert wal_fd is not None and isinstance(block, bytearray)
@@ -298,7 +316,7 @@ def consistent_pages(
     file again with ``in_place=False``.
     """
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:
             page_size = _page_size_of(handle.read(100))
         block_pages = max(1, block_bytes // page_size)
         if in_place and os.environ.get("CLOUDKEEP_SQLITE_CAPTURE") != "backup-api":
@@ -324,15 +342,58 @@ def consistent_pages(
             finally:
                 os.close(image_fd)
     except sqlite3.Error as exc:
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, "the database vanished", str(path)) from exc
         raise DataSourceError(f"cannot read the SQLite database {path}: {exc}") from exc
+
+
+def private_scratch(scratch: Path) -> None:
+    """Make ``scratch`` a folder only we can enter (0700), whatever it was before.
+
+    Images in it are plaintext copies of the user's databases.
+    """
+    try:
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(scratch, 0o700)
+        info = os.lstat(scratch)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise ConfigurationError(
+                f"the scratch folder {scratch} is not a folder of this user; remove it"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(scratch, 0o700)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot use the scratch folder {scratch}: {describe(exc)}"
+        ) from exc
+
+
+def clean_scratch(scratch: Path) -> None:
+    """Make an existing scratch folder private again and remove what dead captures left.
+
+    Each capture works in a folder named after its process (``capture-<pid>-…``),
+    so the leftovers of a killed backup are told apart from those of a backup
+    running beside this one. Loose ``capture-*.db`` files are from versions that
+    kept no pid: their owner cannot be known, and they are removed too. A
+    missing scratch folder is made on first use only.
+    """
+    if not os.path.lexists(scratch):
+        return
+    private_scratch(scratch)
+    for path in scratch.iterdir():
+        match = _SCRATCH_RUN.match(path.name)
+        if match and not pid_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+        elif _LEGACY_IMAGE.match(path.name):
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def _backup_image(path: Path, scratch: Path) -> Iterator[Path]:
-    scratch.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix="capture-", suffix=".db", dir=scratch)
-    os.close(handle)
-    image = Path(name)
+    private_scratch(scratch)
+    folder = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch))
+    image = folder / "image.db"
     try:
         try:
             source = _open_reader(path)
@@ -354,6 +415,4 @@ def _backup_image(path: Path, scratch: Path) -> Iterator[Path]:
             source.close()
         yield image
     finally:
-        image.unlink(missing_ok=True)
-        for suffix in ("-journal", "-wal", "-shm"):
-            Path(f"{image}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
