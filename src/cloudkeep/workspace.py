@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudkeep.errors import (
+    FormatTooNew,
     KeyMissing,
+    RepositoryDamaged,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
     UserError,
 )
 from cloudkeep.repository.keys import first_unwrapped
+from cloudkeep.repository.untrusted import MAX_STORED_SIZE, list_names, read_bounded, shown
 from cloudkeep.settings import Settings
 from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
@@ -186,10 +189,13 @@ class Workspace:
         if not passphrase:
             return None
         try:
-            documents = [self.storage.get(info.name) for info in self.storage.list("keys/")]
+            documents = [
+                read_bounded(self.storage, f"keys/{name}", MAX_STORED_SIZE["keys"], size)
+                for name, size in list_names(self.storage, "keys").sizes.items()
+            ]
         except StorageUnavailable:
             raise  # unreachable: retrying it all again in repository() would double the wait
-        except StorageError:
+        except (StorageError, RepositoryDamaged):
             return None  # e.g. a key file deleted meanwhile: the usual way sorts it out
         if not documents:
             return None  # no repository yet (or no keys: the usual way says so)
@@ -223,6 +229,14 @@ class Workspace:
                 infos.append(BackupInfo.of(Manifest.decode(repo.load_file("snapshots", name))))
             except ObjectNotFound:
                 continue  # deleted while we listed
+            except (RepositoryDamaged, FormatTooNew) as exc:
+                self._notice(f"warning: skipped backup {name}: {exc}")
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                self._notice(f"warning: skipped backup {name}: it does not decode ({exc})")
+        for name in repo.ignored:
+            self._notice(
+                f"warning: ignored {shown(name)} in the store: not the name of a cloudkeep object"
+            )
         infos.sort(key=lambda info: int(info.timestamp), reverse=True)
         return infos
 

@@ -12,8 +12,12 @@ Store layout (see docs/format.md)::
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
+import stat
 import struct
 import threading
 import uuid
@@ -42,6 +46,17 @@ from cloudkeep.repository.crypto import (
 from cloudkeep.repository.index import INDEX_AAD, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import unwrap_key, wrap_key
 from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, pack_name
+from cloudkeep.repository.untrusted import (
+    MAX_PACK_SIZE,
+    MAX_PLAIN_SIZE,
+    MAX_STORED_SIZE,
+    DecompressionFailed,
+    decompress_bounded,
+    list_names,
+    read_bounded,
+    too_large,
+    valid_name,
+)
 from cloudkeep.storage.base import (
     ObjectExists,
     ObjectNotFound,
@@ -108,7 +123,11 @@ class Repository:
         self.key = key
         self.sealer = Sealer(key)
         self.index = MasterIndex()
-        self._cache_dir = cache_dir / config["id"] if cache_dir else None
+        self._cache_dir = cache_dir / cache_key(storage, config) if cache_dir else None
+        # Sizes the last listing gave, so a listed object is read without a stat first.
+        self._listed_sizes: dict[str, int] = {}
+        #: Listed names that are no cloudkeep object's (never used): shown by list and check.
+        self.ignored: dict[str, None] = {}
         self._compressor = threading.local()
         # check turns this off: it must judge what the store holds, not our copy of it.
         self.read_cache = True
@@ -117,7 +136,7 @@ class Repository:
     @staticmethod
     def read_config(storage: Storage) -> dict:
         try:
-            raw = storage.get("config")
+            raw = read_bounded(storage, "config", MAX_STORED_SIZE["config"])
         except ObjectNotFound as exc:
             raise RepositoryNotFound(
                 f"no cloudkeep repository at {storage.describe()} "
@@ -179,13 +198,16 @@ class Repository:
         config = cls.read_config(storage)
         if not passphrase:
             raise KeyMissing("no passphrase or key file given to open the repository")
-        key_names = [info.name for info in storage.list("keys/")]
-        if not key_names:
+        key_files = list_names(storage, "keys").sizes
+        if not key_files:
             raise KeyMissing(f"the repository at {storage.describe()} has no key files")
-        for name in key_names:
+        for name, size in key_files.items():
             try:
-                key = unwrap_key(storage.get(name), passphrase)
-            except ObjectNotFound:
+                key = unwrap_key(
+                    read_bounded(storage, f"keys/{name}", MAX_STORED_SIZE["keys"], size),
+                    passphrase,
+                )
+            except (ObjectNotFound, RepositoryDamaged):
                 continue
             if key is not None:
                 return cls(storage, config, key, cache_dir)
@@ -206,16 +228,21 @@ class Repository:
         self._cache_put(kind, name, sealed)
 
     def load_file(self, kind: str, name: str) -> bytes:
-        """Decrypted content of an immutable file, from the local cache when present."""
+        """Decrypted content of a sealed file, from the local cache when present.
+
+        Raises ``RepositoryDamaged`` (naming the object) if it is larger than its
+        kind allows (refused unread), does not decrypt or decompresses too large;
+        ``ObjectNotFound`` if it is gone.
+        """
         sealed = self._cache_get(kind, name)
         from_cache = sealed is not None
         if sealed is None:
-            sealed = self.storage.get(f"{kind}/{name}")
+            sealed = self._read_listed(kind, name)
         try:
-            plaintext = zstandard.ZstdDecompressor().decompress(
-                self.sealer.open(sealed, kind.encode()), max_output_size=1 << 31
+            plaintext = decompress_bounded(
+                self.sealer.open(sealed, kind.encode()), MAX_PLAIN_SIZE[kind]
             )
-        except (DecryptionFailed, zstandard.ZstdError) as exc:
+        except (DecryptionFailed, DecompressionFailed) as exc:
             if from_cache:
                 self._cache_drop(kind, name)
                 return self.load_file(kind, name)
@@ -224,29 +251,67 @@ class Repository:
             self._cache_put(kind, name, sealed)
         return plaintext
 
+    def _read_listed(self, kind: str, name: str) -> bytes:
+        """A sealed file's bytes, bounded by its kind's limit (see ``read_bounded``)."""
+        path = object_path(kind, name)
+        size = None if kind == "locks" else self._listed_sizes.get(path)
+        return read_bounded(self.storage, path, MAX_STORED_SIZE[kind], size)
+
     def list_files(self, kind: str) -> list[str]:
-        names = [info.name[len(kind) + 1 :] for info in self.storage.list(f"{kind}/")]
+        """Names of the ``kind`` files; listed names that are not valid ones are ignored."""
+        listing = list_names(self.storage, kind)
+        for name, size in listing.sizes.items():
+            self._listed_sizes[f"{kind}/{name}"] = size
+        self.ignored.update(dict.fromkeys(listing.ignored))
+        names = list(listing.sizes)
         self._cache_prune(kind, set(names))
         return names
 
+    def list_packs(self) -> dict[str, int]:
+        """Pack id -> size of every stored pack; listed names that are not packs' are ignored."""
+        listing = list_names(self.storage, "data")
+        self.ignored.update(dict.fromkeys(listing.ignored))
+        return listing.sizes
+
+    def read_pack(self, pack_id: str, size: int) -> bytes:
+        """A whole pack of listed ``size``, refused unread if larger than any pack may be."""
+        name = pack_name(pack_id)
+        if size > MAX_PACK_SIZE:
+            raise too_large(name, size, MAX_PACK_SIZE)
+        return self.storage.get(name, 0, size)
+
     def delete_file(self, kind: str, name: str) -> None:
-        self.storage.delete(f"{kind}/{name}")
+        self.storage.delete(object_path(kind, name))
         self._cache_drop(kind, name)
 
     # ------------------------------------------------------------------- cache
+    # The cache folder is named by a hash (``cache_key``) and each file by the hash
+    # of its kind and name, so no local path holds text from the store.
     def _cache_path(self, kind: str, name: str) -> Path | None:
         if self._cache_dir is None or kind not in ("index", "snapshots"):
             return None
-        return self._cache_dir / kind / name
+        return self._cache_dir / kind / _cache_file_name(kind, name)
 
     def _cache_get(self, kind: str, name: str) -> bytes | None:
         if not self.read_cache:
             return None
         path = self._cache_path(kind, name)
+        if path is None:
+            return None
         try:
-            return path.read_bytes() if path else None
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORED_SIZE[kind]:
+                return None
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _cache_put(self, kind: str, name: str, sealed: bytes) -> None:
         path = self._cache_path(kind, name)
@@ -266,12 +331,29 @@ class Repository:
             path.unlink(missing_ok=True)
 
     def _cache_prune(self, kind: str, live: set[str]) -> None:
+        """Remove cached files of ``kind`` no longer in the store.
+
+        Only regular files named like ours (64 hex) in our own folder go; a symlink
+        is never followed, and anything else there is left alone.
+        """
         folder = self._cache_dir / kind if self._cache_dir else None
-        if folder is None or not folder.is_dir() or kind not in ("index", "snapshots"):
+        if folder is None or kind not in ("index", "snapshots"):
             return
-        for path in folder.iterdir():
-            if path.name not in live and not path.name.startswith("."):
-                path.unlink(missing_ok=True)
+        keep = {_cache_file_name(kind, name) for name in live}
+        try:
+            if not stat.S_ISDIR(folder.lstat().st_mode):
+                return
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if (
+                _CACHE_FILE.fullmatch(entry.name)
+                and entry.name not in keep
+                and entry.is_file(follow_symlinks=False)
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
     # ------------------------------------------------------------------- index
     def load_index(self) -> MasterIndex:
@@ -299,7 +381,7 @@ class Repository:
                 return self.sealer.open(sealed, INDEX_AAD)
             except DecryptionFailed:
                 self._cache_drop("index", name)
-        sealed = self.storage.get(f"index/{name}")
+        sealed = self._read_listed("index", name)
         try:
             compressed = self.sealer.open(sealed, INDEX_AAD)
         except DecryptionFailed as exc:
@@ -435,7 +517,16 @@ class Repository:
             raise FrameDamaged("member table is malformed") from exc
         if encoding not in (_RAW, _ZSTD):
             raise FrameDamaged("unknown payload encoding")
-        return table, encoding, view[end + 1 :]
+        payload = view[end + 1 :]
+        if encoding == _ZSTD:
+            # zstd allocates the size a frame header declares: bound it before.
+            try:
+                declared = zstandard.frame_content_size(payload)
+            except zstandard.ZstdError as exc:
+                raise FrameDamaged(f"does not decompress: {exc}") from exc
+            if declared > MAX_FRAME_SIZE:
+                raise FrameDamaged(f"declares {declared:,} bytes, more than a frame may hold")
+        return table, encoding, payload
 
     def open_frames(self, sealed_frames: list[bytes | memoryview]) -> list[OpenedFrame]:
         """``open_frame`` for many: all zstd payloads decompressed in one GIL-free call.
@@ -460,9 +551,7 @@ class Repository:
                 else iter(())
             )
             return [
-                OpenedFrame(
-                    memoryview(next(unpacked)) if encoding == _ZSTD else payload, table
-                )
+                OpenedFrame(memoryview(next(unpacked)) if encoding == _ZSTD else payload, table)
                 for table, encoding, payload in parts
             ]
         except (DecryptionFailed, FrameDamaged, zstandard.ZstdError, ValueError):
@@ -516,6 +605,31 @@ class Repository:
 
     def pack_writer(self) -> PackWriter:
         return PackWriter(self)
+
+
+_CACHE_FILE = re.compile(r"[0-9a-f]{64}")
+
+
+def object_path(kind: str, name: str) -> str:
+    """``kind/name``, for a name valid for its kind only (listed names are checked before)."""
+    if not valid_name(kind, name):
+        raise ValueError(f"invalid {kind} name {name[:80]!r}")
+    return f"{kind}/{name}"
+
+
+def cache_key(storage: Storage, config: dict) -> str:
+    """Name of a repository's cache folder: a hash of where it is and of its id.
+
+    The store's description is the user's own choice of store, so two stores never
+    share a cache, whatever id a planted config claims; the id (hashed, never used
+    as a path) gives a repository re-created at the same place a fresh cache.
+    """
+    text = json.dumps([storage.describe(), config.get("id")], default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cache_file_name(kind: str, name: str) -> str:
+    return hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()
 
 
 class PackWriter:

@@ -76,7 +76,7 @@ def _reclaim(repo: Repository) -> ReclaimReport:
             "run 'cloudkeep check'"
         )
     used = set(users)
-    stored = {info.name.rsplit("/", 1)[-1]: info.size for info in repo.storage.list("data/")}
+    stored = repo.list_packs()
 
     # A frame is the unit of storage: it stays (whole) while any blob in it is used.
     keep: dict[str, list[PackEntry]] = {}
@@ -107,7 +107,7 @@ def _reclaim(repo: Repository) -> ReclaimReport:
         repo.index.add_pack(pack_id, entries)
     try:
         for pack_id in to_repack:
-            content = memoryview(repo.storage.get(pack_name(pack_id)))
+            content = memoryview(repo.read_pack(pack_id, stored[pack_id]))
             for (offset, length), members in frames_of(read_header(content, repo.sealer)).items():
                 if not any(m.blob_id in used and m.blob_id not in repo.index for m in members):
                     continue

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -389,6 +390,7 @@ class OpenDALStorage:
         check_name(name)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError(f"invalid range offset={offset} length={length}")
+        self._refuse_special(name, "get")
         if length == 0:
             self._check_range(name, offset, 0, self.stat(name).size)
             return b""
@@ -438,8 +440,24 @@ class OpenDALStorage:
         check_name(name)
         return self._stat(name)
 
+    def _refuse_special(self, name: str, action: str) -> None:
+        """In a folder store, only regular files are objects: a symlink (planted to
+        reach a file outside the store), a FIFO (which would block a read) or a
+        device is absent. Whatever such an entry points at is never touched."""
+        if self._local_root is None:
+            return
+        try:
+            mode = os.lstat(self._local_root / name).st_mode
+        except OSError:
+            return  # absent or unreadable: the service's own call says so
+        if not stat.S_ISREG(mode):
+            raise ObjectNotFound(
+                f"{action} {name!r} on {self._description}: no such object (not a regular file)"
+            )
+
     def _stat(self, name: str) -> ObjectInfo:
         """``stat`` without the name check, for names the service itself listed."""
+        self._refuse_special(name, "stat")
         try:
             meta = self._op.stat(name)
         except Exception as exc:
@@ -492,6 +510,8 @@ class OpenDALStorage:
                 continue
             if not path.startswith(folder):
                 continue  # WebDAV answers a listing of "name/" with the file "name"
+            if self._local_root is not None and not _is_regular(self._local_root / path):
+                continue  # a symlink, FIFO or device planted in a folder store
             size = int(meta.content_length)
             if size == 0:
                 # Some listings omit sizes (reported as 0): confirm with a stat.
@@ -513,6 +533,14 @@ class OpenDALStorage:
             if isinstance(error, ObjectNotFound):
                 return
             raise error from exc
+
+
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` itself (not what a symlink points at) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _writev_all(fd: int, parts: Sequence[bytes]) -> None:
