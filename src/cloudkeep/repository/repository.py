@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -65,6 +66,7 @@ from cloudkeep.storage.base import (
     StorageUnavailable,
 )
 
+log = logging.getLogger(__name__)
 # 2: blobs sealed in frames of several blobs (1: one sealed blob per chunk).
 FORMAT_VERSION = 2
 # 4 MiB: a 2 GiB backup peaked at 174 MiB RSS (8 MiB packs: 211 MiB) for less CPU,
@@ -357,12 +359,19 @@ class Repository:
 
     # ------------------------------------------------------------------- index
     def load_index(self) -> MasterIndex:
+        """Every readable index file; a damaged one is skipped with a warning.
+
+        One planted or damaged index file must not stop every backup and restore:
+        without it a backup stores those blobs again, a restore that needs them
+        fails naming them, and ``check`` reports the file.
+        """
         index = MasterIndex()
         for name in self.list_files("index"):
             try:
                 packs = IndexFile.scan(self._load_index_compressed(name))
-            except IndexFormatError as exc:
-                raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
+            except (IndexFormatError, RepositoryDamaged) as exc:
+                log.warning("skipped index/%s: %s; run 'cloudkeep check'", name, exc)
+                continue
             for pack_id, encoded in packs:
                 index.add_pack_encoded(pack_id, encoded)
         self.index = index
