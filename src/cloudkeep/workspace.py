@@ -6,6 +6,7 @@ methods; all of them block, so the server runs them in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -292,7 +293,9 @@ class Workspace:
         from cloudkeep.snapshot.reclaim import delete_backup, try_reclaim
 
         repo = self.repository()
-        self.manifest(backup_id, repo)
+        # A damaged or planted backup exists too: it is deleted like any other.
+        with contextlib.suppress(RepositoryDamaged):
+            self.manifest(backup_id, repo)
         delete_backup(repo, backup_id)
         return try_reclaim(repo)
 

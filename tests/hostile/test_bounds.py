@@ -156,6 +156,9 @@ def test_an_undecryptable_manifest_blocks_no_other_backup(
         assert restored.code == 0, restored.stderr
         assert rows_of(target / "app.db") == rows
     assert cli("backup", env=env).code == 0
+    # Deleting it is the way out (space reclaim waits while a backup is unreadable).
+    assert cli("delete", planted, env=env).code == 0
+    assert cli("check", env=env).code == 0
 
 
 def test_a_planted_index_file_blocks_no_backup_or_restore(
@@ -207,3 +210,16 @@ def test_pack_trailers_and_index_counts_are_bounded_by_the_bytes_present() -> No
     claims_billions = b"CKIX\x02" + struct.pack("<I", 0xFFFFFFFF) + bytes(36)
     with pytest.raises(IndexFormatError, match="more packs than it holds"):
         IndexFile.scan(zstandard.ZstdCompressor().compress(claims_billions))
+
+
+def test_a_lock_rewritten_since_it_was_listed_is_read_whole(
+    hostile_store: HostileStore, tmp_path: Path
+) -> None:
+    """Locks are rewritten every minute: a size from an older listing must not cut one short."""
+    repo = Repository.init(open_store(hostile_store.url), "lock passphrase")
+    name = "6" * 32
+    for first, then in ((b"short", os.urandom(3000)), (os.urandom(3000), b"short again")):
+        repo.save_file("locks", name, first)
+        assert repo.list_files("locks") == [name]
+        repo.save_file("locks", name, then)  # rewritten after the listing
+        assert repo.load_file("locks", name) == then

@@ -256,8 +256,7 @@ class Repository:
     def _read_listed(self, kind: str, name: str) -> bytes:
         """A sealed file's bytes, bounded by its kind's limit (see ``read_bounded``)."""
         path = object_path(kind, name)
-        size = None if kind == "locks" else self._listed_sizes.get(path)
-        return read_bounded(self.storage, path, MAX_STORED_SIZE[kind], size)
+        return read_bounded(self.storage, path, MAX_STORED_SIZE[kind], self._listed_sizes.get(path))
 
     def list_files(self, kind: str) -> list[str]:
         """Names of the ``kind`` files; listed names that are not valid ones are ignored."""

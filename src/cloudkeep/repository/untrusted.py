@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.storage.base import Storage
+from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -111,16 +111,25 @@ def read_bounded(storage: Storage, path: str, limit: int, size: int | None = Non
 
     ``size`` is the listing's; without it the object is stat-ed. Exactly that many
     bytes are read, so an object replaced by a huge one meanwhile still costs no
-    more. A lock is rewritten every minute: its size is checked again after the
-    read, and the read repeated if the lock changed in between.
+    more. A lock is rewritten every minute, with a size that may change: it is
+    read again when its size changed (or it became shorter) since it was taken.
     """
+    rewritten = path.startswith(_REWRITTEN)
     for _attempt in range(3):
         if size is None:
             size = storage.stat(path).size
         if size > limit:
             raise too_large(path, size, limit)
-        data = storage.get(path, 0, size)
-        if not path.startswith(_REWRITTEN):
+        try:
+            data = storage.get(path, 0, size)
+        except (ObjectNotFound, StorageUnavailable):
+            raise
+        except StorageError:
+            if not rewritten:
+                raise
+            size = None  # shorter than its listed size: rewritten since
+            continue
+        if not rewritten:
             return data
         size, before = storage.stat(path).size, size
         if size == before:
