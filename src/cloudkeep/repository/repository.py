@@ -86,6 +86,8 @@ FRAME_AAD = b"frame"
 _COUNT = struct.Struct("<I")
 _MEMBER = struct.Struct("<32sI")  # blob id, length: the frame's authenticated member table
 MAX_FRAME_SIZE = 64 * 1024 * 1024  # far above the largest frame; bounds a hostile one
+# A frame stored as it is (incompressible) plus its member table: bounds a range read.
+MAX_SEALED_FRAME_SIZE = 2 * MAX_FRAME_SIZE
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
 DEFAULT_CHUNKER = {
     "sqlite_chunk_bytes": 8192,
@@ -300,19 +302,13 @@ class Repository:
         if path is None:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORED_SIZE[kind]:
-                return None
-            with os.fdopen(os.dup(fd), "rb") as handle:
+            with open(path, "rb", opener=_open_no_follow) as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORED_SIZE[kind]:
+                    return None
                 return handle.read()
         except OSError:
             return None
-        finally:
-            os.close(fd)
 
     def _cache_put(self, kind: str, name: str, sealed: bytes) -> None:
         path = self._cache_path(kind, name)
@@ -368,8 +364,11 @@ class Repository:
         for name in self.list_files("index"):
             try:
                 packs = IndexFile.scan(self._load_index_compressed(name))
-            except (IndexFormatError, RepositoryDamaged) as exc:
-                log.warning("skipped index/%s: %s; run 'cloudkeep check'", name, exc)
+            except IndexFormatError as exc:
+                log.warning("skipped index/%s, damaged: %s; run 'cloudkeep check'", name, exc)
+                continue
+            except RepositoryDamaged as exc:
+                log.warning("skipped %s; run 'cloudkeep check'", exc)
                 continue
             for pack_id, encoded in packs:
                 index.add_pack_encoded(pack_id, encoded)
@@ -593,6 +592,8 @@ class Repository:
         location = self.index.lookup(blob_id)
         if location is None:
             raise BlobDamaged(blob_id, "not in the index")
+        if location.length > MAX_SEALED_FRAME_SIZE:
+            raise BlobDamaged(blob_id, "its frame is larger than any frame may be")
         try:
             sealed = self.storage.get(pack_name(location.pack_id), location.offset, location.length)
         except ObjectNotFound as exc:
@@ -632,8 +633,12 @@ def cache_key(storage: Storage, config: dict) -> str:
     share a cache, whatever id a planted config claims; the id (hashed, never used
     as a path) gives a repository re-created at the same place a fresh cache.
     """
-    text = json.dumps([storage.describe(), config.get("id")], default=repr)
+    text = json.dumps([storage.describe(), config.get("id")])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _cache_file_name(kind: str, name: str) -> str:
