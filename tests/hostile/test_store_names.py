@@ -198,3 +198,34 @@ def test_workspace_list_reports_planted_names_through_its_notices(
     assert len(warnings) == (2 if hostile_store.kind == "s3" else 1), notices
     assert all("\x1b" not in n for n in warnings)  # no terminal escapes from the store
     assert tree_state(guarded_home, skip=own_folders(guarded_home)) == before
+
+
+def test_a_store_folder_replaced_by_a_symlink_is_not_followed(
+    guarded_home: Path, cli, tmp_path: Path
+) -> None:
+    """Folder store: ``snapshots``, ``locks``, ``index`` or ``data`` made a link out of it."""
+    store = tmp_path / "store"
+    data = make_data(tmp_path / "data")
+    env = {"CLOUDKEEP_STORE": store.as_uri(), "CLOUDKEEP_DATA": str(data)}
+    saved = cli("backup", env=env)
+    assert saved.code == 0, saved.stderr
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for kind in ("data", "index", "locks", "snapshots"):
+        (store / kind).mkdir(exist_ok=True)
+        (store / kind).rename(aside / kind)
+        (store / kind).symlink_to(guarded_home / "documents")
+        before = tree_state(guarded_home, skip=own_folders(guarded_home))
+        for command in (
+            ("backup",),
+            ("list",),
+            ("restore", backup_id(saved.stdout), "--target", str(tmp_path / f"out-{kind}")),
+            ("check",),
+        ):
+            result = cli(*command, env=env)
+            if result.code != 0:
+                assert_clean_failure(result)
+            assert tree_state(guarded_home, skip=own_folders(guarded_home)) == before, command
+        (store / kind).unlink()
+        (aside / kind).rename(store / kind)
+    assert (guarded_home / "documents" / "thesis.txt").read_text() == "four years of work\n"

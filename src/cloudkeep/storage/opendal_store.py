@@ -166,6 +166,7 @@ class OpenDALStorage:
         is the fs service's root: puts there are written directly (see ``_put_local``).
         """
         self._local_root = Path(local_root) if local_root is not None else None
+        self._real_root = os.path.realpath(local_root) if local_root is not None else ""
         self._direct_io = local_root is not None  # until the filesystem refuses O_DIRECT
         capability = operator.capability()
         if atomic_rename and not capability.rename:
@@ -298,6 +299,8 @@ class OpenDALStorage:
         assert self._local_root is not None
         temp = self._local_root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         target = self._local_root / name
+        self._confine(TEMP_PREFIX, "put")
+        self._confine(name, "put")
         try:
             temp.parent.mkdir(parents=True, exist_ok=True)
             if not (
@@ -440,12 +443,28 @@ class OpenDALStorage:
         check_name(name)
         return self._stat(name)
 
+    def _confine(self, name: str, action: str) -> None:
+        """Folder store: refuse an object whose folder leads out of the store.
+
+        A folder of the store replaced by a symlink (``locks`` -> ``~/.ssh``) would
+        have us list, write and delete files there.
+        """
+        if self._local_root is None:
+            return
+        folder = os.path.realpath(self._local_root / os.path.dirname(name))
+        if folder != self._real_root and not folder.startswith(self._real_root + os.sep):
+            raise StorageError(
+                f"{action} {name!r} on {self._description}: its folder is a symlink "
+                "leading out of the store; refused"
+            )
+
     def _refuse_special(self, name: str, action: str) -> None:
         """In a folder store, only regular files are objects: a symlink (planted to
         reach a file outside the store), a FIFO (which would block a read) or a
         device is absent. Whatever such an entry points at is never touched."""
         if self._local_root is None:
             return
+        self._confine(name, action)
         try:
             mode = os.lstat(self._local_root / name).st_mode
         except OSError:
@@ -454,6 +473,15 @@ class OpenDALStorage:
             raise ObjectNotFound(
                 f"{action} {name!r} on {self._description}: no such object (not a regular file)"
             )
+
+    def _local_object(self, name: str) -> bool:
+        """Whether a listed name of a folder store is a regular file inside the store."""
+        assert self._local_root is not None
+        try:
+            self._confine(name, "list")
+            return stat.S_ISREG(os.lstat(self._local_root / name).st_mode)
+        except (StorageError, OSError):
+            return False
 
     def _stat(self, name: str) -> ObjectInfo:
         """``stat`` without the name check, for names the service itself listed."""
@@ -477,6 +505,8 @@ class OpenDALStorage:
         folder = folder_of(prefix)
         if folder.startswith(TEMP_PREFIX):
             raise ValueError(f"invalid list prefix {prefix!r}: {TEMP_PREFIX} is reserved")
+        if folder:
+            self._confine(folder, "list")
         return self._iter_folder(folder)
 
     def _list_failed(self, exc: Exception, folder: str) -> StorageError | None:
@@ -510,7 +540,7 @@ class OpenDALStorage:
                 continue
             if not path.startswith(folder):
                 continue  # WebDAV answers a listing of "name/" with the file "name"
-            if self._local_root is not None and not _is_regular(self._local_root / path):
+            if self._local_root is not None and not self._local_object(path):
                 continue  # a symlink, FIFO or device planted in a folder store
             size = int(meta.content_length)
             if size == 0:
@@ -524,6 +554,7 @@ class OpenDALStorage:
     def delete(self, name: str) -> None:
         """Remove ``name``; an absent object is fine."""
         check_name(name)
+        self._confine(name, "delete")
         try:
             self._op.delete(name)
         except Exception as exc:
@@ -533,14 +564,6 @@ class OpenDALStorage:
             if isinstance(error, ObjectNotFound):
                 return
             raise error from exc
-
-
-def _is_regular(path: Path) -> bool:
-    """Whether ``path`` itself (not what a symlink points at) is a regular file."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _writev_all(fd: int, parts: Sequence[bytes]) -> None:
