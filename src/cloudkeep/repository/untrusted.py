@@ -33,8 +33,8 @@ NAME_PATTERNS: Mapping[str, re.Pattern[str]] = {
 PACK_NAME = re.compile(r"data/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 
 #: Largest stored (sealed) object of each kind. Ours are far smaller: a key file
-#: or lock is a few hundred bytes, the config under 1 KiB, a manifest or index file
-#: of a large folder a few MiB.
+#: or lock is a few hundred bytes, the config under 1 KiB, a manifest under 300 bytes per
+#: file backed up, an index file ~50 bytes per blob of at most 256 packs (~1 GiB).
 MAX_STORED_SIZE: Mapping[str, int] = {
     "config": 64 * KIB,
     "keys": 64 * KIB,

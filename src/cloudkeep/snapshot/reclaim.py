@@ -24,7 +24,9 @@ from cloudkeep.storage.base import ObjectNotFound
 
 log = logging.getLogger(__name__)
 REPACK_WHEN_UNUSED_FRACTION = 0.2
-PACKS_PER_INDEX_FILE = 4000
+# ~1 GiB of packs: an index file of at most ~60 MiB even for data compressing 10:1,
+# far under what a reader accepts (repository.untrusted.MAX_STORED_SIZE).
+PACKS_PER_INDEX_FILE = 256
 
 
 class ReclaimReport:
