@@ -166,7 +166,6 @@ class OpenDALStorage:
         is the fs service's root: puts there are written directly (see ``_put_local``).
         """
         self._local_root = Path(local_root) if local_root is not None else None
-        self._real_root = os.path.realpath(local_root) if local_root is not None else ""
         self._direct_io = local_root is not None  # until the filesystem refuses O_DIRECT
         capability = operator.capability()
         if atomic_rename and not capability.rename:
@@ -444,19 +443,28 @@ class OpenDALStorage:
         return self._stat(name)
 
     def _confine(self, name: str, action: str) -> None:
-        """Folder store: refuse an object whose folder leads out of the store.
+        """Folder store: refuse an object below a folder of the store that is a symlink.
 
-        A folder of the store replaced by a symlink (``locks`` -> ``~/.ssh``) would
-        have us list, write and delete files there.
+        A folder replaced by a link (``locks`` -> ``~/.ssh``) would have us list,
+        write and delete files out of the store. Each folder of the name is
+        checked (an lstat each; the store's root itself may be a link).
         """
         if self._local_root is None:
             return
-        folder = os.path.realpath(self._local_root / os.path.dirname(name))
-        if folder != self._real_root and not folder.startswith(self._real_root + os.sep):
-            raise StorageError(
-                f"{action} {name!r} on {self._description}: its folder is a symlink "
-                "leading out of the store; refused"
-            )
+        path = self._local_root
+        for part in os.path.dirname(name).split("/"):
+            if not part:
+                continue
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                return  # not there yet: it is made a real folder, or the call fails
+            if stat.S_ISLNK(mode):
+                raise StorageError(
+                    f"{action} {name!r} on {self._description}: the folder {part!r} of "
+                    "the store is a symlink; refused (a folder store holds real folders)"
+                )
 
     def _refuse_special(self, name: str, action: str) -> None:
         """In a folder store, only regular files are objects: a symlink (planted to
