@@ -6,6 +6,7 @@ methods; all of them block, so the server runs them in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudkeep.errors import (
+    FormatTooNew,
     KeyMissing,
     RepositoryChanged,
     RepositoryDamaged,
@@ -26,6 +28,7 @@ from cloudkeep.errors import (
     UserError,
 )
 from cloudkeep.repository.trust import Joined, TrustStore
+from cloudkeep.repository.untrusted import shown
 from cloudkeep.settings import Settings, warn_if_exposed
 from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.storage.base import ObjectNotFound, Storage
@@ -242,6 +245,14 @@ class Workspace:
                 infos.append(BackupInfo.of(_load_manifest(repo, name)))
             except ObjectNotFound:
                 continue  # deleted while we listed
+            except (RepositoryDamaged, FormatTooNew) as exc:
+                self._notice(f"warning: skipped backup {name}: {exc}")
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                self._notice(f"warning: skipped backup {name}: it does not decode ({exc})")
+        for name in repo.ignored:
+            self._notice(
+                f"warning: ignored {shown(name)} in the store: not the name of a cloudkeep object"
+            )
         infos.sort(key=lambda info: int(info.timestamp), reverse=True)
         return infos
 
@@ -297,7 +308,9 @@ class Workspace:
         from cloudkeep.snapshot.reclaim import delete_backup, try_reclaim
 
         repo = self.repository()
-        self.manifest(backup_id, repo)
+        # A damaged or planted backup exists too: it is deleted like any other.
+        with contextlib.suppress(RepositoryDamaged):
+            self.manifest(backup_id, repo)
         delete_backup(repo, backup_id)
         return try_reclaim(repo)
 

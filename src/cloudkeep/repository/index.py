@@ -16,6 +16,7 @@ from typing import NamedTuple
 import zstandard
 
 from cloudkeep.repository.packs import ENTRY, PackEntry, decode_header, encode_header
+from cloudkeep.repository.untrusted import MAX_PLAIN_SIZE, DecompressionFailed, decompress_bounded
 
 _MAGIC = b"CKIX\x02"
 _COUNT = struct.Struct("<I")
@@ -44,9 +45,9 @@ class IndexFile:
     def scan(compressed: bytes) -> list[tuple[str, bytes]]:
         """(pack id, encoded header entries) pairs, validated but not decoded into objects."""
         try:
-            raw = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 31)
-        except zstandard.ZstdError as exc:
-            raise IndexFormatError(f"index does not decompress: {exc}") from exc
+            raw = decompress_bounded(compressed, MAX_PLAIN_SIZE["index"])
+        except DecompressionFailed as exc:
+            raise IndexFormatError(f"index: {exc}") from exc
         if not raw.startswith(_MAGIC):
             raise IndexFormatError("index has an unknown format marker")
         pos = len(_MAGIC)
@@ -54,6 +55,8 @@ class IndexFile:
         try:
             (pack_count,) = _COUNT.unpack_from(raw, pos)
             pos += _COUNT.size
+            if pack_count * (32 + _COUNT.size) > len(raw) - pos:
+                raise IndexFormatError("index counts more packs than it holds")
             for _ in range(pack_count):
                 pack_id = raw[pos : pos + 32].hex()
                 (entry_count,) = _COUNT.unpack_from(raw, pos + 32)

@@ -19,7 +19,6 @@ import base64
 import binascii
 import json
 import os
-import re
 import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -46,7 +45,6 @@ KDF_BOUNDS = {
 MAX_KDF_WORK = 16 * DEFAULT_KDF["time_cost"] * DEFAULT_KDF["memory_cost_kib"]
 MAX_KEY_FILE_BYTES = 4096
 MAX_KEY_FILES_TRIED = 8
-KEY_NAME = re.compile(r"keys/[0-9a-f]{32}")
 
 
 def new_key_name() -> str:

@@ -29,6 +29,9 @@ from cloudkeep.repository.crypto import Sealer
 HEADER_AAD = b"pack-header"
 ENTRY = struct.Struct("<B32sIIII")
 _TRAILER = struct.Struct("<I")
+#: A header entry per blob, and every blob costs its frame at least a 36-byte member
+#: entry: a 4 MiB pack has a header of at most ~6 MiB. 64 MiB bounds a hostile trailer.
+MAX_HEADER_SIZE = 64 * 1024 * 1024
 
 
 class BlobType(IntEnum):
@@ -131,14 +134,26 @@ class PackBuilder:
         return blake3.blake3(content).hexdigest(), content
 
 
+def header_start(pack_size: int, header_len: int) -> int:
+    """Where the sealed header of a pack of ``pack_size`` bytes starts, checked.
+
+    ``header_len`` comes from the pack's unauthenticated trailer: it must fit in
+    the pack and stay under ``MAX_HEADER_SIZE`` before anything is read or allocated.
+    """
+    if header_len > MAX_HEADER_SIZE:
+        raise PackFormatError(f"pack header length {header_len:,} is larger than any header")
+    start = pack_size - _TRAILER.size - header_len
+    if start < 0:
+        raise PackFormatError("pack header length points before the start of the pack")
+    return start
+
+
 def read_header(content: bytes, sealer: Sealer) -> list[PackEntry]:
     """Parse the header of a whole downloaded pack."""
     if len(content) < _TRAILER.size:
         raise PackFormatError("pack shorter than its trailer")
     (header_len,) = _TRAILER.unpack_from(content, len(content) - _TRAILER.size)
-    start = len(content) - _TRAILER.size - header_len
-    if start < 0:
-        raise PackFormatError("pack header length points before the start of the pack")
+    start = header_start(len(content), header_len)
     entries = decode_header(sealer.open(content[start : len(content) - _TRAILER.size], HEADER_AAD))
     for entry in entries:
         if entry.offset + entry.length > start:

@@ -14,9 +14,12 @@ Store layout (see docs/format.md)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import re
+import stat
 import struct
 import threading
 import uuid
@@ -45,7 +48,6 @@ from cloudkeep.repository.crypto import (
 )
 from cloudkeep.repository.index import IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import (
-    KEY_NAME,
     MAX_KEY_FILE_BYTES,
     MAX_KEY_FILES_TRIED,
     new_key_name,
@@ -53,6 +55,17 @@ from cloudkeep.repository.keys import (
     wrap_key,
 )
 from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, pack_name
+from cloudkeep.repository.untrusted import (
+    MAX_PACK_SIZE,
+    MAX_PLAIN_SIZE,
+    MAX_STORED_SIZE,
+    DecompressionFailed,
+    decompress_bounded,
+    list_names,
+    read_bounded,
+    too_large,
+    valid_name,
+)
 from cloudkeep.storage.base import (
     ObjectExists,
     ObjectNotFound,
@@ -61,6 +74,7 @@ from cloudkeep.storage.base import (
     StorageUnavailable,
 )
 
+log = logging.getLogger(__name__)
 # 3: files sealed with their kind and name as associated data, an authenticated config
 # naming the master key's fingerprint (2: files bound to their kind only; 1: one sealed
 # blob per chunk).
@@ -82,6 +96,8 @@ FRAME_AAD = b"frame"
 _COUNT = struct.Struct("<I")
 _MEMBER = struct.Struct("<32sI")  # blob id, length: the frame's authenticated member table
 MAX_FRAME_SIZE = 64 * 1024 * 1024  # far above the largest frame; bounds a hostile one
+# A frame stored as it is (incompressible) plus its member table: bounds a range read.
+MAX_SEALED_FRAME_SIZE = 2 * MAX_FRAME_SIZE
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
 DEFAULT_CHUNKER = {
     "sqlite_chunk_bytes": 8192,
@@ -186,7 +202,11 @@ class Repository:
         self.key_file = key_file
         self.sealer = Sealer(key)
         self.index = MasterIndex()
-        self._cache_dir = cache_dir / config["id"] if cache_dir else None
+        self._cache_dir = cache_dir / cache_key(storage, config) if cache_dir else None
+        # Sizes the last listing gave, so a listed object is read without a stat first.
+        self._listed_sizes: dict[str, int] = {}
+        #: Listed names that are no cloudkeep object's (never used): shown by list and check.
+        self.ignored: dict[str, None] = {}
         self._compressor = threading.local()
         # check turns this off: it must judge what the store holds, not our copy of it.
         self.read_cache = True
@@ -200,7 +220,7 @@ class Repository:
     def read_config(storage: Storage) -> dict:
         """The config, its version and values checked; NOT authenticated (see ``unlock``)."""
         try:
-            raw = storage.get("config")
+            raw = read_bounded(storage, "config", MAX_STORED_SIZE["config"])
         except ObjectNotFound as exc:
             raise RepositoryNotFound(
                 f"no cloudkeep repository at {storage.describe()} "
@@ -308,20 +328,23 @@ class Repository:
         """
         if not passphrase:
             raise KeyMissing("no passphrase or key file given to open the repository")
-        names = sorted(
-            info.name
-            for info in storage.list("keys/")
-            if KEY_NAME.fullmatch(info.name) and info.size <= MAX_KEY_FILE_BYTES
-        )
-        if not names:
+        sizes = {
+            f"keys/{name}": size
+            for name, size in list_names(storage, "keys").sizes.items()
+            if size <= MAX_KEY_FILE_BYTES
+        }
+        if not sizes:
             raise KeyMissing(f"the repository at {storage.describe()} has no key files")
+        names = sorted(sizes)
         if preferred_key_file in names:
             names.remove(preferred_key_file)
             names.insert(0, preferred_key_file)
         for name in names[:MAX_KEY_FILES_TRIED]:
             try:
-                key = unwrap_key(storage.get(name), passphrase)
-            except ObjectNotFound:
+                key = unwrap_key(
+                    read_bounded(storage, name, MAX_STORED_SIZE["keys"], sizes[name]), passphrase
+                )
+            except (ObjectNotFound, RepositoryDamaged):
                 continue
             if key is None or key.fingerprint() != config["key"]:
                 continue
@@ -374,16 +397,21 @@ class Repository:
         self._cache_put(kind, name, sealed)
 
     def load_file(self, kind: str, name: str) -> bytes:
-        """Decrypted content of an immutable file, from the local cache when present."""
+        """Decrypted content of a sealed file, from the local cache when present.
+
+        Raises ``RepositoryDamaged`` (naming the object) if it is larger than its
+        kind allows (refused unread), does not decrypt or decompresses too large;
+        ``ObjectNotFound`` if it is gone.
+        """
         sealed = self._cache_get(kind, name)
         from_cache = sealed is not None
         if sealed is None:
-            sealed = self.storage.get(f"{kind}/{name}")
+            sealed = self._read_listed(kind, name)
         try:
-            plaintext = zstandard.ZstdDecompressor().decompress(
-                self.sealer.open(sealed, file_aad(kind, name)), max_output_size=1 << 31
+            plaintext = decompress_bounded(
+                self.sealer.open(sealed, file_aad(kind, name)), MAX_PLAIN_SIZE[kind]
             )
-        except (DecryptionFailed, zstandard.ZstdError) as exc:
+        except (DecryptionFailed, DecompressionFailed) as exc:
             if from_cache:
                 self._cache_drop(kind, name)
                 return self.load_file(kind, name)
@@ -392,27 +420,58 @@ class Repository:
             self._cache_put(kind, name, sealed)
         return plaintext
 
+    def _read_listed(self, kind: str, name: str) -> bytes:
+        """A sealed file's bytes, bounded by its kind's limit (see ``read_bounded``)."""
+        path = object_path(kind, name)
+        return read_bounded(self.storage, path, MAX_STORED_SIZE[kind], self._listed_sizes.get(path))
+
     def list_files(self, kind: str) -> list[str]:
-        names = [info.name[len(kind) + 1 :] for info in self.storage.list(f"{kind}/")]
+        """Names of the ``kind`` files; listed names that are not valid ones are ignored."""
+        listing = list_names(self.storage, kind)
+        for name, size in listing.sizes.items():
+            self._listed_sizes[f"{kind}/{name}"] = size
+        self.ignored.update(dict.fromkeys(listing.ignored))
+        names = list(listing.sizes)
         self._cache_prune(kind, set(names))
         return names
 
+    def list_packs(self) -> dict[str, int]:
+        """Pack id -> size of every stored pack; listed names that are not packs' are ignored."""
+        listing = list_names(self.storage, "data")
+        self.ignored.update(dict.fromkeys(listing.ignored))
+        return listing.sizes
+
+    def read_pack(self, pack_id: str, size: int) -> bytes:
+        """A whole pack of listed ``size``, refused unread if larger than any pack may be."""
+        name = pack_name(pack_id)
+        if size > MAX_PACK_SIZE:
+            raise too_large(name, size, MAX_PACK_SIZE)
+        return self.storage.get(name, 0, size)
+
     def delete_file(self, kind: str, name: str) -> None:
-        self.storage.delete(f"{kind}/{name}")
+        self.storage.delete(object_path(kind, name))
         self._cache_drop(kind, name)
 
     # ------------------------------------------------------------------- cache
+    # The cache folder is named by a hash (``cache_key``) and each file by the hash
+    # of its kind and name, so no local path holds text from the store.
     def _cache_path(self, kind: str, name: str) -> Path | None:
         if self._cache_dir is None or kind not in ("index", "snapshots"):
             return None
-        return self._cache_dir / kind / name
+        return self._cache_dir / kind / _cache_file_name(kind, name)
 
     def _cache_get(self, kind: str, name: str) -> bytes | None:
         if not self.read_cache:
             return None
         path = self._cache_path(kind, name)
+        if path is None:
+            return None
         try:
-            return path.read_bytes() if path else None
+            with open(path, "rb", opener=_open_no_follow) as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORED_SIZE[kind]:
+                    return None
+                return handle.read()
         except OSError:
             return None
 
@@ -434,21 +493,48 @@ class Repository:
             path.unlink(missing_ok=True)
 
     def _cache_prune(self, kind: str, live: set[str]) -> None:
+        """Remove cached files of ``kind`` no longer in the store.
+
+        Only regular files named like ours (64 hex) in our own folder go; a symlink
+        is never followed, and anything else there is left alone.
+        """
         folder = self._cache_dir / kind if self._cache_dir else None
-        if folder is None or not folder.is_dir() or kind not in ("index", "snapshots"):
+        if folder is None or kind not in ("index", "snapshots"):
             return
-        for path in folder.iterdir():
-            if path.name not in live and not path.name.startswith("."):
-                path.unlink(missing_ok=True)
+        keep = {_cache_file_name(kind, name) for name in live}
+        try:
+            if not stat.S_ISDIR(folder.lstat().st_mode):
+                return
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            if (
+                _CACHE_FILE.fullmatch(entry.name)
+                and entry.name not in keep
+                and entry.is_file(follow_symlinks=False)
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
     # ------------------------------------------------------------------- index
     def load_index(self) -> MasterIndex:
+        """Every readable index file; a damaged one is skipped with a warning.
+
+        One planted or damaged index file must not stop every backup and restore:
+        without it a backup stores those blobs again, a restore that needs them
+        fails naming them, and ``check`` reports the file.
+        """
         index = MasterIndex()
         for name in self.list_files("index"):
             try:
                 packs = IndexFile.scan(self._load_index_compressed(name))
             except IndexFormatError as exc:
-                raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
+                log.warning("skipped index/%s, damaged: %s; run 'cloudkeep check'", name, exc)
+                continue
+            except RepositoryDamaged as exc:
+                log.warning("skipped %s; run 'cloudkeep check'", exc)
+                continue
             for pack_id, encoded in packs:
                 index.add_pack_encoded(pack_id, encoded)
         self.index = index
@@ -467,7 +553,7 @@ class Repository:
                 return self.sealer.open(sealed, file_aad("index", name))
             except DecryptionFailed:
                 self._cache_drop("index", name)
-        sealed = self.storage.get(f"index/{name}")
+        sealed = self._read_listed("index", name)
         try:
             compressed = self.sealer.open(sealed, file_aad("index", name))
         except DecryptionFailed as exc:
@@ -604,7 +690,16 @@ class Repository:
             raise FrameDamaged("member table is malformed") from exc
         if encoding not in (_RAW, _ZSTD):
             raise FrameDamaged("unknown payload encoding")
-        return table, encoding, view[end + 1 :]
+        payload = view[end + 1 :]
+        if encoding == _ZSTD:
+            # zstd allocates the size a frame header declares: bound it before.
+            try:
+                declared = zstandard.frame_content_size(payload)
+            except zstandard.ZstdError as exc:
+                raise FrameDamaged(f"does not decompress: {exc}") from exc
+            if declared > MAX_FRAME_SIZE:
+                raise FrameDamaged(f"declares {declared:,} bytes, more than a frame may hold")
+        return table, encoding, payload
 
     def open_frames(self, sealed_frames: list[bytes | memoryview]) -> list[OpenedFrame]:
         """``open_frame`` for many: all zstd payloads decompressed in one GIL-free call.
@@ -663,6 +758,8 @@ class Repository:
         location = self.index.lookup(blob_id)
         if location is None:
             raise BlobDamaged(blob_id, "not in the index")
+        if location.length > MAX_SEALED_FRAME_SIZE:
+            raise BlobDamaged(blob_id, "its frame is larger than any frame may be")
         try:
             sealed = self.storage.get(pack_name(location.pack_id), location.offset, location.length)
         except ObjectNotFound as exc:
@@ -683,6 +780,35 @@ class Repository:
 
     def pack_writer(self) -> PackWriter:
         return PackWriter(self)
+
+
+_CACHE_FILE = re.compile(r"[0-9a-f]{64}")
+
+
+def object_path(kind: str, name: str) -> str:
+    """``kind/name``, for a name valid for its kind only (listed names are checked before)."""
+    if not valid_name(kind, name):
+        raise ValueError(f"invalid {kind} name {name[:80]!r}")
+    return f"{kind}/{name}"
+
+
+def cache_key(storage: Storage, config: dict) -> str:
+    """Name of a repository's cache folder: a hash of where it is and of its id.
+
+    The store's description is the user's own choice of store, so two stores never
+    share a cache, whatever id a planted config claims; the id (hashed, never used
+    as a path) gives a repository re-created at the same place a fresh cache.
+    """
+    text = json.dumps([storage.describe(), config.get("id")])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _cache_file_name(kind: str, name: str) -> str:
+    return hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()
 
 
 class PackWriter:

@@ -19,10 +19,10 @@ from cloudkeep.repository.packs import (
     PackEntry,
     frames_of,
     pack_id_of,
-    pack_name,
     read_header,
 )
 from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
+from cloudkeep.repository.untrusted import shown
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.usage import blob_users, load_manifests
@@ -82,7 +82,7 @@ class Checker:
                 index.add_pack(pack_id, entries)
                 indexed.setdefault(pack_id, entries)
         repo.index = index
-        stored = {info.name.rsplit("/", 1)[-1]: info.size for info in repo.storage.list("data/")}
+        stored = repo.list_packs()
 
         manifests, broken = load_manifests(repo)
         report.backups = len(manifests) + len(broken)
@@ -115,6 +115,10 @@ class Checker:
                 f"pack {pack_id[:16]} is not indexed (left by an interrupted backup; "
                 "the next delete reclaims it)"
             )
+        report.warnings += [
+            f"ignored {shown(name)} in the store: not the name of a cloudkeep object"
+            for name in repo.ignored
+        ]
         report.packs = len(indexed)
         report.blobs = len(index)
 
@@ -144,7 +148,7 @@ class Checker:
 
         def verify(pack_id: str) -> None:
             tracker.check_canceled()
-            content = self.repo.storage.get(pack_name(pack_id))
+            content = self.repo.read_pack(pack_id, stored[pack_id])
             pack_problems: list[str] = []
             if pack_id_of(content) != pack_id:
                 pack_problems.append("content does not match its name")

@@ -24,7 +24,9 @@ from cloudkeep.storage.base import ObjectNotFound
 
 log = logging.getLogger(__name__)
 REPACK_WHEN_UNUSED_FRACTION = 0.2
-PACKS_PER_INDEX_FILE = 4000
+# ~1 GiB of packs: an index file of at most ~60 MiB even for data compressing 10:1,
+# far under what a reader accepts (repository.untrusted.MAX_STORED_SIZE).
+PACKS_PER_INDEX_FILE = 256
 
 
 class ReclaimReport:
@@ -76,7 +78,7 @@ def _reclaim(repo: Repository) -> ReclaimReport:
             "run 'cloudkeep check'"
         )
     used = set(users)
-    stored = {info.name.rsplit("/", 1)[-1]: info.size for info in repo.storage.list("data/")}
+    stored = repo.list_packs()
 
     # A frame is the unit of storage: it stays (whole) while any blob in it is used.
     keep: dict[str, list[PackEntry]] = {}
@@ -107,7 +109,7 @@ def _reclaim(repo: Repository) -> ReclaimReport:
         repo.index.add_pack(pack_id, entries)
     try:
         for pack_id in to_repack:
-            content = memoryview(repo.storage.get(pack_name(pack_id)))
+            content = memoryview(repo.read_pack(pack_id, stored[pack_id]))
             for (offset, length), members in frames_of(read_header(content, repo.sealer)).items():
                 if not any(m.blob_id in used and m.blob_id not in repo.index for m in members):
                     continue

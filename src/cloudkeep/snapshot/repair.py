@@ -17,7 +17,14 @@ from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.crypto import DecryptionFailed
 from cloudkeep.repository.index import IndexFile
 from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import HEADER_AAD, PackEntry, PackFormatError, decode_header
+from cloudkeep.repository.packs import (
+    HEADER_AAD,
+    PackEntry,
+    PackFormatError,
+    decode_header,
+    header_start,
+    pack_name,
+)
 from cloudkeep.repository.repository import Repository
 from cloudkeep.snapshot.reclaim import PACKS_PER_INDEX_FILE
 from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
@@ -39,9 +46,7 @@ def _pack_entries(repo: Repository, name: str, size: int) -> list[PackEntry]:
     if size < _TRAILER.size:
         raise PackFormatError("pack shorter than its trailer")
     (header_len,) = _TRAILER.unpack(repo.storage.get(name, size - _TRAILER.size, _TRAILER.size))
-    start = size - _TRAILER.size - header_len
-    if start < 0:
-        raise PackFormatError("pack header length points before the start of the pack")
+    start = header_start(size, header_len)
     sealed = repo.storage.get(name, start, header_len)
     entries = decode_header(repo.sealer.open(sealed, HEADER_AAD))
     for entry in entries:
@@ -59,10 +64,9 @@ def _repair(repo: Repository) -> RepairReport:
     report = RepairReport()
     repo.read_cache = False  # judge what the store holds, not our cached copies
     packs: dict[str, list[PackEntry]] = {}
-    for info in repo.storage.list("data/"):
-        pack_id = info.name.rsplit("/", 1)[-1]
+    for pack_id, size in repo.list_packs().items():
         try:
-            packs[pack_id] = _pack_entries(repo, info.name, info.size)
+            packs[pack_id] = _pack_entries(repo, pack_name(pack_id), size)
         except StorageUnavailable:
             raise
         except (StorageError, ObjectNotFound, DecryptionFailed, PackFormatError, ValueError):

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -299,6 +300,8 @@ class OpenDALStorage:
         assert self._local_root is not None
         temp = self._local_root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         target = self._local_root / name
+        self._confine(TEMP_PREFIX, "put")
+        self._confine(name, "put")
         try:
             temp.parent.mkdir(parents=True, exist_ok=True)
             if not (
@@ -413,6 +416,7 @@ class OpenDALStorage:
         check_name(name)
         if offset < 0 or (length is not None and length < 0):
             raise ValueError(f"invalid range offset={offset} length={length}")
+        self._refuse_special(name, "get")
         if length == 0:
             self._check_range(name, offset, 0, self.stat(name).size)
             return b""
@@ -462,8 +466,58 @@ class OpenDALStorage:
         check_name(name)
         return self._stat(name)
 
+    def _confine(self, name: str, action: str) -> None:
+        """Folder store: refuse an object below a folder of the store that is a symlink.
+
+        A folder replaced by a link (``locks`` -> ``~/.ssh``) would have us list,
+        write and delete files out of the store. Each folder of the name is
+        checked (an lstat each; the store's root itself may be a link).
+        """
+        if self._local_root is None:
+            return
+        path = self._local_root
+        for part in os.path.dirname(name).split("/"):
+            if not part:
+                continue
+            path = path / part
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                return  # not there yet: it is made a real folder, or the call fails
+            if stat.S_ISLNK(mode):
+                raise StorageError(
+                    f"{action} {name!r} on {self._description}: the folder {part!r} of "
+                    "the store is a symlink; refused (a folder store holds real folders)"
+                )
+
+    def _refuse_special(self, name: str, action: str) -> None:
+        """In a folder store, only regular files are objects: a symlink (planted to
+        reach a file outside the store), a FIFO (which would block a read) or a
+        device is absent. Whatever such an entry points at is never touched."""
+        if self._local_root is None:
+            return
+        self._confine(name, action)
+        try:
+            mode = os.lstat(self._local_root / name).st_mode
+        except OSError:
+            return  # absent or unreadable: the service's own call says so
+        if not stat.S_ISREG(mode):
+            raise ObjectNotFound(
+                f"{action} {name!r} on {self._description}: no such object (not a regular file)"
+            )
+
+    def _local_object(self, name: str) -> bool:
+        """Whether a listed name of a folder store is a regular file inside the store."""
+        assert self._local_root is not None
+        try:
+            self._confine(name, "list")
+            return stat.S_ISREG(os.lstat(self._local_root / name).st_mode)
+        except (StorageError, OSError):
+            return False
+
     def _stat(self, name: str) -> ObjectInfo:
         """``stat`` without the name check, for names the service itself listed."""
+        self._refuse_special(name, "stat")
         try:
             meta = self._op.stat(name)
         except Exception as exc:
@@ -483,6 +537,8 @@ class OpenDALStorage:
         folder = folder_of(prefix)
         if folder.startswith(TEMP_PREFIX):
             raise ValueError(f"invalid list prefix {prefix!r}: {TEMP_PREFIX} is reserved")
+        if folder:
+            self._confine(folder, "list")
         return self._iter_folder(folder)
 
     def _list_failed(self, exc: Exception, folder: str) -> StorageError | None:
@@ -516,6 +572,8 @@ class OpenDALStorage:
                 continue
             if not path.startswith(folder):
                 continue  # WebDAV answers a listing of "name/" with the file "name"
+            if self._local_root is not None and not self._local_object(path):
+                continue  # a symlink, FIFO or device planted in a folder store
             size = int(meta.content_length)
             if size == 0:
                 # Some listings omit sizes (reported as 0): confirm with a stat.
@@ -528,6 +586,7 @@ class OpenDALStorage:
     def delete(self, name: str) -> None:
         """Remove ``name``; an absent object is fine."""
         check_name(name)
+        self._confine(name, "delete")
         try:
             self._op.delete(name)
         except Exception as exc:
