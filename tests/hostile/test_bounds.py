@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CliResult, FolderRaw, HostileStore, assert_clean_failure
 from test_store_names import backup_id, make_data, rows_of
 
 from cloudkeep.errors import RepositoryDamaged
@@ -30,6 +29,7 @@ from cloudkeep.repository.untrusted import (
     decompress_bounded,
 )
 from cloudkeep.storage.url import open_store
+from tests.hostile.conftest import CliResult, FolderRaw, HostileStore, assert_clean_failure
 
 MIB = 1024 * 1024
 #: Runs a command and writes the peak RSS (KiB) of its process tree to argv[1].

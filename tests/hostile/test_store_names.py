@@ -15,12 +15,11 @@ import os
 import sqlite3
 from pathlib import Path
 
-from conftest import FolderRaw, HostileStore, assert_clean_failure, tree_state
-
 from cloudkeep.repository.untrusted import SNAPSHOT_NAME
 from cloudkeep.settings import Settings
 from cloudkeep.snapshot.manifest import BACKUP_ID
 from cloudkeep.workspace import Workspace
+from tests.hostile.conftest import FolderRaw, HostileStore, assert_clean_failure, tree_state
 
 KINDS = ("snapshots", "index", "keys", "locks", "data")
 
