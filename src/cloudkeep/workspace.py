@@ -232,7 +232,7 @@ class Workspace:
         validate_backup_id(backup_id)
         repo = repo or self.repository()
         try:
-            return Manifest.decode(repo.load_file("snapshots", backup_id))
+            return Manifest.decode(repo.load_file("snapshots", backup_id), backup_id)
         except ObjectNotFound:
             raise SnapshotNotFound(f"no backup {backup_id} in {self.storage.describe()}") from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -431,6 +432,7 @@ class Archiver:
                 files=entries,
                 warnings=self.warnings,
                 added_bytes=added_bytes,
+                root_mode=stat.S_IMODE(source.stat().st_mode) if kind == "folder" else None,
             )
             try:
                 self.repo.save_file("snapshots", manifest.id, manifest.encode(), create_only=True)

@@ -14,7 +14,7 @@ def load_manifests(repo: Repository) -> tuple[list[Manifest], dict[str, str]]:
     manifests, broken = [], {}
     for name in repo.list_files("snapshots"):
         try:
-            manifests.append(Manifest.decode(repo.load_file("snapshots", name)))
+            manifests.append(Manifest.decode(repo.load_file("snapshots", name), name))
         except RepositoryDamaged as exc:
             broken[name] = str(exc)
         except (ValueError, TypeError, KeyError) as exc:
