@@ -61,10 +61,16 @@ def test_live_restore_replaces_the_data_folder_atomically(data_dir: Path, tmp_pa
     backup = ws.backup()
     (data_dir / "config" / "app.json").write_text("changed")
     (data_dir / "new-file.txt").write_text("not in the backup")
-    ws.restore(backup.id)
+    changed = folder_state(data_dir)
+    info = ws.restore(backup.id)
     assert folder_state(data_dir) == before
+    # What the restore replaced is kept, one generation, beside the data: undo swaps it back.
+    undo = data_dir.with_name("production.cloudkeep-undo")
     leftovers = [p.name for p in data_dir.parent.iterdir() if ".cloudkeep-" in p.name]
-    assert leftovers == []
+    assert leftovers == [undo.name] and info.undo_path == str(undo)
+    assert folder_state(undo) == changed
+    assert ws.undo_restore() == undo
+    assert folder_state(data_dir) == changed and folder_state(undo) == before
 
 
 def test_single_sqlite_file_source_restores_into_the_live_file(tmp_path: Path) -> None:

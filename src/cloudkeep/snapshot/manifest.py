@@ -218,8 +218,9 @@ class _Validator:
         backup_id = self.text(get("id"), "its id")
         if not BACKUP_ID.fullmatch(backup_id):
             raise self.fail("its id is malformed")
+        created = self.text(get("created"), "its date", limit=64)
         try:
-            datetime.fromisoformat(self.text(get("created"), "its date"))
+            datetime.fromisoformat(created)
         except ValueError:
             raise self.fail("its date is malformed") from None
         kind = get("kind")
@@ -237,7 +238,7 @@ class _Validator:
             version=self.text(get("version"), "its version", limit=64),
             timestamp=self.text(get("timestamp"), "its timestamp", limit=32),
             bytes=self.integer(get("bytes"), "its size"),
-            created=get("created"),
+            created=created,
             device_name=self.text(get("device_name"), "its device name"),
             platform=self.text(get("platform"), "its platform", limit=64),
             hostname=self.text(get("hostname"), "its host name"),
