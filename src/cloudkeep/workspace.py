@@ -223,7 +223,9 @@ class Workspace:
         infos = []
         for name in repo.list_files("snapshots"):
             try:
-                infos.append(BackupInfo.of(Manifest.decode(repo.load_file("snapshots", name))))
+                infos.append(
+                    BackupInfo.of(Manifest.decode(repo.load_file("snapshots", name), name))
+                )
             except ObjectNotFound:
                 continue  # deleted while we listed
         infos.sort(key=lambda info: int(info.timestamp), reverse=True)

@@ -246,7 +246,7 @@ class _Validator:
             kind=kind,
             files=[self.entry(number, raw) for number, raw in enumerate(files)],
             format=self.integer(get("format", SNAPSHOT_FORMAT), "its format"),
-            warnings=[self.text(w, "a warning") for w in warnings],
+            warnings=[self.text(w, "a warning", limit=4 * MAX_TEXT_CHARS) for w in warnings],
             added_bytes=self.integer(get("added_bytes", 0), "its added bytes"),
             root_mode=None
             if root_mode is None
