@@ -285,14 +285,14 @@ class Workspace:
                 self._ensure_not_in_use(live)
 
             guard()  # before anything is fetched; again just before the swap
+        replaces = target is None and (live.exists() or live.is_symlink())
         restorer = Restorer(repo, progress, cancel, reuse_local=reuse_local)
         restorer.run(manifest, live, target, before_swap=guard)
         undo = ""
-        if target is None:
+        if replaces:
             from cloudkeep.snapshot.swap import undo_path
 
-            kept = undo_path(live)
-            undo = str(kept) if kept.exists() else ""
+            undo = str(undo_path(live))
         return replace(
             BackupInfo.of(manifest),
             reused_bytes=restorer.reused_bytes,

@@ -138,8 +138,8 @@ def _blocks(
     for first in range(1, page_count + 1, block_pages):
         count = min(block_pages, page_count - first + 1)
         offset = (first - 1) * page_size
-        patched = (
-            bool(overlay) and wal_fd is not None and any(first + i in overlay for i in range(count))
+        patched = bool(overlay) and wal_fd is not None and any(
+            first + i in overlay for i in range(count)
         )
         wanted = count * page_size
         block: bytes | bytearray = b"" if patched else os.pread(db_fd, wanted, offset)
@@ -149,7 +149,9 @@ def _blocks(
             buffer[:got] = block
             got += read_into(db_fd, memoryview(buffer)[got:], offset + got)
             block = buffer
-        if got < wanted and not all(first + i in overlay for i in range(got // page_size, count)):
+        if got < wanted and not all(
+            first + i in overlay for i in range(got // page_size, count)
+        ):
             raise DataSourceError("the database file is shorter than its committed size")
         if patched:
             assert wal_fd is not None and isinstance(block, bytearray)
