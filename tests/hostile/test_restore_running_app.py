@@ -116,7 +116,7 @@ def test_restore_refuses_data_a_running_app_holds_open(mode: str, tmp_path: Path
         refused = device.run("restore", backup_id)
         assert_clean_failure(refused, codes=(1,))
         line = refused.stderr.strip()
-        assert "in use" in line and "app.db" in line and f"pid {app.pid}" in line, line
+        assert "in use" in line and "app.db" in line and f"pid {app.pid} " in line, line
         assert "--force" in line and len(line.splitlines()) == 1
         assert "written after the backup" in bodies(database)
         assert not undo.exists()

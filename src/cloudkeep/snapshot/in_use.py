@@ -78,11 +78,11 @@ def _held(path: Path, start: int, length: int) -> bool:
 
 def _open_by_processes(paths: dict[str, Path]) -> dict[Path, str]:
     """Of ``paths`` (real path → database), those some other process has open, and who."""
-    users: dict[Path, str] = {}
+    holders: dict[Path, list[str]] = {}
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
-        return users  # no /proc here: the lock probes alone decide
+        return {}  # no /proc here: the lock probes alone decide
     me = str(os.getpid())
     for pid in pids:
         if pid == me:
@@ -96,12 +96,15 @@ def _open_by_processes(paths: dict[str, Path]) -> dict[Path, str]:
                 database = paths.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
             except OSError:
                 continue
-            if database is not None and database not in users:
-                command = ""
-                with contextlib.suppress(OSError):
-                    command = Path(f"/proc/{pid}/comm").read_text().strip()
-                users[database] = f"pid {pid} {command}".strip()
-    return users
+            if database is None:
+                continue
+            command = ""
+            with contextlib.suppress(OSError):
+                command = Path(f"/proc/{pid}/comm").read_text().strip()
+            who = f"pid {pid} {command}".strip()
+            if who not in holders.setdefault(database, []):
+                holders[database].append(who)
+    return {database: ", ".join(who) for database, who in holders.items()}
 
 
 def users_of(root: Path) -> dict[Path, str]:
