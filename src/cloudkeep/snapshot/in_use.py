@@ -79,6 +79,8 @@ def _held(path: Path, start: int, length: int) -> bool:
 def _open_by_processes(paths: dict[str, Path]) -> dict[Path, str]:
     """Of ``paths`` (real path → database), those some other process has open, and who."""
     holders: dict[Path, list[str]] = {}
+    if not paths:
+        return {}
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
