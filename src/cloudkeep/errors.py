@@ -102,3 +102,13 @@ class StoreUnreachable(CloudkeepError):
 
     exit_code = 3
     http_status = 503
+
+
+class UnsafeBackup(RepositoryDamaged):
+    """A backup's manifest is malformed or would write outside its restore target."""
+
+
+class DataInUse(UserError):
+    """The live data is open in another program: restoring over it would lose its writes."""
+
+    http_status = 409

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudkeep.errors import (
+    DataInUse,
     FormatTooNew,
     KeyMissing,
     RepositoryChanged,
@@ -63,6 +64,8 @@ class BackupInfo:
     # Set by a restore: how many bytes the local data supplied and how many were fetched.
     reused_bytes: int = 0
     fetched_bytes: int = 0
+    # Set by an in-place restore: where the data it replaced is kept ("" if nothing was).
+    undo_path: str = ""
 
     @classmethod
     def of(cls, manifest: Manifest) -> BackupInfo:
@@ -276,16 +279,23 @@ class Workspace:
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
         reuse_local: bool = True,
+        force: bool = False,
     ) -> BackupInfo:
         """Restore a backup; ``reuse_local`` takes the chunks the live data still holds
-        from it instead of the store (each checked against the backup's id for it)."""
+        from it instead of the store (each checked against the backup's id for it).
+
+        In place, a data folder that another program holds open is refused
+        (``DataInUse``) unless ``force``; what the restore replaces is kept at
+        ``BackupInfo.undo_path`` (see ``undo_restore``). A data path that is a
+        symlink is restored into the folder it points to and stays a symlink.
+        """
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
             from cloudkeep.snapshot.restorer import Restorer  # while Argon2 runs
 
             repo = self.repository(opening=opening)
         manifest = self.manifest(backup_id, repo)
-        live = self.settings.data
+        live = self.live_path()
         if target is None and manifest.kind == "folder" and live.is_file():
             raise UserError(
                 f"backup {backup_id} holds a folder but the data path {live} is a file; "
@@ -296,13 +306,56 @@ class Workspace:
                 f"backup {backup_id} holds one file but the data path {live} is a folder; "
                 "restore it with --target"
             )
+        guard = None
+        if target is None and manifest.kind == "folder" and not force:
+
+            def guard() -> None:
+                self._ensure_not_in_use(live)
+
+            guard()  # before anything is fetched; again just before the swap
+        replaces = target is None and (live.exists() or live.is_symlink())
         restorer = Restorer(repo, progress, cancel, reuse_local=reuse_local)
-        restorer.run(manifest, live, target)
+        restorer.run(manifest, live, target, before_swap=guard)
+        undo = ""
+        if replaces:
+            from cloudkeep.snapshot.swap import undo_path
+
+            undo = str(undo_path(live))
         return replace(
             BackupInfo.of(manifest),
             reused_bytes=restorer.reused_bytes,
             fetched_bytes=restorer.fetched_bytes,
+            undo_path=undo,
         )
+
+    def live_path(self) -> Path:
+        """The data path a restore writes to: where a symlinked data path points."""
+        data = self.settings.data
+        return Path(os.path.realpath(data)) if data.is_symlink() else data
+
+    def undo_restore(self, force: bool = False) -> Path:
+        """Put back what the last in-place restore replaced (again to redo); returns where
+        the state it replaced is kept now."""
+        from cloudkeep.snapshot.restorer import undo_restore
+
+        live = self.live_path()
+        if not force and live.is_dir():
+            self._ensure_not_in_use(live)
+        return undo_restore(live)
+
+    @staticmethod
+    def _ensure_not_in_use(live: Path) -> None:
+        from cloudkeep.snapshot.in_use import describe_users, users_of
+
+        if not live.is_dir():
+            return
+        users = users_of(live)
+        if users:
+            raise DataInUse(
+                f"the data in {live} is in use: {describe_users(live, users)} is open in "
+                "another program, whose writes a restore would lose. Quit it and retry, "
+                "restore into a new folder with --target, or pass --force"
+            )
 
     def delete(self, backup_id: str) -> ReclaimReport | None:
         from cloudkeep.snapshot.reclaim import delete_backup, try_reclaim
@@ -344,7 +397,4 @@ def _load_manifest(repo: Repository, name: str) -> Manifest:
     """The manifest ``snapshots/<name>``: sealed for that name, and naming itself so."""
     from cloudkeep.snapshot.manifest import Manifest
 
-    manifest = Manifest.decode(repo.load_file("snapshots", name))
-    if manifest.id != name:
-        raise RepositoryDamaged(f"snapshots/{name} is damaged: it holds backup {manifest.id}")
-    return manifest
+    return Manifest.decode(repo.load_file("snapshots", name), name)

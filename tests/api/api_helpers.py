@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,22 +39,23 @@ def free_loopback_port() -> int:
 def make_notes_db(path: Path, notes: list[str]) -> None:
     """A small application database: one table of notes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
+    # Closed explicitly: a connection left to the garbage collector keeps the database
+    # open, and a restore in place rightly refuses a database another process holds.
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
         db.execute("DELETE FROM notes")
         db.executemany("INSERT INTO notes(body) VALUES (?)", [(n,) for n in notes])
-    sqlite3.connect(path).close()
 
 
 def read_notes(path: Path) -> list[str]:
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         return [row[0] for row in db.execute("SELECT body FROM notes ORDER BY id")]
 
 
 def make_big_db(path: Path, megabytes: int) -> None:
     """Incompressible rows (random blobs) so the backup takes long enough to cancel."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, data BLOB)")
         db.execute(
             "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) "

@@ -68,12 +68,33 @@ def make_snippets_db(path: Path, rows: int, *, wal: bool = True, seed: int = 0) 
     db.close()
 
 
-def db_state(path: Path) -> tuple[str, int, int]:
+def db_state(path: Path) -> dict[str, object]:
+    """A database's content, compared row by row and blob by blob.
+
+    Its integrity, schema, and every row of every table in rowid order with
+    all values (text and blobs byte for byte): two databases are equal here
+    only if every value is.
+    """
     db = sqlite3.connect(path)
     try:
-        check = db.execute("PRAGMA integrity_check").fetchone()[0]
-        count, total = db.execute("SELECT count(*), sum(length(body)) FROM snippets").fetchone()
-        return check, count, total or 0
+        tables: dict[str, list[tuple[object, ...]]] = {}
+        schema = db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        ).fetchall():
+            quoted = '"' + name.replace('"', '""') + '"'
+            try:
+                rows = db.execute(f"SELECT rowid, * FROM {quoted} ORDER BY rowid").fetchall()
+            except sqlite3.OperationalError:  # WITHOUT ROWID: its primary key orders it
+                rows = db.execute(f"SELECT * FROM {quoted}").fetchall()
+            tables[name] = rows
+        return {
+            "integrity": db.execute("PRAGMA integrity_check").fetchone()[0],
+            "schema": schema,
+            "tables": tables,
+        }
     finally:
         db.close()
 

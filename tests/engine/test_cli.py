@@ -76,11 +76,13 @@ def test_restore_delete_and_check_commands(data_dir: Path, tmp_path: Path, cli) 
     assert (tmp_path / "r3" / "config" / "app.json").read_text() == '{"theme": "dark"}'
     checked = cli(*_args(data_dir, store), "check", "--read-data", env=env)
     assert checked.code == 0 and "no errors" in checked.stdout
+    packs = tmp_path / "store" / "data"
+    assert [p for p in packs.rglob("*") if p.is_file()]  # pack names have no dot: match all
     deleted = cli(*_args(data_dir, store), "delete", backup["id"], env=env)
     assert deleted.code == 0
     listed = json.loads(cli(*_args(data_dir, store), "list", "--json", env=env).stdout)
     assert listed == {"iterable": []}
-    assert not any((tmp_path / "store" / "data").rglob("*.*"))
+    assert [p for p in packs.rglob("*") if p.is_file()] == []  # every pack reclaimed
 
 
 def _one_line_error(result, code: int, *needles: str) -> None:

@@ -61,10 +61,16 @@ def test_live_restore_replaces_the_data_folder_atomically(data_dir: Path, tmp_pa
     backup = ws.backup()
     (data_dir / "config" / "app.json").write_text("changed")
     (data_dir / "new-file.txt").write_text("not in the backup")
-    ws.restore(backup.id)
+    changed = folder_state(data_dir)
+    info = ws.restore(backup.id)
     assert folder_state(data_dir) == before
+    # What the restore replaced is kept, one generation, beside the data: undo swaps it back.
+    undo = data_dir.with_name("production.cloudkeep-undo")
     leftovers = [p.name for p in data_dir.parent.iterdir() if ".cloudkeep-" in p.name]
-    assert leftovers == []
+    assert leftovers == [undo.name] and info.undo_path == str(undo)
+    assert folder_state(undo) == changed
+    assert ws.undo_restore() == undo
+    assert folder_state(data_dir) == changed and folder_state(undo) == before
 
 
 def test_single_sqlite_file_source_restores_into_the_live_file(tmp_path: Path) -> None:
@@ -202,3 +208,44 @@ def test_restore_takes_from_the_live_data_only_what_still_matches(tmp_path: Path
     in_place = ws.restore(backup.id)
     assert folder_state(root) == expected
     assert in_place.reused_bytes == into_target.reused_bytes
+
+
+def test_restored_database_equals_the_backup_even_when_the_live_copy_lies(
+    tmp_path: Path,
+) -> None:
+    """The comparison itself is tested: a live database corrupted in place with bytes of
+    equal length keeps its integrity, row count and total body length, so the old
+    measure (those three) called it equal to the backup; ``db_state`` does not. A
+    restore that takes chunks from that live copy must check each against its id and
+    fetch the corrupted one, so the restored database equals the backup's, value for
+    value."""
+    from tests.engine.conftest import db_state
+
+    def old_measure(path: Path) -> tuple[str, int, int]:
+        db = sqlite3.connect(path)
+        try:
+            check = db.execute("PRAGMA integrity_check").fetchone()[0]
+            count, total = db.execute("SELECT count(*), sum(length(body)) FROM snippets").fetchone()
+            return check, count, total
+        finally:
+            db.close()
+
+    root = tmp_path / "production"
+    make_snippets_db(root / "snippets.db", 2000, wal=False)
+    ws = workspace(root, (tmp_path / "store").as_uri())
+    backup = ws.backup()
+    expected = db_state(root / "snippets.db")
+    expected_measure = old_measure(root / "snippets.db")
+
+    raw = bytearray((root / "snippets.db").read_bytes())
+    at = raw.index(b"return", len(raw) // 2)
+    raw[at : at + 6] = b"RETURN"  # a row's text, same length: no header or b-tree touched
+    (root / "snippets.db").write_bytes(raw)
+    assert old_measure(root / "snippets.db") == expected_measure  # blind to it
+    assert db_state(root / "snippets.db") != expected  # sees it
+
+    info = ws.restore(backup.id, target=tmp_path / "restored")
+    assert info.reused_bytes > 0 and info.fetched_bytes > 0
+    assert db_state(tmp_path / "restored" / "snippets.db") == expected
+    ws.restore(backup.id)
+    assert db_state(root / "snippets.db") == expected

@@ -161,7 +161,9 @@ def list_(ctx: typer.Context, json: JsonOption = False) -> None:
 @app.command(cls=FastCommand)
 def restore(
     ctx: typer.Context,
-    backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to restore.")],
+    backup_id: Annotated[
+        str | None, typer.Argument(metavar="[ID]", help="The backup to restore.")
+    ] = None,
     target: Annotated[
         str | None,  # not Path: Typer would build a pydantic adapter for it (~65 ms)
         typer.Option(help="Restore into this new or empty folder instead of the live data."),
@@ -173,20 +175,49 @@ def restore(
             help="Fetch every chunk from the store, even those the live data still holds.",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore in place even while another program holds a database open.",
+        ),
+    ] = False,
+    undo: Annotated[
+        bool,
+        typer.Option(
+            "--undo",
+            help="Put back the data the last in-place restore replaced (again to redo).",
+        ),
+    ] = False,
     json: JsonOption = False,
 ) -> None:
     """Restore a backup into the live data path (atomically), or into --target.
 
     Chunks the live data still holds unchanged (checked against the backup) are
-    taken from it; only the others are fetched from the store.
+    taken from it; only the others are fetched from the store. What an in-place
+    restore replaces is kept beside the data as <name>.cloudkeep-undo.
     """
+    from cloudkeep.errors import UserError
+
     ws = workspace(ctx)
+    if undo:
+        if backup_id or target or fetch_all or json:
+            raise UserError("--undo takes no backup id, --target, --fetch-all or --json")
+        kept = ws.undo_restore(force=force)
+        print(f"put back the data the last restore replaced into {ws.settings.data}")
+        notice(f"the restored data is now kept in {kept}; 'cloudkeep restore --undo' again redoes")
+        return
+    if not backup_id:
+        raise UserError(
+            "Missing argument 'ID': name the backup to restore (see 'cloudkeep list'), or --undo"
+        )
     with progress_bar("restore") as progress:
         info = ws.restore(
             backup_id,
             Path(target).absolute() if target else None,
             progress=progress,
             reuse_local=not fetch_all,
+            force=force,
         )
     if json:
         from cloudkeep.wire import backup_from_info
@@ -199,6 +230,11 @@ def restore(
                 f"{info.reused_bytes:,} bytes came from the live data, "
                 f"{info.fetched_bytes:,} from the store"
             )
+    if info.undo_path:
+        notice(
+            f"the data it replaced is kept in {info.undo_path} until the next restore; "
+            "'cloudkeep restore --undo' puts it back"
+        )
 
 
 @app.command(cls=FastCommand)

@@ -469,7 +469,7 @@ class Archiver:
         latest: Manifest | None = None
         for name in sorted(self.repo.list_files("snapshots"), key=stamp, reverse=True):
             try:
-                manifest = Manifest.decode(self.repo.load_file("snapshots", name))
+                manifest = Manifest.decode(self.repo.load_file("snapshots", name), name)
             except (CloudkeepError, StorageError, ValueError, TypeError, KeyError):
                 continue
             if manifest.device_name == device_name and manifest.source == str(source):
@@ -565,6 +565,7 @@ class Archiver:
                 files=entries,
                 warnings=self.warnings,
                 added_bytes=added_bytes,
+                root_mode=stat.S_IMODE(source.stat().st_mode) if kind == "folder" else None,
             )
             try:
                 self.repo.save_file("snapshots", manifest.id, manifest.encode(), create_only=True)

@@ -1,10 +1,13 @@
 """Restoring a backup: fetch byte ranges of packs, verify every blob, swap atomically.
 
 Files are written into a staging folder beside the destination (same filesystem),
-every blob authenticated and checked against its id, fsynced, and only then
-swapped in (see ``swap``). A single-file SQLite source is restored into the live
-database through SQLite's backup API, one transaction that a running app sees
-as an ordinary commit.
+every blob authenticated and re-hashed against its keyed id, fsynced, and only
+then swapped in (see ``swap``); what the swap replaces is kept as the undo copy.
+Every entry is created relative to a descriptor of its folder without following
+symlinks (``_Tree``), so no manifest can make a restore write outside its
+staging folder. A single-file SQLite source is restored into the live database
+through SQLite's backup API, one transaction that a running app sees as an
+ordinary commit.
 """
 
 from __future__ import annotations
@@ -44,7 +47,14 @@ from cloudkeep.snapshot.manifest import FileEntry, Manifest, decode_chunk_list
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.sources import is_sqlite
 from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS, read_into
-from cloudkeep.snapshot.swap import fsync_dir, recover, replace_atomically
+from cloudkeep.snapshot.swap import (
+    fsync_dir,
+    recover,
+    remove_any,
+    replace_atomically,
+    swap_back,
+    undo_path,
+)
 from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
 
 MAX_RANGE_BYTES = 2 * 1024 * 1024  # 2 GiB restore: 179 MiB peak RSS (4 MiB ranges: 215)
@@ -72,7 +82,9 @@ _IOV_MAX = 1024
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _Wanted = tuple[bytes, int, int]  # blob id, offset in its frame, length
 _Place = tuple[int, int, bytes]  # offset in its file, length, blob id
-_STAGING = re.compile(r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+$")
+_STAGING = re.compile(
+    r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+(-journal|-wal|-shm)?$"
+)
 
 
 def clean_stale_staging(destination: Path) -> None:
@@ -84,7 +96,86 @@ def clean_stale_staging(destination: Path) -> None:
     for path in parent.iterdir():
         match = _STAGING.match(path.name)
         if match and match["name"] == destination.name and not pid_alive(int(match["pid"])):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_any(path)
+
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Tree:
+    """The staging folder, reached only through folder descriptors, never through a symlink.
+
+    Each folder on an entry's way is opened with ``O_DIRECTORY|O_NOFOLLOW`` from
+    its parent's descriptor (created first if missing), and the entry itself is
+    made by name in its folder: ``mkdir``/``symlink`` at a descriptor, files with
+    ``O_EXCL|O_NOFOLLOW``. A symlink (or file) where a folder is expected stops
+    the restore, so even a manifest that got past validation cannot reach outside.
+    Only the main thread uses it.
+    """
+
+    MAX_OPEN = 256  # folder descriptors kept open; more are reopened from the root
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.open(root, _OPEN_DIR)
+        self._folders: dict[str, int] = {}
+        self.implicit: set[str] = set()  # folders made for entries whose folder is not listed
+
+    def close(self) -> None:
+        for fd in self._folders.values():
+            os.close(fd)
+        self._folders.clear()
+        os.close(self.root)
+
+    def folder(self, relative: str) -> int:
+        """A descriptor of the staging folder ``relative`` ("" is the root); valid until the
+        next call."""
+        if not relative:
+            return self.root
+        fd = self._folders.get(relative)
+        if fd is not None:
+            return fd
+        parent, _, name = relative.rpartition("/")
+        parent_fd = self.folder(parent)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            self.implicit.add(relative)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+        except OSError as exc:
+            raise RepositoryDamaged(
+                f"cannot restore into {relative!r}: it is not a folder ({exc.strerror})"
+            ) from exc
+        if len(self._folders) >= self.MAX_OPEN:
+            for cached in self._folders.values():
+                os.close(cached)
+            self._folders.clear()
+        self._folders[relative] = fd
+        return fd
+
+    def split(self, path: str) -> tuple[int, str]:
+        """(descriptor of the folder holding ``path``, its last name)."""
+        parent, _, name = path.rpartition("/")
+        return self.folder(parent), name
+
+    def mkdir(self, path: str) -> None:
+        fd, name = self.split(path)
+        try:
+            os.mkdir(name, 0o700, dir_fd=fd)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise RepositoryDamaged(f"cannot restore the folder {path!r}: taken") from None
+        self.implicit.discard(path)
+
+    def symlink(self, path: str, target: str) -> None:
+        fd, name = self.split(path)
+        os.symlink(target, name, dir_fd=fd)
+
+    def open(self, path: str, flags: int) -> int:
+        fd, name = self.split(path)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
 
 
 class _Files:
@@ -104,13 +195,13 @@ class _Files:
         self.direct_ok = True
         self._direct_opened: list[int] = []
 
-    def open(self, path: Path, size: int) -> int:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def open(self, tree: _Tree, path: str, size: int) -> int:
+        fd = tree.open(path, _CREATE_FILE)
         self.buffered.append(fd)
         self.direct.append(None)
         if self.direct_ok and size >= DIRECT_MIN_BYTES:
-            try:
-                direct = open_direct_writer(path)
+            try:  # the very file just created, whatever its path has become
+                direct = open_direct_writer(f"/proc/self/fd/{fd}")
             except OSError:  # e.g. out of descriptors: direct writing is only a speed-up
                 direct = None
             if direct is None:
@@ -299,8 +390,7 @@ def _reserve(fd: int, entry: FileEntry) -> None:
     except OSError as exc:
         if exc.errno in _NO_ROOM:
             raise UserError(
-                f"not enough space to restore {entry.path} ({entry.size:,} bytes): "
-                f"{exc.strerror}"
+                f"not enough space to restore {entry.path} ({entry.size:,} bytes): {exc.strerror}"
             ) from exc
         os.ftruncate(fd, entry.size)  # no fallocate here (EOPNOTSUPP/EINVAL): a sparse file
 
@@ -377,8 +467,20 @@ class Restorer:
         self._live: Path | None = None
         self._live_is_file = False
 
-    def run(self, manifest: Manifest, live: Path, target: Path | None) -> Path:
-        """Restore ``manifest``; returns the path now holding the restored data."""
+    def run(
+        self,
+        manifest: Manifest,
+        live: Path,
+        target: Path | None,
+        before_swap: Callable[[], None] | None = None,
+    ) -> Path:
+        """Restore ``manifest``; returns the path now holding the restored data.
+
+        In place (no ``target``), what the restore replaces is kept at
+        ``undo_path(live)`` and the folder keeps its own mode; ``before_swap`` runs
+        just before the swap (the check that no program holds the data open).
+        A target folder gets the backed-up folder's mode when the backup has it.
+        """
         if target is not None:
             if target.exists() and (not target.is_dir() or any(target.iterdir())):
                 raise UserError(
@@ -396,6 +498,9 @@ class Restorer:
         staging = destination.parent / (
             f".{destination.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
+        root_mode = manifest.root_mode
+        if target is None and live.is_dir():
+            root_mode = stat.S_IMODE(live.stat().st_mode)
         tracker = Tracker("restore", manifest.bytes, self.progress, self.cancel)
         tracker.advance(0)
         try:
@@ -408,7 +513,7 @@ class Restorer:
             ):
                 self.repo.load_index()
                 try:
-                    self._materialize(manifest, staging, tracker)
+                    self._materialize(manifest, staging, root_mode, tracker)
                     self.fetched_bytes = (
                         sum(entry.size for entry in manifest.files if entry.type == "file")
                         - self.reused_bytes
@@ -421,42 +526,68 @@ class Restorer:
                     ) from exc
             tracker.check_canceled()
             if manifest.kind == "file" and target is None:
-                self._replace_single_file(staging / manifest.files[0].path, live)
+                replace_single_file(staging / manifest.files[0].path, live, undo_path(live))
                 shutil.rmtree(staging, ignore_errors=True)
             else:
-                replace_atomically(staging, destination)
+                if before_swap is not None and target is None:
+                    before_swap()
+                keep = undo_path(destination) if target is None else None
+                replace_atomically(staging, destination, keep)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return destination
 
     # ------------------------------------------------------------------ writing
-    def _materialize(self, manifest: Manifest, staging: Path, tracker: Tracker) -> None:
-        files: list[FileEntry] = []
-        for entry in manifest.files:
-            path = staging / entry.path
-            if entry.type == "dir":
-                path.mkdir(parents=True, exist_ok=True)
-            elif entry.type == "symlink":
-                path.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(entry.target, path)
-            elif entry.type == "file":
-                files.append(entry)
-        batch: list[FileEntry] = []
-        for entry in files:
-            batch.append(entry)
-            if len(batch) >= FILES_PER_BATCH:
-                self._write_batch(batch, staging, tracker)
-                batch = []
-        if batch:
-            self._write_batch(batch, staging, tracker)
-        for entry in reversed(manifest.files):  # children before parents: dir mtimes stick
-            path = staging / entry.path
-            if entry.type in ("file", "dir"):
-                os.chmod(path, entry.mode)
-                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-        for folder, _dirs, _files in os.walk(staging):
-            fsync_dir(Path(folder))
+    def _materialize(
+        self, manifest: Manifest, staging: Path, root_mode: int | None, tracker: Tracker
+    ) -> None:
+        tree = _Tree(staging)
+        try:
+            files: list[FileEntry] = []
+            for entry in manifest.files:
+                if entry.type == "dir":
+                    tree.mkdir(entry.path)
+                elif entry.type == "symlink":
+                    tree.symlink(entry.path, entry.target)
+                elif entry.type == "file":
+                    files.append(entry)
+            batch: list[FileEntry] = []
+            for entry in files:
+                batch.append(entry)
+                if len(batch) >= FILES_PER_BATCH:
+                    self._write_batch(batch, tree, tracker)
+                    batch = []
+            if batch:
+                self._write_batch(batch, tree, tracker)
+            self._finish_entries(manifest, tree, root_mode)
+        finally:
+            tree.close()
+
+    @staticmethod
+    def _finish_entries(manifest: Manifest, tree: _Tree, root_mode: int | None) -> None:
+        """Modes and times (deepest first, so folder times stick), then folders to disk."""
+        finishing = [entry for entry in manifest.files if entry.type in ("file", "dir")]
+        finishing.sort(key=lambda entry: entry.path.count("/"), reverse=True)
+        for entry in finishing:
+            flags = os.O_RDONLY | (os.O_DIRECTORY if entry.type == "dir" else 0)
+            fd = tree.open(entry.path, flags)
+            try:
+                os.fchmod(fd, entry.mode)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                if entry.type == "dir":
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        for path in tree.implicit:
+            fd = tree.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if root_mode is not None:
+            os.fchmod(tree.root, root_mode)
+        os.fsync(tree.root)
 
     def _chunk_list(self, entry: FileEntry, list_id: str) -> list[tuple[bytes, int]]:
         try:
@@ -464,7 +595,7 @@ class Restorer:
         except (BlobDamaged, ValueError) as exc:
             raise RepositoryDamaged(f"cannot restore {entry.path}: {exc}") from exc
 
-    def _write_batch(self, batch: list[FileEntry], staging: Path, tracker: Tracker) -> None:
+    def _write_batch(self, batch: list[FileEntry], tree: _Tree, tracker: Tracker) -> None:
         """Write a group of files, planning at most ``CHUNKS_PER_BATCH`` chunks at a time.
 
         The plan (blob → where it goes) covers one slice of the data at a time, so
@@ -497,9 +628,7 @@ class Restorer:
 
         try:
             for number, entry in enumerate(batch):
-                path = staging / entry.path
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = files.open(path, entry.size)
+                fd = files.open(tree, entry.path, entry.size)
                 _reserve(fd, entry)
                 source = self._local_copy(entry)
                 offset = 0
@@ -696,14 +825,16 @@ class Restorer:
     ) -> None:
         """Add the writes of one opened frame's wanted blobs, each checked against it.
 
-        Blobs that follow each other both in the frame and in one file become one
-        piece (a frame of database pages is usually one piece, not 32): the
-        write path then handles ~30x fewer pieces in Python.
+        Every blob is re-hashed against its keyed id: the frame's member table is
+        authenticated, but any key holder can write a frame whose table lies
+        about its content. Blobs that follow each other both in the frame and in
+        one file become one piece (a frame of database pages is usually one
+        piece, not 32): the write path then handles ~30x fewer pieces in Python.
         """
         blob_in_frame, data = self.repo.blob_in_frame, frame.data
         run_file, run_offset, run_end, inner_start, inner_end = -1, 0, 0, 0, 0
         for blob_id, inner_offset, raw_length in wanted:
-            plain = blob_in_frame(frame, blob_id, inner_offset, raw_length)
+            plain = blob_in_frame(frame, blob_id, inner_offset, raw_length, rehash=True)
             places = destinations[blob_id]
             if len(places) != 1:  # the same content at several places (or none)
                 for number, file_offset in places:
@@ -721,23 +852,60 @@ class Restorer:
         if run_file >= 0:
             writes.append((run_file, run_offset, data[inner_start:inner_end]))
 
-    # ------------------------------------------------------------- single file
-    @staticmethod
-    def _replace_single_file(staged: Path, live: Path) -> None:
+
+# ------------------------------------------------------------------ single file
+def replace_single_file(staged: Path, live: Path, keep: Path) -> None:
+    """Put the content of ``staged`` at ``live``, keeping the replaced content at ``keep``.
+
+    A live SQLite database is written through SQLite's backup API (one transaction
+    a running app sees as an ordinary commit), after a copy of it is taken the
+    same way; another file is replaced by a rename, its old content kept by a
+    hard link. ``staged`` may be ``keep`` itself (undo).
+    """
+    temp = live.with_name(f".{live.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
         if live.exists() and is_sqlite(live) and is_sqlite(staged):
             try:
-                source = sqlite3.connect(staged)
-                target = sqlite3.connect(live, timeout=BUSY_TIMEOUT_SECONDS)
-                try:
-                    source.backup(target, pages=-1)
-                finally:
-                    target.close()
-                    source.close()
-                return
+                _sqlite_copy(live, temp, scratch=True)
+                _sqlite_copy(staged, live)
             except sqlite3.Error as exc:
                 raise CloudkeepError(
                     f"cannot write the restored database into {live}: {exc}"
                 ) from exc
-        os.replace(staged, live)
-        with contextlib.suppress(OSError):
-            fsync_dir(live.parent)
+        else:
+            if live.exists():
+                os.link(live, temp)
+            os.replace(staged, live)
+        if temp.exists():
+            os.replace(temp, keep)
+    finally:
+        temp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fsync_dir(live.parent)
+
+
+def _sqlite_copy(source_path: Path, target_path: Path, scratch: bool = False) -> None:
+    """Copy a database with SQLite's backup API; a ``scratch`` target (a new file only we
+    use) is written without a journal."""
+    source = sqlite3.connect(source_path, timeout=BUSY_TIMEOUT_SECONDS)
+    try:
+        target = sqlite3.connect(target_path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            if scratch:
+                target.execute("PRAGMA journal_mode=OFF")
+            source.backup(target, pages=-1)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def undo_restore(live: Path) -> Path:
+    """Put back what the last in-place restore of ``live`` replaced; returns the undo path,
+    which now holds the restored state (undo again to redo)."""
+    keep = undo_path(live)
+    recover(live)
+    if keep.is_file() and not keep.is_symlink() and (live.is_file() or not live.exists()):
+        replace_single_file(keep, live, keep)
+        return keep
+    return swap_back(live)

@@ -14,16 +14,11 @@ def load_manifests(repo: Repository) -> tuple[list[Manifest], dict[str, str]]:
     manifests, broken = [], {}
     for name in repo.list_files("snapshots"):
         try:
-            manifest = Manifest.decode(repo.load_file("snapshots", name))
+            manifests.append(Manifest.decode(repo.load_file("snapshots", name), name))
         except RepositoryDamaged as exc:
             broken[name] = str(exc)
         except (ValueError, TypeError, KeyError) as exc:
             broken[name] = f"snapshots/{name} does not decode: {exc}"
-        else:
-            if manifest.id == name:
-                manifests.append(manifest)
-            else:
-                broken[name] = f"snapshots/{name} is damaged: it holds backup {manifest.id}"
     return manifests, broken
 
 
