@@ -10,6 +10,7 @@ under the exclusive lock, so no backup or reclaim changes packs meanwhile.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -19,10 +20,14 @@ from cloudkeep.repository.index import IndexFile
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import HEADER_AAD, PackEntry, PackFormatError, decode_header
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.reclaim import PACKS_PER_INDEX_FILE
-from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
+from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
 
 _TRAILER = struct.Struct("<I")
+PACKS_PER_INDEX_FILE = 4000
+#: A pack header lists 49 bytes per blob: 16 MiB is ~340,000 blobs, far more than a
+#: pack holds; a hostile object claiming more is not read.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+_PACK_NAME = re.compile(r"data/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 
 
 @dataclass
@@ -34,7 +39,20 @@ class RepairReport:
     unreadable_packs: list[str] = field(default_factory=list)
 
 
-def _pack_entries(repo: Repository, name: str, size: int) -> list[PackEntry]:
+def stored_packs(repo: Repository) -> dict[str, ObjectInfo]:
+    """Pack id → listing of every object under ``data/`` named as a pack is named.
+
+    Anything else there is not ours to read or delete.
+    """
+    packs = {}
+    for info in repo.storage.list("data/"):
+        named = _PACK_NAME.fullmatch(info.name)
+        if named:
+            packs[named.group(2)] = info
+    return packs
+
+
+def pack_entries(repo: Repository, name: str, size: int) -> list[PackEntry]:
     """The header of one pack, read with two ranged reads and checked for sanity."""
     if size < _TRAILER.size:
         raise PackFormatError("pack shorter than its trailer")
@@ -42,6 +60,8 @@ def _pack_entries(repo: Repository, name: str, size: int) -> list[PackEntry]:
     start = size - _TRAILER.size - header_len
     if start < 0:
         raise PackFormatError("pack header length points before the start of the pack")
+    if header_len > MAX_HEADER_BYTES:
+        raise PackFormatError(f"pack header claims {header_len:,} bytes")
     sealed = repo.storage.get(name, start, header_len)
     entries = decode_header(repo.sealer.open(sealed, HEADER_AAD))
     for entry in entries:
@@ -59,10 +79,9 @@ def _repair(repo: Repository) -> RepairReport:
     report = RepairReport()
     repo.read_cache = False  # judge what the store holds, not our cached copies
     packs: dict[str, list[PackEntry]] = {}
-    for info in repo.storage.list("data/"):
-        pack_id = info.name.rsplit("/", 1)[-1]
+    for pack_id, info in stored_packs(repo).items():
         try:
-            packs[pack_id] = _pack_entries(repo, info.name, info.size)
+            packs[pack_id] = pack_entries(repo, info.name, info.size)
         except StorageUnavailable:
             raise
         except (StorageError, ObjectNotFound, DecryptionFailed, PackFormatError, ValueError):
