@@ -7,8 +7,8 @@ against a pack while it goes away. It first accounts for everything in
 in-flight backup) have their headers read and are indexed, so their blobs
 count; objects that are not readable packs are left alone. It refuses when a
 backup needs a blob found in no stored pack. Packs no index named that are
-younger than the safety margin (store time) are kept whatever they hold: they
-may belong to a backup in flight.
+younger than the safety margin (store time) are kept whatever they hold, and
+left unindexed unless a backup uses them: they may belong to a backup in flight.
 
 Crash-safe order: (1) repack still-used blobs of mostly-unused packs into new
 packs, (2) write a complete new index, (3) delete the old index files, (4)
@@ -197,13 +197,20 @@ def _reclaim(repo: Repository, lock: RepositoryLock, margin: float) -> ReclaimRe
     used = set(users)
     known = {manifest.id for manifest in manifests}
 
+    # Young packs no index named stay whole: indexed if a backup uses them, else left
+    # untouched and unindexed (a backup in flight may index and use them).
+    keep: dict[str, list[PackEntry]] = {}
+    sheltered: set[str] = set()
+    for pack_id in sorted(young):
+        if any(e.blob_id in used for e in indexed[pack_id]):
+            keep[pack_id] = indexed[pack_id]
+        else:
+            sheltered.add(pack_id)
     # A frame is the unit of storage: it stays (whole) while any blob in it is used.
-    # Young packs no index named go first and stay whole: a backup in flight may need them.
-    keep: dict[str, list[PackEntry]] = {pack_id: indexed[pack_id] for pack_id in sorted(young)}
     seen: set[bytes] = {e.blob_id for entries in keep.values() for e in entries}
     to_repack: list[str] = []
     for pack_id, entries in indexed.items():
-        if pack_id not in listing or pack_id in keep:
+        if pack_id not in listing or pack_id in keep or pack_id in sheltered:
             continue  # gone (its blobs are reported by check), or young
         frames = frames_of(entries)
         live_bytes = sum(
@@ -220,10 +227,10 @@ def _reclaim(repo: Repository, lock: RepositoryLock, margin: float) -> ReclaimRe
         else:
             keep[pack_id] = entries
             seen.update(e.blob_id for e in entries)
-    doomed = [p for p in listing if p in indexed and p not in keep and p not in to_repack]
-    if not doomed and not to_repack:
+    unused = [p for p in listing if p in indexed and p not in keep and p not in sheltered]
+    if not unused:
         # Nothing to free: only index what was found, so the next run reads no header again.
-        _write_index_files(repo, adopted)
+        _write_index_files(repo, {p: entries for p, entries in adopted.items() if p in keep})
         return report
     reason = _stop_reason(repo, lock, known)
     if reason:
@@ -238,8 +245,7 @@ def _reclaim(repo: Repository, lock: RepositoryLock, margin: float) -> ReclaimRe
     for name in index_names:
         if name not in new_index_names:
             repo.delete_file("index", name)
-    doomed = [p for p in listing if p in indexed and p not in keep]
-    _delete_packs(repo, lock, known, doomed, listing, report)
+    _delete_packs(repo, lock, known, unused, listing, report)
     return report
 
 
