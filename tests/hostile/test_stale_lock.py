@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -29,7 +30,13 @@ from cloudkeep.repository.repository import Repository
 from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
 from tests.faults.fault_helpers import exact_state, make_live_db, mutate_db
-from tests.hostile.conftest import PASSPHRASE, CliResult, HostileStore, assert_clean_failure
+from tests.hostile.conftest import (
+    PASSPHRASE,
+    CliResult,
+    HostileStore,
+    S3Raw,
+    assert_clean_failure,
+)
 
 STALE_AFTER = 3.0
 SHORT = {"CLOUDKEEP_LOCK_STALE_AFTER": str(STALE_AFTER)}
@@ -134,6 +141,21 @@ def popen_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Pop
     )
 
 
+def fast_lister(store: HostileStore) -> Callable[[str], list[str]]:
+    """Object names under a prefix, listed quickly enough to catch a backup mid-upload."""
+    raw = store.raw
+    if store.kind == "file":
+        return raw.names
+    s3 = cast("S3Raw", raw)
+    client = s3._client()
+
+    def names(prefix: str) -> list[str]:
+        reply = client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{s3.prefix}/{prefix}")
+        return [item["Key"][len(s3.prefix) + 1 :] for item in reply.get("Contents", [])]
+
+    return names
+
+
 @pytest.fixture
 def stopped_processes() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test may leave stopped: continued and killed at the end, whatever happens."""
@@ -165,19 +187,22 @@ def test_suspended_backup_never_publishes_lost_data(
     ops = device_env(tmp_path, "ops", CLOUDKEEP_RECLAIM_MARGIN="0")
 
     laptop = device_env(tmp_path, "laptop")
-    for _attempt in range(3):  # until the stop lands while the backup uploads
-        mutate_db(data / "snippets.db", random.Random(_attempt), rows=3000)
+    names = fast_lister(hostile_store)
+    for attempt in range(3):  # until the stop lands while the backup uploads
+        mutate_db(data / "snippets.db", random.Random(attempt), rows=4000)
         expected = exact_state(data)
-        packs_before = set(hostile_store.raw.names("data/"))
+        packs_before, manifests_before = set(names("data/")), set(names("snapshots/"))
         backup = popen_cli(
             tmp_path, laptop, "--data", str(data), "--store", store, "backup", "--json"
         )
         stopped_processes.append(backup)
-        while backup.poll() is None and not set(hostile_store.raw.names("data/")) - packs_before:
-            time.sleep(0.005)
+        while backup.poll() is None and not set(names("data/")) - packs_before:
+            time.sleep(0.002)
         if backup.poll() is None:
             os.kill(backup.pid, signal.SIGSTOP)
-            break
+            if set(names("snapshots/")) == manifests_before:
+                break
+            os.kill(backup.pid, signal.SIGCONT)  # stopped too late: it had published
         backup.communicate(timeout=60)
     else:
         pytest.fail("the backup always finished before it could be stopped mid-upload")
@@ -187,7 +212,7 @@ def test_suspended_backup_never_publishes_lost_data(
     assert deleted.code == 0, deleted.stderr
     assert "other clients" not in deleted.stderr, deleted.stderr  # the lapsed lock is stale
     gone = packs_before - set(hostile_store.raw.names("data/"))
-    assert gone, "the reclaim must have deleted packs the stopped backup relies on"
+    assert gone, f"the reclaim must delete packs the stopped backup relies on: {deleted}"
 
     os.kill(backup.pid, signal.SIGCONT)
     out, err = backup.communicate(timeout=300)

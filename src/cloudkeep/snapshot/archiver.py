@@ -257,8 +257,8 @@ class Archiver:
             self._load_live_index()
             self._index_loaded = True
 
-    def _load_live_index(self) -> set[str]:
-        """Load the index of the packs the store holds; returns their ids.
+    def _load_live_index(self) -> None:
+        """Load the index of the packs the store holds.
 
         Index entries naming a pack the store no longer holds (an index file written
         by a client whose lock had lapsed while a reclaim deleted its packs) are
@@ -276,7 +276,6 @@ class Archiver:
                         if pack_id in stored:
                             index.add_pack(pack_id, entries)
             repo.index = index
-        return stored
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source)
@@ -311,8 +310,9 @@ class Archiver:
                 )
             if manifest is None:
                 raise Busy(
-                    "the backup was not saved: while this device was suspended or offline, "
-                    "another device's space reclaim removed data it needs twice; back up again"
+                    "the backup was not saved: twice, while this device was suspended or "
+                    "offline, a space reclaim on another device removed data it needed; "
+                    "back up again"
                 )
             return manifest
 
