@@ -12,11 +12,12 @@ left unindexed unless a backup uses them: they may belong to a backup in flight.
 
 Crash-safe order: (1) repack still-used blobs of mostly-unused packs into new
 packs, (2) write a complete new index, (3) delete the old index files, (4)
-delete packs no index mentions, in batches, each preceded by a check that our
-lock is still held, no other client holds a live lock and no backup was saved
-since the manifests were read (otherwise stop: a later reclaim finishes). A
-crash after any step leaves an index that only names existing packs, and packs
-no index names are indexed again by the next reclaim.
+delete unneeded packs in batches. Before (1), (3) and every batch of (4) it
+checks that our lock is still held, no other client holds a live lock and no
+backup was saved since the manifests were read (otherwise it stops and a later
+reclaim finishes); each deletion also needs the lock held. A crash after any
+step leaves an index that only names existing packs, and packs no index names
+are indexed again by the next reclaim.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ ENV_MARGIN = "CLOUDKEEP_RECLAIM_MARGIN"
 #: Packs no index names are kept this long (store time): kopia keeps unreferenced
 #: blobs 2 h (BlobDeleteMinAge); a backup in flight indexes its packs every 64 packs.
 DEFAULT_MARGIN = 3600.0
+LAPSED = "this client's lock lapsed (suspended or cut off from the store)"
 
 
 def reclaim_margin(environ: Mapping[str, str] | None = None) -> float:
@@ -102,7 +104,7 @@ def _stop_reason(repo: Repository, lock: RepositoryLock, known: set[str]) -> str
     """Why deleting must stop now, if it must: right before every batch of deletions."""
     lock.refresh()
     if not lock.held():
-        return "this client's lock lapsed (suspended or cut off from the store)"
+        return LAPSED
     conflicts = lock.conflicts()
     if conflicts:
         return f"other clients hold the repository ({', '.join(sorted(set(conflicts)))})"
@@ -242,7 +244,16 @@ def _reclaim(repo: Repository, lock: RepositoryLock, margin: float) -> ReclaimRe
     for pack_id in repacked_into:
         keep[pack_id] = []  # already indexed by the writer's own index file
     new_index_names |= _write_index_files(repo, {p: e for p, e in keep.items() if e})
+    # Old and new index files side by side are harmless; old ones go only while the lock
+    # holds, or a backup started meanwhile could use a pack no index names any more.
+    reason = _stop_reason(repo, lock, known)
     for name in index_names:
+        if reason is None and not lock.held():
+            reason = LAPSED
+        if reason is not None:
+            report.stopped = reason
+            log.warning("space reclaim stopped before deleting old index files: %s", reason)
+            return report
         if name not in new_index_names:
             repo.delete_file("index", name)
     _delete_packs(repo, lock, known, unused, listing, report)
@@ -313,7 +324,7 @@ def _delete_packs(
         reason = _stop_reason(repo, lock, known)
         for pack_id in doomed[start : start + DELETE_BATCH]:
             if reason is None and not lock.held():
-                reason = "this client's lock lapsed (suspended or cut off from the store)"
+                reason = LAPSED
             if reason is not None:
                 report.stopped = reason
                 log.warning(
