@@ -128,6 +128,12 @@ def _warn_once(name: str, reason: str) -> None:
         log.warning("ignoring the lock object %s: %s", name, reason)
 
 
+def _label(value: object) -> str:
+    """A lock's text as shown in a message: printable and short (it comes from the store)."""
+    text = "".join(c for c in str(value) if c.isprintable())
+    return text[:60] or "?"
+
+
 def _document_fields(raw: bytes) -> dict | None:
     """The fields of a lock document, or None if it is not one."""
     try:
@@ -210,7 +216,7 @@ class RepositoryLock:
                     self._repo.delete_file("locks", name)
                 continue
             if self.exclusive or lock["exclusive"]:
-                found.append(f"{lock.get('purpose')} on {lock['hostname']}")
+                found.append(f"{_label(lock.get('purpose'))} on {_label(lock['hostname'])}")
         return found
 
     def _read(self, info: ObjectInfo) -> dict | None:
