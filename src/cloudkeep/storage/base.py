@@ -30,6 +30,7 @@ def joined(data: Payload) -> bytes:
         return bytes(data)
     return b"".join(data)
 
+
 class StorageError(CloudkeepError):
     """A storage operation failed for a reason other than the ones below."""
 
