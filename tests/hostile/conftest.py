@@ -72,7 +72,9 @@ class FolderRaw:
         base = self.root / prefix if prefix else self.root
         if not base.exists():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()
+        )
 
     def delete(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
