@@ -118,6 +118,10 @@ class MasterIndex:
         """The known blob ids: tests of many ids against it make no method call each."""
         return self._blobs.keys()
 
+    def pack_ids(self) -> list[str]:
+        """The packs the index names."""
+        return list(self._pack_ids)
+
     def add_pack(self, pack_id: str, entries: Iterable[PackEntry | tuple]) -> None:
         number = self._pack_numbers.get(pack_id)
         if number is None:

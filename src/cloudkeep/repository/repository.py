@@ -68,6 +68,7 @@ from cloudkeep.repository.untrusted import (
 )
 from cloudkeep.storage.base import (
     ObjectExists,
+    ObjectInfo,
     ObjectNotFound,
     Storage,
     StorageError,
@@ -435,11 +436,12 @@ class Repository:
         self._cache_prune(kind, set(names))
         return names
 
-    def list_packs(self) -> dict[str, int]:
-        """Pack id -> size of every stored pack; listed names that are not packs' are ignored."""
+    def list_packs(self) -> dict[str, ObjectInfo]:
+        """Pack id -> listing (size, store time) of every stored pack; listed names that
+        are not packs' are ignored (never read or deleted)."""
         listing = list_names(self.storage, "data")
         self.ignored.update(dict.fromkeys(listing.ignored))
-        return listing.sizes
+        return listing.infos
 
     def read_pack(self, pack_id: str, size: int) -> bytes:
         """A whole pack of listed ``size``, refused unread if larger than any pack may be."""

@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError, StorageUnavailable
+from cloudkeep.storage.base import (
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    StorageUnavailable,
+)
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -75,10 +81,15 @@ def pack_id_of_name(path: str) -> str | None:
 
 @dataclass
 class Listing:
-    """One listing of a kind: valid names with their listed sizes, and what was skipped."""
+    """One listing of a kind: valid names (pack ids for packs) with what the listing said
+    of each, and the names skipped."""
 
-    sizes: dict[str, int] = field(default_factory=dict)
+    infos: dict[str, ObjectInfo] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: info.size for name, info in self.infos.items()}
 
 
 def list_names(storage: Storage, kind: str) -> Listing:
@@ -90,10 +101,10 @@ def list_names(storage: Storage, kind: str) -> Listing:
         if kind == "data":
             pack_id = pack_id_of_name(info.name)
             if pack_id is not None:
-                listing.sizes[pack_id] = info.size
+                listing.infos[pack_id] = info
                 continue
         elif name is not None and valid_name(kind, name):
-            listing.sizes[name] = info.size
+            listing.infos[name] = info
             continue
         listing.ignored.append(info.name)
     return listing

@@ -11,6 +11,7 @@ whatever the size of the data.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import stat
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
 
 from cloudkeep import __version__
-from cloudkeep.errors import CloudkeepError, DataSourceError
+from cloudkeep.errors import Busy, CloudkeepError, DataSourceError, RepositoryDamaged
+from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import BlobType, pack_name
-from cloudkeep.repository.repository import PackWriter, Repository
+from cloudkeep.repository.repository import BlobDamaged, PackWriter, Repository
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import (
     CHUNKS_PER_LIST_BLOB,
@@ -33,6 +35,7 @@ from cloudkeep.snapshot.manifest import (
     Manifest,
     created_from_us,
     current_platform,
+    decode_chunk_list,
     encode_chunk_list,
     new_backup_id,
     now_us,
@@ -53,6 +56,7 @@ from cloudkeep.storage.base import ObjectExists, ObjectNotFound, StorageError
 if TYPE_CHECKING:
     from pyfastcdc import FastCDC
 
+log = logging.getLogger(__name__)
 BATCH_BYTES = 2 * 1024 * 1024  # 4 MiB batches: 232 MiB peak on 2 GiB of data, 2 MiB: 198
 MAX_BATCHES_IN_FLIGHT = 4  # 3: paired initial backups 2.91/2.00/2.22 s, 5: 1.91/2.16/1.97 s
 REREADS_OF_CHANGING_FILE = 2
@@ -302,8 +306,28 @@ class Archiver:
     def _need_index(self) -> None:
         """Load the index on the first file that must be read: unchanged runs skip it."""
         if not self._index_loaded:
-            self.repo.load_index()
+            self._load_live_index()
             self._index_loaded = True
+
+    def _load_live_index(self) -> None:
+        """Load the index of the packs the store holds.
+
+        Index entries naming a pack the store no longer holds (an index file written
+        by a client whose lock had lapsed while a reclaim deleted its packs) are
+        dropped, so nothing is deduplicated against them. Our lock is held, so no
+        pack listed here goes away before our manifest is saved.
+        """
+        repo = self.repo
+        repo.load_index()
+        stored = set(repo.list_packs())
+        if not set(repo.index.pack_ids()) <= stored:
+            index = MasterIndex()
+            for name in repo.list_files("index"):
+                with contextlib.suppress(ObjectNotFound):
+                    for pack_id, entries in repo.read_index_file(name).packs.items():
+                        if pack_id in stored:
+                            index.add_pack(pack_id, entries)
+            repo.index = index
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source, self.warnings)
@@ -314,33 +338,60 @@ class Archiver:
             gc_paused(),
             RepositoryLock(self.repo, exclusive=False, purpose="backup").acquire(
                 LOCK_TIMEOUT_SECONDS
-            ),
+            ) as lock,
         ):
             # Reusing the parent's chunk lists is safe once our shared lock is held and
             # the parent still exists: reclaim (exclusive) only removes blobs that no
             # manifest refers to, and cannot run until we are done.
             if parent_id is not None and self._still_exists(parent_id):
                 self._parent = parent_files
-            writer = self.repo.pack_writer()
-            executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
-            try:
-                batcher = _Batcher(self.repo, writer, executor, tracker)
-                read: list[tuple[FileEntry, _ChunkLists]] = []
-                entries = self._entries(kind, items, batcher, writer, tracker, read)
-                batcher.finish()
-                for entry, lists in read:
-                    entry.size = lists.size
-                    entry.content = lists.close()
-                tracker.check_canceled()
-                writer.flush()
-            except BaseException:
-                executor.shutdown(wait=True, cancel_futures=True)
-                writer.close()
-                self._discard_uploads(writer)
-                raise
-            executor.shutdown(wait=True)
+            entries, added_bytes, index_names = self._store(kind, items, tracker)
+            manifest = self._save_manifest(
+                lock, source, kind, device_name, entries, added_bytes, index_names
+            )
+            if manifest is None:
+                # Once more, reading every file and deduplicating only against the packs
+                # the store still holds (the index was just reloaded that way).
+                log.warning("data this backup needs was removed meanwhile: backing up again")
+                self._parent, self.warnings = {}, []
+                kind, items = scan(source, self.warnings)
+                tracker.total = tracker.done + sum(i.size for i in items)
+                entries, added_bytes, index_names = self._store(kind, items, tracker)
+                manifest = self._save_manifest(
+                    lock, source, kind, device_name, entries, added_bytes, index_names
+                )
+            if manifest is None:
+                raise Busy(
+                    "the backup was not saved: twice, while this device was suspended or "
+                    "offline, a space reclaim on another device removed data it needed; "
+                    "back up again"
+                )
+            return manifest
+
+    def _store(
+        self, kind: str, items: list[SourceItem], tracker: Tracker
+    ) -> tuple[list[FileEntry], int, list[str]]:
+        """Store every file; their entries, the bytes uploaded and the index files written."""
+        writer = self.repo.pack_writer()
+        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
+        try:
+            batcher = _Batcher(self.repo, writer, executor, tracker)
+            read: list[tuple[FileEntry, _ChunkLists]] = []
+            entries = self._entries(kind, items, batcher, writer, tracker, read)
+            batcher.finish()
+            for entry, lists in read:
+                entry.size = lists.size
+                entry.content = lists.close()
+            tracker.check_canceled()
+            index_names = writer.flush()
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
             writer.close()
-            return self._save_manifest(source, kind, device_name, entries, writer.uploaded_bytes)
+            self._discard_uploads(writer)
+            raise
+        executor.shutdown(wait=True)
+        writer.close()
+        return entries, writer.uploaded_bytes, index_names
 
     def _entries(
         self,
@@ -542,12 +593,26 @@ class Archiver:
 
     def _save_manifest(
         self,
+        lock: RepositoryLock,
         source: Path,
         kind: str,
         device_name: str,
         entries: list[FileEntry],
         added_bytes: int,
-    ) -> Manifest:
+        index_names: list[str],
+    ) -> Manifest | None:
+        """Publish the manifest; None if data it needs vanished while our lock had lapsed.
+
+        A lock that lapsed (suspend, store outage) may have let a space reclaim
+        delete packs this backup deduplicated against or uploaded. Then, before
+        publishing: hold the lock again (waiting out a running reclaim), and check
+        that every blob the manifest references is in a pack the store still holds.
+        """
+        lock.refresh()
+        while not lock.held():
+            lock.reacquire(LOCK_TIMEOUT_SECONDS)
+            if not self._all_stored(entries, index_names):
+                return None
         self.repo.ensure_key_current()  # never publish under a key that lost the creation
         stamp = now_us()
         while True:
@@ -569,6 +634,47 @@ class Archiver:
             )
             try:
                 self.repo.save_file("snapshots", manifest.id, manifest.encode(), create_only=True)
-                return manifest
+                break
             except ObjectExists:
                 stamp += 1 + int.from_bytes(os.urandom(1), "little")
+        if not lock.held():  # it lapsed while the manifest was being written
+            lock.reacquire(LOCK_TIMEOUT_SECONDS)
+            if not self._all_stored(entries, index_names):
+                self.repo.delete_file("snapshots", manifest.id)
+                return None
+        return manifest
+
+    def _all_stored(self, entries: list[FileEntry], index_names: list[str]) -> bool:
+        """Whether every blob the entries reference is in a pack the store holds.
+
+        First our own index files lose the packs that are gone, so no index
+        entry of ours sends a restore to a deleted pack.
+        """
+        repo = self.repo
+        stored = set(repo.list_packs())
+        for name in index_names:
+            try:
+                packs = repo.read_index_file(name).packs
+            except (ObjectNotFound, RepositoryDamaged):
+                continue  # replaced by a reclaim
+            live = {pack_id: e for pack_id, e in packs.items() if pack_id in stored}
+            if len(live) < len(packs):
+                if live:
+                    repo.write_index_file(IndexFile(live))
+                repo.delete_file("index", name)
+        self._load_live_index()
+        index = repo.index
+        checked: set[bytes] = set()
+        for entry in entries:
+            for list_hex in entry.content:
+                list_id = bytes.fromhex(list_hex)
+                if list_id in checked:
+                    continue
+                checked.add(list_id)
+                try:
+                    chunks = decode_chunk_list(bytes(repo.read_blob(list_id)))
+                except (BlobDamaged, ValueError):
+                    return False
+                if any(blob_id not in index for blob_id, _size in chunks):
+                    return False
+        return True

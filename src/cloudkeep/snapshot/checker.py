@@ -82,7 +82,7 @@ class Checker:
                 index.add_pack(pack_id, entries)
                 indexed.setdefault(pack_id, entries)
         repo.index = index
-        stored = repo.list_packs()
+        stored = {pack_id: info.size for pack_id, info in repo.list_packs().items()}
 
         manifests, broken = load_manifests(repo)
         report.backups = len(manifests) + len(broken)

@@ -2,31 +2,71 @@
 
 Deleting a backup removes its manifest (safe at any time). Reclaiming runs
 under the exclusive repository lock, so no backup can be deduplicating
-against a pack while it goes away. Crash-safe order: (1) repack still-used
-blobs of mostly-unused packs into new packs, (2) write a complete new index,
-(3) delete the old index files, (4) delete packs no index mentions. A crash
-after any step leaves an index that only names existing packs; a rerun
-finishes the job.
+against a pack while it goes away. It first accounts for everything in
+``data/``: packs no index names (a lost index file, an interrupted or
+in-flight backup) have their headers read and are indexed, so their blobs
+count; objects that are not readable packs are left alone. It refuses when a
+backup needs a blob found in no stored pack. Packs no index named that are
+younger than the safety margin (store time) are kept whatever they hold, and
+left unindexed unless a backup uses them: they may belong to a backup in flight.
+
+Crash-safe order: (1) repack still-used blobs of mostly-unused packs into new
+packs, (2) write a complete new index, (3) delete the old index files, (4)
+delete unneeded packs in batches. Before (1), (3) and every batch of (4) it
+checks that our lock is still held, no other client holds a live lock and no
+backup was saved since the manifests were read (otherwise it stops and a later
+reclaim finishes); each deletion also needs the lock held. A crash after any
+step leaves an index that only names existing packs, and packs no index names
+are indexed again by the next reclaim.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
+from collections.abc import Mapping
 
-from cloudkeep.errors import Busy, RepositoryDamaged
+from cloudkeep.errors import Busy, ConfigurationError, RepositoryDamaged
+from cloudkeep.repository.crypto import DecryptionFailed
 from cloudkeep.repository.index import IndexFile, MasterIndex
-from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import FrameMember, PackEntry, frames_of, pack_name, read_header
+from cloudkeep.repository.locks import LockTiming, RepositoryLock
+from cloudkeep.repository.packs import (
+    FrameMember,
+    PackEntry,
+    PackFormatError,
+    frames_of,
+    pack_name,
+    read_header,
+)
 from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
+from cloudkeep.snapshot.repair import PACKS_PER_INDEX_FILE, pack_entries
 from cloudkeep.snapshot.usage import blob_users, load_manifests
-from cloudkeep.storage.base import ObjectNotFound
+from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
+
+__all__ = ["PACKS_PER_INDEX_FILE", "ReclaimReport", "delete_backup", "reclaim", "try_reclaim"]
 
 log = logging.getLogger(__name__)
 REPACK_WHEN_UNUSED_FRACTION = 0.2
-# ~1 GiB of packs: an index file of at most ~60 MiB even for data compressing 10:1,
-# far under what a reader accepts (repository.untrusted.MAX_STORED_SIZE).
-PACKS_PER_INDEX_FILE = 256
+DELETE_BATCH = 64
+ENV_MARGIN = "CLOUDKEEP_RECLAIM_MARGIN"
+#: Packs no index names are kept this long (store time): kopia keeps unreferenced
+#: blobs 2 h (BlobDeleteMinAge); a backup in flight indexes its packs every 64 packs.
+DEFAULT_MARGIN = 3600.0
+LAPSED = "this client's lock lapsed (suspended or cut off from the store)"
+
+
+def reclaim_margin(environ: Mapping[str, str] | None = None) -> float:
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_MARGIN, "").strip()
+    if not raw:
+        return DEFAULT_MARGIN
+    try:
+        margin = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{ENV_MARGIN}={raw!r} is not a number") from None
+    if not margin >= 0:
+        raise ConfigurationError(f"{ENV_MARGIN} must be zero or more seconds")
+    return margin
 
 
 class ReclaimReport:
@@ -34,18 +74,24 @@ class ReclaimReport:
         self.packs_deleted = 0
         self.packs_repacked = 0
         self.bytes_freed = 0
+        self.packs_adopted = 0  # packs no index named, indexed from their headers
+        self.stopped: str | None = None  # why deleting stopped early (a later run finishes)
 
 
 def delete_backup(repo: Repository, backup_id: str) -> None:
     repo.delete_file("snapshots", backup_id)
 
 
-def reclaim(repo: Repository, lock_timeout: float = 30.0) -> ReclaimReport:
-    with RepositoryLock(repo, exclusive=True, purpose="space reclaim").acquire(lock_timeout):
-        return _reclaim(repo)
+def reclaim(repo: Repository, lock_timeout: float | None = None) -> ReclaimReport:
+    timing = LockTiming.from_env()
+    margin = reclaim_margin()
+    wait = timing.reclaim_wait if lock_timeout is None else lock_timeout
+    lock = RepositoryLock(repo, exclusive=True, purpose="space reclaim", timing=timing)
+    with lock.acquire(wait):
+        return _reclaim(repo, lock, margin)
 
 
-def try_reclaim(repo: Repository, lock_timeout: float = 30.0) -> ReclaimReport | None:
+def try_reclaim(repo: Repository, lock_timeout: float | None = None) -> ReclaimReport | None:
     """Reclaim now, or leave it for the next delete if other clients hold the repository."""
     try:
         return reclaim(repo, lock_timeout)
@@ -54,17 +100,80 @@ def try_reclaim(repo: Repository, lock_timeout: float = 30.0) -> ReclaimReport |
         return None
 
 
-def _reclaim(repo: Repository) -> ReclaimReport:
+def _stop_reason(repo: Repository, lock: RepositoryLock, known: set[str]) -> str | None:
+    """Why deleting must stop now, if it must: right before every batch of deletions."""
+    lock.refresh()
+    if not lock.held():
+        return LAPSED
+    conflicts = lock.conflicts()
+    if conflicts:
+        return f"other clients hold the repository ({', '.join(sorted(set(conflicts)))})"
+    if set(repo.list_files("snapshots")) - known:
+        return "a backup was saved meanwhile"
+    return None
+
+
+def _adopt(
+    repo: Repository, listing: dict[str, ObjectInfo], pack_ids: list[str]
+) -> tuple[dict[str, list[PackEntry]], list[str]]:
+    """Headers of packs no index names (two ranged reads each); and those that do not read."""
+    adopted: dict[str, list[PackEntry]] = {}
+    unreadable: list[str] = []
+    for pack_id in pack_ids:
+        info = listing[pack_id]
+        try:
+            adopted[pack_id] = pack_entries(repo, info.name, info.size)
+        except StorageUnavailable:
+            raise
+        except ObjectNotFound:
+            continue  # deleted meanwhile by its own (failed) backup
+        except (StorageError, DecryptionFailed, PackFormatError, ValueError):
+            unreadable.append(pack_id)
+    return adopted, unreadable
+
+
+def _young(
+    pack_ids: list[str], listing: dict[str, ObjectInfo], store_now: float | None, margin: float
+) -> set[str]:
+    """The packs written less than ``margin`` ago by the store's clock (all, if it tells none)."""
+    young = set()
+    for pack_id in pack_ids:
+        modified = listing[pack_id].modified
+        if store_now is None or modified is None or store_now - modified < margin:
+            young.add(pack_id)
+    return young
+
+
+def _reclaim(repo: Repository, lock: RepositoryLock, margin: float) -> ReclaimReport:
     report = ReclaimReport()
     index_names = repo.list_files("index")
     indexed: dict[str, list[PackEntry]] = {}
     for name in index_names:
-        for pack_id, entries in repo.read_index_file(name).packs.items():
+        try:
+            index_file = repo.read_index_file(name)
+        except RepositoryDamaged as exc:
+            raise RepositoryDamaged(
+                f"space reclaim stopped, nothing was deleted: {exc}; run 'cloudkeep repair-index'"
+            ) from exc
+        for pack_id, entries in index_file.packs.items():
             indexed.setdefault(pack_id, entries)
+    listing = repo.list_packs()
+    unindexed = sorted(listing.keys() - indexed.keys())
+    adopted, unreadable = _adopt(repo, listing, unindexed)
+    if unreadable:
+        log.warning(
+            "space reclaim leaves %d object(s) in data/ that are not readable packs of this "
+            "repository (run 'cloudkeep check')",
+            len(unreadable),
+        )
+    report.packs_adopted = len(adopted)
+    young = _young(sorted(adopted), listing, lock.store_now(), margin)
+    indexed.update(adopted)
     index = MasterIndex()
     for pack_id, entries in indexed.items():
         index.add_pack(pack_id, entries)
     repo.index = index
+
     manifests, broken = load_manifests(repo)
     if broken:
         raise RepositoryDamaged(
@@ -77,16 +186,34 @@ def _reclaim(repo: Repository) -> ReclaimReport:
             "space reclaim stopped: the content lists of some backups are unreadable; "
             "run 'cloudkeep check'"
         )
+    present = {e.blob_id for p, entries in indexed.items() if p in listing for e in entries}
+    lost = {
+        backup for blob_id, backups in users.items() if blob_id not in present for backup in backups
+    }
+    if lost:
+        raise RepositoryDamaged(
+            "space reclaim stopped, nothing was deleted: backups "
+            f"{', '.join(sorted(lost))} need data found in no pack of the store; "
+            "run 'cloudkeep check'"
+        )
     used = set(users)
-    stored = repo.list_packs()
+    known = {manifest.id for manifest in manifests}
 
-    # A frame is the unit of storage: it stays (whole) while any blob in it is used.
+    # Young packs no index named stay whole: indexed if a backup uses them, else left
+    # untouched and unindexed (a backup in flight may index and use them).
     keep: dict[str, list[PackEntry]] = {}
-    seen: set[bytes] = set()
+    sheltered: set[str] = set()
+    for pack_id in sorted(young):
+        if any(e.blob_id in used for e in indexed[pack_id]):
+            keep[pack_id] = indexed[pack_id]
+        else:
+            sheltered.add(pack_id)
+    # A frame is the unit of storage: it stays (whole) while any blob in it is used.
+    seen: set[bytes] = {e.blob_id for entries in keep.values() for e in entries}
     to_repack: list[str] = []
     for pack_id, entries in indexed.items():
-        if pack_id not in stored:
-            continue  # already gone; its blobs are reported by check
+        if pack_id not in listing or pack_id in keep or pack_id in sheltered:
+            continue  # gone (its blobs are reported by check), or young
         frames = frames_of(entries)
         live_bytes = sum(
             length
@@ -96,20 +223,68 @@ def _reclaim(repo: Repository) -> ReclaimReport:
         if not live_bytes:
             continue
         if sum(length for _offset, length in frames) - live_bytes > (
-            REPACK_WHEN_UNUSED_FRACTION * stored[pack_id]
+            REPACK_WHEN_UNUSED_FRACTION * listing[pack_id].size
         ):
             to_repack.append(pack_id)
         else:
             keep[pack_id] = entries
             seen.update(e.blob_id for e in entries)
+    unused = [p for p in listing if p in indexed and p not in keep and p not in sheltered]
+    if not unused:
+        # Nothing to free: only index what was found, so the next run reads no header again.
+        _write_index_files(repo, {p: entries for p, entries in adopted.items() if p in keep})
+        return report
+    reason = _stop_reason(repo, lock, known)
+    if reason:
+        report.stopped = reason
+        log.warning("space reclaim stopped before changing anything: %s", reason)
+        return report
 
+    new_index_names, repacked_into = _repack(repo, listing, to_repack, keep, used, report)
+    for pack_id in repacked_into:
+        keep[pack_id] = []  # already indexed by the writer's own index file
+    new_index_names |= _write_index_files(repo, {p: e for p, e in keep.items() if e})
+    # Old and new index files side by side are harmless; old ones go only while the lock
+    # holds, or a backup started meanwhile could use a pack no index names any more.
+    reason = _stop_reason(repo, lock, known)
+    for name in index_names:
+        if reason is None and not lock.held():
+            reason = LAPSED
+        if reason is not None:
+            report.stopped = reason
+            log.warning("space reclaim stopped before deleting old index files: %s", reason)
+            return report
+        if name not in new_index_names:
+            repo.delete_file("index", name)
+    _delete_packs(repo, lock, known, unused, listing, report)
+    return report
+
+
+def _write_index_files(repo: Repository, packs: dict[str, list[PackEntry]]) -> set[str]:
+    names = set()
+    pack_ids = list(packs)
+    for start in range(0, len(pack_ids), PACKS_PER_INDEX_FILE):
+        chunk = pack_ids[start : start + PACKS_PER_INDEX_FILE]
+        names.add(repo.write_index_file(IndexFile({p: packs[p] for p in chunk})))
+    return names
+
+
+def _repack(
+    repo: Repository,
+    listing: dict[str, ObjectInfo],
+    to_repack: list[str],
+    keep: dict[str, list[PackEntry]],
+    used: set[bytes],
+    report: ReclaimReport,
+) -> tuple[set[str], list[str]]:
+    """Copy the used frames of mostly-unused packs into new packs; (index files, new packs)."""
     writer = repo.pack_writer()
     repo.index = MasterIndex()
     for pack_id, entries in keep.items():
         repo.index.add_pack(pack_id, entries)
     try:
         for pack_id in to_repack:
-            content = memoryview(repo.read_pack(pack_id, stored[pack_id]))
+            content = memoryview(repo.read_pack(pack_id, listing[pack_id].size))
             for (offset, length), members in frames_of(read_header(content, repo.sealer)).items():
                 if not any(m.blob_id in used and m.blob_id not in repo.index for m in members):
                     continue
@@ -131,23 +306,38 @@ def _reclaim(repo: Repository) -> ReclaimReport:
                     [FrameMember(m.blob_id, m.inner_offset, m.raw_length) for m in members],
                 )
             report.packs_repacked += 1
-        new_index_names = set(writer.flush())
+        names = set(writer.flush())
     finally:
         writer.close()
-    for pack_id in writer.flushed_pack_ids():
-        keep[pack_id] = []  # already indexed by the writer's own index file
+    return names, writer.flushed_pack_ids()
 
-    pack_ids = [p for p, entries in keep.items() if entries]
-    for start in range(0, len(pack_ids), PACKS_PER_INDEX_FILE):
-        chunk = pack_ids[start : start + PACKS_PER_INDEX_FILE]
-        new_index_names.add(repo.write_index_file(IndexFile({p: keep[p] for p in chunk})))
-    for name in index_names:
-        if name not in new_index_names:
-            repo.delete_file("index", name)
-    for pack_id, size in stored.items():
-        if pack_id not in keep:
-            with contextlib.suppress(ObjectNotFound):
+
+def _delete_packs(
+    repo: Repository,
+    lock: RepositoryLock,
+    known: set[str],
+    doomed: list[str],
+    listing: dict[str, ObjectInfo],
+    report: ReclaimReport,
+) -> None:
+    """Delete in batches, each only while the lock holds and nothing new appeared."""
+    for start in range(0, len(doomed), DELETE_BATCH):
+        reason = _stop_reason(repo, lock, known)
+        for pack_id in doomed[start : start + DELETE_BATCH]:
+            if reason is None and not lock.held():
+                reason = LAPSED
+            if reason is not None:
+                report.stopped = reason
+                log.warning(
+                    "space reclaim stopped with %d unused pack(s) left: %s; a later delete "
+                    "or reclaim frees them",
+                    len(doomed) - report.packs_deleted,
+                    reason,
+                )
+                return
+            try:
                 repo.storage.delete(pack_name(pack_id))
+            except ObjectNotFound:
+                continue
             report.packs_deleted += 1
-            report.bytes_freed += size
-    return report
+            report.bytes_freed += listing[pack_id].size

@@ -26,10 +26,15 @@ from cloudkeep.repository.packs import (
     pack_name,
 )
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.reclaim import PACKS_PER_INDEX_FILE
 from cloudkeep.storage.base import ObjectNotFound, StorageError, StorageUnavailable
 
 _TRAILER = struct.Struct("<I")
+# ~1 GiB of packs: an index file of at most ~60 MiB even for data compressing 10:1,
+# far under what a reader accepts (repository.untrusted.MAX_STORED_SIZE).
+PACKS_PER_INDEX_FILE = 256
+#: A pack header lists 49 bytes per blob: 16 MiB is ~340,000 blobs, far more than a
+#: pack holds; a hostile object claiming more is not read.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -41,11 +46,13 @@ class RepairReport:
     unreadable_packs: list[str] = field(default_factory=list)
 
 
-def _pack_entries(repo: Repository, name: str, size: int) -> list[PackEntry]:
+def pack_entries(repo: Repository, name: str, size: int) -> list[PackEntry]:
     """The header of one pack, read with two ranged reads and checked for sanity."""
     if size < _TRAILER.size:
         raise PackFormatError("pack shorter than its trailer")
     (header_len,) = _TRAILER.unpack(repo.storage.get(name, size - _TRAILER.size, _TRAILER.size))
+    if header_len > MAX_HEADER_BYTES:
+        raise PackFormatError(f"pack header claims {header_len:,} bytes")
     start = header_start(size, header_len)
     sealed = repo.storage.get(name, start, header_len)
     entries = decode_header(repo.sealer.open(sealed, HEADER_AAD))
@@ -64,9 +71,9 @@ def _repair(repo: Repository) -> RepairReport:
     report = RepairReport()
     repo.read_cache = False  # judge what the store holds, not our cached copies
     packs: dict[str, list[PackEntry]] = {}
-    for pack_id, size in repo.list_packs().items():
+    for pack_id, info in repo.list_packs().items():
         try:
-            packs[pack_id] = _pack_entries(repo, pack_name(pack_id), size)
+            packs[pack_id] = pack_entries(repo, pack_name(pack_id), info.size)
         except StorageUnavailable:
             raise
         except (StorageError, ObjectNotFound, DecryptionFailed, PackFormatError, ValueError):

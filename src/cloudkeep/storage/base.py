@@ -8,7 +8,7 @@ protocol around another one, as in restic's ``internal/backend``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from cloudkeep.errors import CloudkeepError, StoreUnreachable
@@ -29,6 +29,7 @@ def joined(data: Payload) -> bytes:
     if isinstance(data, bytearray | memoryview):
         return bytes(data)
     return b"".join(data)
+
 
 class StorageError(CloudkeepError):
     """A storage operation failed for a reason other than the ones below."""
@@ -57,6 +58,9 @@ class StoreRejected(StorageUnavailable):
 class ObjectInfo:
     name: str
     size: int
+    #: When the store last wrote the object, by the store's own clock (POSIX seconds),
+    #: where the service reports it: lock expiry is judged on it (see repository/locks.py).
+    modified: float | None = field(default=None, compare=False)
 
 
 @runtime_checkable
@@ -80,7 +84,7 @@ class Storage(Protocol):
         ...
 
     def stat(self, name: str) -> ObjectInfo:
-        """Size of one object; ``ObjectNotFound`` if absent."""
+        """Size (and modification time) of one object; ``ObjectNotFound`` if absent."""
         ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import opendal
 import opendal.exceptions as oe
+import opendal.types
 
 from cloudkeep.direct_io import (
     DIRECT_MIN_BYTES,
@@ -526,7 +527,7 @@ class OpenDALStorage:
             raise self._translate(exc, "stat", name) from exc
         if meta.is_dir:
             raise ObjectNotFound(f"stat {name!r} on {self._description}: no such object")
-        return ObjectInfo(name, int(meta.content_length))
+        return ObjectInfo(name, int(meta.content_length), _modified(meta))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Files under the folder ``prefix`` ('' = all), recursively, in service order.
@@ -574,14 +575,14 @@ class OpenDALStorage:
                 continue  # WebDAV answers a listing of "name/" with the file "name"
             if self._local_root is not None and not self._local_object(path):
                 continue  # a symlink, FIFO or device planted in a folder store
-            size = int(meta.content_length)
-            if size == 0:
+            info = ObjectInfo(path, int(meta.content_length), _modified(meta))
+            if info.size == 0:
                 # Some listings omit sizes (reported as 0): confirm with a stat.
                 try:
-                    size = self._stat(path).size
+                    info = self._stat(path)
                 except ObjectNotFound:
                     continue
-            yield ObjectInfo(path, size)
+            yield info
 
     def delete(self, name: str) -> None:
         """Remove ``name``; an absent object is fine."""
@@ -596,6 +597,12 @@ class OpenDALStorage:
             if isinstance(error, ObjectNotFound):
                 return
             raise error from exc
+
+
+def _modified(meta: opendal.types.Metadata) -> float | None:
+    """The store's last-modified time of an object, if the service reports one."""
+    stamp = meta.last_modified
+    return stamp.timestamp() if stamp is not None else None
 
 
 def _writev_all(fd: int, parts: Sequence[bytes]) -> None:
