@@ -14,6 +14,7 @@ Store layout (see docs/format.md)::
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import re
@@ -325,7 +326,7 @@ class Repository:
                 continue
             if key is None or key.fingerprint() != config["key"]:
                 continue
-            if key.config_mac(canonical_config(config)) != config["mac"]:
+            if not hmac.compare_digest(key.config_mac(canonical_config(config)), config["mac"]):
                 raise RepositoryDamaged(
                     f"the repository config at {storage.describe()} fails authentication "
                     "(it was modified): restore it from a copy, or back up into a new store"
