@@ -16,6 +16,7 @@ import pytest
 
 from cloudkeep.errors import RepositoryChanged, WrongPassphrase
 from cloudkeep.repository.crypto import MasterKey
+from cloudkeep.repository.keys import unwrap_key
 from cloudkeep.repository.repository import canonical_config
 from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
@@ -122,3 +123,12 @@ def test_one_relative_store_path_in_two_folders_is_two_stores(
     for project in ("one", "two"):
         monkeypatch.chdir(tmp_path / project)
         assert len(_device("backups", device).list()) == 1
+
+
+def test_a_key_file_cheaper_than_the_defaults_is_never_opened() -> None:
+    """The lower Argon2 bound itself (the fingerprint check alone also keeps a cheap
+    planted file from being used, so the end-to-end test passes without the bound)."""
+    attacker = MasterKey.generate()
+    cheap = _key_file(attacker, PASSPHRASE, time_cost=1, memory_cost_kib=16)
+    assert unwrap_key(cheap, PASSPHRASE) is None
+    assert unwrap_key(_key_file(attacker, PASSPHRASE), PASSPHRASE) == attacker
