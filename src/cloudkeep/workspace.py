@@ -167,14 +167,22 @@ class Workspace:
             config, key = self._unlocked
         return Repository(self.storage, config, key, self._cache())
 
-    def _open(self) -> Repository:
+    def _open(self, adopting: bool = False) -> Repository:
         """Open the existing repository: the config first ("no repository" comes before
-        "no key"), then this device's trust record, then the key."""
+        "no key"), then this device's trust record, then the key.
+
+        ``adopting``: the repository this device created lost the creation race;
+        the trust record is not checked (it names the losing key) but replaced.
+        """
         from cloudkeep.repository.repository import Repository
 
         config = Repository.read_config(self.storage)
-        joined = self._trust.check(
-            self.settings.store, self.storage.describe(), config["id"], config["key"]
+        joined = (
+            None
+            if adopting
+            else self._trust.check(
+                self._store_identity(), self.storage.describe(), config["id"], config["key"]
+            )
         )
         repo = Repository.unlock(
             self.storage,
@@ -189,10 +197,16 @@ class Workspace:
     def _joined(self, repo: Repository, created: bool) -> None:
         """Remember the repository this device now uses (trust on first use)."""
         self._trust.remember(
-            self.settings.store, Joined(repo.config["id"], repo.config["key"], repo.key_file)
+            self._store_identity(), Joined(repo.config["id"], repo.config["key"], repo.key_file)
         )
         self._created_here = created
         self._unlocked = (repo.config, repo.key)
+
+    def _store_identity(self) -> str:
+        """What the trust record is keyed by: the store as opened (an absolute folder,
+        bucket and prefix, endpoint), not as spelled. Two spellings of one store share
+        a record; one relative path in two working folders does not."""
+        return self.storage.describe()
 
     def _cache(self) -> Path:
         return self.settings.cache_dir / "repositories"
@@ -223,16 +237,23 @@ class Workspace:
             repo = self.repository(create=True, opening=opening)
         archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
         try:
-            return BackupInfo.of(archiver.run(data, self.settings.device_name))
+            info = BackupInfo.of(archiver.run(data, self.settings.device_name))
         except RepositoryChanged:
             if not self._created_here:
                 raise
+        else:
+            # Published under our key: the creation race is over. A config replaced
+            # later is a tampered store, never a winner to join (a server lives long).
+            self._created_here = False
+            return info
         # We created the repository, but a store without atomic create let another
         # device replace its config: nothing was published; join the winner, once.
+        # The trust record is replaced only once the winner's key opens: a failure
+        # leaves this device refusing the replaced config, not trusting the next one.
         with self._open_lock:
-            self._trust.forget(self.settings.store)
             self._unlocked = None
             self._created_here = False
+            self._open(adopting=True)
         scratch = self.settings.cache_dir / "scratch"
         archiver = Archiver(self.repository(), scratch, progress, cancel)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))

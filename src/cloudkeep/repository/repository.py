@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -349,7 +350,7 @@ class Repository:
                 continue
             if key is None or key.fingerprint() != config["key"]:
                 continue
-            if key.config_mac(canonical_config(config)) != config["mac"]:
+            if not hmac.compare_digest(key.config_mac(canonical_config(config)), config["mac"]):
                 raise RepositoryDamaged(
                     f"the repository config at {storage.describe()} fails authentication "
                     "(it was modified): restore it from a copy, or back up into a new store"

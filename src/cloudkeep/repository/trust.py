@@ -6,8 +6,9 @@ guessed passphrase, say). So the first time a device opens or creates a
 repository it records the repository id and master key fingerprint, and from
 then on refuses a store whose config names another one, before deriving any
 key. The record is one small JSON file per store under the config directory
-(``trusted-stores/<hash of the store URL>.json``, mode 0600: no store URL in
-clear); deleting it accepts a deliberately re-created repository.
+(``trusted-stores/<hash of the store>.json``, mode 0600: no store name in
+clear; the caller names the store as opened, not as spelled); deleting it
+accepts a deliberately re-created repository.
 """
 
 from __future__ import annotations
