@@ -158,6 +158,7 @@ class Workspace:
                 except RepositoryNotFound:
                     if not create:
                         raise
+                    self._refuse_vanished()
                     try:
                         repo = Repository.init(self.storage, self._passphrase(True), self._cache())
                         self._joined(repo, created=True)
@@ -165,7 +166,25 @@ class Workspace:
                         repo = self._open()
             assert self._unlocked is not None  # set by _joined
             config, key = self._unlocked
-        return Repository(self.storage, config, key, self._cache())
+            handle = Repository(self.storage, config, key, self._cache())
+            # Only the creator's first backup may lose the creation race; any other
+            # handle leaves what it wrote (others may already use it) to reclaim.
+            handle.discard_if_replaced = self._created_here
+        return handle
+
+    def _refuse_vanished(self) -> None:
+        """A store this device joined has no repository: refuse to create a new one.
+
+        Someone deleted the config (by mistake, or a keyless writer): starting a new
+        repository silently would hide every earlier backup and replace the trust record.
+        """
+        record = self._trust.joined(self._store_identity())
+        if record is not None:
+            raise RepositoryNotFound(
+                f"the repository this device joined at {self.storage.describe()} is gone "
+                f"(no config): if it was deleted on purpose, delete "
+                f"{self._trust.path(self._store_identity())} to start a new one there"
+            )
 
     def _open(self, adopting: bool = False) -> Repository:
         """Open the existing repository: the config first ("no repository" comes before

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import RepositoryChanged, WrongPassphrase
+from cloudkeep.errors import RepositoryChanged, RepositoryNotFound, WrongPassphrase
 from cloudkeep.repository.crypto import MasterKey
 from cloudkeep.repository.keys import unwrap_key
 from cloudkeep.repository.repository import canonical_config
@@ -132,3 +133,25 @@ def test_a_key_file_cheaper_than_the_defaults_is_never_opened() -> None:
     cheap = _key_file(attacker, PASSPHRASE, time_cost=1, memory_cost_kib=16)
     assert unwrap_key(cheap, PASSPHRASE) is None
     assert unwrap_key(_key_file(attacker, PASSPHRASE), PASSPHRASE) == attacker
+
+
+def test_a_joined_device_never_starts_over_on_a_store_whose_config_vanished(
+    hostile_store: HostileStore, tmp_path: Path
+) -> None:
+    """A keyless writer deletes the config: the next backup must not silently start a
+    new repository (hiding every earlier backup) nor replace the trust record."""
+    victim = _device(hostile_store.url, tmp_path / "victim")
+    victim.backup()
+    hostile_store.raw.delete("config")
+    before = hostile_store.raw.names()
+
+    device = _device(hostile_store.url, tmp_path / "victim")
+    with pytest.raises(RepositoryNotFound, match="is gone") as refused:
+        device.backup()
+    record = Path(re.search(r"delete (\S+trusted-stores\S+\.json)", str(refused.value))[1])
+    assert record.is_file()
+    assert hostile_store.raw.names() == before
+    # Deleting the record, as the message says, is the deliberate way to start over.
+    record.unlink()
+    device.backup()
+    assert "config" in hostile_store.raw.names()

@@ -216,6 +216,7 @@ class Repository:
         # repository turns out to have been created with another key meanwhile.
         self._written: list[str] = []
         self._written_lock = threading.Lock()
+        self.discard_if_replaced = False
 
     # ----------------------------------------------------------------- opening
     @staticmethod
@@ -362,18 +363,21 @@ class Repository:
         """Refuse to publish unless the store's config still names this handle's key.
 
         One GET. A store that cannot create the config atomically may let a second
-        device replace it during our first backup; everything this handle wrote
-        (sealed under the losing key) is then removed and ``RepositoryChanged``
-        raised, so no backup is published under a key no other device uses.
+        device replace it during our first backup; ``RepositoryChanged`` is raised,
+        so no backup is published under a key no other device uses. Only the
+        creator's first backup (``discard_if_replaced``) removes what it wrote
+        (sealed under the losing key); any other handle leaves it to reclaim, as
+        another device may already use it.
         """
         stored = self.read_config(self.storage)
         if (stored["id"], stored["key"]) == (self.config["id"], self.config["key"]):
             return
         with self._written_lock:
             written, self._written = self._written, []
-        for name in written:  # what a failed delete leaves is unreferenced: reclaim's
-            with contextlib.suppress(StorageError):
-                self.storage.delete(name)
+        if self.discard_if_replaced:
+            for name in written:  # what a failed delete leaves is unreferenced: reclaim's
+                with contextlib.suppress(StorageError):
+                    self.storage.delete(name)
         raise RepositoryChanged(
             f"the repository at {self.storage.describe()} was created with another key "
             "while this backup ran (another device created it at the same time); "
