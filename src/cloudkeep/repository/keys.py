@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 
+from cloudkeep.repository.untrusted import parse_json
+
 # cryptography and our crypto module (~10 ms of import) are imported where used:
 # a caller deriving the key in a thread imports them meanwhile, not before.
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
     if len(document_bytes) > MAX_KEY_FILE_BYTES:
         return None
     try:
-        document = json.loads(document_bytes)
+        document = parse_json(document_bytes)
         if not isinstance(document, dict) or document.get("kdf") != "argon2id":
             return None
         params = kdf_params(document)
@@ -128,7 +130,7 @@ def unwrap_key(document_bytes: bytes, passphrase: str) -> MasterKey | None:
 
     try:
         payload = AESGCM(kek).decrypt(nonce, data, KEY_AAD)
-        key = MasterKey.from_dict(json.loads(payload))
+        key = MasterKey.from_dict(parse_json(payload))
     except (InvalidTag, ValueError, KeyError, TypeError, AttributeError):
         return None
     if len(key.encryption_key) != 32 or len(key.id_key) != 32:

@@ -48,6 +48,7 @@ from types import TracebackType
 
 from cloudkeep.errors import Busy, ConfigurationError, RepositoryDamaged
 from cloudkeep.repository.repository import Repository
+from cloudkeep.repository.untrusted import parse_json
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def _label(value: object) -> str:
 def _document_fields(raw: bytes) -> dict | None:
     """The fields of a lock document, or None if it is not one."""
     try:
-        lock = json.loads(raw)
+        lock = parse_json(raw)
     except ValueError:
         return None
     if not isinstance(lock, dict):

@@ -63,6 +63,7 @@ from cloudkeep.repository.untrusted import (
     DecompressionFailed,
     decompress_bounded,
     list_names,
+    parse_json,
     read_bounded,
     too_large,
     valid_name,
@@ -230,7 +231,7 @@ class Repository:
                 "(run 'cloudkeep init' or 'cloudkeep backup' to create one)"
             ) from exc
         try:
-            config = json.loads(raw)
+            config = parse_json(raw)
             version = int(config["version"])
         except (ValueError, KeyError, TypeError) as exc:
             raise RepositoryDamaged(

@@ -10,9 +10,11 @@ huge object is refused before a byte of it is downloaded or allocated.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.storage.base import (
@@ -108,6 +110,18 @@ def list_names(storage: Storage, kind: str) -> Listing:
             continue
         listing.ignored.append(info.name)
     return listing
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON from the store; ``ValueError`` for anything that is not JSON.
+
+    Nesting deeper than the interpreter's recursion limit (a 4 KiB key file of
+    ``[``) raises ``RecursionError`` in ``json.loads``, which no caller expects.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def too_large(path: str, size: int, limit: int) -> RepositoryDamaged:

@@ -22,6 +22,7 @@ from typing import Any
 from cloudkeep import __version__
 from cloudkeep.errors import FormatTooNew, InvalidSnapshotId, RepositoryDamaged, UnsafeBackup
 from cloudkeep.repository.crypto import ID_SIZE
+from cloudkeep.repository.untrusted import parse_json
 
 SNAPSHOT_FORMAT = 1
 BACKUP_ID = re.compile(r"^[0-9A-Za-z.+-]{1,32}_[0-9]{1,20}$")
@@ -134,7 +135,7 @@ class Manifest:
         """
         label = name
         try:
-            document = json.loads(raw)
+            document = parse_json(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise UnsafeBackup(f"backup {label}: the manifest is not valid JSON ({exc})") from None
         if not isinstance(document, dict):
