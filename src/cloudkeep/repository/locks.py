@@ -14,7 +14,9 @@ seconds older than that of our own lock, written just before the listing (the
 same store stamped both). A lock more than ``stale_after`` in the store's future
 is stale too (a store clock that jumped back), so no lock blocks for good. A
 lock of this host whose process is gone is stale at once. Stores that report no
-modification times (the in-memory test store) fall back to the writers' clocks.
+modification times (the in-memory test store) fall back to the writers' clocks;
+on a store that does, a listing without our own lock (removed by another client
+meanwhile) judges no lock by age, never by the devices' clocks.
 
 The holder knows when its lock may have lapsed: every successful write is timed
 on a clock that keeps counting while the process is stopped or the machine
@@ -242,8 +244,10 @@ class RepositoryLock:
     def _is_stale(self, lock: dict, modified: float | None, store_now: float | None) -> bool:
         if modified is not None and store_now is not None:
             age = store_now - modified  # both stamped by the store's clock
-        else:
+        elif modified is None:  # a store that stamps no times: the writers' clocks
             age = time.time() - float(lock["time"])
+        else:  # our own lock is not listed (removed meanwhile): no store time to judge by
+            age = 0.0
         if abs(age) > self.timing.stale_after:
             return True
         same_host = lock["hostname"] == socket.gethostname()
