@@ -865,6 +865,13 @@ def replace_single_file(staged: Path, live: Path, keep: Path) -> None:
     temp = live.with_name(f".{live.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         if live.exists() and is_sqlite(live) and is_sqlite(staged):
+            # The copy gets the live file's permissions, not the umask's: a private
+            # database must not leave a world-readable undo copy beside it.
+            fd = os.open(temp, _CREATE_FILE, 0o600)
+            try:
+                os.fchmod(fd, stat.S_IMODE(live.stat().st_mode) & 0o777)
+            finally:
+                os.close(fd)
             try:
                 _sqlite_copy(live, temp, scratch=True)
                 _sqlite_copy(staged, live)
