@@ -149,3 +149,37 @@ def test_young_unindexed_packs_survive_reclaim(
     restored = cli("--store", store, "restore", first, "--target", str(target), env=env)
     assert restored.code == 0, restored.stderr
     assert exact_state(target) == state
+
+
+def test_a_planted_copy_of_a_real_packs_header_is_never_adopted(
+    hostile_store: HostileStore,
+    cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A keyless writer copies a real pack's header and trailer over garbage under a new
+    name. Counted as holding the real pack's blobs, it would let reclaim repack or delete
+    the real pack; it must fail adoption (its content does not hash to its name)."""
+    data = tmp_path / "data"
+    make_live_db(data / "snippets.db", 2, seed=5)
+    store, raw = hostile_store.url, hostile_store.raw
+    env = device_env(tmp_path, "desk", CLOUDKEEP_RECLAIM_MARGIN="0")
+    first = backup(cli, store, data, env)
+    mutate_db(data / "snippets.db", random.Random(3), rows=30)
+    state = exact_state(data)
+    newest = backup(cli, store, data, env)
+    real = sorted(raw.names("data/"))[0]
+    content = bytearray(raw.get(real))
+    content[: len(content) // 2] = os.urandom(len(content) // 2)  # the frames, not the header
+    fake_id = os.urandom(32).hex()
+    raw.put(f"data/{fake_id[:2]}/{fake_id}", bytes(content))
+
+    deleted = cli("--store", store, "delete", first, env=env)
+    assert deleted.code == 0, deleted.stderr
+    repo = repository(store, tmp_path)
+    repo.load_index()
+    assert fake_id not in repo.index.pack_ids()
+    assert f"data/{fake_id[:2]}/{fake_id}" in raw.names("data/")  # not ours: left alone
+    target = tmp_path / "restored"
+    restored = cli("--store", store, "restore", newest, "--target", str(target), env=env)
+    assert restored.code == 0, restored.stderr
+    assert exact_state(target) == state

@@ -35,11 +35,12 @@ from cloudkeep.repository.packs import (
     PackEntry,
     PackFormatError,
     frames_of,
+    pack_id_of,
     pack_name,
     read_header,
 )
 from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
-from cloudkeep.snapshot.repair import PACKS_PER_INDEX_FILE, pack_entries
+from cloudkeep.snapshot.repair import PACKS_PER_INDEX_FILE
 from cloudkeep.snapshot.usage import blob_users, load_manifests
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
 
@@ -47,6 +48,8 @@ __all__ = ["PACKS_PER_INDEX_FILE", "ReclaimReport", "delete_backup", "reclaim", 
 
 log = logging.getLogger(__name__)
 REPACK_WHEN_UNUSED_FRACTION = 0.2
+#: Twice the largest pack size a config may set, plus a frame: nothing larger is a pack.
+MAX_ADOPTED_PACK = 192 * 1024 * 1024
 DELETE_BATCH = 64
 ENV_MARGIN = "CLOUDKEEP_RECLAIM_MARGIN"
 #: Packs no index names are kept this long (store time): kopia keeps unreferenced
@@ -116,13 +119,25 @@ def _stop_reason(repo: Repository, lock: RepositoryLock, known: set[str]) -> str
 def _adopt(
     repo: Repository, listing: dict[str, ObjectInfo], pack_ids: list[str]
 ) -> tuple[dict[str, list[PackEntry]], list[str]]:
-    """Headers of packs no index names (two ranged reads each); and those that do not read."""
+    """Headers of packs no index names; and those that are not packs of this repository.
+
+    Each is read whole and must hash to its name: a keyless writer could otherwise
+    plant a copy of a real pack's header over garbage under a new name, and
+    reclaim, counting the copy as holding those blobs, would repack or delete the
+    real pack. Adopting is rare (after a crash or a lost index file), so the
+    download is worth it; objects larger than any pack are not read.
+    """
     adopted: dict[str, list[PackEntry]] = {}
     unreadable: list[str] = []
     for pack_id in pack_ids:
         info = listing[pack_id]
         try:
-            adopted[pack_id] = pack_entries(repo, info.name, info.size)
+            if info.size > MAX_ADOPTED_PACK:
+                raise PackFormatError(f"{info.size:,} bytes is larger than any pack")
+            content = repo.read_pack(pack_id, info.size)
+            if pack_id_of(content) != pack_id:
+                raise PackFormatError("content does not match its name")
+            adopted[pack_id] = read_header(content, repo.sealer)
         except StorageUnavailable:
             raise
         except ObjectNotFound:
