@@ -356,7 +356,8 @@ class Archiver:
                 self._parent, self.warnings = {}, []
                 kind, items = scan(source, self.warnings)
                 tracker.total = tracker.done + sum(i.size for i in items)
-                entries, added_bytes, index_names = self._store(kind, items, tracker)
+                entries, added_again, index_names = self._store(kind, items, tracker)
+                added_bytes += added_again  # both attempts uploaded what they added
                 manifest = self._save_manifest(
                     lock, source, kind, device_name, entries, added_bytes, index_names
                 )
