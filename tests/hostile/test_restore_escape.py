@@ -147,7 +147,8 @@ def test_setuid_and_sticky_bits_are_never_restored(
     tmp_path: Path, hostile_store: HostileStore, guarded_home: Path, cli
 ) -> None:
     """Modes keep only permission bits: a legitimate backup of a setgid folder (shared
-    group folders) still restores, so special bits are dropped rather than refused."""
+    group folders) still restores, so special bits are dropped rather than refused; and
+    the umask caps what is left, so no forged mode makes a file writable by others."""
     victim = Victim(tmp_path, hostile_store, cli, guarded_home)
     real_id = victim.backup()
     repo = attacker_repo(hostile_store)
@@ -159,13 +160,19 @@ def test_setuid_and_sticky_bits_are_never_restored(
         [
             FileEntry("shared", "dir", 0o3777),
             replace(legit, path="shared/tool", mode=0o6755, content=list(legit.content)),
+            replace(legit, path="shared/open", mode=0o666, content=list(legit.content)),
         ],
     )
     before = victim.outside()
-    restored = victim.run("restore", forged_id, "--target", str(victim.target))
+    umask = os.umask(0o022)  # the victim's CLI inherits it
+    try:
+        restored = victim.run("restore", forged_id, "--target", str(victim.target))
+    finally:
+        os.umask(umask)
     assert restored.code == 0, restored.stderr
-    assert stat.S_IMODE((victim.target / "shared").stat().st_mode) == 0o777
+    assert stat.S_IMODE((victim.target / "shared").stat().st_mode) == 0o755
     assert stat.S_IMODE((victim.target / "shared" / "tool").stat().st_mode) == 0o755
+    assert stat.S_IMODE((victim.target / "shared" / "open").stat().st_mode) == 0o644
     assert (victim.target / "shared" / "tool").read_text() == "my notes\n" * 100
     assert victim.outside() == before
 

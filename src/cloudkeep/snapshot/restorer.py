@@ -439,6 +439,24 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def process_umask() -> int:
+    """The process's umask, read without loosening it even for a moment.
+
+    Linux tells it in /proc; elsewhere it is swapped for the strictest mask while
+    read, so a file another thread creates meanwhile is never looser than asked.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 class Restorer:
     """Restores a backup; chunks the local data already holds are not fetched.
 
@@ -498,9 +516,12 @@ class Restorer:
         staging = destination.parent / (
             f".{destination.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
-        root_mode = manifest.root_mode
+        # A backup's modes are a key holder's word: the umask caps them, as tar does for
+        # ordinary users, so no restore makes the user's files writable by others.
+        umask = process_umask()
+        root_mode = None if manifest.root_mode is None else manifest.root_mode & ~umask
         if target is None and live.is_dir():
-            root_mode = stat.S_IMODE(live.stat().st_mode)
+            root_mode = stat.S_IMODE(live.stat().st_mode)  # the folder's own: kept as it is
         tracker = Tracker("restore", manifest.bytes, self.progress, self.cancel)
         tracker.advance(0)
         try:
@@ -513,7 +534,7 @@ class Restorer:
             ):
                 self.repo.load_index()
                 try:
-                    self._materialize(manifest, staging, root_mode, tracker)
+                    self._materialize(manifest, staging, root_mode, umask, tracker)
                     self.fetched_bytes = (
                         sum(entry.size for entry in manifest.files if entry.type == "file")
                         - self.reused_bytes
@@ -540,7 +561,12 @@ class Restorer:
 
     # ------------------------------------------------------------------ writing
     def _materialize(
-        self, manifest: Manifest, staging: Path, root_mode: int | None, tracker: Tracker
+        self,
+        manifest: Manifest,
+        staging: Path,
+        root_mode: int | None,
+        umask: int,
+        tracker: Tracker,
     ) -> None:
         tree = _Tree(staging)
         try:
@@ -560,20 +586,21 @@ class Restorer:
                     batch = []
             if batch:
                 self._write_batch(batch, tree, tracker)
-            self._finish_entries(manifest, tree, root_mode)
+            self._finish_entries(manifest, tree, root_mode, umask)
         finally:
             tree.close()
 
     @staticmethod
-    def _finish_entries(manifest: Manifest, tree: _Tree, root_mode: int | None) -> None:
-        """Modes and times (deepest first, so folder times stick), then folders to disk."""
+    def _finish_entries(manifest: Manifest, tree: _Tree, root_mode: int | None, umask: int) -> None:
+        """Modes (less ``umask``) and times (deepest first, so folder times stick), then
+        folders to disk."""
         finishing = [entry for entry in manifest.files if entry.type in ("file", "dir")]
         finishing.sort(key=lambda entry: entry.path.count("/"), reverse=True)
         for entry in finishing:
             flags = os.O_RDONLY | (os.O_DIRECTORY if entry.type == "dir" else 0)
             fd = tree.open(entry.path, flags)
             try:
-                os.fchmod(fd, entry.mode)
+                os.fchmod(fd, entry.mode & ~umask)
                 os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
                 if entry.type == "dir":
                     os.fsync(fd)
