@@ -28,7 +28,7 @@ from cloudkeep.storage.url import open_store
 from cloudkeep.workspace import Workspace
 from tests.hostile.conftest import PASSPHRASE, FolderRaw, HostileStore
 
-TRIALS_PER_STORE = 25  # x2 stores: 50 trials, 150 backups
+TRIALS_PER_STORE = 50  # on each store: 100 trials, ~300 concurrent first backups
 
 
 def _start_device(store: str, root: Path) -> subprocess.Popen[str]:
