@@ -72,9 +72,7 @@ class FolderRaw:
         base = self.root / prefix if prefix else self.root
         if not base.exists():
             return []
-        return sorted(
-            p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file()
-        )
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
     def delete(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
@@ -139,6 +137,14 @@ def hostile_store(request: pytest.FixtureRequest, tmp_path: Path) -> HostileStor
     server = request.getfixturevalue("s3_server")
     prefix = f"h-{uuid.uuid4().hex[:12]}"
     return HostileStore("s3", server.url_for(prefix), S3Raw(server.endpoint, server.bucket, prefix))
+
+
+def fresh_device_env(tmp_path: Path, name: str) -> dict[str, str]:
+    """Environment of a second device for ``cli``: nothing cached, nothing remembered."""
+    return {
+        "CLOUDKEEP_CONFIG_DIR": str(tmp_path / name / "config"),
+        "CLOUDKEEP_CACHE_DIR": str(tmp_path / name / "cache"),
+    }
 
 
 @pytest.fixture

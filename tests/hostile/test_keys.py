@@ -21,7 +21,7 @@ from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
 from cloudkeep.repository.keys import KEY_AAD, _derive
 from cloudkeep.repository.packs import PackFormatError, read_header
 from cloudkeep.repository.repository import canonical_config, file_aad
-from tests.hostile.conftest import PASSPHRASE, HostileStore, assert_clean_failure
+from tests.hostile.conftest import PASSPHRASE, HostileStore, assert_clean_failure, fresh_device_env
 
 
 def _key_file(master: MasterKey, passphrase: str, **costs: int) -> bytes:
@@ -53,13 +53,6 @@ def _backup(cli, store: str, data: Path, env: dict[str, str] | None = None) -> s
     result = cli("--store", store, "--data", str(data), "backup", "--json", env=env or {})
     assert result.code == 0, result.stderr
     return str(json.loads(result.stdout)["id"])
-
-
-def _fresh_device(tmp_path: Path, name: str) -> dict[str, str]:
-    return {
-        "CLOUDKEEP_CONFIG_DIR": str(tmp_path / name / "config"),
-        "CLOUDKEEP_CACHE_DIR": str(tmp_path / name / "cache"),
-    }
 
 
 def _sealed_under(key: MasterKey, hostile_store: HostileStore) -> list[str]:
@@ -103,7 +96,7 @@ def test_key_files_with_absurd_costs_are_skipped_without_deriving(
     for name, content in planted.items():
         hostile_store.raw.put(name, content)
 
-    for env in ({}, _fresh_device(tmp_path, "other")):
+    for env in ({}, fresh_device_env(tmp_path, "other")):
         result = cli("--store", hostile_store.url, "list", "--json", env=env, timeout=60)
         assert result.code == 0, result.stderr
         assert [b["id"] for b in json.loads(result.stdout)["iterable"]] == [backup_id]
@@ -120,7 +113,7 @@ def test_cheap_key_file_is_no_guessing_oracle(
         "keys/" + "0" * 32, _key_file(attacker, PASSPHRASE, time_cost=1, memory_cost_kib=16)
     )
     before = set(hostile_store.raw.names())
-    _backup(cli, hostile_store.url, data, env=_fresh_device(tmp_path, "other"))
+    _backup(cli, hostile_store.url, data, env=fresh_device_env(tmp_path, "other"))
     assert set(hostile_store.raw.names()) > before
     assert _sealed_under(attacker, hostile_store) == []
 
@@ -136,7 +129,7 @@ def test_key_file_that_opens_with_the_passphrase_but_holds_another_key_is_never_
     hostile_store.raw.put("keys/" + "0" * 32, _key_file(attacker, PASSPHRASE))
     config_before = hostile_store.raw.get("config")
 
-    env = {} if device == "joined" else _fresh_device(tmp_path, "other")
+    env = {} if device == "joined" else fresh_device_env(tmp_path, "other")
     newest = _backup(cli, hostile_store.url, data, env=env)
     listed = cli("--store", hostile_store.url, "list", "--json", env=env)
     assert listed.code == 0, listed.stderr

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.conftest import CliResult, HostileStore, assert_clean_failure, tree_state
+from tests.hostile.conftest import (
+    CliResult,
+    HostileStore,
+    assert_clean_failure,
+    fresh_device_env,
+    tree_state,
+)
 
 
 def _backup(cli, store: str, data: Path, content: bytes) -> str:  # type: ignore[no-untyped-def]
@@ -21,14 +27,6 @@ def _backup(cli, store: str, data: Path, content: bytes) -> str:  # type: ignore
     result = cli("--store", store, "--data", str(data), "backup", "--json")
     assert result.code == 0, result.stderr
     return str(json.loads(result.stdout)["id"])
-
-
-def _fresh_device(tmp_path: Path, name: str) -> dict[str, str]:
-    """A second device's folders: nothing cached, nothing remembered."""
-    return {
-        "CLOUDKEEP_CONFIG_DIR": str(tmp_path / name / "config"),
-        "CLOUDKEEP_CACHE_DIR": str(tmp_path / name / "cache"),
-    }
 
 
 def test_manifest_copied_over_a_newer_one_is_refused(
@@ -40,7 +38,7 @@ def test_manifest_copied_over_a_newer_one_is_refused(
     raw = hostile_store.raw
     raw.put(f"snapshots/{new}", raw.get(f"snapshots/{old}"))
 
-    other = _fresh_device(tmp_path, "other")
+    other = fresh_device_env(tmp_path, "other")
     target = tmp_path / "restored"
     result: CliResult = cli(
         "--store", hostile_store.url, "restore", new, "--target", str(target), env=other
@@ -66,7 +64,7 @@ def test_index_file_copied_over_another_is_reported(
     first, second = hostile_store.raw.names("index/")
     hostile_store.raw.put(second, hostile_store.raw.get(first))
 
-    checked = cli("--store", hostile_store.url, "check", env=_fresh_device(tmp_path, "other"))
+    checked = cli("--store", hostile_store.url, "check", env=fresh_device_env(tmp_path, "other"))
     assert checked.code == 2, checked.stdout + checked.stderr
     assert f"{second} is damaged" in checked.stderr
 
@@ -135,7 +133,7 @@ def test_config_edited_within_bounds_fails_authentication(
     hostile_store.raw.put("config", json.dumps(config).encode())
     before = hostile_store.raw.names()
 
-    for env in ({}, _fresh_device(tmp_path, "other")):
+    for env in ({}, fresh_device_env(tmp_path, "other")):
         result = cli("--store", hostile_store.url, "--data", str(data), "backup", env=env)
         assert_clean_failure(result)
         assert "config" in result.stderr and "fails authentication" in result.stderr
