@@ -1,7 +1,7 @@
 """Terminal output: progress bars on a terminal, nothing on a pipe, JSON for scripts.
 
-rich costs ~30 ms of import, so it is loaded only when something is drawn or
-printed to stderr; a quiet command (an unchanged backup on a pipe) never loads it.
+rich is slow to import, so it is loaded only when something is drawn or printed
+to stderr; a quiet command (an unchanged backup on a pipe) never loads it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Typer (since it vendors click) coerces every option value through a pydantic
 ``TypeAdapter``, built on first use even when the option was not given (--help
 included). Our global options are strings that arrive as ``str`` already and
 our flags arrive as ``bool`` or None, yet building their adapters imported
-pydantic and cost every command ~95 ms. ``FastGroup`` gives ``str`` and
+pydantic in every command. ``FastGroup`` gives ``str`` and
 ``bool`` parameters a coercion that passes values of that type through and
 hands anything else to Typer's own (so results and errors are Typer's).
 Other types (``Path``, ``int``, lists) keep Typer's adapters. On a Typer
@@ -28,7 +28,7 @@ if RuntimeParam is not None:
     class _AsIs(RuntimeParam):
         """Values already of the annotated type as they are, anything else as Typer would.
 
-        No fields of its own, so no ``@dataclass`` (building one costs ~1 ms).
+        No fields of its own, so no ``@dataclass`` (building one costs start-up time).
         """
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:

@@ -84,10 +84,8 @@ class Sealer:
         ``nonce`` lets batch callers draw all their random nonces in one system call.
 
         The same bytes as ``seal(b"".join(parts))``, without joining the nonce to
-        the ciphertext after. The parts are joined for the one-shot AEAD call:
-        it releases the GIL, while the streaming ``Cipher`` API (which needed no
-        join) held it for every byte it encrypted and for building a context per
-        frame (two threads sealing frames ran at 0.55-0.75x of one).
+        the ciphertext after. The parts are joined for the one-shot AEAD call,
+        which releases the GIL (the streaming ``Cipher`` API does not).
         """
         return [nonce, self._aead.encrypt(nonce, b"".join(parts), associated)]
 
@@ -103,8 +101,8 @@ class Sealer:
     def open_into(self, sealed: memoryview, associated: bytes, out: memoryview) -> None:
         """``open`` into ``out`` (``len(sealed) - OVERHEAD`` bytes): no buffer per object.
 
-        A restore decrypts a whole fetched range into one buffer; 7x less CPU
-        than allocating (and page-faulting in) a fresh plaintext per frame.
+        A restore decrypts a whole fetched range into one buffer: no fresh
+        plaintext (and its page faults) per frame.
         """
         if len(sealed) < OVERHEAD or len(out) != len(sealed) - OVERHEAD:
             raise DecryptionFailed("object too short to be sealed data")

@@ -99,8 +99,8 @@ class FrameBlobs(NamedTuple):
 class MasterIndex:
     """Every known blob → its pack, in a compact form (one int per blob).
 
-    A 2 GiB database chunked into 4 KiB pages is half a million blobs: tuples or
-    objects per blob would cost hundreds of MiB, a packed int costs ~140 bytes.
+    Backups hold hundreds of thousands of blobs: an int per blob is far smaller
+    than a tuple or an object per blob.
     """
 
     def __init__(self) -> None:

@@ -28,17 +28,15 @@ from argon2.low_level import Type, hash_secret_raw
 
 from cloudkeep.repository.untrusted import parse_json
 
-# cryptography and our crypto module (~10 ms of import) are imported where used:
-# a caller deriving the key in a thread imports them meanwhile, not before.
+# cryptography and our crypto module are imported where used, while the key is derived.
 if TYPE_CHECKING:
     from cloudkeep.repository.crypto import MasterKey
 
 KEY_AAD = b"cloudkeep-key-v1"
-# 64 MiB, 2 passes, 2 lanes: ~90 ms here, paid by every command; more memory than
-# OWASP's Argon2id recommendations (19-46 MiB), which is what makes guessing costly.
+# More memory than OWASP's Argon2id recommendations: memory is what makes guessing costly.
 DEFAULT_KDF = {"time_cost": 2, "memory_cost_kib": 64 * 1024, "parallelism": 2}
 # Accepted from a key file: never cheaper than the defaults, never more than
-# 1 GiB, 10 passes, 8 lanes, and at most 16 times the default work (~1.5 s here).
+# 1 GiB, 10 passes, 8 lanes, and at most 16 times the default work.
 KDF_BOUNDS = {
     "time_cost": (2, 10),
     "memory_cost_kib": (64 * 1024, 1024 * 1024),

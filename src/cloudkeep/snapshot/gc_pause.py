@@ -2,9 +2,9 @@
 
 Those loops allocate millions of short-lived tuples and lists that never form
 cycles; each allocation burst triggers a collection that walks every live
-object (the index included). Profiles of a 546 MiB restore showed 10% of the
-CPU in ``gc_collect_main``. Reference counting still frees everything at once;
-collection resumes (and catches up) when the operation ends.
+object (the index included), a large share of a restore's CPU. Reference
+counting still frees everything at once; collection resumes (and catches up)
+when the operation ends.
 """
 
 from __future__ import annotations
