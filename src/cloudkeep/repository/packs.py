@@ -123,8 +123,8 @@ class PackBuilder:
 
         The bytes are assembled in this thread's page-aligned buffer (valid until
         the thread's next pack): hashed there in one call, they are written to a
-        local store with ``O_DIRECT`` straight from it, with no further copy (a
-        hash update per piece released and retook the GIL ~150 times per pack).
+        local store with ``O_DIRECT`` straight from it, with no further copy (and
+        one hash call, not one per piece: each call releases and retakes the GIL).
         """
         header = sealer.seal(encode_header(self.entries), HEADER_AAD)
         parts, self._parts = [*self._parts, header, _TRAILER.pack(len(header))], []
