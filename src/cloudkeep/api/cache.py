@@ -1,6 +1,6 @@
 """The backup list, cached as ready-to-send bytes.
 
-Listing a store means reading and decrypting every snapshot file: far too slow for
+Listing a store means reading and decrypting every manifest: far too slow for
 ``GET /backups`` while a backup saturates the machine. The server knows about every
 change it makes itself (creations, deletions) and applies them to the cache; a TTL
 picks up changes made by other processes (the CLI), refreshed in the background while
@@ -24,17 +24,17 @@ log = logging.getLogger("cloudkeep.api")
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class _Listing:
     entries: tuple[Backup, ...]
     by_id: dict[str, Backup]
     body: bytes
     loaded_at: float
 
 
-def _snapshot(entries: Sequence[Backup], loaded_at: float) -> _Snapshot:
+def _listing(entries: Sequence[Backup], loaded_at: float) -> _Listing:
     ordered = tuple(sorted(entries, key=lambda b: b.created.value, reverse=True))
     body = Backups(iterable=list(ordered)).to_json().encode("utf-8")
-    return _Snapshot(ordered, {b.id: b for b in ordered}, body, loaded_at)
+    return _Listing(ordered, {b.id: b for b in ordered}, body, loaded_at)
 
 
 class BackupListCache:
@@ -45,20 +45,20 @@ class BackupListCache:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._current: _Snapshot | None = None
+        self._current: _Listing | None = None
         # Changes applied while a load is in flight, replayed onto its (older) result.
         self._pending: list[tuple[str, Backup | str]] | None = None
         self._refreshing = False
 
-    def peek(self) -> _Snapshot | None:
-        """The cached snapshot, fresh or stale, without blocking (None when never loaded)."""
+    def peek(self) -> _Listing | None:
+        """The cached listing, fresh or stale, without blocking (None when never loaded)."""
         return self._current
 
     def is_fresh(self) -> bool:
         current = self._current
         return current is not None and time.monotonic() - current.loaded_at < self._ttl
 
-    def load(self) -> _Snapshot:
+    def load(self) -> _Listing:
         """Blocking (re)load; concurrent callers share one listing of the store."""
         started = time.monotonic()
         with self._load_lock:
@@ -84,7 +84,7 @@ class BackupListCache:
                     elif action == "remove" and isinstance(item, str):
                         merged.pop(item, None)
                 self._pending = None
-                self._current = _snapshot(list(merged.values()), time.monotonic())
+                self._current = _listing(list(merged.values()), time.monotonic())
                 return self._current
 
     def refresh_in_background(self) -> None:
@@ -123,4 +123,4 @@ class BackupListCache:
                 entries[item.id] = item
             else:
                 entries.pop(item, None)
-            self._current = _snapshot(list(entries.values()), current.loaded_at)
+            self._current = _listing(list(entries.values()), current.loaded_at)

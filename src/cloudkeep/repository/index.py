@@ -1,9 +1,8 @@
 """Index files: which pack holds each blob, so restores fetch byte ranges only.
 
 An index file lists packs and the entries of their headers. Every backup writes
-index files for the packs it uploaded (before its snapshot manifest, so a
-manifest never refers to an unindexed blob); space reclaim replaces them with
-fresh ones. Encoded as a compact binary table, zstd-compressed and sealed.
+index files for the packs it uploaded (before its manifest, so a manifest
+never refers to an unindexed blob); space reclaim replaces them with fresh ones. Encoded as a compact binary table, zstd-compressed and sealed.
 """
 
 from __future__ import annotations
