@@ -4,7 +4,7 @@ right places, every fetched blob is re-hashed, and a substituted one is refused.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,7 +175,11 @@ def pack_file(store: Path) -> Path:
     ids=["missing", "truncated", "overwritten"],
 )
 def test_a_damaged_pack_is_reported_as_damage(
-    repo: Repository, store: Path, staging: Staging, damage, message: str
+    repo: Repository,
+    store: Path,
+    staging: Staging,
+    damage: Callable[[Path], object],
+    message: str,
 ) -> None:
     ids, _ = honest(repo, 2)
     reader = RepositoryReader(repo)
