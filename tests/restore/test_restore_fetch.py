@@ -90,10 +90,10 @@ def test_fetched_blobs_reach_every_place_they_are_needed(
     (a, b, c, d), (pa, pb, pc, pd) = honest(repo, 4)
     reader = RepositoryReader(repo)
     targets = {
-        a: [ChunkTarget(0, 0)],
-        b: [ChunkTarget(0, CHUNK), ChunkTarget(1, CHUNK)],  # shared by both files
-        c: [ChunkTarget(0, 2 * CHUNK)],
-        d: [ChunkTarget(1, 0)],
+        a: [(0, 0)],
+        b: [(0, CHUNK), (1, CHUNK)],  # shared by both files
+        c: [(0, 2 * CHUNK)],
+        d: [(1, 0)],
     }
     with reader.opened():
         staging.fetch(reader, targets)
@@ -108,10 +108,10 @@ def test_blobs_next_to_each_other_in_frame_and_file_become_one_piece(
     (a, b, c, d), (pa, pb, pc, pd) = honest(repo, 4)
     reader = RepositoryReader(repo)
     targets = {
-        a: [ChunkTarget(0, 0)],
-        b: [ChunkTarget(0, CHUNK)],
-        c: [ChunkTarget(0, 2 * CHUNK)],
-        d: [ChunkTarget(1, 0), ChunkTarget(1, 5 * CHUNK)],
+        a: [(0, 0)],
+        b: [(0, CHUNK)],
+        c: [(0, 2 * CHUNK)],
+        d: [(1, 0), (1, 5 * CHUNK)],
     }
     with reader.opened():
         (job,) = fetch_plan(targets, reader.locate(targets)).ranges
@@ -136,9 +136,9 @@ def test_a_substituted_blob_is_refused_even_inside_a_run(
     save_frame(repo, ids, [good[0], EVIL, good[1]])
     reader = RepositoryReader(repo)
     targets = {
-        ids[0]: [ChunkTarget(0, 0)],
-        claimed: [ChunkTarget(0, CHUNK)],
-        ids[2]: [ChunkTarget(0, CHUNK + len(EVIL))],
+        ids[0]: [(0, 0)],
+        claimed: [(0, CHUNK)],
+        ids[2]: [(0, CHUNK + len(EVIL))],
     }
     with reader.opened(), pytest.raises(RepositoryDamaged, match="does not match its id"):
         staging.fetch(reader, targets)
@@ -153,7 +153,7 @@ def test_only_the_blobs_wanted_from_a_frame_are_cut_and_checked(
     save_frame(repo, [claimed, repo.sealer.blob_id(good)], [EVIL, good])
     reader = RepositoryReader(repo)
     with reader.opened():
-        staging.fetch(reader, {repo.sealer.blob_id(good): [ChunkTarget(1, CHUNK)]})
+        staging.fetch(reader, {repo.sealer.blob_id(good): [(1, CHUNK)]})
     assert staging.content(1)[CHUNK:] == good
 
 
@@ -186,14 +186,14 @@ def test_a_damaged_pack_is_reported_as_damage(
     with reader.opened():
         damage(pack_file(store))
         with pytest.raises(RepositoryDamaged, match=message):
-            staging.fetch(reader, {ids[0]: [ChunkTarget(0, 0)]})
+            staging.fetch(reader, {ids[0]: [(0, 0)]})
 
 
 def test_a_blob_the_index_does_not_know_is_damage(repo: Repository, staging: Staging) -> None:
     honest(repo, 1)
     reader = RepositoryReader(repo)
     with reader.opened(), pytest.raises(RepositoryDamaged, match="is not in the index"):
-        staging.fetch(reader, {bytes(32): [ChunkTarget(0, 0)]})
+        staging.fetch(reader, {bytes(32): [(0, 0)]})
 
 
 def test_chunk_lists_are_read_verified(repo: Repository) -> None:

@@ -14,9 +14,7 @@ from cloudkeep.snapshot.restore.plan import (
     FILES_PER_BATCH,
     MAX_RANGE_BYTES,
     MAX_RANGE_GAP,
-    ChunkTarget,
     FilePlan,
-    LocalChunk,
     PackRange,
     SlicePlan,
     check_file_size,
@@ -50,8 +48,8 @@ def test_files_sharing_chunks_get_a_target_at_every_place() -> None:
     assert plan.add_chunks(1, 0, [(B, 20), (A, 10)], None) == 30
     assert plan.add_chunks(1, 30, [(A, 10)], None) == 40  # the next chunk list of file 1
     assert plan.fetch == {
-        A: [ChunkTarget(0, 0), ChunkTarget(1, 20), ChunkTarget(1, 30)],
-        B: [ChunkTarget(0, 10), ChunkTarget(1, 0)],
+        A: [(0, 0), (1, 20), (1, 30)],
+        B: [(0, 10), (1, 0)],
     }
     assert list(plan.fetch) == [A, B]  # blobs in the order the data first needs them
     assert plan.chunks == 5
@@ -64,11 +62,9 @@ def test_chunks_of_a_file_with_a_live_copy_are_looked_for_there_first(tmp_path: 
     assert plan.add_chunks(3, 0, [(A, 10), (B, 20)], live) == 30
     assert plan.add_chunks(3, 30, [(C, 5)], live) == 35
     assert plan.fetch == {}
-    assert plan.reuse == {
-        3: FilePlan(3, live, [LocalChunk(0, 10, A), LocalChunk(10, 20, B), LocalChunk(30, 5, C)])
-    }
-    plan.add_missing(3, [LocalChunk(10, 20, B)])
-    assert plan.fetch == {B: [ChunkTarget(3, 10)]}
+    assert plan.reuse == {3: FilePlan(3, live, [(0, 10, A), (10, 20, B), (30, 5, C)])}
+    plan.add_missing(3, [(10, 20, B)])
+    assert plan.fetch == {B: [(3, 10)]}
     assert plan.chunks == 3
     assert not plan.empty()
 
@@ -109,7 +105,7 @@ def test_close_frames_of_a_pack_are_read_in_one_range_far_ones_apart() -> None:
     f1, f2 = frame(p, 0, 100), frame(p, 100 + MAX_RANGE_GAP, 50)  # gap allowed: same range
     f3 = frame(p, 150 + 2 * MAX_RANGE_GAP + 1, 10)  # gap too wide: a range of its own
     g1 = frame(q, 4_000, 10)
-    targets = {A: [ChunkTarget(0, 0)]}
+    targets = {A: [(0, 0)]}
     plan = fetch_plan(targets, [g1, f3, f1, f2])
     assert plan.targets is targets
     assert plan.ranges == [

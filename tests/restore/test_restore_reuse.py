@@ -16,7 +16,7 @@ from cloudkeep.errors import Canceled
 from cloudkeep.repository.crypto import MasterKey, Sealer
 from cloudkeep.snapshot.manifest import FileEntry
 from cloudkeep.snapshot.progress import Tracker
-from cloudkeep.snapshot.restore.plan import ChunkTarget, FilePlan, LocalChunk, SlicePlan
+from cloudkeep.snapshot.restore.plan import FilePlan, LocalChunk, SlicePlan
 from cloudkeep.snapshot.restore.reuse import (
     REUSE_SPAN_BYTES,
     LiveData,
@@ -75,7 +75,7 @@ def restore(tmp_path: Path, backup: bytes) -> Iterator[Restore]:
 
 def chunks_of(content: bytes, sealer: Sealer) -> list[LocalChunk]:
     return [
-        LocalChunk(offset, CHUNK, sealer.blob_id(content[offset : offset + CHUNK]))
+        (offset, CHUNK, sealer.blob_id(content[offset : offset + CHUNK]))
         for offset in range(0, len(content), CHUNK)
     ]
 
@@ -110,8 +110,8 @@ def test_a_chunk_is_reused_only_under_the_repository_key(
     (tmp_path / "live").write_bytes(backup)
     chunks = chunks_of(backup, sealer)
     other_key = Sealer(MasterKey.generate())
-    tampered = chunks[5]._replace(blob_id=other_key.blob_id(backup[5 * CHUNK : 6 * CHUNK]))
-    unkeyed = chunks[6]._replace(blob_id=bytes(32))
+    tampered = (5 * CHUNK, CHUNK, other_key.blob_id(backup[5 * CHUNK : 6 * CHUNK]))
+    unkeyed = (6 * CHUNK, CHUNK, bytes(32))
     span = ReuseSpan(0, tmp_path / "live", [*chunks[:5], tampered, unkeyed, *chunks[7:]])
     result = reuse_span(span, restore.files, sealer.blob_id, restore.tracker)
     assert result.missing == [tampered, unkeyed]
@@ -138,8 +138,8 @@ def test_spans_are_cut_at_their_size_and_missing_chunks_go_to_the_fetch(
     live = tmp_path / "live"
     big = REUSE_SPAN_BYTES // 2 + 1
     plans = [
-        FilePlan(0, live, [LocalChunk(0, big, b"x" * 32), LocalChunk(big, big, b"y" * 32)]),
-        FilePlan(1, live, [LocalChunk(0, 1, b"z" * 32)]),
+        FilePlan(0, live, [(0, big, b"x" * 32), (big, big, b"y" * 32)]),
+        FilePlan(1, live, [(0, 1, b"z" * 32)]),
     ]
     assert reuse_spans(plans) == [
         ReuseSpan(0, live, plans[0].chunks[:1]),
@@ -151,7 +151,7 @@ def test_spans_are_cut_at_their_size_and_missing_chunks_go_to_the_fetch(
         jobs = start_reuse(pool, plans[:1], restore.files, sealer.blob_id, restore.tracker)
         into = SlicePlan()
         assert collect_missing(jobs, into) == 0
-    assert into.fetch == {b"x" * 32: [ChunkTarget(0, 0)], b"y" * 32: [ChunkTarget(0, big)]}
+    assert into.fetch == {b"x" * 32: [(0, 0)], b"y" * 32: [(0, big)]}
 
 
 def test_a_canceled_restore_reads_no_more_live_data(

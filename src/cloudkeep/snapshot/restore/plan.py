@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.index import FrameBlobs
@@ -28,19 +28,14 @@ MAX_RANGE_BYTES = 2 * 1024 * 1024  # longer ranges raise a restore's peak memory
 MAX_RANGE_GAP = 512 * 1024
 
 
-class ChunkTarget(NamedTuple):
-    """Where a fetched blob's bytes go: a file of the batch and the offset in it."""
+# The two records made once per chunk are plain tuples: a NamedTuple's constructor
+# would cost more than the rest of the planning loop.
 
-    file: int
-    offset: int
-
-
-class LocalChunk(NamedTuple):
-    """A chunk to look for at its place in a live file: used if it hashes to ``blob_id``."""
-
-    offset: int
-    length: int
-    blob_id: bytes
+#: Where a fetched blob's bytes go: (file of the batch, offset in it).
+ChunkTarget: TypeAlias = tuple[int, int]
+#: A chunk to look for at its place in a live file, used if it hashes to the id:
+#: (offset, length, blob id).
+LocalChunk: TypeAlias = tuple[int, int, bytes]
 
 
 @dataclass(slots=True)
@@ -69,7 +64,7 @@ class SlicePlan:
         if source is None:
             fetch = self.fetch
             for blob_id, size in chunks:
-                fetch[blob_id].append(ChunkTarget(file, offset))
+                fetch[blob_id].append((file, offset))
                 offset += size
         else:
             plan = self.reuse.get(file)
@@ -77,7 +72,7 @@ class SlicePlan:
                 plan = self.reuse[file] = FilePlan(file, source)
             local = plan.chunks
             for blob_id, size in chunks:
-                local.append(LocalChunk(offset, size, blob_id))
+                local.append((offset, size, blob_id))
                 offset += size
         self.chunks += len(chunks)
         return offset
@@ -86,7 +81,7 @@ class SlicePlan:
         """Fetch the chunks of ``file`` its live copy did not hold."""
         fetch = self.fetch
         for offset, _, blob_id in missing:
-            fetch[blob_id].append(ChunkTarget(file, offset))
+            fetch[blob_id].append((file, offset))
 
     def empty(self) -> bool:
         return not self.fetch and not self.reuse
