@@ -331,7 +331,7 @@ class Workspace:
         """
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
-            from cloudkeep.snapshot.restorer import Restorer  # while Argon2 runs
+            from cloudkeep.snapshot.restore.restorer import Restorer  # while Argon2 runs
 
             repo = self.repository(opening=opening)
         manifest = self.manifest(backup_id, repo)
@@ -376,7 +376,7 @@ class Workspace:
     def undo_restore(self, force: bool = False) -> Path:
         """Put back what the last in-place restore replaced (again to redo); returns where
         the state it replaced is kept now."""
-        from cloudkeep.snapshot.restorer import undo_restore
+        from cloudkeep.snapshot.restore.in_place import undo_restore
 
         live = self.live_path()
         if not force and live.is_dir():

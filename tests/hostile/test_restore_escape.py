@@ -225,13 +225,13 @@ def test_the_restorer_itself_never_follows_a_symlink(tmp_path: Path) -> None:
     """Defence in depth: a manifest that got past validation (built in memory here) still
     cannot make the restorer write through a symlink it created."""
     from cloudkeep.errors import RepositoryDamaged
-    from cloudkeep.snapshot.restorer import _Tree
+    from cloudkeep.snapshot.restore.write import Tree
 
     outside = tmp_path / "outside"
     outside.mkdir()
     staging = tmp_path / "staging"
     staging.mkdir()
-    tree = _Tree(staging)
+    tree = Tree(staging)
     try:
         tree.symlink("link", str(outside))
         with pytest.raises(RepositoryDamaged, match="not a folder"):

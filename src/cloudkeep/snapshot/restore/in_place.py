@@ -1,0 +1,109 @@
+"""Putting restored data in place of the live data, and taking it back (undo).
+
+A restore writes into a staging folder beside its destination; a killed one
+leaves that folder behind, named for its process, and the next restore removes
+it. A single-file SQLite database is replaced through SQLite's backup API (one
+transaction a running app sees as an ordinary commit); other data is swapped in
+(see ``cloudkeep.snapshot.swap``), and what the restore replaced is kept as the
+undo copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import stat
+import uuid
+from pathlib import Path
+
+from cloudkeep.errors import CloudkeepError
+from cloudkeep.repository.locks import pid_alive
+from cloudkeep.snapshot.restore.write import create_with_mode
+from cloudkeep.snapshot.sources import is_sqlite
+from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS
+from cloudkeep.snapshot.swap import fsync_dir, recover, remove_any, swap_back, undo_path
+
+_STAGING = re.compile(
+    r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+(-journal|-wal|-shm)?$"
+)
+
+
+def staging_path(destination: Path) -> Path:
+    """A new name beside ``destination`` for data being restored, owned by this process."""
+    return destination.parent / (
+        f".{destination.name}.cloudkeep-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+
+
+def clean_stale_staging(destination: Path) -> None:
+    """Remove staging folders of restores that were killed before their swap."""
+    recover(destination)
+    parent = destination.parent
+    if not parent.is_dir():
+        return
+    for path in parent.iterdir():
+        match = _STAGING.match(path.name)
+        if match and match["name"] == destination.name and not pid_alive(int(match["pid"])):
+            remove_any(path)
+
+
+def replace_single_file(staged: Path, live: Path, keep: Path) -> None:
+    """Put the content of ``staged`` at ``live``, keeping the replaced content at ``keep``.
+
+    A live SQLite database is written through SQLite's backup API (one transaction
+    a running app sees as an ordinary commit), after a copy of it is taken the
+    same way; another file is replaced by a rename, its old content kept by a
+    hard link. ``staged`` may be ``keep`` itself (undo).
+    """
+    temp = staging_path(live)
+    try:
+        if live.exists() and is_sqlite(live) and is_sqlite(staged):
+            # The copy gets the live file's permissions, not the umask's: a private
+            # database must not leave a world-readable undo copy beside it.
+            create_with_mode(temp, stat.S_IMODE(live.stat().st_mode) & 0o777)
+            try:
+                _sqlite_copy(live, temp, scratch=True)
+                _sqlite_copy(staged, live)
+            except sqlite3.Error as exc:
+                raise CloudkeepError(
+                    f"cannot write the restored database into {live}: {exc}"
+                ) from exc
+        else:
+            if live.exists():
+                os.link(live, temp)
+            os.replace(staged, live)
+        if temp.exists():
+            os.replace(temp, keep)
+    finally:
+        temp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fsync_dir(live.parent)
+
+
+def _sqlite_copy(source_path: Path, target_path: Path, scratch: bool = False) -> None:
+    """Copy a database with SQLite's backup API; a ``scratch`` target (a new file only we
+    use) is written without a journal."""
+    source = sqlite3.connect(source_path, timeout=BUSY_TIMEOUT_SECONDS)
+    try:
+        target = sqlite3.connect(target_path, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            if scratch:
+                target.execute("PRAGMA journal_mode=OFF")
+            source.backup(target, pages=-1)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def undo_restore(live: Path) -> Path:
+    """Put back what the last in-place restore of ``live`` replaced; returns the undo path,
+    which now holds the restored state (undo again to redo)."""
+    keep = undo_path(live)
+    recover(live)
+    if keep.is_file() and not keep.is_symlink() and (live.is_file() or not live.exists()):
+        replace_single_file(keep, live, keep)
+        return keep
+    return swap_back(live)

@@ -1,0 +1,229 @@
+"""Restoring a backup: plan, reuse what the live data holds, fetch the rest, swap atomically.
+
+Files are written into a staging folder beside the destination (same filesystem),
+every blob authenticated and re-hashed against its keyed id, fsynced, and only
+then swapped in (see ``in_place``); what the swap replaces is kept as the undo
+copy. Every entry is created relative to a descriptor of its folder without
+following symlinks (``write.Tree``), so no manifest can make a restore write
+outside its staging folder. A single-file SQLite source is restored into the
+live database through SQLite's backup API, one transaction that a running app
+sees as an ordinary commit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from cloudkeep.errors import UserError
+from cloudkeep.repository.repository import Repository
+from cloudkeep.snapshot.gc_pause import gc_paused
+from cloudkeep.snapshot.manifest import FileEntry, Manifest
+from cloudkeep.snapshot.progress import ProgressFn, Tracker
+from cloudkeep.snapshot.restore.fetch import FETCH_THREADS, RepositoryReader, start_fetches
+from cloudkeep.snapshot.restore.in_place import (
+    clean_stale_staging,
+    replace_single_file,
+    staging_path,
+)
+from cloudkeep.snapshot.restore.plan import (
+    FIRST_BATCH_CHUNKS,
+    SlicePlan,
+    check_file_size,
+    next_slice_limit,
+    plan_tree,
+)
+from cloudkeep.snapshot.restore.reuse import (
+    REUSE_THREADS,
+    LiveData,
+    ReuseJob,
+    collect_missing,
+    start_reuse,
+)
+from cloudkeep.snapshot.restore.write import (
+    Files,
+    Tree,
+    out_of_room,
+    process_umask,
+    reserve,
+    set_size,
+)
+from cloudkeep.snapshot.swap import replace_atomically, undo_path
+
+
+class Restorer:
+    """Restores a backup; chunks the local data already holds are not fetched.
+
+    ``reuse_local``: each chunk is first looked for at its place in the live copy
+    and used if its keyed id matches (see ``reuse``). ``reused_bytes`` and
+    ``fetched_bytes`` say how the last restore was served.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        reuse_local: bool = True,
+    ) -> None:
+        self._reader = RepositoryReader(repo)
+        self.progress = progress
+        self.cancel = cancel
+        self.reuse_local = reuse_local
+        self.reused_bytes = 0
+        self.fetched_bytes = 0
+        self._live: LiveData | None = None
+
+    def run(
+        self,
+        manifest: Manifest,
+        live: Path,
+        target: Path | None,
+        before_swap: Callable[[], None] | None = None,
+    ) -> Path:
+        """Restore ``manifest``; returns the path now holding the restored data.
+
+        In place (no ``target``), what the restore replaces is kept at
+        ``undo_path(live)`` and the folder keeps its own mode; ``before_swap`` runs
+        just before the swap (the check that no program holds the data open).
+        A target folder gets the backed-up folder's mode when the backup has it.
+        """
+        if target is not None:
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise UserError(
+                    f"the restore target {target} exists and is not empty; "
+                    "choose a new or empty folder"
+                )
+            destination = target
+        else:
+            destination = live
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(destination)
+        self._live = LiveData(live, manifest.kind == "file") if self.reuse_local else None
+        self.reused_bytes = self.fetched_bytes = 0
+        staging = staging_path(destination)
+        # A backup's modes are a key holder's word: the umask caps them, as tar does for
+        # ordinary users, so no restore makes the user's files writable by others.
+        umask = process_umask()
+        root_mode = None if manifest.root_mode is None else manifest.root_mode & ~umask
+        if target is None and live.is_dir():
+            root_mode = stat.S_IMODE(live.stat().st_mode)  # the folder's own: kept as it is
+        tracker = Tracker("restore", manifest.bytes, self.progress, self.cancel)
+        tracker.advance(0)
+        try:
+            staging.mkdir()
+            with gc_paused(), self._reader.opened():
+                try:
+                    self._materialize(manifest, staging, root_mode, umask, tracker)
+                    self.fetched_bytes = (
+                        sum(entry.size for entry in manifest.files if entry.type == "file")
+                        - self.reused_bytes
+                    )
+                except OSError as exc:
+                    if not out_of_room(exc):
+                        raise
+                    raise UserError(
+                        f"no room left to restore into {staging.parent}: {exc.strerror}"
+                    ) from exc
+            tracker.check_canceled()
+            if manifest.kind == "file" and target is None:
+                replace_single_file(staging / manifest.files[0].path, live, undo_path(live))
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                if before_swap is not None and target is None:
+                    before_swap()
+                keep = undo_path(destination) if target is None else None
+                replace_atomically(staging, destination, keep)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return destination
+
+    def _materialize(
+        self,
+        manifest: Manifest,
+        staging: Path,
+        root_mode: int | None,
+        umask: int,
+        tracker: Tracker,
+    ) -> None:
+        plan = plan_tree(manifest)
+        tree = Tree(staging)
+        try:
+            for entry in plan.links_and_folders:
+                if entry.type == "dir":
+                    tree.mkdir(entry.path)
+                else:
+                    tree.symlink(entry.path, entry.target)
+            for batch in plan.batches:
+                self._write_batch(batch, tree, tracker)
+            tree.finish(plan.finishing, umask, root_mode)
+        finally:
+            tree.close()
+
+    def _write_batch(self, batch: list[FileEntry], tree: Tree, tracker: Tracker) -> None:
+        """Write a group of files, planning one slice of their chunks at a time.
+
+        The plan (chunk → where it goes) covers one slice of the data at a time, so
+        a database of any size is restored in bounded memory. The next slice is
+        planned while the fetch threads work on the previous one. A slice's chunks
+        are first looked for in the live copies of their files; only those not
+        found there are fetched, with the next slice.
+        """
+        reader = self._reader
+        files = Files()
+        planning = SlicePlan()
+        fetching: list[Future[None]] = []
+        reusing: list[ReuseJob] = []
+        limit = FIRST_BATCH_CHUNKS
+        pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
+        reuse_pool = ThreadPoolExecutor(REUSE_THREADS, thread_name_prefix="reuse")
+
+        def hand_over() -> None:
+            """Start on the slice just planned; fetch what the previous one did not find."""
+            nonlocal planning, fetching, reusing
+            started_reuse = start_reuse(
+                reuse_pool, planning.reuse.values(), files, reader.blob_id, tracker
+            )
+            self.reused_bytes += collect_missing(reusing, planning)
+            started = start_fetches(pool, reader, planning.fetch, files, tracker)
+            for future in fetching:  # at most two slices planned at once
+                future.result()
+            fetching, reusing = started, started_reuse
+            planning = SlicePlan()
+
+        try:
+            for number, entry in enumerate(batch):
+                fd = files.open(tree, entry.path, entry.size)
+                reserve(fd, entry)
+                source = None if self._live is None else self._live.copy_of(entry)
+                offset = 0
+                for list_id in entry.content:
+                    chunks = reader.chunk_list(entry, list_id)
+                    offset = planning.add_chunks(number, offset, chunks, source)
+                    if planning.chunks >= limit:
+                        hand_over()
+                        limit = next_slice_limit(limit)
+                check_file_size(entry, offset)
+                set_size(fd, offset)
+            if not planning.empty():
+                hand_over()
+            if reusing:  # the last slice's chunks not found locally
+                hand_over()
+            for future in fetching:
+                future.result()
+            files.sync()
+        except BaseException:
+            for future in fetching:
+                future.cancel()
+            for job in reusing:
+                job.result.cancel()
+            raise
+        finally:
+            reuse_pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
+            files.close()

@@ -1,0 +1,212 @@
+"""restore.fetch against a real repository on a folder store: the right bytes reach the
+right places, every fetched blob is re-hashed, and a substituted one is refused."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.repository.packs import BlobType
+from cloudkeep.repository.repository import Repository
+from cloudkeep.snapshot.manifest import FileEntry, encode_chunk_list
+from cloudkeep.snapshot.progress import Tracker
+from cloudkeep.snapshot.restore.fetch import RepositoryReader, frame_pieces, start_fetches
+from cloudkeep.snapshot.restore.plan import ChunkTarget, fetch_plan
+from cloudkeep.snapshot.restore.write import Files, Piece, Tree, reserve
+from cloudkeep.storage.url import open_store
+
+CHUNK = 8 * 1024
+EVIL = b"the attacker's bytes, as long as what they replace"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def repo(store: Path) -> Repository:
+    return Repository.init(open_store(store.as_uri()), "fetch passphrase")
+
+
+def save_frame(repo: Repository, ids: list[bytes], contents: list[bytes]) -> None:
+    """Store ``contents`` in one frame whose member table names them ``ids`` (as a key
+    holder can, whether or not the ids are the contents' own)."""
+    writer = repo.pack_writer()
+    assert writer.claim_new(ids) == list(range(len(ids)))
+    writer.add_claimed(BlobType.DATA, repo.seal_frames(ids, contents))
+    writer.flush()
+    writer.close()
+
+
+def honest(repo: Repository, count: int, seed: int = 1) -> tuple[list[bytes], list[bytes]]:
+    contents = [random.Random(seed + n).randbytes(CHUNK) for n in range(count)]
+    ids = [repo.sealer.blob_id(content) for content in contents]
+    save_frame(repo, ids, contents)
+    return ids, contents
+
+
+class Staging:
+    """Files 0..n-1 of a batch, created and reserved as the restorer does."""
+
+    def __init__(self, root: Path, sizes: list[int]) -> None:
+        root.mkdir()
+        self.root = root
+        self.tree = Tree(root)
+        self.files = Files()
+        for number, size in enumerate(sizes):
+            fd = self.files.open(self.tree, f"f{number}", size)
+            reserve(fd, FileEntry(f"f{number}", "file", size=size))
+        self.tracker = Tracker("restore", sum(sizes), None, None)
+
+    def fetch(self, reader: RepositoryReader, targets: dict[bytes, list[ChunkTarget]]) -> None:
+        with ThreadPoolExecutor(4) as pool:
+            for future in start_fetches(pool, reader, targets, self.files, self.tracker):
+                future.result()
+
+    def content(self, number: int) -> bytes:
+        return (self.root / f"f{number}").read_bytes()
+
+    def close(self) -> None:
+        self.files.close()
+        self.tree.close()
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> Iterator[Staging]:
+    staging = Staging(tmp_path / "staging", [3 * CHUNK, 2 * CHUNK])
+    yield staging
+    staging.close()
+
+
+def test_fetched_blobs_reach_every_place_they_are_needed(
+    repo: Repository, staging: Staging
+) -> None:
+    (a, b, c, d), (pa, pb, pc, pd) = honest(repo, 4)
+    reader = RepositoryReader(repo)
+    targets = {
+        a: [(0, 0)],
+        b: [(0, CHUNK), (1, CHUNK)],  # shared by both files
+        c: [(0, 2 * CHUNK)],
+        d: [(1, 0)],
+    }
+    with reader.opened():
+        staging.fetch(reader, targets)
+    assert staging.content(0) == pa + pb + pc
+    assert staging.content(1) == pd + pb
+    assert staging.tracker.done == 5 * CHUNK
+
+
+def test_blobs_next_to_each_other_in_frame_and_file_become_one_piece(
+    repo: Repository,
+) -> None:
+    (a, b, c, d), (pa, pb, pc, pd) = honest(repo, 4)
+    reader = RepositoryReader(repo)
+    targets = {
+        a: [(0, 0)],
+        b: [(0, CHUNK)],
+        c: [(0, 2 * CHUNK)],
+        d: [(1, 0), (1, 5 * CHUNK)],
+    }
+    with reader.opened():
+        (job,) = fetch_plan(targets, reader.locate(targets)).ranges
+        (frame,) = reader.frames(job)
+        pieces: list[Piece] = []
+        frame_pieces(reader, frame, job.frames[0].blobs, targets, pieces)
+    assert sorted((file, offset, bytes(data)) for file, offset, data in pieces) == [
+        (0, 0, pa + pb + pc),
+        (1, 0, pd),
+        (1, 5 * CHUNK, pd),
+    ]
+
+
+def test_a_substituted_blob_is_refused_even_inside_a_run(
+    repo: Repository, staging: Staging
+) -> None:
+    """A key holder's frame whose authenticated member table names blob X while its bytes
+    are the attacker's: refused although its neighbours are honest and adjacent."""
+    good = [random.Random(n).randbytes(CHUNK) for n in range(2)]
+    claimed = repo.sealer.blob_id(b"the honest content")
+    ids = [repo.sealer.blob_id(good[0]), claimed, repo.sealer.blob_id(good[1])]
+    save_frame(repo, ids, [good[0], EVIL, good[1]])
+    reader = RepositoryReader(repo)
+    targets = {
+        ids[0]: [(0, 0)],
+        claimed: [(0, CHUNK)],
+        ids[2]: [(0, CHUNK + len(EVIL))],
+    }
+    with reader.opened(), pytest.raises(RepositoryDamaged, match="does not match its id"):
+        staging.fetch(reader, targets)
+    assert EVIL not in staging.content(0)
+
+
+def test_only_the_blobs_wanted_from_a_frame_are_cut_and_checked(
+    repo: Repository, staging: Staging
+) -> None:
+    good = random.Random(7).randbytes(CHUNK)
+    claimed = repo.sealer.blob_id(b"something else")
+    save_frame(repo, [claimed, repo.sealer.blob_id(good)], [EVIL, good])
+    reader = RepositoryReader(repo)
+    with reader.opened():
+        staging.fetch(reader, {repo.sealer.blob_id(good): [(1, CHUNK)]})
+    assert staging.content(1)[CHUNK:] == good
+
+
+def pack_file(store: Path) -> Path:
+    (path,) = [path for path in (store / "data").rglob("*") if path.is_file()]
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda pack: pack.unlink(), "is missing"),
+        (lambda pack: pack.write_bytes(pack.read_bytes()[:100]), "is truncated"),
+        (
+            lambda pack: pack.write_bytes(b"\0" * 64 + pack.read_bytes()[64:]),
+            "is damaged",
+        ),
+    ],
+    ids=["missing", "truncated", "overwritten"],
+)
+def test_a_damaged_pack_is_reported_as_damage(
+    repo: Repository,
+    store: Path,
+    staging: Staging,
+    damage: Callable[[Path], object],
+    message: str,
+) -> None:
+    ids, _ = honest(repo, 2)
+    reader = RepositoryReader(repo)
+    with reader.opened():
+        damage(pack_file(store))
+        with pytest.raises(RepositoryDamaged, match=message):
+            staging.fetch(reader, {ids[0]: [(0, 0)]})
+
+
+def test_a_blob_the_index_does_not_know_is_damage(repo: Repository, staging: Staging) -> None:
+    honest(repo, 1)
+    reader = RepositoryReader(repo)
+    with reader.opened(), pytest.raises(RepositoryDamaged, match="is not in the index"):
+        staging.fetch(reader, {bytes(32): [(0, 0)]})
+
+
+def test_chunk_lists_are_read_verified(repo: Repository) -> None:
+    ids, _ = honest(repo, 2)
+    chunk_list = encode_chunk_list([(ids[0], CHUNK), (ids[1], CHUNK)])
+    list_id = repo.sealer.blob_id(chunk_list)
+    writer = repo.pack_writer()
+    writer.add(BlobType.TREE, list_id, chunk_list)
+    writer.flush()
+    writer.close()
+    reader = RepositoryReader(repo)
+    entry = FileEntry("db", "file", size=2 * CHUNK)
+    with reader.opened():
+        assert reader.chunk_list(entry, list_id.hex()) == [(ids[0], CHUNK), (ids[1], CHUNK)]
+        with pytest.raises(RepositoryDamaged, match="cannot restore db"):
+            reader.chunk_list(entry, "00" * 32)
