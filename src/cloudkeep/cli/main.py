@@ -17,6 +17,7 @@ import typer
 
 from cloudkeep import __version__
 from cloudkeep.allocator import keep_freed_memory
+from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.cli.output import error, notice, print_json, progress_bar
 from cloudkeep.cli.params import FastCommand, FastGroup
 from cloudkeep.errors import CloudkeepError
@@ -366,7 +367,7 @@ def _run() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except CloudkeepError as exc:
         error(f"cloudkeep: error: {exc}")
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code_for(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
