@@ -1,8 +1,9 @@
 """Errors as text/plain responses with the status codes the SDKs document.
 
 Every expected failure is a ``CloudkeepError``; ``HTTP_STATUSES`` maps its class to a
-status and ``_HINTS`` adds a line saying what to do. Anything else is a bug: 500, logged with a trace id that
-the client also receives, so a report can be matched to the traceback.
+status and ``_HINTS`` adds a line saying what to do. Anything else is a bug: 500,
+logged with a trace id that the client also receives, so a report can be matched to
+the traceback.
 """
 
 from __future__ import annotations
