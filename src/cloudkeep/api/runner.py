@@ -27,7 +27,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from cloudkeep.errors import CloudkeepError
@@ -36,6 +35,8 @@ from cloudkeep.settings import Settings
 from cloudkeep.snapshot.progress import Progress, ProgressFn
 
 if TYPE_CHECKING:
+    # Connection on POSIX, PipeConnection on Windows.
+    from multiprocessing.connection import _ConnectionBase as Connection
     from multiprocessing.context import SpawnProcess
 
     from cloudkeep.workspace import Workspace
