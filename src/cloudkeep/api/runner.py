@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import multiprocessing
 import os
 import pickle
@@ -51,8 +50,6 @@ __all__ = [
     "ProgressReport",
     "Run",
 ]
-
-log = logging.getLogger("cloudkeep.api")
 
 _POLL = 0.05  # seconds between checks of the cancel flag while waiting for the worker
 _PROGRESS_STEP = 0.1  # percent; finer updates are not worth a pipe message
