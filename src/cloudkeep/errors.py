@@ -1,4 +1,5 @@
-"""Errors a user can act on. Front ends map each class to one exit code / HTTP status.
+"""Errors a user can act on. The front ends map each class to an exit code or HTTP status
+(``cli/errors.py``, ``api/errors.py``); a subclass gets its nearest mapped base's.
 
 Every message is one line that says what happened and what to do; none ever
 contains a passphrase or key material.
@@ -9,9 +10,6 @@ from __future__ import annotations
 
 class CloudkeepError(Exception):
     """Base of every expected failure (never shown with a traceback)."""
-
-    exit_code = 1
-    http_status = 400
 
 
 class UserError(CloudkeepError):
@@ -25,43 +23,29 @@ class ConfigurationError(UserError):
 class RepositoryNotFound(CloudkeepError):
     """No repository at the store (run ``cloudkeep init`` or ``backup``)."""
 
-    http_status = 511
-
 
 class RepositoryExists(UserError):
     """``init`` on a store that already holds a repository."""
-
-    http_status = 409
 
 
 class WrongPassphrase(CloudkeepError):
     """No key file of the repository opens with the given passphrase."""
 
-    http_status = 511
-
 
 class RepositoryChanged(CloudkeepError):
     """The store holds another repository or key than the one this device joined."""
-
-    http_status = 409
 
 
 class KeyMissing(CloudkeepError):
     """No passphrase or key file is available to open the repository."""
 
-    http_status = 511
-
 
 class FormatTooNew(CloudkeepError):
     """The repository or a backup was written by a newer cloudkeep."""
 
-    http_status = 505
-
 
 class SnapshotNotFound(UserError):
     """No backup with that id in the store."""
-
-    http_status = 404
 
 
 class InvalidSnapshotId(SnapshotNotFound):
@@ -71,19 +55,13 @@ class InvalidSnapshotId(SnapshotNotFound):
 class Busy(CloudkeepError):
     """Another operation on the same data is running."""
 
-    http_status = 409
-
 
 class TooManyJobs(Busy):
     """The server's queue of backups and restores is full."""
 
-    http_status = 429
-
 
 class Canceled(CloudkeepError):
     """The operation was canceled on request."""
-
-    http_status = 409
 
 
 class DataSourceError(UserError):
@@ -93,15 +71,9 @@ class DataSourceError(UserError):
 class RepositoryDamaged(CloudkeepError):
     """Stored data failed verification (missing, truncated or tampered objects)."""
 
-    exit_code = 2
-    http_status = 500
-
 
 class StoreUnreachable(CloudkeepError):
     """The store could not be reached within the retry budget."""
-
-    exit_code = 3
-    http_status = 503
 
 
 class UnsafeBackup(RepositoryDamaged):
@@ -110,5 +82,3 @@ class UnsafeBackup(RepositoryDamaged):
 
 class DataInUse(UserError):
     """The live data is open in another program: restoring over it would lose its writes."""
-
-    http_status = 409

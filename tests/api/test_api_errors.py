@@ -9,6 +9,10 @@ import pytest
 from api_helpers import ApiServer, StartServer
 from pieces_os_client.exceptions import ApiException
 
+from cloudkeep import errors
+from cloudkeep.api.errors import status_for
+from cloudkeep.storage import base as storage_base
+
 NOTES = ["one", "two"]
 
 
@@ -166,3 +170,46 @@ def test_oversized_body_is_413(server: ApiServer) -> None:
         )  # type: ignore[arg-type]
         assert_text(chunked, 413, "too large")
         assert http.get("/backups").json() == {"iterable": []}  # nothing was started
+
+
+# ---- units ---------------------------------------------------------------------------
+
+STATUSES = {
+    errors.CloudkeepError: 400,
+    errors.UserError: 400,
+    errors.DataSourceError: 400,
+    errors.ConfigurationError: 511,
+    errors.RepositoryNotFound: 511,
+    errors.WrongPassphrase: 511,
+    errors.KeyMissing: 511,
+    errors.RepositoryExists: 409,
+    errors.RepositoryChanged: 409,
+    errors.DataInUse: 409,
+    errors.Busy: 409,
+    errors.Canceled: 409,
+    errors.TooManyJobs: 429,
+    errors.SnapshotNotFound: 404,
+    errors.InvalidSnapshotId: 404,
+    errors.FormatTooNew: 505,
+    errors.RepositoryDamaged: 500,
+    errors.UnsafeBackup: 500,
+    errors.StoreUnreachable: 503,
+    storage_base.StorageError: 400,
+    storage_base.ObjectNotFound: 400,
+    storage_base.ObjectExists: 400,
+    storage_base.StorageUnavailable: 503,  # a StorageError and a StoreUnreachable
+    storage_base.StoreRejected: 503,
+}
+
+
+@pytest.mark.parametrize("kind", list(STATUSES), ids=lambda kind: kind.__name__)
+def test_status_of_every_error_class(kind: type[errors.CloudkeepError]) -> None:
+    assert status_for(kind("x")) == STATUSES[kind]
+
+
+def test_a_new_subclass_answers_its_nearest_mapped_base() -> None:
+    class Stale(errors.RepositoryChanged):
+        pass
+
+    assert status_for(Stale("x")) == 409
+    assert not hasattr(errors.RepositoryChanged, "http_status")  # the engine knows no statuses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -267,3 +268,68 @@ def test_app_key_storage(tmp_path: os.PathLike[str]) -> None:
     assert not verifier.verify(first) and verifier.verify(second)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def _app_key_cli(server: ApiServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cloudkeep", "app-key", *args],
+        env=cli_env(server),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_app_key_list_and_revoke_on_a_running_server(start_server: StartServer) -> None:
+    server = start_server(notes=NOTES, args=("--require-app-key",))
+    laptop = _app_key_cli(server, "create", "--label", "laptop").stdout.strip().splitlines()[-1]
+    phone = _app_key_cli(server, "create", "--label", "phone").stdout.strip().splitlines()[-1]
+    assert laptop.startswith("ck_") and phone.startswith("ck_")
+    with server.http() as http:
+        for key in (laptop, phone):
+            assert http.get("/backups", headers={"X-Application-ID": key}).status_code == 200
+
+    listed = _app_key_cli(server, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert [line.split()[-1] for line in lines] == ["laptop", "phone"]
+    assert all(line.split()[3] == "UTC" for line in lines)  # id, date, time, UTC, label
+    document = json.loads(key_file(server.config_dir).read_text())
+    stored = {entry["sha256"] for entry in document["keys"]}
+    for secret in (laptop, phone, *stored):
+        assert secret not in listed.stdout
+    laptop_id = lines[0].split()[0]
+
+    revoked = _app_key_cli(server, "revoke", laptop_id)
+    assert revoked.returncode == 0 and laptop_id in revoked.stdout
+    # The running server refuses the revoked key at its next request, and only that key.
+    with server.http() as http:
+        refused = http.get("/backups", headers={"X-Application-ID": laptop})
+        assert refused.status_code == 401
+        assert http.get("/backups", headers={"X-Application-ID": phone}).status_code == 200
+    assert [line.split()[-1] for line in _app_key_cli(server, "list").stdout.splitlines()] == [
+        "phone"
+    ]
+
+    unknown = _app_key_cli(server, "revoke", laptop_id)
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines() == [
+        f"cloudkeep: error: no application key with id {laptop_id!r} "
+        "(see 'cloudkeep app-key list')"
+    ]
+    assert "Traceback" not in unknown.stderr
+
+
+def test_app_key_list_without_keys(tmp_path: os.PathLike[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
+    env["CLOUDKEEP_CONFIG_DIR"] = str(tmp_path)
+    listed = subprocess.run(
+        [sys.executable, "-m", "cloudkeep", "app-key", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0 and "no application keys" in listed.stdout

@@ -13,6 +13,7 @@ from functools import partial
 from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
 from cloudkeep.api.protocol import DEFAULT_REQUEST_TIMEOUT
 from cloudkeep.api.server import serve
+from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.settings import Settings
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CloudkeepError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         return 130
     return 0

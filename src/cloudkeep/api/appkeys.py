@@ -103,20 +103,22 @@ def revoke_app_key(config_dir: Path, key_id: str) -> bool:
 class AppKeyVerifier:
     """Checks presented keys against the stored digests; rereads the file when it changes.
 
-    Rereading lets ``app-key create`` take effect without restarting the server.
+    Rereading lets ``app-key create`` and ``app-key revoke`` take effect without
+    restarting the server. Every write replaces the file (a new inode), so the inode
+    joins size and mtime in telling a changed file from the one already read.
     """
 
     def __init__(self, config_dir: Path) -> None:
         self._path = key_file(config_dir)
         self._config_dir = Path(config_dir)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._digests: list[bytes] = []
 
     def _current(self) -> list[bytes]:
         try:
             stat = self._path.stat()
-            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+            stamp: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             stamp = None
         with self._lock:

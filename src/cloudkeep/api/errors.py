@@ -1,9 +1,9 @@
 """Errors as text/plain responses with the status codes the SDKs document.
 
-Every expected failure is a ``CloudkeepError`` whose ``http_status`` says what it is;
-this module only adjusts the few whose meaning differs for an HTTP client and adds
-a line saying what to do. Anything else is a bug: 500, logged with a trace id that
-the client also receives, so a report can be matched to the traceback.
+Every expected failure is a ``CloudkeepError``; ``HTTP_STATUSES`` maps its class to a
+status and ``_HINTS`` adds a line saying what to do. Anything else is a bug: 500,
+logged with a trace id that the client also receives, so a report can be matched to
+the traceback.
 """
 
 from __future__ import annotations
@@ -24,15 +24,21 @@ from cloudkeep.errors import (
     Canceled,
     CloudkeepError,
     ConfigurationError,
+    DataInUse,
     FormatTooNew,
     KeyMissing,
+    RepositoryChanged,
+    RepositoryDamaged,
+    RepositoryExists,
     RepositoryNotFound,
+    SnapshotNotFound,
     StoreUnreachable,
     TooManyJobs,
     WrongPassphrase,
 )
 
 __all__ = [
+    "HTTP_STATUSES",
     "RETRY_AFTER",
     "ApiError",
     "CatchAllMiddleware",
@@ -47,6 +53,27 @@ log = logging.getLogger("cloudkeep.api")
 
 # Seconds a client refused for a full job queue is told to wait (Retry-After).
 RETRY_AFTER = 30
+
+#: Looked up along the error's MRO: a subclass answers its nearest listed base's status.
+#: A server whose store or passphrase is unusable cannot be fixed by the client's
+#: request: that is 511 ("connect to your cloud"), not a 400.
+HTTP_STATUSES: dict[type, int] = {
+    CloudkeepError: 400,
+    ConfigurationError: 511,
+    RepositoryNotFound: 511,
+    WrongPassphrase: 511,
+    KeyMissing: 511,
+    RepositoryExists: 409,
+    RepositoryChanged: 409,
+    DataInUse: 409,
+    Busy: 409,
+    Canceled: 409,
+    TooManyJobs: 429,
+    SnapshotNotFound: 404,
+    FormatTooNew: 505,
+    RepositoryDamaged: 500,
+    StoreUnreachable: 503,
+}
 
 _HINTS: tuple[tuple[type[CloudkeepError], str], ...] = (
     (
@@ -89,16 +116,12 @@ class ApiError(Exception):
 
 
 def status_for(exc: CloudkeepError) -> int:
-    """The HTTP status of an engine error.
-
-    A server whose store or passphrase is unusable cannot be fixed by the client's
-    request: that is 511 ("connect to your cloud"), not a 400.
-    """
-    if isinstance(exc, ConfigurationError):
-        return 511
-    if isinstance(exc, Canceled):
-        return 409
-    return int(getattr(exc, "http_status", 500) or 500)
+    """The HTTP status of an engine error: that of the first class of its MRO listed."""
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUSES.get(cls)
+        if status is not None:
+            return status
+    return HTTP_STATUSES[CloudkeepError]
 
 
 def error_text(exc: CloudkeepError) -> str:

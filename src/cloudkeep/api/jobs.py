@@ -1,34 +1,47 @@
-"""Creations and restorations as background jobs, with progress fanned out to listeners.
+"""Operations as background jobs: ordered by the resources they use, progress fanned out.
 
-One worker thread runs the jobs in FIFO order, so backups are serialized and a restore
-never overlaps a backup of the same data (a request that arrives while another job
-runs is queued, visible as INITIALIZED). The queue is bounded: beyond ``max_queued``
-waiting jobs a submission raises ``TooManyJobs`` (HTTP 429). The engine is blocking;
-nothing here ever runs it on the event loop. Listeners live on the event loop and
-receive immutable snapshots through ``call_soon_threadsafe``; a listener that goes
-away does not affect the job: only an explicit cancel does.
+Any thread may submit (a request handler, a scheduler thread): nothing here needs an
+event loop. Jobs start in submission order, each in a thread of its own, and a job
+waits while an earlier unfinished job uses a resource it uses (``Operation.uses``):
+backups and restores of the live data never overlap, nor do prunes and checks, while
+a delete (which uses none) starts at once; their store work is ordered by the
+repository lock, as between devices. A job waiting to start is INITIALIZED; beyond
+``max_queued`` of them a submission raises ``TooManyJobs`` (HTTP 429).
+
+Listeners are plain callables, called with the manager's lock held (from whichever
+thread changed the job) with immutable wire snapshots; they must only hand them on
+(``streaming.Subscription`` bridges them to an event loop). A listener that goes away
+does not affect the job: only an explicit cancel does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import queue
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from cloudkeep import __version__
 from cloudkeep.errors import Canceled, CloudkeepError, TooManyJobs
-from cloudkeep.wire import (
+from cloudkeep.operations import (
     Backup,
+    BackupResult,
+    Operation,
+    OperationResult,
+    Resource,
+    Restore,
+    RestoreResult,
+)
+from cloudkeep.snapshot.progress import Progress, ProgressFn
+from cloudkeep.wire import (
+    Backup as WireBackup,
+)
+from cloudkeep.wire import (
     BackupsStreamedProgress,
     BackupStatus,
     BackupStatusEnum,
@@ -39,16 +52,15 @@ from cloudkeep.wire import (
     grouped_timestamp,
 )
 
-if TYPE_CHECKING:
-    from cloudkeep.workspace import BackupInfo, Progress
-
 __all__ = [
     "DEFAULT_MAX_QUEUED",
-    "Engine",
+    "JOB_PREFIX",
+    "TERMINAL",
     "Job",
-    "JobKind",
     "JobManager",
-    "Subscription",
+    "Listener",
+    "Runner",
+    "Status",
     "new_trace_id",
 ]
 
@@ -58,13 +70,15 @@ Status = ModelDownloadProgressStatusEnum
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 JOB_PREFIX = "job-"
 _HISTORY = 1000
-# Jobs waiting behind the running one. Each is a whole backup or restore run in turn,
-# so more than this is a client looping, not a user asking.
+# Jobs waiting to start. Each is a whole backup or restore run in turn, so more than
+# this is a client looping, not a user asking.
 DEFAULT_MAX_QUEUED = 16
 # Publish an IN-PROGRESS event only when the percentage rose by this much, or this long
 # passed since the last one: enough for a smooth bar, few enough for slow clients.
 _MIN_STEP = 0.5
 _MIN_INTERVAL = 0.25
+
+Listener = Callable[[Any], None]
 
 
 def new_trace_id() -> str:
@@ -72,46 +86,45 @@ def new_trace_id() -> str:
     return secrets.token_hex(6)
 
 
-class Engine(Protocol):
-    """The part of ``cloudkeep.workspace.Workspace`` the jobs drive."""
+class Runner(Protocol):
+    """Runs one operation to its result (in this process, or in the engine process)."""
 
-    def backup(
+    def __call__(
         self,
-        progress: Callable[[Progress], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> BackupInfo: ...
-
-    def restore(
-        self,
-        backup_id: str,
-        target: Any = None,
-        progress: Callable[[Progress], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> BackupInfo: ...
+        operation: Operation[OperationResult],
+        progress: ProgressFn | None,
+        cancel: threading.Event,
+        job_id: str,
+    ) -> OperationResult: ...
 
 
-class JobKind(StrEnum):
-    CREATION = "creation"
-    RESTORATION = "restoration"
-
-
-@dataclass
+@dataclass(eq=False)
 class Job:
-    """Mutable state, only changed by the manager under its lock."""
+    """Mutable state, only changed by the manager under its lock.
+
+    ``backup`` is the wire Backup the job's events carry: the backup a restore or delete
+    acts on, a provisional one named by the job id for a creation until it completes.
+    """
 
     id: str
-    kind: JobKind
-    backup: Backup
+    operation: Operation[OperationResult]
+    backup: WireBackup
     status: Status = Status.INITIALIZED
     percentage: float = 0.0
     reason: str | None = None
+    result: OperationResult | None = None
     error: CloudkeepError | None = None
     trace_id: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
-    subscribers: set[Subscription] = field(default_factory=set)
+    listeners: set[Listener] = field(default_factory=set)
     published_at: float = 0.0
     published_percentage: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """What the job does, for messages: "backup", "restore", "delete"..."""
+        return type(self.operation).__name__.lower()
 
     @property
     def terminal(self) -> bool:
@@ -134,65 +147,77 @@ class Job:
         )
 
 
-class Subscription:
-    """An event-loop-side queue fed from any thread."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def push(self, item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # loop closed: the listener is gone
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    async def get(self) -> Any:
-        return await self._queue.get()
-
-
 class JobManager:
-    """Queue, worker thread, job registry and progress fan-out."""
+    """Job registry, resource-ordered start, cancellation and progress fan-out."""
 
     def __init__(
         self,
-        engine: Callable[[], Engine],
+        run: Runner,
         *,
         device_name: Callable[[], str],
         platform: PlatformEnum,
-        on_created: Callable[[BackupInfo], None] | None = None,
+        on_completed: Callable[[Job, OperationResult], None] | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
-        self._engine = engine
+        self._run = run
         self.max_queued = max_queued
         self._device_name = device_name
         self._platform = platform
-        self._on_created = on_created
+        self._on_completed = on_completed
         self._lock = threading.RLock()
-        self._queue: queue.Queue[Job | None] = queue.Queue()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._by_backup: dict[tuple[JobKind, str], Job] = {}
-        self._watchers: set[Subscription] = set()
-        self._worker: threading.Thread | None = None
+        self._by_subject: dict[tuple[type, str], Job] = {}
+        self._waiting: list[Job] = []
+        self._running: dict[Job, threading.Thread] = {}
+        self._watchers: set[Listener] = set()
+        self._started = False
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._run, name="cloudkeep-jobs", daemon=True)
-            self._worker.start()
+        """Start running jobs (those submitted before wait until now)."""
+        with self._lock:
+            self._started = True
+            self._dispatch()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything (the engine leaves no partial backup) and wait for the worker."""
+        """Cancel everything (the engine leaves no partial backup) and wait for the jobs."""
+        with self._lock:
+            self._started = False
         self.cancel_all()
-        self._queue.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout)
-            self._worker = None
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._running.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- submission --------------------------------------------------------------
-    def submit_creation(self, loop: asyncio.AbstractEventLoop) -> tuple[Job, Subscription]:
-        """Queue a backup; its provisional Backup carries the job id until the final id."""
+    def submit(
+        self,
+        operation: Operation[OperationResult],
+        *,
+        subject: WireBackup | None = None,
+        listener: Listener | None = None,
+    ) -> Job:
+        """Queue ``operation``; from any thread. ``listener`` gets every event of the job,
+        starting with INITIALIZED. ``subject`` is the wire Backup its events carry
+        (default: a provisional one named by the job id)."""
         job_id = f"{JOB_PREFIX}{secrets.token_hex(8)}"
+        job = Job(job_id, operation, subject or self._provisional(job_id))
+        with self._lock:
+            if operation.uses:  # a job that uses nothing never waits: no room needed
+                self.check_room()
+            if listener is not None:
+                job.listeners.add(listener)
+                listener(job.progress())
+            self._remember(job)
+            self._waiting.append(job)
+            self._notify_watchers(job)
+            self._dispatch()
+        return job
+
+    def _provisional(self, job_id: str) -> WireBackup:
         now = datetime.now(UTC)
-        provisional = Backup(
+        return WireBackup(
             id=job_id,
             version=__version__,
             timestamp=str(int(now.timestamp() * 1_000_000)),
@@ -201,135 +226,123 @@ class JobManager:
             device_name=self._device_name(),
             platform=self._platform,
         )
-        return self._submit(Job(job_id, JobKind.CREATION, provisional), loop)
-
-    def submit_restoration(
-        self, backup: Backup, loop: asyncio.AbstractEventLoop
-    ) -> tuple[Job, Subscription]:
-        job = Job(f"{JOB_PREFIX}{secrets.token_hex(8)}", JobKind.RESTORATION, backup)
-        return self._submit(job, loop)
 
     def check_room(self) -> None:
         """Raise ``TooManyJobs`` if the queue is full (before accepting a WebSocket, say)."""
         with self._lock:
-            waiting = sum(1 for j in self._jobs.values() if j.status is Status.INITIALIZED)
+            waiting = len(self._waiting)
             if waiting >= self.max_queued:
                 raise TooManyJobs(
                     f"Too many jobs: {waiting} backups and restores are already waiting to run"
                 )
 
-    def _submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> tuple[Job, Subscription]:
-        subscription = Subscription(loop)
-        with self._lock:
-            self.check_room()
-            job.subscribers.add(subscription)
-            self._remember(job)
-            subscription.push(job.progress())
-            self._notify_watchers(job)
-        self._queue.put(job)
-        return job, subscription
-
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job
-        key_id = job.backup.id if job.kind is JobKind.RESTORATION else job.id
-        self._by_backup[(job.kind, key_id)] = job
+        self._by_subject[(type(job.operation), job.backup.id)] = job
         while len(self._jobs) > _HISTORY:
             oldest_id, oldest = next(iter(self._jobs.items()))
             if not oldest.terminal:
                 break
             del self._jobs[oldest_id]
-            for key in [k for k, v in self._by_backup.items() if v is oldest]:
-                del self._by_backup[key]
+            for key in [k for k, v in self._by_subject.items() if v is oldest]:
+                del self._by_subject[key]
 
     # -- lookups -----------------------------------------------------------------
-    def find(self, kind: JobKind, ident: str) -> Job | None:
-        """By job id, or by backup id (final id of a creation, subject of a restoration)."""
+    def find(self, kind: type[Operation[Any]], ident: str) -> Job | None:
+        """A job of this kind by job id, or by the id of the backup it acts on (the final
+        id of a completed backup)."""
         with self._lock:
             job = self._jobs.get(ident)
-            if job is not None and job.kind is kind:
+            if job is not None and type(job.operation) is kind:
                 return job
-            return self._by_backup.get((kind, ident))
+            return self._by_subject.get((kind, ident))
 
     def active(self) -> list[Job]:
         with self._lock:
             return [job for job in self._jobs.values() if not job.terminal]
 
     def snapshot_all(self, changed: Job | None = None) -> BackupsStreamedProgress:
-        """Every job not finished, plus ``changed`` (so listeners see how a job ended)."""
+        """Every backup and restore not finished, plus ``changed`` (so listeners see how a
+        job ended)."""
         with self._lock:
             jobs = [j for j in self._jobs.values() if not j.terminal or j is changed]
             return BackupsStreamedProgress(
-                backups=[j.progress() for j in jobs if j.kind is JobKind.CREATION],
-                restorations=[j.progress() for j in jobs if j.kind is JobKind.RESTORATION],
+                backups=[j.progress() for j in jobs if isinstance(j.operation, Backup)],
+                restorations=[j.progress() for j in jobs if isinstance(j.operation, Restore)],
             )
 
     # -- listening ---------------------------------------------------------------
-    async def events(
-        self, job: Job, subscription: Subscription
-    ) -> AsyncIterator[BackupStreamedProgress]:
-        """Snapshots of ``job`` from subscription on, ending with the terminal one."""
-        try:
-            while True:
-                event: BackupStreamedProgress = await subscription.get()
-                yield event
-                if event.status in TERMINAL:
-                    return
-        finally:
-            with self._lock:
-                job.subscribers.discard(subscription)
-
-    def watch(self, loop: asyncio.AbstractEventLoop) -> Subscription:
-        """Every change of every job, as BackupsStreamedProgress; starts with the current state."""
-        subscription = Subscription(loop)
+    def listen(self, job: Job, listener: Listener) -> None:
+        """``listener`` gets the job's current state now, then every change."""
         with self._lock:
-            self._watchers.add(subscription)
-            subscription.push(self.snapshot_all())
-        return subscription
+            job.listeners.add(listener)
+            listener(job.progress())
 
-    def unwatch(self, subscription: Subscription) -> None:
+    def unlisten(self, job: Job, listener: Listener) -> None:
         with self._lock:
-            self._watchers.discard(subscription)
+            job.listeners.discard(listener)
+
+    def watch(self, listener: Listener) -> None:
+        """Every change of every backup and restore as BackupsStreamedProgress; starts with
+        the current state."""
+        with self._lock:
+            self._watchers.add(listener)
+            listener(self.snapshot_all())
+
+    def unwatch(self, listener: Listener) -> None:
+        with self._lock:
+            self._watchers.discard(listener)
 
     # -- control -----------------------------------------------------------------
     def cancel(self, job: Job) -> None:
-        """A queued job ends CANCELED at once; a running one when the engine notices."""
+        """A waiting job ends CANCELED at once; a running one when the engine notices."""
         with self._lock:
             if job.terminal:
                 return
             job.cancel.set()
-            if job.status is Status.INITIALIZED:
+            if job in self._waiting:
+                self._waiting.remove(job)
                 self._finish(job, Status.CANCELED, reason="canceled on request before it started")
+                self._dispatch()
 
     def cancel_all(self) -> None:
-        """Cancel every queued and running job (the server is stopping)."""
+        """Cancel every waiting and running job (the server is stopping)."""
         for job in self.active():
             self.cancel(job)
 
-    # -- worker ------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            with self._lock:
-                if job.terminal:
-                    continue
-                if job.cancel.is_set():
-                    self._finish(job, Status.CANCELED, reason="canceled on request")
-                    continue
-                job.status = Status.IN_PROGRESS
-                self._publish(job)
-            self._execute(job)
+    # -- running -----------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Start every waiting job no running or earlier waiting job shares a resource with
+        (called with the lock held)."""
+        if not self._started:
+            return
+        taken: set[Resource] = set()
+        for running in self._running:
+            taken |= running.operation.uses
+        for job in list(self._waiting):
+            uses = job.operation.uses
+            if uses & taken:
+                taken |= uses  # later jobs using these wait behind this one
+                continue
+            taken |= uses
+            self._waiting.remove(job)
+            job.status = Status.IN_PROGRESS
+            self._publish(job)
+            thread = threading.Thread(target=self._execute, args=(job,), name=job.id, daemon=True)
+            self._running[job] = thread
+            thread.start()
 
     def _execute(self, job: Job) -> None:
         try:
-            engine = self._engine()
-            if job.kind is JobKind.CREATION:
-                info = engine.backup(progress=self._progress_callback(job), cancel=job.cancel)
-            else:
-                info = engine.restore(
-                    job.backup.id, None, progress=self._progress_callback(job), cancel=job.cancel
-                )
+            self._outcome(job)
+        finally:
+            with self._lock:
+                self._running.pop(job, None)
+                self._dispatch()
+
+    def _outcome(self, job: Job) -> None:
+        try:
+            result = self._run(job.operation, self._progress_callback(job), job.cancel, job.id)
         except Canceled:
             with self._lock:
                 self._finish(job, Status.CANCELED, reason="canceled on request")
@@ -339,7 +352,7 @@ class JobManager:
                 self._finish(job, Status.FAILED, reason=str(exc) or type(exc).__name__)
         except Exception:
             trace_id = new_trace_id()
-            log.exception("%s %s failed [trace %s]", job.kind.value, job.id, trace_id)
+            log.exception("%s %s failed [trace %s]", job.name, job.id, trace_id)
             with self._lock:
                 job.trace_id = trace_id
                 self._finish(
@@ -348,23 +361,20 @@ class JobManager:
                     reason=f"internal error (trace id {trace_id}); see the server log",
                 )
         else:
-            backup = backup_from_info(info)
-            if job.kind is JobKind.CREATION:
-                for warning in info.warnings:
-                    log.warning("backup %s: %s", backup.id, warning)
-            if job.kind is JobKind.CREATION and self._on_created is not None:
+            if self._on_completed is not None:
                 try:
-                    self._on_created(info)
-                except Exception:  # a cache problem must not turn a good backup into FAILED
-                    log.exception("updating the backup list after %s failed", backup.id)
+                    self._on_completed(job, result)
+                except Exception:  # a cache problem must not turn a good job into FAILED
+                    log.exception("bookkeeping after %s %s failed", job.name, job.id)
             with self._lock:
-                job.backup = backup
-                if job.kind is JobKind.CREATION:
-                    self._by_backup[(JobKind.CREATION, backup.id)] = job
+                job.result = result
+                if isinstance(result, BackupResult | RestoreResult):
+                    job.backup = backup_from_info(result.info)
+                    self._by_subject[(type(job.operation), job.backup.id)] = job
                 job.percentage = 100.0
                 self._finish(job, Status.COMPLETED)
 
-    def _progress_callback(self, job: Job) -> Callable[[Progress], None]:
+    def _progress_callback(self, job: Job) -> ProgressFn:
         """Engine progress → monotonic percentage, held below 100 until the job ends.
 
         Phases may each run from 0 to 100; the percentage shown never goes back.
@@ -398,12 +408,12 @@ class JobManager:
         job.published_at = time.monotonic()
         job.published_percentage = job.percentage
         event = job.progress()
-        for subscription in job.subscribers:
-            subscription.push(event)
+        for listener in list(job.listeners):
+            listener(event)
         self._notify_watchers(job)
 
     def _notify_watchers(self, job: Job) -> None:
-        if self._watchers:
+        if self._watchers and isinstance(job.operation, Backup | Restore):
             snapshot = self.snapshot_all(changed=job)
-            for subscription in self._watchers:
-                subscription.push(snapshot)
+            for listener in list(self._watchers):
+                listener(snapshot)

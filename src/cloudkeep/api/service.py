@@ -1,7 +1,8 @@
 """What the routes talk to: the engine (opened lazily), the list cache and the jobs.
 
-Reads (list, get, delete) use an in-process Workspace from a thread pool; backups and
-restores run in child processes (see ``runner``) so they never slow the event loop.
+Reads (list, get) use an in-process Workspace from a thread pool; every operation
+(backup, restore, delete) is a job, run in the engine process (see ``runner``) so it
+never slows the event loop.
 
 The Workspace is opened on first use, not at startup, so a server whose store or
 passphrase is not usable yet still starts and answers every request with a 511
@@ -11,33 +12,36 @@ that says what to fix, instead of refusing to run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
+from cloudkeep import operations
 from cloudkeep.api.cache import BackupListCache
 from cloudkeep.api.errors import ApiError
 from cloudkeep.api.jobs import (
     DEFAULT_MAX_QUEUED,
     JOB_PREFIX,
-    Engine,
+    TERMINAL,
     Job,
-    JobKind,
     JobManager,
-    Subscription,
+    Listener,
+    Runner,
+    Status,
 )
 from cloudkeep.api.runner import ProcessEngine
+from cloudkeep.api.streaming import Subscription
 from cloudkeep.errors import (
     CloudkeepError,
     InvalidSnapshotId,
     RepositoryNotFound,
     SnapshotNotFound,
 )
+from cloudkeep.operations import Operation, OperationResult
+from cloudkeep.snapshot.progress import ProgressFn
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
@@ -67,12 +71,12 @@ def validate_id(value: str) -> str:
 _DELETE_POLL = 0.1  # seconds between checks that a deleted backup's manifest is gone
 
 
-def _log_late_failure(backup_id: str) -> Callable[[asyncio.Future[None]], None]:
-    """After the answer was sent, a failure of the background reclaim can only be logged."""
+def _log_late_failure(backup_id: str) -> Listener:
+    """After the answer was sent, a failure of the delete's space reclaim can only be logged."""
 
-    def report(future: asyncio.Future[None]) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            log.warning("space reclaim after deleting %s failed: %s", backup_id, future.exception())
+    def report(event: Any) -> None:
+        if event.status is Status.FAILED:
+            log.warning("space reclaim after deleting %s failed: %s", backup_id, event.reason)
 
     return report
 
@@ -82,7 +86,7 @@ def _not_found(backup_id: str) -> ApiError:
 
 
 class BackupService:
-    """One per app; owns the worker thread (``start``/``stop`` from the lifespan)."""
+    """One per app; owns the jobs and the engine process (``start``/``stop`` from the lifespan)."""
 
     def __init__(
         self,
@@ -96,17 +100,16 @@ class BackupService:
         self._workspace: Workspace | None = None
         self._workspace_lock = threading.Lock()
         self.cache = BackupListCache(self._load_list, ttl=list_ttl)
-        engine: Callable[[], Engine] = self.workspace
+        run: Runner = self._run_here
         self._process_engine: ProcessEngine | None = None
         if jobs_in_subprocess:
-            process_engine = ProcessEngine(settings)
-            self._process_engine = process_engine
-            engine = lambda: process_engine  # noqa: E731
+            self._process_engine = ProcessEngine(settings)
+            run = self._process_engine.run
         self.jobs = JobManager(
-            engine,
+            run,
             device_name=self._device_name,
             platform=current_platform(),
-            on_created=lambda info: self.cache.add(backup_from_info(info)),
+            on_completed=self._completed,
             max_queued=max_queued_jobs,
         )
 
@@ -119,6 +122,24 @@ class BackupService:
 
                 self._workspace = Workspace(self.settings)
             return self._workspace
+
+    def _run_here(
+        self,
+        operation: Operation[OperationResult],
+        progress: ProgressFn | None,
+        cancel: threading.Event,
+        job_id: str,
+    ) -> OperationResult:
+        return operations.run(operation, self.workspace(), progress, cancel)
+
+    def _completed(self, job: Job, result: OperationResult) -> None:
+        """Keep the list cache in step with what a job changed (before it says COMPLETED)."""
+        if isinstance(result, operations.BackupResult):
+            for warning in result.info.warnings:
+                log.warning("backup %s: %s", result.info.id, warning)
+            self.cache.add(backup_from_info(result.info))
+        elif isinstance(result, operations.DeleteResult):
+            self.cache.remove(result.backup_id)
 
     def _device_name(self) -> str:
         name: Any = getattr(self.settings, "device_name", None)
@@ -174,54 +195,50 @@ class BackupService:
         return self.workspace().get(backup_id)
 
     # -- changes -----------------------------------------------------------------
+    def _submit(
+        self, operation: Operation[OperationResult], subject: Backup | None = None
+    ) -> tuple[Job, Subscription]:
+        subscription = Subscription(asyncio.get_running_loop())
+        job = self.jobs.submit(operation, subject=subject, listener=subscription.push)
+        return job, subscription
+
     async def delete(self, backup_id: str) -> None:
-        """Delete, answering as soon as the backup is gone from the store.
+        """Queue a Delete job and answer as soon as the backup is gone from the store.
 
-        ``Workspace.delete`` removes the manifest and then reclaims space under the
-        exclusive repository lock, which waits (up to 30 s) for a running backup. The
-        backup is deleted the moment its manifest is gone, so the request is answered
-        then and the reclaim finishes in the background.
+        The job removes the manifest and then reclaims space under the exclusive
+        repository lock, which waits (up to 30 s) for a running backup. The backup is
+        deleted the moment its manifest is gone, so the request is answered then and
+        the reclaim finishes in the background.
         """
-        await self.get(backup_id)  # 404 now for an id that does not exist
-        loop = asyncio.get_running_loop()
-        finished: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if finished.done():
-                return
-            if error is None:
-                finished.set_result(None)
-            else:
-                finished.set_exception(error)
-
-        def run() -> None:
-            outcome: BaseException | None = None
-            try:
-                self.workspace().delete(backup_id)
-            except BaseException as exc:
-                outcome = exc
-                if not isinstance(exc, CloudkeepError):
-                    log.exception("deleting %s failed", backup_id)
-            with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
-                loop.call_soon_threadsafe(settle, outcome)
-
-        threading.Thread(target=run, name=f"cloudkeep-delete-{backup_id}", daemon=True).start()
+        subject = await self.get(backup_id)  # 404 now for an id that does not exist
+        job, subscription = self._submit(operations.Delete(backup_id), subject)
         try:
-            await self._until_deleted(backup_id, finished)
-        except (SnapshotNotFound, InvalidSnapshotId, RepositoryNotFound) as exc:
-            raise _not_found(backup_id) from exc
+            ended = await self._until_deleted(backup_id, subscription)
+        finally:
+            self.jobs.unlisten(job, subscription.push)
+        if not ended:
+            self.jobs.listen(job, _log_late_failure(backup_id))
+        elif job.status is Status.CANCELED:
+            raise ApiError(409, f"The deletion of {backup_id} was canceled.")
+        elif job.status is Status.FAILED:
+            if isinstance(job.error, SnapshotNotFound | InvalidSnapshotId | RepositoryNotFound):
+                raise _not_found(backup_id) from job.error
+            if job.error is not None:
+                raise job.error
+            raise ApiError(500, job.reason or f"Deleting {backup_id} failed.")
         self.cache.remove(backup_id)
 
-    async def _until_deleted(self, backup_id: str, finished: asyncio.Future[None]) -> None:
-        """Return when the delete finished or its manifest is gone; raise its error."""
+    async def _until_deleted(self, backup_id: str, subscription: Subscription) -> bool:
+        """Wait until the job ended (True) or the backup's manifest is gone (False)."""
         while True:
             try:
-                await asyncio.wait_for(asyncio.shield(finished), _DELETE_POLL)
-                return
+                event = await asyncio.wait_for(subscription.get(), _DELETE_POLL)
             except TimeoutError:
                 if await run_in_threadpool(self._is_gone, backup_id):
-                    finished.add_done_callback(_log_late_failure(backup_id))
-                    return
+                    return False
+                continue
+            if event.status in TERMINAL:
+                return True
 
     def _is_gone(self, backup_id: str) -> bool:
         try:
@@ -234,18 +251,18 @@ class BackupService:
 
     def create(self) -> tuple[Job, Subscription]:
         """Queue a backup; the subscription starts with its INITIALIZED event."""
-        return self.jobs.submit_creation(asyncio.get_running_loop())
+        return self._submit(operations.Backup())
 
     async def restore(self, backup_id: str) -> tuple[Job, Subscription]:
         """Check the backup exists (404 now rather than FAILED later), then queue."""
         backup = await self.get(backup_id)
-        return self.jobs.submit_restoration(backup, asyncio.get_running_loop())
+        return self._submit(operations.Restore(backup_id), backup)
 
     # -- job lookups -------------------------------------------------------------
     def creation_job(self, ident: str) -> Job | None:
         validate_id(ident)
-        return self.jobs.find(JobKind.CREATION, ident)
+        return self.jobs.find(operations.Backup, ident)
 
     def restoration_job(self, ident: str) -> Job | None:
         validate_id(ident)
-        return self.jobs.find(JobKind.RESTORATION, ident)
+        return self.jobs.find(operations.Restore, ident)

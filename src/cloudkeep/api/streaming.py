@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from enum import StrEnum
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloudkeep.api.errors import error_text, status_for, text_response
-from cloudkeep.api.jobs import Job, JobManager, Subscription
+from cloudkeep.api.jobs import TERMINAL, Job, JobManager
+from cloudkeep.operations import Backup, Restore
 from cloudkeep.wire import BackupStreamedProgress, ModelDownloadProgressStatusEnum, WireModel
 
 __all__ = [
     "NDJSON",
     "SSE",
     "StreamMode",
+    "Subscription",
     "final_event",
+    "job_events",
     "job_outcome_response",
     "json_response",
     "pump_websocket",
@@ -34,6 +38,37 @@ __all__ = [
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# What the wire calls a job that is not one of these: its operation's name.
+_WIRE_NAMES: dict[type, str] = {Backup: "creation", Restore: "restoration"}
+
+
+class Subscription:
+    """Events pushed from any thread (a job's listener), read on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def push(self, item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: the listener is gone
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self) -> Any:
+        return await self._queue.get()
+
+
+async def job_events(
+    jobs: JobManager, job: Job, subscription: Subscription
+) -> AsyncGenerator[BackupStreamedProgress, None]:
+    """``job``'s events from ``subscription`` (a listener of it), ending with the terminal one."""
+    try:
+        while True:
+            event: BackupStreamedProgress = await subscription.get()
+            yield event
+            if event.status in TERMINAL:
+                return
+    finally:
+        jobs.unlisten(job, subscription.push)
 
 
 class StreamMode(StrEnum):
@@ -61,7 +96,7 @@ async def final_event(
 ) -> BackupStreamedProgress:
     """Wait for the job to end (the client leaving does not stop the job)."""
     last = job.progress()
-    async with contextlib.aclosing(jobs.events(job, subscription)) as events:
+    async with contextlib.aclosing(job_events(jobs, job, subscription)) as events:
         async for event in events:
             last = event
     return last
@@ -72,10 +107,11 @@ def job_outcome_response(job: Job, final: BackupStreamedProgress) -> Response:
     if final.status is ModelDownloadProgressStatusEnum.COMPLETED and final.backup is not None:
         return json_response(final.backup)
     if final.status is ModelDownloadProgressStatusEnum.CANCELED:
-        return text_response(409, f"The {job.kind.value} {job.id} was canceled.")
+        name = _WIRE_NAMES.get(type(job.operation), job.name)
+        return text_response(409, f"The {name} {job.id} was canceled.")
     if job.error is not None:
         return text_response(status_for(job.error), error_text(job.error))
-    return text_response(500, final.reason or f"The {job.kind.value} failed.")
+    return text_response(500, final.reason or f"The {job.name} failed.")
 
 
 async def streamed_response(
@@ -86,7 +122,7 @@ async def streamed_response(
         return json_response(await final_event(jobs, job, subscription))
 
     async def lines() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(jobs.events(job, subscription)) as events:
+        async with contextlib.aclosing(job_events(jobs, job, subscription)) as events:
             async for event in events:
                 text = event.to_json()
                 if mode is StreamMode.NDJSON:

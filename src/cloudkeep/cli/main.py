@@ -17,7 +17,8 @@ import typer
 
 from cloudkeep import __version__
 from cloudkeep.allocator import keep_freed_memory
-from cloudkeep.cli.output import error, notice, print_json, progress_bar
+from cloudkeep.cli.errors import exit_code_for
+from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar
 from cloudkeep.cli.params import FastCommand, FastGroup
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.settings import Settings
@@ -106,9 +107,11 @@ def init(ctx: typer.Context) -> None:
 @app.command(cls=FastCommand)
 def backup(ctx: typer.Context, json: JsonOption = False) -> None:
     """Back up the data folder now (creating the repository if needed)."""
+    from cloudkeep.operations import Backup, run
+
     ws = workspace(ctx)
     with progress_bar("backup") as progress:
-        info = ws.backup(progress=progress)
+        info = run(Backup(), ws, progress).info
     for warning in info.warnings:
         notice(f"warning: {warning}")
     if json:
@@ -198,6 +201,7 @@ def restore(
     restore replaces is kept beside the data as <name>.cloudkeep-undo.
     """
     from cloudkeep.errors import UserError
+    from cloudkeep.operations import Restore, run
 
     ws = workspace(ctx)
     if undo:
@@ -211,14 +215,14 @@ def restore(
         raise UserError(
             "Missing argument 'ID': name the backup to restore (see 'cloudkeep list'), or --undo"
         )
+    operation = Restore(
+        backup_id,
+        Path(target).absolute() if target else None,
+        force=force,
+        reuse_local=not fetch_all,
+    )
     with progress_bar("restore") as progress:
-        info = ws.restore(
-            backup_id,
-            Path(target).absolute() if target else None,
-            progress=progress,
-            reuse_local=not fetch_all,
-            force=force,
-        )
+        info = run(operation, ws, progress).info
     if json:
         from cloudkeep.wire import backup_from_info
 
@@ -243,7 +247,9 @@ def delete(
     backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to delete.")],
 ) -> None:
     """Delete a backup and reclaim the space no other backup uses."""
-    reclaimed = workspace(ctx).delete(backup_id)
+    from cloudkeep.operations import Delete, run
+
+    reclaimed = run(Delete(backup_id), workspace(ctx)).reclaimed
     print(f"deleted backup {backup_id}")
     if reclaimed is None:
         notice("other clients are using the repository: space is reclaimed by a later delete")
@@ -279,8 +285,10 @@ def check(
     ] = False,
 ) -> None:
     """Verify the repository's structure, and with --read-data every byte."""
+    from cloudkeep.operations import Check, run
+
     with progress_bar("check") as progress:
-        report = workspace(ctx).check(read_data=read_data, progress=progress)
+        report = run(Check(read_data), workspace(ctx), progress).report
     for warning in report.warnings:
         notice(f"warning: {warning}")
     for problem in report.errors:
@@ -337,11 +345,54 @@ def serve(
 
 
 @app_key.command("create", cls=FastCommand)
-def app_key_create(ctx: typer.Context) -> None:
+def app_key_create(
+    ctx: typer.Context,
+    label: Annotated[
+        str, typer.Option(help="A name to tell the key apart in 'app-key list'.")
+    ] = "",
+) -> None:
     """Issue a new application key (shown once) for X-Application-ID."""
     from cloudkeep.api.appkeys import create_app_key
 
-    print(create_app_key(ctx.obj.config_dir))
+    print(create_app_key(ctx.obj.config_dir, label=label))
+
+
+@app_key.command("list", cls=FastCommand)
+def app_key_list(ctx: typer.Context) -> None:
+    """The issued application keys: id, creation time and label (never the key)."""
+    from cloudkeep.api.appkeys import list_app_keys
+
+    keys = list_app_keys(ctx.obj.config_dir)
+    if not keys:
+        print("no application keys; 'cloudkeep app-key create' issues one")
+        return
+    for key in keys:
+        created = _utc(key.get("created", ""))
+        print(one_line(f"{key.get('id', '?'):<10} {created:<24} {key.get('label', '')}".rstrip()))
+
+
+def _utc(stamp: str) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS UTC``; anything else as it is."""
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return stamp
+
+
+@app_key.command("revoke", cls=FastCommand)
+def app_key_revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (see 'app-key list').")],
+) -> None:
+    """Revoke an application key: a running server refuses it from its next request."""
+    from cloudkeep.api.appkeys import revoke_app_key
+    from cloudkeep.errors import UserError
+
+    if not revoke_app_key(ctx.obj.config_dir, key_id):
+        raise UserError(f"no application key with id {key_id!r} (see 'cloudkeep app-key list')")
+    print(f"revoked application key {key_id}")
 
 
 def run() -> None:
@@ -366,7 +417,7 @@ def _run() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except CloudkeepError as exc:
         error(f"cloudkeep: error: {exc}")
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code_for(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

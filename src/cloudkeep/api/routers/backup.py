@@ -15,6 +15,7 @@ from cloudkeep.api.routers._responses import COMMON, ENGINE, errors, streamed_co
 from cloudkeep.api.service import BackupService, validate_id
 from cloudkeep.api.streaming import (
     final_event,
+    job_events,
     job_outcome_response,
     json_response,
     pump_websocket,
@@ -123,7 +124,7 @@ async def restore_backup_websocket(
         await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
-    await pump_websocket(websocket, service.jobs.events(job, subscription))
+    await pump_websocket(websocket, job_events(service.jobs, job, subscription))
 
 
 async def _status(

@@ -14,7 +14,9 @@ from cloudkeep.api.errors import ApiError, error_response, error_text, text_resp
 from cloudkeep.api.routers._responses import COMMON, ENGINE, errors, streamed_content
 from cloudkeep.api.service import BackupService
 from cloudkeep.api.streaming import (
+    Subscription,
     final_event,
+    job_events,
     job_outcome_response,
     json_response,
     pump_websocket,
@@ -150,7 +152,7 @@ async def create_backup_websocket(
     except TooManyJobs as exc:  # filled up while the socket was being accepted
         await websocket.close(code=1013, reason=error_text(exc)[:120])
         return
-    await pump_websocket(websocket, service.jobs.events(job, subscription))
+    await pump_websocket(websocket, job_events(service.jobs, job, subscription))
 
 
 @router.get(
@@ -172,13 +174,14 @@ async def streamed_progress_websocket(
     websocket: WebSocket, service: Annotated[BackupService, Depends(get_service)]
 ) -> None:
     await websocket.accept()
-    subscription = service.jobs.watch(asyncio.get_running_loop())
+    subscription = Subscription(asyncio.get_running_loop())
+    service.jobs.watch(subscription.push)
 
     async def changes() -> AsyncIterator[BackupsStreamedProgress]:
         try:
             while True:
                 yield await subscription.get()
         finally:
-            service.jobs.unwatch(subscription)
+            service.jobs.unwatch(subscription.push)
 
     await pump_websocket(websocket, changes())
