@@ -423,22 +423,23 @@ class Repository:
         )
         self.storage.put(object_path(kind, name), sealed, create_only=create_only)
 
-    def load_file(self, kind: str, name: str) -> bytes:
+    def load_file(self, kind: str, name: str, *, retry: bool = True) -> bytes:
         """Decrypted content of a sealed file (from the local copy when there is one).
 
         Raises ``RepositoryDamaged`` (naming the object) if it is larger than its
         kind allows (refused unread), does not decrypt or decompresses too large;
-        ``ObjectNotFound`` if it is gone.
+        ``ObjectNotFound`` if it is gone. A local copy that fails is dropped (the
+        store is read once more), so no damaged object stays in the cache.
         """
         try:
-            return decompress_bounded(self._open_file(kind, name), MAX_PLAIN_SIZE[kind])
+            return decompress_bounded(self._open_file(kind, name, retry), MAX_PLAIN_SIZE[kind])
         except DecompressionFailed as exc:
-            if self._evict(kind, name):
-                return self.load_file(kind, name)
+            if self._evict(kind, name) and retry:
+                return self.load_file(kind, name, retry=False)
             raise RepositoryDamaged(f"{kind}/{name} is damaged: {exc}") from exc
 
-    def _open_file(self, kind: str, name: str) -> bytes:
-        """A sealed file's bytes decrypted; a local copy that fails is read again."""
+    def _open_file(self, kind: str, name: str, retry: bool = True) -> bytes:
+        """A sealed file's bytes decrypted; a local copy that fails is read again (once)."""
         path = object_path(kind, name)
         sealed = read_bounded(
             self.storage, path, MAX_STORED_SIZE[kind], self._listed_sizes.get(path)
@@ -446,8 +447,8 @@ class Repository:
         try:
             return self.sealer.open(sealed, file_aad(kind, name))
         except DecryptionFailed as exc:
-            if self._evict(kind, name):
-                return self._open_file(kind, name)
+            if self._evict(kind, name) and retry:
+                return self._open_file(kind, name, retry=False)
             raise RepositoryDamaged(f"{kind}/{name} is damaged: {exc}") from exc
 
     def _evict(self, kind: str, name: str) -> bool:
