@@ -126,6 +126,12 @@ def test_damage_is_reported_per_blob_and_the_rest_still_loads(
     with pytest.raises(BlobDamaged) as raised:
         list(repo.load_blobs(contents))
     assert raised.value.blob_id == victim
+    with pytest.raises(BlobDamaged, match="damaged"):
+        repo.read_blob(victim)
+    with pytest.raises(BlobDamaged, match="not in the index"):
+        repo.read_blob(missing_id)
+    other = next(blob_id for blob_id in contents if blob_id != victim)
+    assert bytes(repo.read_blob(other)) == contents[other]
 
 
 def test_a_frame_that_lies_about_its_blob_is_refused(tmp_path: Path) -> None:

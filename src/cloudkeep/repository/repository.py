@@ -47,7 +47,6 @@ from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
 from cloudkeep.repository.frames import (
     DEFAULT_ZSTD_LEVEL,
     FRAME_AAD,
-    MAX_SEALED_FRAME_SIZE,
     BlobDamaged,
     FrameCodec,
     FrameDamaged,
@@ -773,28 +772,11 @@ class Repository:
             loader.open_range(self._codec, span, content, damage, data_offset=0)
 
     def read_blob(self, blob_id: bytes) -> memoryview:
-        location = self.index.lookup(blob_id)
-        if location is None:
-            raise BlobDamaged(blob_id, "not in the index")
-        if location.length > MAX_SEALED_FRAME_SIZE:
-            raise BlobDamaged(blob_id, "its frame is larger than any frame may be")
-        try:
-            sealed = self.storage.get(pack_name(location.pack_id), location.offset, location.length)
-        except ObjectNotFound as exc:
-            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is missing") from exc
-        except StorageUnavailable:
-            raise
-        except StorageError as exc:  # a range past the end: the pack was cut short
-            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated") from exc
-        if len(sealed) != location.length:
-            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated")
-        try:
-            frame = self.open_frame(sealed)
-        except FrameDamaged as exc:
-            raise BlobDamaged(blob_id, str(exc)) from exc
-        return self.blob_in_frame(
-            frame, blob_id, location.inner_offset, location.raw_length, rehash=True
-        )
+        """One blob, re-hashed against its id (``BlobDamaged`` if it cannot be loaded)."""
+        (span,) = loader.plan_ranges(self.locate([blob_id]))
+        (loaded,) = self.load_range(span)
+        (_, inner_offset, raw_length) = loaded.frame.blobs[0]
+        return loaded.opened.data[inner_offset : inner_offset + raw_length]
 
     def pack_writer(self) -> PackWriter:
         return PackWriter(self, self.config.get("pack_size", PACK_TARGET_SIZE))
