@@ -25,7 +25,7 @@ from cloudkeep.snapshot.progress import ProgressFn
 
 if TYPE_CHECKING:
     from cloudkeep.snapshot.checker import CheckReport
-    from cloudkeep.snapshot.reclaim import ReclaimReport
+    from cloudkeep.snapshot.prune import PruneReport
     from cloudkeep.workspace import BackupInfo, Workspace
 
 __all__ = [
@@ -154,17 +154,17 @@ class Restore(Operation[RestoreResult]):
 # ---------------------------------------------------------------------- delete
 @dataclass(frozen=True)
 class DeleteResult(OperationResult):
-    """``reclaimed`` is None when other clients held the repository: a later run frees it."""
+    """``pruned`` is None when other clients held the repository: a later prune frees it."""
 
     backup_id: str
-    reclaimed: ReclaimReport | None
+    pruned: PruneReport | None
 
 
 @dataclass(frozen=True)
 class Delete(Operation[DeleteResult]):
-    """Delete one backup, then reclaim the space nothing else uses if the repository is
+    """Delete one backup, then prune the space nothing else uses if the repository is
     free. Uses no resource: deleting a manifest is safe beside anything, and the
-    reclaim waits for the exclusive repository lock."""
+    prune waits for the exclusive repository lock."""
 
     backup_id: str
 
@@ -177,19 +177,24 @@ class Delete(Operation[DeleteResult]):
 # ----------------------------------------------------------------------- prune
 @dataclass(frozen=True)
 class PruneResult(OperationResult):
-    report: ReclaimReport
+    """``report.plan`` holds the figures; with ``dry_run`` nothing was executed."""
+
+    report: PruneReport
 
 
 @dataclass(frozen=True)
 class Prune(Operation[PruneResult]):
-    """Reclaim the space no backup uses (``Busy`` if other clients hold the repository)."""
+    """Plan freeing the space no backup uses, then execute the plan unless ``dry_run``
+    (``Busy`` if other clients hold the repository)."""
+
+    dry_run: bool = False
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.PACKS})
 
     def execute(
         self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
     ) -> PruneResult:
-        return PruneResult(workspace.reclaim())
+        return PruneResult(workspace.prune(self.dry_run, progress=progress, cancel=cancel))
 
 
 # ----------------------------------------------------------------------- check

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.errors import (
     DataInUse,
-    FormatTooNew,
     KeyMissing,
     RepositoryChanged,
     RepositoryDamaged,
@@ -33,6 +32,7 @@ from cloudkeep.repository.untrusted import shown
 from cloudkeep.settings import Settings, warn_if_exposed
 from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.storage.base import ObjectNotFound, Storage
+from cloudkeep.storage.limits import limit_concurrency, store_connections
 from cloudkeep.storage.url import open_store
 
 # Imported where used: a CLI process runs one operation, and compiling/importing
@@ -40,11 +40,10 @@ from cloudkeep.storage.url import open_store
 # while its key is derived (see ``_derive_key_soon``).
 if TYPE_CHECKING:
     from cloudkeep.repository.crypto import MasterKey
-    from cloudkeep.repository.repository import Repository
+    from cloudkeep.repository.repository import IndexRebuild, Repository
     from cloudkeep.snapshot.checker import CheckReport
     from cloudkeep.snapshot.manifest import Manifest
-    from cloudkeep.snapshot.reclaim import ReclaimReport
-    from cloudkeep.snapshot.repair import RepairReport
+    from cloudkeep.snapshot.prune import PruneReport
 
 __all__ = ["BackupInfo", "Progress", "Workspace"]
 log = logging.getLogger(__name__)
@@ -97,7 +96,8 @@ class Workspace:
     @property
     def storage(self) -> Storage:
         if self._storage is None:
-            self._storage = open_store(self.settings.store)
+            # At most CLOUDKEEP_STORE_CONNECTIONS requests in flight, whoever makes them.
+            self._storage = limit_concurrency(open_store(self.settings.store), store_connections())
         return self._storage
 
     def _known_passphrase(self) -> str | None:
@@ -139,7 +139,7 @@ class Workspace:
 
         if Repository.exists(self.storage):
             raise RepositoryExists(f"a repository already exists at {self.storage.describe()}")
-        repo = Repository.init(self.storage, self._passphrase(creating=True), self._cache())
+        repo = Repository.init(self.storage, self._passphrase(creating=True))
         self._joined(repo, created=True)
 
     def repository(
@@ -149,7 +149,7 @@ class Workspace:
 
         ``opening`` is an opening started by ``_open_soon``; its outcome is used.
         """
-        from cloudkeep.repository.repository import Repository
+        from cloudkeep.repository.repository import Repository, with_cache
 
         with self._open_lock:
             if self._unlocked is None:
@@ -160,13 +160,14 @@ class Workspace:
                         raise
                     self._refuse_vanished()
                     try:
-                        repo = Repository.init(self.storage, self._passphrase(True), self._cache())
+                        repo = Repository.init(self.storage, self._passphrase(True))
                         self._joined(repo, created=True)
                     except RepositoryExists:  # another device created it meanwhile
                         repo = self._open()
             assert self._unlocked is not None  # set by _joined
             config, key = self._unlocked
-            handle = Repository(self.storage, config, key, self._cache())
+            storage = with_cache(self.storage, self._cache(), config)
+            handle = Repository(storage, config, key)
             # Only the creator's first backup may lose the creation race; any other
             # handle leaves what it wrote (others may already use it) to reclaim.
             handle.discard_if_replaced = self._created_here
@@ -207,7 +208,6 @@ class Workspace:
             self.storage,
             config,
             self._passphrase(False),
-            self._cache(),
             joined.key_file if joined else None,
         )
         self._joined(repo, created=False)
@@ -282,16 +282,12 @@ class Workspace:
             repo = self.repository()
         except RepositoryNotFound:
             return []
-        infos = []
-        for name in repo.list_files("snapshots"):
-            try:
-                infos.append(BackupInfo.of(_load_manifest(repo, name)))
-            except ObjectNotFound:
-                continue  # deleted while we listed
-            except (RepositoryDamaged, FormatTooNew) as exc:
-                self._notice(f"warning: skipped backup {name}: {exc}")
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                self._notice(f"warning: skipped backup {name}: it does not decode ({exc})")
+        from cloudkeep.snapshot.catalog import load_manifests
+
+        manifests, broken = load_manifests(repo)
+        infos = [BackupInfo.of(manifest) for manifest in manifests]
+        for name, reason in broken.items():
+            self._notice(f"warning: skipped backup {name}: {reason}")
         for name in repo.ignored:
             self._notice(
                 f"warning: ignored {shown(name)} in the store: not the name of a cloudkeep object"
@@ -300,12 +296,13 @@ class Workspace:
         return infos
 
     def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
+        from cloudkeep.snapshot.catalog import load_manifest
         from cloudkeep.snapshot.manifest import validate_backup_id
 
         validate_backup_id(backup_id)
         repo = repo or self.repository()
         try:
-            return _load_manifest(repo, backup_id)
+            return load_manifest(repo, backup_id)
         except ObjectNotFound:
             raise SnapshotNotFound(f"no backup {backup_id} in {self.storage.describe()}") from None
 
@@ -397,26 +394,34 @@ class Workspace:
                 "restore into a new folder with --target, or pass --force"
             )
 
-    def delete(self, backup_id: str) -> ReclaimReport | None:
-        from cloudkeep.snapshot.reclaim import delete_backup, try_reclaim
+    def delete(self, backup_id: str) -> PruneReport | None:
+        """Delete a backup, then prune; None if other clients held the repository
+        (a later delete or prune frees the space)."""
+        from cloudkeep.snapshot.prune import delete_backup, try_prune
 
         repo = self.repository()
         # A damaged or planted backup exists too: it is deleted like any other.
         with contextlib.suppress(RepositoryDamaged):
             self.manifest(backup_id, repo)
         delete_backup(repo, backup_id)
-        return try_reclaim(repo)
+        return try_prune(repo)
 
-    def reclaim(self) -> ReclaimReport:
-        """Reclaim space no backup uses (finishes a delete that was interrupted).
+    def prune(
+        self,
+        dry_run: bool = False,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PruneReport:
+        """Free the space no backup uses (finishes a delete that was interrupted);
+        ``dry_run`` only plans (``PruneReport.plan``) and changes nothing.
 
         Raises ``Busy`` if other clients hold the repository past the lock timeout.
         """
-        from cloudkeep.snapshot.reclaim import reclaim
+        from cloudkeep.snapshot.prune import prune
 
-        return reclaim(self.repository())
+        return prune(self.repository(), dry_run=dry_run, progress=progress, cancel=cancel)
 
-    def repair_index(self) -> RepairReport:
+    def repair_index(self) -> IndexRebuild:
         """Rebuild the index from the packs' headers (after index files were lost)."""
         from cloudkeep.snapshot.repair import repair_index
 
@@ -432,9 +437,3 @@ class Workspace:
 
         return Checker(self.repository(), progress, cancel).run(read_data)
 
-
-def _load_manifest(repo: Repository, name: str) -> Manifest:
-    """The manifest ``snapshots/<name>``: sealed for that name, and naming itself so."""
-    from cloudkeep.snapshot.manifest import Manifest
-
-    return Manifest.decode(repo.load_file("snapshots", name), name)

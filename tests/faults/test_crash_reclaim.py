@@ -37,13 +37,13 @@ def garbage(setup: Setup) -> tuple[set[str], set[str]]:
     from cloudkeep.snapshot.usage import blob_users, load_manifests
 
     repo = setup.workspace().repository()
-    repo.read_cache = False
+    repo.bypass_cache()
     repo.load_index()
     indexed: dict[str, set[bytes]] = {}
     for name in repo.list_files("index"):
         for pack_id, entries in repo.read_index_file(name).packs.items():
             indexed.setdefault(pack_id, set()).update(e.blob_id for e in entries)
-    stored = {info.name.rsplit("/", 1)[-1] for info in repo.storage.list("data/")}
+    stored = set(repo.list_packs())
     manifests, broken = load_manifests(repo)
     assert not broken
     users, problems = blob_users(repo, manifests)

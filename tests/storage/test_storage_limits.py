@@ -6,13 +6,22 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from cloudkeep.errors import ConfigurationError
+from cloudkeep.settings import Settings
 from cloudkeep.storage.base import ObjectInfo, Storage
-from cloudkeep.storage.limits import ConcurrencyLimitedStorage, limit_concurrency
+from cloudkeep.storage.limits import (
+    DEFAULT_CONNECTIONS,
+    ConcurrencyLimitedStorage,
+    limit_concurrency,
+    store_connections,
+)
 from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
 from cloudkeep.storage.url import open_store
+from cloudkeep.workspace import Workspace
 
 
 class Gauge:
@@ -86,3 +95,24 @@ def test_limit_concurrency_keeps_retries_outside() -> None:
     assert isinstance(limit_concurrency(Gauge(open_store("memory://")), 1), Storage)
     with pytest.raises(ValueError):
         ConcurrencyLimitedStorage(opened, 0)
+
+
+def test_the_workspace_store_is_capped_by_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data=tmp_path / "data", store=(tmp_path / "store").as_uri())
+    monkeypatch.setenv("CLOUDKEEP_STORE_CONNECTIONS", "3")
+    storage = Workspace(settings).storage
+    assert isinstance(storage, RetryingStorage)
+    assert isinstance(storage.inner, ConcurrencyLimitedStorage) and storage.inner.limit == 3
+    monkeypatch.delenv("CLOUDKEEP_STORE_CONNECTIONS")
+    limited = Workspace(settings).storage
+    assert isinstance(limited, RetryingStorage)
+    assert isinstance(limited.inner, ConcurrencyLimitedStorage)
+    assert limited.inner.limit == DEFAULT_CONNECTIONS
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-2", "100000"])
+def test_a_bad_connection_setting_is_a_clear_error(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="CLOUDKEEP_STORE_CONNECTIONS"):
+        store_connections({"CLOUDKEEP_STORE_CONNECTIONS": value})

@@ -246,22 +246,64 @@ def delete(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to delete.")],
 ) -> None:
-    """Delete a backup and reclaim the space no other backup uses."""
+    """Delete a backup and free the space no other backup uses (prune)."""
     from cloudkeep.operations import Delete, run
 
-    reclaimed = run(Delete(backup_id), workspace(ctx)).reclaimed
+    pruned = run(Delete(backup_id), workspace(ctx)).pruned
     print(f"deleted backup {backup_id}")
-    if reclaimed is None:
+    if pruned is None:
         notice("other clients are using the repository: space is reclaimed by a later delete")
-    elif reclaimed.bytes_freed:
-        notice(f"reclaimed {reclaimed.bytes_freed:,} bytes ({reclaimed.packs_deleted} packs)")
+    elif pruned.bytes_freed:
+        notice(f"reclaimed {pruned.bytes_freed:,} bytes ({pruned.packs_deleted} packs)")
+
+
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be freed; change nothing.")
+]
+
+
+def _prune(ctx: typer.Context, dry_run: bool, json: bool) -> None:
+    with progress_bar("prune") as progress:
+        # Busy (exit 1) if other clients hold the repository past the lock timeout.
+        from cloudkeep.operations import Prune, run
+
+        report = run(Prune(dry_run), workspace(ctx), progress).report
+    plan = report.plan
+    if json:
+        done = {
+            "packs_deleted": report.packs_deleted,
+            "packs_repacked": report.packs_repacked,
+            "bytes_freed": report.bytes_freed,
+            "stopped": report.stopped,
+        }
+        import json as json_text
+
+        figures = {"dry_run": dry_run, "plan": plan.figures(), **({} if dry_run else done)}
+        print_json(json_text.dumps(figures))
+        return
+    for pack_id in plan.unreadable:
+        notice(f"warning: data/ holds {pack_id[:16]}..., not a readable pack: left alone")
+    if dry_run:
+        print(plan.summary())
+        return
+    if report.stopped:
+        notice(f"stopped early ({report.stopped}): a later prune finishes")
+    print(
+        f"reclaimed {report.bytes_freed:,} bytes ({report.packs_deleted} packs, "
+        f"{report.packs_repacked} repacked)"
+    )
 
 
 @app.command(cls=FastCommand)
-def reclaim(ctx: typer.Context) -> None:
-    """Reclaim the space no backup uses (finishes an interrupted delete)."""
-    reclaimed = workspace(ctx).reclaim()  # Busy (exit 1) if other clients hold the lock
-    print(f"reclaimed {reclaimed.bytes_freed:,} bytes ({reclaimed.packs_deleted} packs)")
+def prune(ctx: typer.Context, dry_run: DryRunOption = False, json: JsonOption = False) -> None:
+    """Free the space no backup uses (finishes an interrupted delete)."""
+    _prune(ctx, dry_run, json)
+
+
+@app.command(cls=FastCommand, hidden=True)
+def reclaim(ctx: typer.Context, dry_run: DryRunOption = False, json: JsonOption = False) -> None:
+    """The former name of prune."""
+    _prune(ctx, dry_run, json)
 
 
 @app.command("repair-index", cls=FastCommand)

@@ -8,7 +8,10 @@ Store layout (see docs/format.md)::
     data/<xx>/<pack id>    packs of sealed, compressed blobs
     index/<id>             which pack holds each blob
     snapshots/<backup id>  one sealed manifest per backup, written last, create-only
-    locks/<id>             shared/exclusive locks with expiry (space reclaim vs. backups)
+    locks/<id>             shared/exclusive locks with expiry (prune vs. backups)
+
+``Repository`` owns every read and write of these: code above it lists, loads and
+deletes through its methods and never touches the store or replaces the index.
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
-import stat
 import struct
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import zstandard
 
@@ -40,14 +42,18 @@ from cloudkeep.errors import (
     RepositoryNotFound,
     WrongPassphrase,
 )
-from cloudkeep.repository.crypto import (
-    NONCE_SIZE,
-    OVERHEAD,
-    DecryptionFailed,
-    MasterKey,
-    Sealer,
+from cloudkeep.repository import loader
+from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
+from cloudkeep.repository.frames import (
+    DEFAULT_ZSTD_LEVEL,
+    FRAME_AAD,
+    BlobDamaged,
+    FrameCodec,
+    FrameDamaged,
+    OpenedFrame,
+    SealedFrame,
 )
-from cloudkeep.repository.index import IndexFile, IndexFormatError, MasterIndex
+from cloudkeep.repository.index import FrameBlobs, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import (
     MAX_KEY_FILE_BYTES,
     MAX_KEY_FILES_TRIED,
@@ -55,7 +61,19 @@ from cloudkeep.repository.keys import (
     unwrap_key,
     wrap_key,
 )
-from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, pack_name
+from cloudkeep.repository.loader import DamageFn, LoadedFrame, PackRange
+from cloudkeep.repository.pack_writer import PackWriter
+from cloudkeep.repository.packs import (
+    HEADER_AAD,
+    PackEntry,
+    PackFormatError,
+    decode_header,
+    frames_of,
+    header_start,
+    pack_id_of,
+    pack_name,
+    read_header,
+)
 from cloudkeep.repository.untrusted import (
     MAX_PACK_SIZE,
     MAX_PLAIN_SIZE,
@@ -76,31 +94,36 @@ from cloudkeep.storage.base import (
     StorageError,
     StorageUnavailable,
 )
+from cloudkeep.storage.cache import CachedStorage
+
+__all__ = [
+    "FRAME_AAD",
+    "BlobDamaged",
+    "FrameDamaged",
+    "OpenedFrame",
+    "PackWriter",
+    "Repository",
+    "canonical_config",
+    "file_aad",
+    "with_cache",
+]
 
 log = logging.getLogger(__name__)
 # 3: files sealed with their kind and name as associated data, an authenticated config
 # naming the master key's fingerprint (2: files bound to their kind only; 1: one sealed
 # blob per chunk).
 FORMAT_VERSION = 3
-# 4 MiB: a 2 GiB backup peaked at 174 MiB RSS (8 MiB packs: 211 MiB) for less CPU,
-# and still few, large requests on object stores.
+#: 4 MiB packs: flat memory and little CPU, still few large requests (docs/performance.md).
 PACK_TARGET_SIZE = 4 * 1024 * 1024
-# zstd --fast=2 on 256 KiB frames of the benchmark database (bench/zstd_levels.py):
-# compresses 509-516 MB/s and decompresses 1810 MB/s with frames 0.536 of the input;
-# level 1: 363-424 / 1038-1270 MB/s, 0.503; --fast=1: 429-471 / 1776, 0.528; --fast=3
-# buys only 2-4% more speed for another 1.5% of size. A day's backup adds ~2%.
-DEFAULT_ZSTD_LEVEL = -2
-PACKS_PER_INDEX_FLUSH = 64  # an index file per 256 MiB uploaded
-_RAW, _ZSTD = 0, 1
-# Frames of ~256 KiB on the benchmark database vs one 8 KiB chunk each: 10% smaller
-# store, zstd 35% faster, 32x fewer AES-GCM calls (see docs/format.md).
-FRAME_TARGET_SIZE = 256 * 1024
-FRAME_AAD = b"frame"
-_COUNT = struct.Struct("<I")
-_MEMBER = struct.Struct("<32sI")  # blob id, length: the frame's authenticated member table
-MAX_FRAME_SIZE = 64 * 1024 * 1024  # far above the largest frame; bounds a hostile one
-# A frame stored as it is (incompressible) plus its member table: bounds a range read.
-MAX_SEALED_FRAME_SIZE = 2 * MAX_FRAME_SIZE
+#: ~1 GiB of packs per index file written by prune and repair-index: at most ~60 MiB
+#: even for data compressing 10:1, far under what a reader accepts (MAX_STORED_SIZE).
+PACKS_PER_INDEX_FILE = 256
+#: A pack header lists 49 bytes per blob: 16 MiB is ~340,000 blobs, far more than a
+#: pack holds; a hostile object claiming more is not read.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+_TRAILER = struct.Struct("<I")
+#: The kinds whose objects the local cache keeps: written once, read at every start.
+CACHED_KINDS = ("index", "snapshots")
 # SQLite pages are chunked at this granularity: measured in docs/format.md.
 DEFAULT_CHUNKER = {
     "sqlite_chunk_bytes": 8192,
@@ -120,25 +143,6 @@ CHUNKER_RANGES = {
     "cdc_max": (64 * 1024, 16 * 1024 * 1024),
 }
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-class OpenedFrame(NamedTuple):
-    """A decrypted, decompressed frame and its member table ((offset, id) -> length)."""
-
-    data: memoryview
-    table: dict[tuple[int, bytes], int]
-
-
-class FrameDamaged(Exception):
-    """A frame does not decrypt or decompress: every blob in it is lost."""
-
-
-class BlobDamaged(Exception):
-    """A blob failed verification: missing pack, bad ciphertext or wrong content hash."""
-
-    def __init__(self, blob_id: bytes, reason: str) -> None:
-        super().__init__(f"blob {blob_id.hex()[:16]}: {reason}")
-        self.blob_id = blob_id
 
 
 def file_aad(kind: str, name: str) -> bytes:
@@ -187,15 +191,28 @@ def config_problem(config: dict) -> str | None:
     return None
 
 
+@dataclass
+class IndexRebuild:
+    """What ``Repository.rebuild_index`` did."""
+
+    packs_indexed: int = 0
+    blobs_indexed: int = 0
+    index_files_written: int = 0
+    index_files_removed: int = 0
+    unreadable_packs: list[str] = dataclass_field(default_factory=list)
+
+
 class Repository:
-    """An unlocked repository. Thread-safe for concurrent blob reads and writes."""
+    """An unlocked repository. Thread-safe for concurrent blob reads and writes.
+
+    ``storage`` may keep a local copy of index and backup files (``with_cache``).
+    """
 
     def __init__(
         self,
         storage: Storage,
         config: dict,
         key: MasterKey,
-        cache_dir: Path | None,
         key_file: str | None = None,
     ) -> None:
         self.storage = storage
@@ -204,15 +221,16 @@ class Repository:
         # The key file this key came from (devices remember it and try it first).
         self.key_file = key_file
         self.sealer = Sealer(key)
+        #: The keyed id of a blob's content.
+        self.blob_id: Callable[[bytes | memoryview], bytes] = self.sealer.blob_id
+        self._codec = FrameCodec(self.sealer, config.get("zstd_level", DEFAULT_ZSTD_LEVEL))
+        #: Which pack holds each blob: read it freely; ``load_index`` and
+        #: ``replace_index`` are the only ways to change it wholesale.
         self.index = MasterIndex()
-        self._cache_dir = cache_dir / cache_key(storage, config) if cache_dir else None
         # Sizes the last listing gave, so a listed object is read without a stat first.
         self._listed_sizes: dict[str, int] = {}
         #: Listed names that are no cloudkeep object's (never used): shown by list and check.
         self.ignored: dict[str, None] = {}
-        self._compressor = threading.local()
-        # check turns this off: it must judge what the store holds, not our copy of it.
-        self.read_cache = True
         # Packs and index files written through this handle: removed again if the
         # repository turns out to have been created with another key meanwhile.
         self._written: list[str] = []
@@ -264,7 +282,7 @@ class Repository:
             return False
 
     @classmethod
-    def init(cls, storage: Storage, passphrase: str, cache_dir: Path | None = None) -> Repository:
+    def init(cls, storage: Storage, passphrase: str) -> Repository:
         """Create the repository; ``RepositoryExists`` if another device's config won.
 
         The key file goes first (a config without its key would be an unopenable
@@ -297,19 +315,16 @@ class Repository:
         if (stored.get("id"), stored.get("key")) != (config["id"], config["key"]):
             storage.delete(key_file)  # nothing was sealed under this key
             raise RepositoryExists(f"a repository already exists at {storage.describe()}")
-        return cls(storage, config, key, cache_dir, key_file)
+        return cls(storage, config, key, key_file)
 
     @classmethod
     def open(
         cls,
         storage: Storage,
         passphrase: str | None,
-        cache_dir: Path | None = None,
         preferred_key_file: str | None = None,
     ) -> Repository:
-        return cls.unlock(
-            storage, cls.read_config(storage), passphrase, cache_dir, preferred_key_file
-        )
+        return cls.unlock(storage, cls.read_config(storage), passphrase, preferred_key_file)
 
     @classmethod
     def unlock(
@@ -317,7 +332,6 @@ class Repository:
         storage: Storage,
         config: dict,
         passphrase: str | None,
-        cache_dir: Path | None = None,
         preferred_key_file: str | None = None,
     ) -> Repository:
         """Open ``config`` (from ``read_config``) with the key file holding the key it names.
@@ -357,7 +371,7 @@ class Repository:
                     f"the repository config at {storage.describe()} fails authentication "
                     "(it was modified): restore it from a copy, or back up into a new store"
                 )
-            return cls(storage, config, key, cache_dir, name)
+            return cls(storage, config, key, name)
         raise WrongPassphrase("wrong passphrase: no key of this repository opens with it")
 
     def ensure_key_current(self) -> None:
@@ -393,6 +407,12 @@ class Repository:
     def chunker(self) -> dict[str, int]:
         return self.config.get("chunker", DEFAULT_CHUNKER)
 
+    def bypass_cache(self) -> None:
+        """Read from the store from now on, not from local copies: check and repair judge
+        what the store holds. What is read still refreshes the copies."""
+        if isinstance(self.storage, CachedStorage):
+            self.storage.serve_copies = False
+
     # -------------------------------------------------------------- sealed files
     def save_file(
         self, kind: str, name: str, plaintext: bytes, *, create_only: bool = False
@@ -400,37 +420,41 @@ class Repository:
         sealed = self.sealer.seal(
             zstandard.ZstdCompressor(level=3).compress(plaintext), file_aad(kind, name)
         )
-        self.storage.put(f"{kind}/{name}", sealed, create_only=create_only)
-        self._cache_put(kind, name, sealed)
+        self.storage.put(object_path(kind, name), sealed, create_only=create_only)
 
-    def load_file(self, kind: str, name: str) -> bytes:
-        """Decrypted content of a sealed file, from the local cache when present.
+    def load_file(self, kind: str, name: str, *, retry: bool = True) -> bytes:
+        """Decrypted content of a sealed file (from the local copy when there is one).
 
         Raises ``RepositoryDamaged`` (naming the object) if it is larger than its
         kind allows (refused unread), does not decrypt or decompresses too large;
-        ``ObjectNotFound`` if it is gone.
+        ``ObjectNotFound`` if it is gone. A local copy that fails is dropped (the
+        store is read once more), so no damaged object stays in the cache.
         """
-        sealed = self._cache_get(kind, name)
-        from_cache = sealed is not None
-        if sealed is None:
-            sealed = self._read_listed(kind, name)
         try:
-            plaintext = decompress_bounded(
-                self.sealer.open(sealed, file_aad(kind, name)), MAX_PLAIN_SIZE[kind]
-            )
-        except (DecryptionFailed, DecompressionFailed) as exc:
-            if from_cache:
-                self._cache_drop(kind, name)
-                return self.load_file(kind, name)
+            return decompress_bounded(self._open_file(kind, name, retry), MAX_PLAIN_SIZE[kind])
+        except DecompressionFailed as exc:
+            if self._evict(kind, name) and retry:
+                return self.load_file(kind, name, retry=False)
             raise RepositoryDamaged(f"{kind}/{name} is damaged: {exc}") from exc
-        if not from_cache:
-            self._cache_put(kind, name, sealed)
-        return plaintext
 
-    def _read_listed(self, kind: str, name: str) -> bytes:
-        """A sealed file's bytes, bounded by its kind's limit (see ``read_bounded``)."""
+    def _open_file(self, kind: str, name: str, retry: bool = True) -> bytes:
+        """A sealed file's bytes decrypted; a local copy that fails is read again (once)."""
         path = object_path(kind, name)
-        return read_bounded(self.storage, path, MAX_STORED_SIZE[kind], self._listed_sizes.get(path))
+        sealed = read_bounded(
+            self.storage, path, MAX_STORED_SIZE[kind], self._listed_sizes.get(path)
+        )
+        try:
+            return self.sealer.open(sealed, file_aad(kind, name))
+        except DecryptionFailed as exc:
+            if self._evict(kind, name) and retry:
+                return self._open_file(kind, name, retry=False)
+            raise RepositoryDamaged(f"{kind}/{name} is damaged: {exc}") from exc
+
+    def _evict(self, kind: str, name: str) -> bool:
+        """Drop the local copy of a file that failed to open; whether there was one."""
+        return isinstance(self.storage, CachedStorage) and self.storage.evict(
+            object_path(kind, name)
+        )
 
     def list_files(self, kind: str) -> list[str]:
         """Names of the ``kind`` files; listed names that are not valid ones are ignored."""
@@ -438,10 +462,37 @@ class Repository:
         for name, size in listing.sizes.items():
             self._listed_sizes[f"{kind}/{name}"] = size
         self.ignored.update(dict.fromkeys(listing.ignored))
-        names = list(listing.sizes)
-        self._cache_prune(kind, set(names))
-        return names
+        return list(listing.sizes)
 
+    def delete_file(self, kind: str, name: str) -> None:
+        self.storage.delete(object_path(kind, name))
+
+    # ------------------------------------------------------------------ backups
+    # A backup file is a sealed manifest; ``snapshot.manifest`` decodes it.
+    def list_backups(self) -> list[str]:
+        """The names (backup ids) of the stored backup files."""
+        return self.list_files("snapshots")
+
+    def load_backup(self, name: str) -> bytes:
+        """The content of backup file ``name`` (see ``load_file`` for its errors)."""
+        return self.load_file("snapshots", name)
+
+    def save_backup(self, name: str, content: bytes) -> None:
+        """Publish a backup file; ``ObjectExists`` if the name is taken."""
+        self.save_file("snapshots", name, content, create_only=True)
+
+    def delete_backup(self, name: str) -> None:
+        self.delete_file("snapshots", name)
+
+    def backup_exists(self, name: str) -> bool:
+        """Whether the store holds backup file ``name`` now (asked of the store itself)."""
+        try:
+            self.storage.stat(object_path("snapshots", name))
+            return True
+        except ObjectNotFound:
+            return False
+
+    # -------------------------------------------------------------------- packs
     def list_packs(self) -> dict[str, ObjectInfo]:
         """Pack id -> listing (size, store time) of every stored pack; listed names that
         are not packs' are ignored (never read or deleted)."""
@@ -456,287 +507,193 @@ class Repository:
             raise too_large(name, size, MAX_PACK_SIZE)
         return self.storage.get(name, 0, size)
 
-    def delete_file(self, kind: str, name: str) -> None:
-        self.storage.delete(object_path(kind, name))
-        self._cache_drop(kind, name)
+    def read_pack_header(self, content: bytes) -> list[PackEntry]:
+        """The authenticated header of a whole downloaded pack (``PackFormatError``,
+        ``DecryptionFailed`` if it does not read)."""
+        return read_header(content, self.sealer)
 
-    # ------------------------------------------------------------------- cache
-    # The cache folder is named by a hash (``cache_key``) and each file by the hash
-    # of its kind and name, so no local path holds text from the store.
-    def _cache_path(self, kind: str, name: str) -> Path | None:
-        if self._cache_dir is None or kind not in ("index", "snapshots"):
-            return None
-        return self._cache_dir / kind / _cache_file_name(kind, name)
+    def load_pack_header(self, pack_id: str, size: int) -> list[PackEntry]:
+        """The header of a stored pack of listed ``size``, with two ranged reads.
 
-    def _cache_get(self, kind: str, name: str) -> bytes | None:
-        if not self.read_cache:
-            return None
-        path = self._cache_path(kind, name)
-        if path is None:
-            return None
-        try:
-            with open(path, "rb", opener=_open_no_follow) as handle:
-                info = os.fstat(handle.fileno())
-                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STORED_SIZE[kind]:
-                    return None
-                return handle.read()
-        except OSError:
-            return None
-
-    def _cache_put(self, kind: str, name: str, sealed: bytes) -> None:
-        path = self._cache_path(kind, name)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-            tmp.write_bytes(sealed)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # the cache only saves requests; never fail an operation over it
-
-    def _cache_drop(self, kind: str, name: str) -> None:
-        path = self._cache_path(kind, name)
-        if path:
-            path.unlink(missing_ok=True)
-
-    def _cache_prune(self, kind: str, live: set[str]) -> None:
-        """Remove cached files of ``kind`` no longer in the store.
-
-        Only regular files named like ours (64 hex) in our own folder go; a symlink
-        is never followed, and anything else there is left alone.
+        The trailer is unauthenticated: the header length it gives is bounded
+        before anything is read; the header itself is authenticated. Raises
+        ``PackFormatError``, ``DecryptionFailed`` or ``StorageError``.
         """
-        folder = self._cache_dir / kind if self._cache_dir else None
-        if folder is None or kind not in ("index", "snapshots"):
-            return
-        keep = {_cache_file_name(kind, name) for name in live}
-        try:
-            if not stat.S_ISDIR(folder.lstat().st_mode):
-                return
-            entries = list(os.scandir(folder))
-        except OSError:
-            return
+        name = pack_name(pack_id)
+        if size < _TRAILER.size:
+            raise PackFormatError("pack shorter than its trailer")
+        (header_len,) = _TRAILER.unpack(self.storage.get(name, size - _TRAILER.size, _TRAILER.size))
+        if header_len > MAX_HEADER_BYTES:
+            raise PackFormatError(f"pack header claims {header_len:,} bytes")
+        start = header_start(size, header_len)
+        entries = decode_header(
+            self.sealer.open(self.storage.get(name, start, header_len), HEADER_AAD)
+        )
         for entry in entries:
-            if (
-                _CACHE_FILE.fullmatch(entry.name)
-                and entry.name not in keep
-                and entry.is_file(follow_symlinks=False)
-            ):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+            if entry.offset + entry.length > start:
+                raise PackFormatError("pack header entry points past the blob area")
+        return entries
 
-    # ------------------------------------------------------------------- index
-    def load_index(self) -> MasterIndex:
-        """Every readable index file; a damaged one is skipped with a warning.
+    def load_unindexed_pack(self, pack_id: str, size: int, max_size: int) -> list[PackEntry]:
+        """The header of a pack no index names, read whole: it must hash to its name.
+
+        A keyless writer could otherwise plant a copy of a real pack's header over
+        garbage under a new name. Raises ``PackFormatError`` (also for an object
+        larger than ``max_size``, not read), ``DecryptionFailed``, ``StorageError``.
+        """
+        if size > max_size:
+            raise PackFormatError(f"{size:,} bytes is larger than any pack")
+        content = self.read_pack(pack_id, size)
+        if pack_id_of(content) != pack_id:
+            raise PackFormatError("content does not match its name")
+        return read_header(content, self.sealer)
+
+    def put_pack(self, pack_id: str, content: bytes | memoryview) -> None:
+        self._note_written(pack_name(pack_id))
+        self.storage.put(pack_name(pack_id), content)
+
+    def delete_pack(self, pack_id: str) -> bool:
+        """Delete a pack; False if it was gone already."""
+        try:
+            self.storage.delete(pack_name(pack_id))
+        except ObjectNotFound:
+            return False
+        return True
+
+    # -------------------------------------------------------------------- index
+    def read_index(
+        self, damaged: Callable[[str, Exception], None] | None = None
+    ) -> dict[str, list[PackEntry]]:
+        """Pack id -> header entries, from every index file (the first naming a pack wins).
+
+        An index file that does not read (``RepositoryDamaged``, or ``ObjectNotFound``
+        if it went after the listing) goes to ``damaged``, which may raise; without
+        it such a file is skipped with a warning.
+        """
+        return {
+            pack_id: decode_header(encoded)
+            for pack_id, encoded in self._scan_index(damaged).items()
+        }
+
+    def _scan_index(self, damaged: Callable[[str, Exception], None] | None) -> dict[str, bytes]:
+        packs: dict[str, bytes] = {}
+        for name in self.list_files("index"):
+            try:
+                scanned = self._scan_index_file(name)
+            except (RepositoryDamaged, ObjectNotFound) as exc:
+                if damaged is not None:
+                    damaged(name, exc)
+                elif isinstance(exc, RepositoryDamaged):
+                    log.warning("skipped %s; run 'cloudkeep check'", exc)
+                continue
+            for pack_id, encoded in scanned:
+                packs.setdefault(pack_id, encoded)
+        return packs
+
+    def _scan_index_file(self, name: str) -> list[tuple[str, bytes]]:
+        try:
+            return IndexFile.scan(self._open_file("index", name))
+        except IndexFormatError as exc:
+            raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
+
+    def load_index(self, stored: Collection[str] | None = None) -> MasterIndex:
+        """The index of every readable index file (a damaged one is skipped with a
+        warning), limited to the ``stored`` packs if given; it becomes ``index``.
 
         One planted or damaged index file must not stop every backup and restore:
         without it a backup stores those blobs again, a restore that needs them
         fails naming them, and ``check`` reports the file.
         """
         index = MasterIndex()
-        for name in self.list_files("index"):
-            try:
-                packs = IndexFile.scan(self._load_index_compressed(name))
-            except IndexFormatError as exc:
-                log.warning("skipped index/%s, damaged: %s; run 'cloudkeep check'", name, exc)
-                continue
-            except RepositoryDamaged as exc:
-                log.warning("skipped %s; run 'cloudkeep check'", exc)
-                continue
-            for pack_id, encoded in packs:
+        for pack_id, encoded in self._scan_index(None).items():
+            if stored is None or pack_id in stored:
                 index.add_pack_encoded(pack_id, encoded)
+        self.index = index
+        return index
+
+    def replace_index(self, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
+        """Make ``index`` name exactly these packs (in memory; see ``write_index``)."""
+        index = MasterIndex()
+        for pack_id, entries in packs.items():
+            index.add_pack(pack_id, entries)
         self.index = index
         return index
 
     def read_index_file(self, name: str) -> IndexFile:
         try:
-            return IndexFile.decode(self._load_index_compressed(name))
+            return IndexFile.decode(self._open_file("index", name))
         except IndexFormatError as exc:
             raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
-
-    def _load_index_compressed(self, name: str) -> bytes:
-        sealed = self._cache_get("index", name)
-        if sealed is not None:
-            try:
-                return self.sealer.open(sealed, file_aad("index", name))
-            except DecryptionFailed:
-                self._cache_drop("index", name)
-        sealed = self._read_listed("index", name)
-        try:
-            compressed = self.sealer.open(sealed, file_aad("index", name))
-        except DecryptionFailed as exc:
-            raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
-        self._cache_put("index", name, sealed)
-        return compressed
 
     def write_index_file(self, index_file: IndexFile) -> str:
         name = uuid.uuid4().hex
         sealed = self.sealer.seal(index_file.encode(), file_aad("index", name))
         self._note_written(f"index/{name}")
         self.storage.put(f"index/{name}", sealed)
-        self._cache_put("index", name, sealed)
         return name
 
-    # ------------------------------------------------------------------- blobs
-    def _zstd(self) -> zstandard.ZstdCompressor:
-        """This thread's compressor (zstd contexts are not thread-safe)."""
-        compressor = getattr(self._compressor, "zstd", None)
-        if compressor is None:
-            level = self.config.get("zstd_level", DEFAULT_ZSTD_LEVEL)
-            compressor = self._compressor.zstd = zstandard.ZstdCompressor(level=level)
-        return compressor
+    def write_index(self, packs: Mapping[str, list[PackEntry]]) -> set[str]:
+        """Index files naming these packs, ``PACKS_PER_INDEX_FILE`` per file; their names."""
+        names = set()
+        pack_ids = list(packs)
+        for start in range(0, len(pack_ids), PACKS_PER_INDEX_FILE):
+            chunk = pack_ids[start : start + PACKS_PER_INDEX_FILE]
+            names.add(self.write_index_file(IndexFile({p: packs[p] for p in chunk})))
+        return names
 
-    def _unzstd(self) -> zstandard.ZstdDecompressor:
-        decompressor = getattr(self._compressor, "unzstd", None)
-        if decompressor is None:
-            decompressor = self._compressor.unzstd = zstandard.ZstdDecompressor()
-        return decompressor
+    def remove_index_file(self, name: str) -> None:
+        self.delete_file("index", name)
 
+    def rebuild_index(self) -> IndexRebuild:
+        """A complete new index from the packs' own headers (two ranged reads each).
+
+        The new index files are written first; then the old ones that do not read
+        go (a crash in between leaves a usable index). Old ones that still read
+        stay: they may name blobs of a pack whose header is damaged. Run under the
+        exclusive lock.
+        """
+        report = IndexRebuild()
+        self.bypass_cache()
+        packs: dict[str, list[PackEntry]] = {}
+        for pack_id, info in self.list_packs().items():
+            try:
+                packs[pack_id] = self.load_pack_header(pack_id, info.size)
+            except StorageUnavailable:
+                raise
+            except (StorageError, DecryptionFailed, PackFormatError, ValueError):
+                report.unreadable_packs.append(pack_id)
+        old_names = self.list_files("index")
+        new_names = self.write_index({p: packs[p] for p in sorted(packs)})
+        report.index_files_written = len(new_names)
+        report.packs_indexed = len(packs)
+        report.blobs_indexed = sum(len(entries) for entries in packs.values())
+        for name in old_names:
+            if name in new_names:
+                continue
+            try:
+                self.read_index_file(name)
+            except (RepositoryDamaged, ObjectNotFound):
+                self.remove_index_file(name)
+                report.index_files_removed += 1
+        report.unreadable_packs.sort()
+        return report
+
+    # -------------------------------------------------------------------- blobs
     def seal_frames(
         self,
         blob_ids: list[bytes],
         chunks: list[bytes | memoryview],
         source: memoryview | None = None,
         offsets: list[int] | None = None,
-    ) -> list[tuple[list[bytes], list[FrameMember]]]:
-        """Group consecutive blobs into frames, compress them all in one GIL-free call, seal.
-
-        Returns (sealed frame as pieces to write in order, its members) pairs,
-        blobs in their original order. When the chunks are slices of ``source``
-        (chunk i at ``offsets[i]``, increasing, not overlapping), a frame of
-        adjacent chunks is that slice of ``source`` instead of a joined copy: a
-        backup's database pages were copied once more per frame (0.1-0.2 s of
-        CPU per 600 MiB).
-        """
-        groups: list[list[bytes | memoryview]] = []
-        memberships: list[list[FrameMember]] = []
-        spans: list[tuple[int, int]] = []  # (first chunk number, bytes) of each frame
-        parts: list[bytes | memoryview] = []
-        members: list[FrameMember] = []
-        size = first = 0
-        for number, (blob_id, chunk) in enumerate(zip(blob_ids, chunks, strict=True)):
-            members.append(FrameMember(blob_id, size, len(chunk)))
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= FRAME_TARGET_SIZE:
-                groups.append(parts)
-                memberships.append(members)
-                spans.append((first, size))
-                parts, members, size, first = [], [], 0, number + 1
-        if members:
-            groups.append(parts)
-            memberships.append(members)
-            spans.append((first, size))
-        raws = [
-            self._frame_bytes(group, span, source, offsets)
-            for group, span in zip(groups, spans, strict=True)
-        ]
-        non_empty = [raw for raw in raws if raw]  # zstd's batch call refuses empty inputs
-        compressed = iter(
-            self._zstd().multi_compress_to_buffer(non_empty, threads=1) if non_empty else ()
-        )
-        seal_parts = self.sealer.seal_parts
-        nonces = os.urandom(NONCE_SIZE * len(raws))
-        frames = []
-        for number, (raw, frame_members) in enumerate(zip(raws, memberships, strict=True)):
-            packed = next(compressed) if raw else b""
-            nonce = nonces[number * NONCE_SIZE : (number + 1) * NONCE_SIZE]
-            table = _COUNT.pack(len(frame_members)) + b"".join(
-                [_MEMBER.pack(blob_id, raw_length) for blob_id, _, raw_length in frame_members]
-            )
-            # zstd only when it pays: incompressible frames are stored as they are.
-            body = [b"\x01", packed] if len(packed) < len(raw) else [b"\x00", raw]
-            frames.append((seal_parts([table, *body], FRAME_AAD, nonce), frame_members))
-        return frames
-
-    @staticmethod
-    def _frame_bytes(
-        group: list[bytes | memoryview],
-        span: tuple[int, int],
-        source: memoryview | None,
-        offsets: list[int] | None,
-    ) -> bytes | memoryview:
-        if len(group) == 1:
-            return group[0]
-        if source is not None and offsets is not None:
-            first, size = span
-            start, end = offsets[first], offsets[first + len(group) - 1] + len(group[-1])
-            if end - start == size:  # adjacent: the frame is already there
-                return source[start:end]
-        return b"".join(group)
+    ) -> list[SealedFrame]:
+        """See ``FrameCodec.seal_frames``."""
+        return self._codec.seal_frames(blob_ids, chunks, source, offsets)
 
     def open_frame(self, sealed: bytes | memoryview) -> OpenedFrame:
-        """Decrypt and decompress one frame; its blobs are cut out by ``blob_in_frame``."""
-        try:
-            table, encoding, payload = self._split_frame(self.sealer.open(sealed, FRAME_AAD))
-        except DecryptionFailed as exc:
-            raise FrameDamaged(str(exc)) from exc
-        if encoding == _RAW:
-            return OpenedFrame(payload, table)
-        try:
-            data = self._unzstd().decompress(payload, max_output_size=MAX_FRAME_SIZE)
-        except zstandard.ZstdError as exc:
-            raise FrameDamaged(f"does not decompress: {exc}") from exc
-        return OpenedFrame(memoryview(data), table)
+        return self._codec.open_frame(sealed)
 
-    @staticmethod
-    def _split_frame(
-        plaintext: bytes | memoryview,
-    ) -> tuple[dict[tuple[int, bytes], int], int, memoryview]:
-        """(member table by offset, encoding, payload) of a decrypted frame."""
-        view = memoryview(plaintext)
-        try:
-            (count,) = _COUNT.unpack_from(view)
-            end = _COUNT.size + count * _MEMBER.size
-            table: dict[tuple[int, bytes], int] = {}  # keyed by id too: empty blobs share offsets
-            offset = 0
-            for blob_id, raw_length in _MEMBER.iter_unpack(view[_COUNT.size : end]):
-                table[offset, blob_id] = raw_length
-                offset += raw_length
-            encoding = view[end]
-        except (struct.error, IndexError) as exc:
-            raise FrameDamaged("member table is malformed") from exc
-        if encoding not in (_RAW, _ZSTD):
-            raise FrameDamaged("unknown payload encoding")
-        payload = view[end + 1 :]
-        if encoding == _ZSTD:
-            # zstd allocates the size a frame header declares: bound it before.
-            try:
-                declared = zstandard.frame_content_size(payload)
-            except zstandard.ZstdError as exc:
-                raise FrameDamaged(f"does not decompress: {exc}") from exc
-            if declared > MAX_FRAME_SIZE:
-                raise FrameDamaged(f"declares {declared:,} bytes, more than a frame may hold")
-        return table, encoding, payload
-
-    def open_frames(self, sealed_frames: list[bytes | memoryview]) -> list[OpenedFrame]:
-        """``open_frame`` for many: all zstd payloads decompressed in one GIL-free call.
-
-        Thousands of per-frame GIL releases stall the other threads (convoy effect).
-        On any failure the batch is redone frame by frame, to raise for the damaged one.
-        """
-        open_into, split = self.sealer.open_into, self._split_frame
-        try:
-            plain = memoryview(bytearray(sum(len(s) - OVERHEAD for s in sealed_frames)))
-            parts = []
-            position = 0
-            for sealed in sealed_frames:
-                size = len(sealed) - OVERHEAD
-                open_into(memoryview(sealed), FRAME_AAD, plain[position : position + size])
-                parts.append(split(plain[position : position + size]))
-                position += size
-            packed = [payload for _, encoding, payload in parts if encoding == _ZSTD]
-            unpacked = (
-                iter(self._unzstd().multi_decompress_to_buffer(packed, threads=1))
-                if packed
-                else iter(())
-            )
-            return [
-                OpenedFrame(memoryview(next(unpacked)) if encoding == _ZSTD else payload, table)
-                for table, encoding, payload in parts
-            ]
-        except (DecryptionFailed, FrameDamaged, zstandard.ZstdError, ValueError):
-            return [self.open_frame(sealed) for sealed in sealed_frames]
+    def open_frames(self, sealed_frames: Sequence[bytes | memoryview]) -> list[OpenedFrame]:
+        return self._codec.open_frames(sealed_frames)
 
     def blob_in_frame(
         self,
@@ -747,50 +704,82 @@ class Repository:
         *,
         rehash: bool = False,
     ) -> memoryview:
-        """A blob cut out of its opened frame.
+        return self._codec.blob_in_frame(frame, blob_id, inner_offset, raw_length, rehash=rehash)
 
-        The frame's authenticated member table vouches for the blob: only a key
-        holder can write a frame, and the writer hashed every blob it lists.
-        ``rehash`` also recomputes the id, which only a writer bug could fail.
+    def locate(self, blob_ids: Iterable[bytes], damage: DamageFn | None = None) -> list[FrameBlobs]:
+        """The blobs grouped by the frame holding them; a blob the index does not name
+        goes to ``damage`` (``BlobDamaged`` raised without one)."""
+        wanted = list(dict.fromkeys(blob_ids))
+        known = self.index.ids()
+        missing = [blob_id for blob_id in wanted if blob_id not in known]
+        for blob_id in missing:
+            error = BlobDamaged(blob_id, "not in the index")
+            if damage is None:
+                raise error
+            damage(error)
+        if missing:
+            wanted = [blob_id for blob_id in wanted if blob_id in known]
+        return self.index.frames_of(wanted)
+
+    def load_blobs(
+        self,
+        blob_ids: Iterable[bytes],
+        damage: DamageFn | None = None,
+        threads: int = loader.LOAD_THREADS,
+    ) -> Iterator[tuple[bytes, memoryview]]:
+        """(blob id, content) of each blob, in pack order, many per ranged read.
+
+        Every blob is re-hashed against its id. A blob that cannot be loaded
+        (not indexed, pack missing, frame or blob damaged) goes to ``damage``;
+        without it the first such blob raises ``BlobDamaged``. See ``loader``.
         """
-        if frame.table.get((inner_offset, blob_id)) != raw_length:
-            raise BlobDamaged(blob_id, "is not where the index says in its frame")
-        data = frame.data[inner_offset : inner_offset + raw_length]
-        if len(data) != raw_length:
-            raise BlobDamaged(blob_id, "lies past the end of its frame")
-        if rehash and self.sealer.blob_id(data) != blob_id:
-            raise BlobDamaged(blob_id, "content does not match its id")
-        return data
+        located = self.locate(blob_ids, damage)
+        return loader.load_blobs(self.storage, self._codec, located, damage, threads)
+
+    def load_frames(
+        self,
+        frames: Iterable[FrameBlobs],
+        damage: DamageFn | None = None,
+        threads: int = loader.LOAD_THREADS,
+    ) -> Iterator[LoadedFrame]:
+        """Frames as stored and opened, their wanted blobs verified; see ``loader``."""
+        return loader.load_frames(self.storage, self._codec, frames, damage, threads)
+
+    def load_range(self, span: PackRange, damage: DamageFn | None = None) -> list[LoadedFrame]:
+        """One ranged read (from ``loader.plan_ranges``), its frames opened and verified;
+        for callers that fetch in threads of their own."""
+        return loader.load_range(self.storage, self._codec, span, damage)
+
+    def verify_pack_frames(
+        self,
+        pack_id: str,
+        content: bytes | memoryview,
+        entries: list[PackEntry],
+        damage: DamageFn,
+    ) -> None:
+        """Open every frame of a whole downloaded pack and re-hash each listed blob;
+        what fails goes to ``damage``."""
+        frames = [
+            FrameBlobs(
+                pack_id,
+                offset,
+                length,
+                [(e.blob_id, e.inner_offset, e.raw_length) for e in members],
+            )
+            for (offset, length), members in frames_of(entries).items()
+        ]
+        for span in loader.plan_ranges(frames, max_bytes=MAX_PACK_SIZE, max_gap=MAX_PACK_SIZE):
+            loader.open_range(self._codec, span, content, damage, data_offset=0)
 
     def read_blob(self, blob_id: bytes) -> memoryview:
-        location = self.index.lookup(blob_id)
-        if location is None:
-            raise BlobDamaged(blob_id, "not in the index")
-        if location.length > MAX_SEALED_FRAME_SIZE:
-            raise BlobDamaged(blob_id, "its frame is larger than any frame may be")
-        try:
-            sealed = self.storage.get(pack_name(location.pack_id), location.offset, location.length)
-        except ObjectNotFound as exc:
-            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is missing") from exc
-        except StorageUnavailable:
-            raise
-        except StorageError as exc:  # a range past the end: the pack was cut short
-            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated") from exc
-        if len(sealed) != location.length:
-            raise BlobDamaged(blob_id, f"pack {location.pack_id[:16]} is truncated")
-        try:
-            frame = self.open_frame(sealed)
-        except FrameDamaged as exc:
-            raise BlobDamaged(blob_id, str(exc)) from exc
-        return self.blob_in_frame(
-            frame, blob_id, location.inner_offset, location.raw_length, rehash=True
-        )
+        """One blob, re-hashed against its id (``BlobDamaged`` if it cannot be loaded)."""
+        (span,) = loader.plan_ranges(self.locate([blob_id]))
+        (loaded,) = self.load_range(span)
+        (_, inner_offset, raw_length) = loaded.frame.blobs[0]
+        return loaded.opened.data[inner_offset : inner_offset + raw_length]
 
     def pack_writer(self) -> PackWriter:
-        return PackWriter(self)
-
-
-_CACHE_FILE = re.compile(r"[0-9a-f]{64}")
+        return PackWriter(self, self.config.get("pack_size", PACK_TARGET_SIZE))
 
 
 def object_path(kind: str, name: str) -> str:
@@ -811,149 +800,11 @@ def cache_key(storage: Storage, config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _open_no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def _cache_file_name(kind: str, name: str) -> str:
-    return hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()
-
-
-class PackWriter:
-    """Collects sealed blobs into packs and uploads them in the background.
-
-    Uploads overlap with chunking (two at a time, bounded so memory stays flat).
-    ``flush`` uploads the partial pack and writes the index of everything
-    uploaded, so a manifest written afterwards never points at unindexed data.
-    """
-
-    def __init__(self, repo: Repository, max_pending_uploads: int = 2) -> None:
-        self._repo = repo
-        self._lock = threading.Lock()
-        self._uploads_lock = threading.Lock()
-        self._builder = PackBuilder()
-        self._pending: set[bytes] = set()
-        self._uploads: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(max_pending_uploads)
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
-        self._unindexed = IndexFile()
-        self._index_files: list[str] = []
-        self._flushed_packs: list[str] = []
-        self.uploaded_bytes = 0
-
-    def known(self, blob_id: bytes) -> bool:
-        """Already stored, or queued for storing by this writer."""
-        return blob_id in self._repo.index or blob_id in self._pending
-
-    def claim_new(self, blob_ids: list[bytes]) -> list[int]:
-        """Positions of the ids nobody stored or claimed yet; claims them (one lock per batch).
-
-        A claimed blob must then be passed to ``add_claimed`` by the claimer.
-        """
-        known, pending = self._repo.index.ids(), self._pending
-        fresh = []
-        with self._lock:
-            for position, blob_id in enumerate(blob_ids):
-                if blob_id not in known and blob_id not in pending:
-                    pending.add(blob_id)
-                    fresh.append(position)
-        return fresh
-
-    def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
-        """Seal and queue one blob in a frame of its own; False if it is known already."""
-        if not self.claim_new([blob_id]):
-            return False
-        self.add_claimed(blob_type, self._repo.seal_frames([blob_id], [data]))
-        return True
-
-    def add_frame(
-        self, blob_type: BlobType, sealed: list[bytes], members: list[FrameMember]
-    ) -> bool:
-        """Queue an already sealed frame (space reclaim copies them) unless all of it is known."""
-        with self._lock:
-            if all(self.known(member.blob_id) for member in members):
-                return False
-            self._pending.update(member.blob_id for member in members)
-        self.add_claimed(blob_type, [(sealed, members)])
-        return True
-
-    def add_claimed(
-        self, blob_type: BlobType, frames: list[tuple[list[bytes], list[FrameMember]]]
-    ) -> None:
-        """Queue sealed frames whose blobs the caller claimed: one lock round per batch."""
-        pack_size = self._repo.config.get("pack_size", PACK_TARGET_SIZE)
-        full: list[PackBuilder] = []
-        with self._lock:
-            for sealed, members in frames:
-                self._builder.add_frame(blob_type, sealed, members)
-                if self._builder.size >= pack_size:
-                    full.append(self._builder)
-                    self._builder = PackBuilder()
-        for builder in full:
-            self._submit(builder)
-
-    def _submit(self, builder: PackBuilder) -> None:
-        # Two sealing threads submit packs: the list of uploads has its own lock, as
-        # a lost future would let flush() index before that pack is uploaded.
-        self._raise_failed_uploads()
-        self._slots.acquire()
-        future = self._executor.submit(self._upload, builder)
-        future.add_done_callback(lambda _f: self._slots.release())
-        with self._uploads_lock:
-            self._uploads.append(future)
-
-    def _upload(self, builder: PackBuilder) -> None:
-        pack_id, content = builder.finish(self._repo.sealer)
-        self._repo._note_written(pack_name(pack_id))
-        self._repo.storage.put(pack_name(pack_id), content)
-        with self._lock:
-            self._repo.index.add_pack(pack_id, builder.entries)
-            self._pending.difference_update([entry.blob_id for entry in builder.entries])
-            self._unindexed.packs[pack_id] = builder.entries
-            self.uploaded_bytes += len(content)
-            full = len(self._unindexed.packs) >= PACKS_PER_INDEX_FLUSH
-            if full:
-                unindexed, self._unindexed = self._unindexed, IndexFile()
-        if full:
-            # Index as we go: bounded memory, and what was uploaded before a crash
-            # is found (and deduplicated against) by the next backup.
-            name = self._repo.write_index_file(unindexed)
-            with self._lock:
-                self._index_files.append(name)
-                self._flushed_packs += unindexed.packs
-
-    def _raise_failed_uploads(self) -> None:
-        with self._uploads_lock:
-            done = [future for future in self._uploads if future.done()]
-            self._uploads = [future for future in self._uploads if not future.done()]
-        for future in done:
-            future.result()  # re-raises the upload's error here, in the caller
-
-    def flush(self) -> list[str]:
-        """Upload everything queued and index it; returns the new index file names."""
-        with self._lock:
-            builder, self._builder = self._builder, PackBuilder()
-        if builder.entries:
-            self._submit(builder)
-        with self._uploads_lock:
-            uploads, self._uploads = self._uploads, []
-        for future in uploads:
-            future.result()
-        with self._lock:
-            unindexed, self._unindexed = self._unindexed, IndexFile()
-        if unindexed.packs:
-            self._index_files.append(self._repo.write_index_file(unindexed))
-            self._flushed_packs += unindexed.packs
-        return list(self._index_files)
-
-    def flushed_pack_ids(self) -> list[str]:
-        return list(self._flushed_packs)
-
-    def close(self) -> None:
-        """Stop the upload threads (after flush, or abandoning queued work on cancel)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def unindexed_pack_ids(self) -> list[str]:
-        """Packs uploaded since the last flush: garbage if the backup is abandoned."""
-        with self._lock:
-            return list(self._unindexed.packs)
+def with_cache(storage: Storage, cache_root: Path, config: dict) -> CachedStorage:
+    """``storage`` keeping local copies of index and backup files under ``cache_root``,
+    in the folder of this store and repository (``cache_key``)."""
+    return CachedStorage(
+        storage,
+        cache_root / cache_key(storage, config),
+        {kind: MAX_STORED_SIZE[kind] for kind in CACHED_KINDS},
+    )

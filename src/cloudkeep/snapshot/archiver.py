@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
 
 from cloudkeep import __version__
 from cloudkeep.errors import Busy, CloudkeepError, DataSourceError, RepositoryDamaged
-from cloudkeep.repository.index import IndexFile, MasterIndex
+from cloudkeep.repository.index import IndexFile
 from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import BlobType, pack_name
+from cloudkeep.repository.packs import BlobType
 from cloudkeep.repository.repository import BlobDamaged, PackWriter, Repository
+from cloudkeep.snapshot.catalog import load_manifest
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.manifest import (
     CHUNKS_PER_LIST_BLOB,
@@ -94,7 +95,7 @@ class _ChunkLists:
 
     def _emit(self, chunks: list[tuple[bytes, int]]) -> None:
         listing = encode_chunk_list(chunks)
-        list_id = self._repo.sealer.blob_id(listing)
+        list_id = self._repo.blob_id(listing)
         self._writer.add(BlobType.TREE, list_id, listing)
         self.list_ids.append(list_id.hex())
 
@@ -174,7 +175,7 @@ class _Batcher:
             chunks = page_chunks(source, chunk_bytes)
         else:
             source, chunk_bytes, chunks = None, 0, batch
-        blob_id = self._repo.sealer.blob_id
+        blob_id = self._repo.blob_id
         ids = [blob_id(chunk) for chunk in chunks]
         sizes = [len(chunk) for chunk in chunks]
         batch_bytes = sum(sizes)
@@ -317,17 +318,7 @@ class Archiver:
         dropped, so nothing is deduplicated against them. Our lock is held, so no
         pack listed here goes away before our manifest is saved.
         """
-        repo = self.repo
-        repo.load_index()
-        stored = set(repo.list_packs())
-        if not set(repo.index.pack_ids()) <= stored:
-            index = MasterIndex()
-            for name in repo.list_files("index"):
-                with contextlib.suppress(ObjectNotFound):
-                    for pack_id, entries in repo.read_index_file(name).packs.items():
-                        if pack_id in stored:
-                            index.add_pack(pack_id, entries)
-            repo.index = index
+        self.repo.load_index(stored=set(self.repo.list_packs()))
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source, self.warnings)
@@ -343,7 +334,7 @@ class Archiver:
             # Reusing the parent's chunk lists is safe once our shared lock is held and
             # the parent still exists: reclaim (exclusive) only removes blobs that no
             # manifest refers to, and cannot run until we are done.
-            if parent_id is not None and self._still_exists(parent_id):
+            if parent_id is not None and self.repo.backup_exists(parent_id):
                 self._parent = parent_files
             entries, added_bytes, index_names = self._store(kind, items, tracker)
             manifest = self._save_manifest(
@@ -498,13 +489,6 @@ class Archiver:
             "it is not in this backup"
         )
 
-    def _still_exists(self, backup_id: str) -> bool:
-        try:
-            self.repo.storage.stat(f"snapshots/{backup_id}")
-            return True
-        except ObjectNotFound:
-            return False
-
     def _parent_files(
         self, source: Path, device_name: str
     ) -> tuple[str | None, dict[str, FileEntry]]:
@@ -519,9 +503,9 @@ class Archiver:
             return int(tail) if tail.isdigit() else -1
 
         latest: Manifest | None = None
-        for name in sorted(self.repo.list_files("snapshots"), key=stamp, reverse=True):
+        for name in sorted(self.repo.list_backups(), key=stamp, reverse=True):
             try:
-                manifest = Manifest.decode(self.repo.load_file("snapshots", name), name)
+                manifest = load_manifest(self.repo, name)
             except (CloudkeepError, StorageError, ValueError, TypeError, KeyError):
                 continue
             if manifest.device_name == device_name and manifest.source == str(source):
@@ -590,7 +574,7 @@ class Archiver:
         """Remove packs this failed backup uploaded but never indexed (best effort)."""
         for pack_id in writer.unindexed_pack_ids():
             with contextlib.suppress(StorageError, CloudkeepError):
-                self.repo.storage.delete(pack_name(pack_id))
+                self.repo.delete_pack(pack_id)
 
     def _save_manifest(
         self,
@@ -634,14 +618,14 @@ class Archiver:
                 root_mode=stat.S_IMODE(source.stat().st_mode) if kind == "folder" else None,
             )
             try:
-                self.repo.save_file("snapshots", manifest.id, manifest.encode(), create_only=True)
+                self.repo.save_backup(manifest.id, manifest.encode())
                 break
             except ObjectExists:
                 stamp += 1 + int.from_bytes(os.urandom(1), "little")
         if not lock.held():  # it lapsed while the manifest was being written
             lock.reacquire(LOCK_TIMEOUT_SECONDS)
             if not self._all_stored(entries, index_names):
-                self.repo.delete_file("snapshots", manifest.id)
+                self.repo.delete_backup(manifest.id)
                 return None
         return manifest
 
@@ -662,7 +646,7 @@ class Archiver:
             if len(live) < len(packs):
                 if live:
                     repo.write_index_file(IndexFile(live))
-                repo.delete_file("index", name)
+                repo.remove_index_file(name)
         self._load_live_index()
         index = repo.index
         checked: set[bytes] = set()

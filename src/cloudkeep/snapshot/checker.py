@@ -12,21 +12,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.repository.index import MasterIndex
 from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import (
-    PackEntry,
-    frames_of,
-    pack_id_of,
-    read_header,
-)
-from cloudkeep.repository.repository import BlobDamaged, FrameDamaged, Repository
+from cloudkeep.repository.packs import PackEntry, pack_id_of
+from cloudkeep.repository.repository import BlobDamaged, Repository
 from cloudkeep.repository.untrusted import shown
 from cloudkeep.snapshot.gc_pause import gc_paused
 from cloudkeep.snapshot.progress import ProgressFn, Tracker
 from cloudkeep.snapshot.usage import blob_users, load_manifests
-from cloudkeep.storage.base import ObjectNotFound
 
 LOCK_TIMEOUT_SECONDS = 600.0
 
@@ -69,19 +61,13 @@ class Checker:
     def _run(self, read_data: bool) -> CheckReport:
         report = CheckReport()
         repo = self.repo
-        repo.read_cache = False
-        index = MasterIndex()
-        indexed: dict[str, list[PackEntry]] = {}
-        for name in repo.list_files("index"):
-            try:
-                index_file = repo.read_index_file(name)
-            except (RepositoryDamaged, ObjectNotFound) as exc:
-                report.errors.append(str(exc))
-                continue
-            for pack_id, entries in index_file.packs.items():
-                index.add_pack(pack_id, entries)
-                indexed.setdefault(pack_id, entries)
-        repo.index = index
+        repo.bypass_cache()
+
+        def index_damaged(_name: str, exc: Exception) -> None:
+            report.errors.append(str(exc))
+
+        indexed = repo.read_index(index_damaged)
+        index = repo.replace_index(indexed)
         stored = {pack_id: info.size for pack_id, info in repo.list_packs().items()}
 
         manifests, broken = load_manifests(repo)
@@ -153,7 +139,7 @@ class Checker:
             if pack_id_of(content) != pack_id:
                 pack_problems.append("content does not match its name")
             try:
-                header = {e.blob_id: e for e in read_header(content, self.repo.sealer)}
+                header = {e.blob_id: e for e in self.repo.read_pack_header(content)}
                 if any(header.get(e.blob_id) != e for e in indexed[pack_id]):
                     pack_problems.append("header disagrees with the index")
             except Exception as exc:
@@ -161,22 +147,11 @@ class Checker:
             # Blobs are judged one by one: restore reads them through the index, so
             # only the blobs that fail here make a backup unrestorable.
             bad: dict[bytes, str] = {}
-            view = memoryview(content)
-            for (offset, length), members in frames_of(indexed[pack_id]).items():
-                try:
-                    frame = self.repo.open_frame(view[offset : offset + length])
-                except FrameDamaged as exc:
-                    reason = f"frame at {offset} damaged ({exc}) in pack {pack_id[:16]}"
-                    for entry in members:
-                        bad[entry.blob_id] = reason
-                    continue
-                for entry in members:
-                    try:
-                        self.repo.blob_in_frame(
-                            frame, entry.blob_id, entry.inner_offset, entry.raw_length, rehash=True
-                        )
-                    except BlobDamaged as exc:
-                        bad[entry.blob_id] = f"{exc} in pack {pack_id[:16]}"
+
+            def damaged(error: BlobDamaged) -> None:
+                bad[error.blob_id] = error.reason
+
+            self.repo.verify_pack_frames(pack_id, content, indexed[pack_id], damaged)
             with lock:
                 report.bytes_read += len(content)
                 if pack_problems:

@@ -1,25 +1,14 @@
-"""Which blobs each backup needs: shared by check and space reclaim."""
+"""Which blobs each backup needs: shared by check and prune."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.snapshot.catalog import load_manifests
 from cloudkeep.snapshot.manifest import Manifest, decode_chunk_list
 
-
-def load_manifests(repo: Repository) -> tuple[list[Manifest], dict[str, str]]:
-    """Every readable manifest, and the reasons the unreadable ones failed."""
-    manifests, broken = [], {}
-    for name in repo.list_files("snapshots"):
-        try:
-            manifests.append(Manifest.decode(repo.load_file("snapshots", name), name))
-        except RepositoryDamaged as exc:
-            broken[name] = str(exc)
-        except (ValueError, TypeError, KeyError) as exc:
-            broken[name] = f"snapshots/{name} does not decode: {exc}"
-    return manifests, broken
+__all__ = ["blob_users", "load_manifests"]
 
 
 def blob_users(
@@ -27,27 +16,34 @@ def blob_users(
 ) -> tuple[dict[bytes, set[str]], dict[str, list[str]]]:
     """blob id → ids of the backups that need it; and per backup, unreadable lists.
 
-    Chunk-list blobs shared by many backups are read once.
+    Every chunk-list blob is read once, many per ranged read (``Repository.load_blobs``).
     """
     users: dict[bytes, set[str]] = defaultdict(set)
     problems: dict[str, list[str]] = defaultdict(list)
+    wanted: dict[bytes, None] = {}
+    for manifest in manifests:
+        for entry in manifest.files:
+            for list_hex in entry.content:
+                wanted[bytes.fromhex(list_hex)] = None
     listed: dict[bytes, list[bytes] | str] = {}
+
+    def damaged(error: BlobDamaged) -> None:
+        listed[error.blob_id] = str(error)
+
+    for list_id, content in repo.load_blobs(wanted, damaged):
+        try:
+            listed[list_id] = [bid for bid, _ in decode_chunk_list(bytes(content))]
+        except ValueError as exc:
+            listed[list_id] = str(exc)
     for manifest in manifests:
         for entry in manifest.files:
             for list_hex in entry.content:
                 list_id = bytes.fromhex(list_hex)
                 users[list_id].add(manifest.id)
-                if list_id not in listed:
-                    try:
-                        listed[list_id] = [
-                            bid for bid, _ in decode_chunk_list(repo.read_blob(list_id))
-                        ]
-                    except (BlobDamaged, ValueError) as exc:
-                        listed[list_id] = str(exc)
-                content = listed[list_id]
-                if isinstance(content, str):
-                    problems[manifest.id].append(f"{entry.path}: {content}")
+                chunks = listed.get(list_id, "was not read")
+                if isinstance(chunks, str):
+                    problems[manifest.id].append(f"{entry.path}: {chunks}")
                     continue
-                for blob_id in content:
+                for blob_id in chunks:
                     users[blob_id].add(manifest.id)
     return users, problems

@@ -11,11 +11,34 @@ slot for other work.
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
+from cloudkeep.errors import ConfigurationError
 from cloudkeep.storage.base import ObjectInfo, Payload, Storage
 from cloudkeep.storage.retrying import RetryingStorage
+
+ENV_CONNECTIONS = "CLOUDKEEP_STORE_CONNECTIONS"
+#: Requests in flight at once: a restore fetches 4 ranges, a backup uploads 2 packs
+#: beside its lock refresh, and the API server may run a few operations together.
+DEFAULT_CONNECTIONS = 8
+MAX_CONNECTIONS = 256
+
+
+def store_connections(environ: Mapping[str, str] | None = None) -> int:
+    """The cap on requests in flight: ``CLOUDKEEP_STORE_CONNECTIONS`` or the default."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_CONNECTIONS, "").strip()
+    if not raw:
+        return DEFAULT_CONNECTIONS
+    try:
+        connections = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{ENV_CONNECTIONS}={raw!r} is not a whole number") from None
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ConfigurationError(f"{ENV_CONNECTIONS} must be from 1 to {MAX_CONNECTIONS}")
+    return connections
 
 
 class ConcurrencyLimitedStorage:

@@ -1,0 +1,154 @@
+"""Collecting sealed frames into packs and uploading them in the background."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from cloudkeep.repository.frames import SealedFrame
+from cloudkeep.repository.index import IndexFile
+from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder
+
+if TYPE_CHECKING:
+    from cloudkeep.repository.repository import Repository
+
+#: An index file per 64 packs (256 MiB) uploaded.
+PACKS_PER_INDEX_FLUSH = 64
+
+
+class PackWriter:
+    """Collects sealed blobs into packs and uploads them in the background.
+
+    Uploads overlap with chunking (two at a time, bounded so memory stays flat).
+    ``flush`` uploads the partial pack and writes the index of everything
+    uploaded, so a manifest written afterwards never points at unindexed data.
+    """
+
+    def __init__(self, repo: Repository, pack_size: int, max_pending_uploads: int = 2) -> None:
+        self._repo = repo
+        self._pack_size = pack_size
+        self._lock = threading.Lock()
+        self._uploads_lock = threading.Lock()
+        self._builder = PackBuilder()
+        self._pending: set[bytes] = set()
+        self._uploads: list[Future[None]] = []
+        self._slots = threading.BoundedSemaphore(max_pending_uploads)
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
+        self._unindexed = IndexFile()
+        self._index_files: list[str] = []
+        self._flushed_packs: list[str] = []
+        self.uploaded_bytes = 0
+
+    def known(self, blob_id: bytes) -> bool:
+        """Already stored, or queued for storing by this writer."""
+        return blob_id in self._repo.index or blob_id in self._pending
+
+    def claim_new(self, blob_ids: list[bytes]) -> list[int]:
+        """Positions of the ids nobody stored or claimed yet; claims them (one lock per batch).
+
+        A claimed blob must then be passed to ``add_claimed`` by the claimer.
+        """
+        known, pending = self._repo.index.ids(), self._pending
+        fresh = []
+        with self._lock:
+            for position, blob_id in enumerate(blob_ids):
+                if blob_id not in known and blob_id not in pending:
+                    pending.add(blob_id)
+                    fresh.append(position)
+        return fresh
+
+    def add(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> bool:
+        """Seal and queue one blob in a frame of its own; False if it is known already."""
+        if not self.claim_new([blob_id]):
+            return False
+        self.add_claimed(blob_type, self._repo.seal_frames([blob_id], [data]))
+        return True
+
+    def add_frame(
+        self, blob_type: BlobType, sealed: list[bytes], members: list[FrameMember]
+    ) -> bool:
+        """Queue an already sealed frame (prune copies them) unless all of it is known."""
+        with self._lock:
+            if all(self.known(member.blob_id) for member in members):
+                return False
+            self._pending.update(member.blob_id for member in members)
+        self.add_claimed(blob_type, [(sealed, members)])
+        return True
+
+    def add_claimed(self, blob_type: BlobType, frames: list[SealedFrame]) -> None:
+        """Queue sealed frames whose blobs the caller claimed: one lock round per batch."""
+        full: list[PackBuilder] = []
+        with self._lock:
+            for sealed, members in frames:
+                self._builder.add_frame(blob_type, sealed, members)
+                if self._builder.size >= self._pack_size:
+                    full.append(self._builder)
+                    self._builder = PackBuilder()
+        for builder in full:
+            self._submit(builder)
+
+    def _submit(self, builder: PackBuilder) -> None:
+        # Two sealing threads submit packs: the list of uploads has its own lock, as
+        # a lost future would let flush() index before that pack is uploaded.
+        self._raise_failed_uploads()
+        self._slots.acquire()
+        future = self._executor.submit(self._upload, builder)
+        future.add_done_callback(lambda _f: self._slots.release())
+        with self._uploads_lock:
+            self._uploads.append(future)
+
+    def _upload(self, builder: PackBuilder) -> None:
+        pack_id, content = builder.finish(self._repo.sealer)
+        self._repo.put_pack(pack_id, content)
+        with self._lock:
+            self._repo.index.add_pack(pack_id, builder.entries)
+            self._pending.difference_update([entry.blob_id for entry in builder.entries])
+            self._unindexed.packs[pack_id] = builder.entries
+            self.uploaded_bytes += len(content)
+            full = len(self._unindexed.packs) >= PACKS_PER_INDEX_FLUSH
+            if full:
+                unindexed, self._unindexed = self._unindexed, IndexFile()
+        if full:
+            # Index as we go: bounded memory, and what was uploaded before a crash
+            # is found (and deduplicated against) by the next backup.
+            name = self._repo.write_index_file(unindexed)
+            with self._lock:
+                self._index_files.append(name)
+                self._flushed_packs += unindexed.packs
+
+    def _raise_failed_uploads(self) -> None:
+        with self._uploads_lock:
+            done = [future for future in self._uploads if future.done()]
+            self._uploads = [future for future in self._uploads if not future.done()]
+        for future in done:
+            future.result()  # re-raises the upload's error here, in the caller
+
+    def flush(self) -> list[str]:
+        """Upload everything queued and index it; returns the new index file names."""
+        with self._lock:
+            builder, self._builder = self._builder, PackBuilder()
+        if builder.entries:
+            self._submit(builder)
+        with self._uploads_lock:
+            uploads, self._uploads = self._uploads, []
+        for future in uploads:
+            future.result()
+        with self._lock:
+            unindexed, self._unindexed = self._unindexed, IndexFile()
+        if unindexed.packs:
+            self._index_files.append(self._repo.write_index_file(unindexed))
+            self._flushed_packs += unindexed.packs
+        return list(self._index_files)
+
+    def flushed_pack_ids(self) -> list[str]:
+        return list(self._flushed_packs)
+
+    def close(self) -> None:
+        """Stop the upload threads (after flush, or abandoning queued work on cancel)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def unindexed_pack_ids(self) -> list[str]:
+        """Packs uploaded since the last flush: garbage if the backup is abandoned."""
+        with self._lock:
+            return list(self._unindexed.packs)
