@@ -59,7 +59,7 @@ def _worker(settings: Settings, requests: Connection, replies: Connection, cance
         # Background work: when CPUs are scarce the API (and the user's app) go first.
         with contextlib.suppress(OSError):
             os.nice(_NICENESS)
-    from cloudkeep.allocator import keep_freed_memory
+    from cloudkeep.platform import keep_freed_memory
     from cloudkeep.workspace import Workspace
 
     keep_freed_memory()

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cloudkeep import __version__
-from cloudkeep.allocator import keep_freed_memory
 from cloudkeep.cli.output import error, notice, print_json, progress_bar
 from cloudkeep.cli.params import FastCommand, FastGroup
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.platform import keep_freed_memory
 from cloudkeep.settings import Settings
 
 if TYPE_CHECKING:

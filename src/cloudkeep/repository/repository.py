@@ -40,6 +40,7 @@ from cloudkeep.errors import (
     RepositoryNotFound,
     WrongPassphrase,
 )
+from cloudkeep.platform import open_nofollow
 from cloudkeep.repository.crypto import (
     NONCE_SIZE,
     OVERHEAD,
@@ -812,7 +813,7 @@ def cache_key(storage: Storage, config: dict) -> str:
 
 
 def _open_no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return open_nofollow(path, flags)
 
 
 def _cache_file_name(kind: str, name: str) -> str:

@@ -23,12 +23,11 @@ data (the CLI; the API's engine process, which runs one job at a time).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import stat
 from pathlib import Path
 
+from cloudkeep import platform
 from cloudkeep.snapshot.sources import COMPANION_SUFFIXES, is_sqlite
 
 # SQLite's os_unix.c: the DMS byte of the -shm file, and PENDING_BYTE followed by
@@ -60,18 +59,13 @@ def databases(root: Path) -> list[Path]:
 def _held(path: Path, start: int, length: int) -> bool:
     """True if another process holds a lock on bytes ``start`` to ``start+length``."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = platform.open_nofollow(path, os.O_RDWR | platform.O_NONBLOCK)
     except OSError:
         return False  # absent, or not ours to write: the /proc scan still looks
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
-        except OSError as exc:
-            return exc.errno in (errno.EACCES, errno.EAGAIN)
-        fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
-        return False
+        return platform.range_locked(fd, start, length)
     finally:
         os.close(fd)
 

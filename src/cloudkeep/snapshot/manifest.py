@@ -12,7 +12,6 @@ import json
 import os
 import re
 import struct
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from typing import Any
 
 from cloudkeep import __version__
 from cloudkeep.errors import FormatTooNew, InvalidSnapshotId, RepositoryDamaged, UnsafeBackup
+from cloudkeep.platform import system_label
 from cloudkeep.repository.crypto import ID_SIZE
 from cloudkeep.repository.untrusted import parse_json
 
@@ -51,13 +51,8 @@ def validate_backup_id(backup_id: str) -> str:
 
 
 def current_platform() -> str:
-    if sys.platform.startswith("linux"):
-        return "LINUX"
-    if sys.platform == "darwin":
-        return "MACOS"
-    if sys.platform in ("win32", "cygwin"):
-        return "WINDOWS"
-    return "UNKNOWN"
+    """This system as a backup records it (LINUX, MACOS, WINDOWS or UNKNOWN)."""
+    return system_label()
 
 
 def new_backup_id(timestamp_us: int) -> str:

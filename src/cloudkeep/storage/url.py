@@ -39,6 +39,7 @@ from opendal.layers import TimeoutLayer
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.storage.base import Storage
+from cloudkeep.storage.local import LocalStorage
 from cloudkeep.storage.opendal_store import OpenDALStorage, redact, summarize_error
 from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
 
@@ -450,11 +451,11 @@ def open_store(
         reason = summarize_error(exc, spec.secrets)
         raise _error(url, f"{spec.service}: {reason}") from None
     operator = operator.layer(TimeoutLayer(timeout=control, io_timeout=io))
-    raw = OpenDALStorage(
-        operator,
-        spec.description,
-        atomic_rename=spec.atomic_rename,
-        secrets=spec.secrets,
-        local_root=spec.options["root"] if spec.service == "fs" else None,
-    )
+    raw: OpenDALStorage
+    if spec.service == "fs":
+        raw = LocalStorage(operator, spec.description, spec.options["root"], secrets=spec.secrets)
+    else:
+        raw = OpenDALStorage(
+            operator, spec.description, atomic_rename=spec.atomic_rename, secrets=spec.secrets
+        )
     return RetryingStorage.with_policy(raw, policy)
