@@ -20,6 +20,9 @@ from cloudkeep.platform.portable import (
     keep_freed_memory as keep_freed_memory,
 )
 from cloudkeep.platform.portable import (
+    open_file_holders as open_file_holders,
+)
+from cloudkeep.platform.portable import (
     reopen_direct as reopen_direct,
 )
 from cloudkeep.platform.portable import (

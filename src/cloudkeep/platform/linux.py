@@ -8,7 +8,7 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 assert sys.platform == "linux"
@@ -26,6 +26,9 @@ from cloudkeep.platform.posix import (
 )
 from cloudkeep.platform.posix import (
     pread as pread,
+)
+from cloudkeep.platform.posix import (
+    process_alive as process_alive,
 )
 from cloudkeep.platform.posix import (
     pwrite as pwrite,
@@ -139,21 +142,38 @@ def pwritev(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
     return os.pwritev(fd, buffers, offset)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process of this host runs; a zombie (killed, not yet reaped) does not."""
-    if pid <= 0:
-        return False
+def open_file_holders(paths: Collection[str]) -> dict[str, list[str]]:
+    """Of ``paths`` (real paths), those another process has open → ``pid N command``
+    of each (from ``/proc/<pid>/fd``: this user's processes, or all as root)."""
+    holders: dict[str, list[str]] = {}
+    if not paths:
+        return holders
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return True
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return holders
+    me = str(os.getpid())
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # another user's process, or gone
+        for fd in descriptors:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target not in paths:
+                continue
+            command = ""
+            with contextlib.suppress(OSError):
+                command = Path(f"/proc/{pid}/comm").read_text().strip()
+            who = f"pid {pid} {command}".strip()
+            if who not in holders.setdefault(target, []):
+                holders[target].append(who)
+    return holders
 
 
 def process_umask() -> int:

@@ -14,7 +14,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from cloudkeep.platform._common import (
@@ -93,20 +93,13 @@ def writev(fd: int, buffers: Sequence[bytes | memoryview]) -> int:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host runs (never signals it)."""
-    if pid <= 0:
-        return False
+    """Whether a process of this host runs: ``OpenProcess`` on Windows, signal 0
+    elsewhere (see the native modules)."""
     if sys.platform == "win32":
         from cloudkeep.platform.windows import process_alive as alive
-
-        return alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    else:
+        from cloudkeep.platform.posix import process_alive as alive
+    return alive(pid)
 
 
 def range_locked(fd: int, start: int, length: int) -> bool:
@@ -151,6 +144,11 @@ def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -
         os.close(fd)
         raise
     return fd
+
+
+def open_file_holders(paths: Collection[str]) -> dict[str, list[str]]:
+    """Of ``paths``, those another process has open, and who; unknown here (empty)."""
+    return {}
 
 
 def open_folder(path: Path) -> Folder:

@@ -63,7 +63,11 @@ def pwrite_each(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> 
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host runs: signal 0 checks without sending anything."""
+    """Whether a process of this host runs: signal 0 checks without sending anything.
+
+    A zombie (killed, not yet reaped) answers signal 0 but never writes again:
+    where ``/proc`` tells (Linux), it counts as dead.
+    """
     if pid <= 0:
         return False
     try:
@@ -72,7 +76,11 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def range_locked(fd: int, start: int, length: int) -> bool:

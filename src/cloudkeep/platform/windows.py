@@ -25,6 +25,9 @@ from cloudkeep.platform.portable import (
     open_direct as open_direct,
 )
 from cloudkeep.platform.portable import (
+    open_file_holders as open_file_holders,
+)
+from cloudkeep.platform.portable import (
     open_folder as open_folder,
 )
 from cloudkeep.platform.portable import (

@@ -8,6 +8,7 @@ moving the timestamp on by one microsecond when the name is taken.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -110,7 +111,7 @@ class Manifest:
     def created_at(self) -> datetime:
         return datetime.fromisoformat(self.created)
 
-    def encode(self) -> bytes:
+    def encode(self) -> builtins.bytes:
         # The document asdict() gave (same keys, same order), without its deep copy
         # of every entry: a third of the time of saving a manifest.
         document = {name: getattr(self, name) for name in _MANIFEST_FIELDS}
@@ -120,7 +121,7 @@ class Manifest:
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, raw: bytes, name: str | None = None) -> Manifest:
+    def decode(cls, raw: builtins.bytes, name: str | None = None) -> Manifest:
         """Parse and validate a manifest (``name``: the one it was stored under).
 
         A manifest is untrusted even when it decrypts: any key holder can write

@@ -103,7 +103,7 @@ def _fingerprint(path: Path, info: os.stat_result, sqlite: bool, scan_ns: int) -
 
     For SQLite the companions count too: committed pages may live only in the WAL.
     """
-    stats = [info]
+    stats: list[os.stat_result | None] = [info]
     if sqlite:
         for suffix in COMPANION_SUFFIXES[::2]:  # -wal and -journal (not -shm)
             try:

@@ -65,7 +65,7 @@ _LEGACY_IMAGE = re.compile(r"^capture-[A-Za-z0-9_]{8}\.db(-journal|-wal|-shm)?$"
 @dataclass
 class Capture:
     page_size: int
-    blocks: Iterator[bytearray]
+    blocks: Iterator[bytes | bytearray]
     method: str  # "in-place" | "backup-api"
 
 
@@ -205,7 +205,7 @@ def _closed_wal_database(
     if before.st_mtime_ns > time.time_ns() - RACY_WINDOW_NS:
         return None  # too fresh to vouch for with timestamps
 
-    def blocks() -> Iterator[bytes]:
+    def blocks() -> Iterator[bytes | bytearray]:
         yield from _blocks(db_fd, None, page_size, before.st_size // page_size, {}, block_pages)
         after = os.stat(path)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (
