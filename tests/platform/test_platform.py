@@ -252,7 +252,7 @@ def test_portable_is_selected_by_the_environment() -> None:
         assert done.stdout.split() == expected.split()
 
 
-def test_umask_is_read_the_same_way(tmp_path: Path) -> None:
+def test_umask_is_read_the_same_way() -> None:
     assert linux.process_umask() == portable.process_umask()
 
 

@@ -8,8 +8,10 @@ Callers import the names below from ``cloudkeep.platform`` only.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cloudkeep.platform._common import (
@@ -27,6 +29,7 @@ from cloudkeep.platform._common import (
     os_label,
 )
 
+log = logging.getLogger(__name__)
 PORTABLE = os.environ.get("CLOUDKEEP_PORTABLE") == "1"
 
 if PORTABLE:
@@ -201,6 +204,24 @@ def make_blocking(fd: int) -> None:
         os.set_blocking(fd, True)
 
 
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise the soft limit of open descriptors towards ``wanted`` (capped by the hard
+    limit); return the limit in force. Windows has no such limit: ``wanted``."""
+    if sys.platform == "win32":
+        return wanted
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+    return int(soft)
+
+
 def read_into(fd: int, view: memoryview, offset: int) -> int:
     """Fill ``view`` from ``offset`` until it is full or the file ends; bytes read."""
     got = 0
@@ -212,7 +233,7 @@ def read_into(fd: int, view: memoryview, offset: int) -> int:
     return got
 
 
-def pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:
+def pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
     """Write every buffer, in order, at ``offset``, finishing any short write."""
     written = pwritev(fd, buffers, offset)
     if written != sum(len(b) for b in buffers):
@@ -223,7 +244,7 @@ def pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None
             rest = rest[done:]
 
 
-def writev_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+def writev_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
     """Write every buffer, in order, at the descriptor's offset, resuming after short writes."""
     pending = [memoryview(part) for part in buffers if len(part)]
     while pending:
@@ -272,6 +293,7 @@ __all__ = [
     "pwrite",
     "pwritev",
     "pwritev_all",
+    "raise_descriptor_limit",
     "range_locked",
     "read_into",
     "reopen_direct",

@@ -89,7 +89,7 @@ class LocalStorage(OpenDALStorage):
             ):
                 fd = os.open(temp, _CREATE, 0o666)
                 try:
-                    platform.writev_all(fd, list(parts))
+                    platform.writev_all(fd, parts)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
