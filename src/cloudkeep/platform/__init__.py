@@ -22,12 +22,12 @@ from cloudkeep.platform._common import (
     O_NOFOLLOW,
     O_NONBLOCK,
     DirectIOUnsupported,
-    Folder,
     Folders,
     buffer_address,
     default_folders,
     os_label,
 )
+from cloudkeep.platform._folders import Folder
 
 log = logging.getLogger(__name__)
 PORTABLE = os.environ.get("CLOUDKEEP_PORTABLE") == "1"

@@ -13,10 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudkeep.platform._folders import Folder
-
-__all__ = ["DirectIOUnsupported", "Folder", "Folders", "default_folders", "os_label"]
-
 #: Flags that only add safety or correctness where they exist (0 elsewhere).
 O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
