@@ -20,4 +20,11 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 .venv/bin/ruff check src tests
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+.venv/bin/python -m pytest
+# Once more with the portable implementation of every OS call (what macOS and
+# Windows fall back to): the engine, the stores and the crash tests.
+CLOUDKEEP_PORTABLE=1 exec .venv/bin/python -m pytest tests/engine tests/storage \
+  tests/faults/test_crash_*.py

@@ -1,36 +1,26 @@
-"""Reading and writing local files with ``O_DIRECT``, past the page cache.
+"""Reading and writing large local files past the page cache, from page-aligned buffers.
 
-Used for packs in a local store and for the large files a restore writes
-(restored files: median of five paired 600 MiB restores 1.34 s against 1.66 s,
-system time 0.3 s against 0.9 s).
-
-A pack is written once and read again only by a restore or a check, usually
-much later, so caching it costs and does not pay: the kernel copies every byte
-into freshly allocated page-cache pages, writes them back again for the fsync a
-pack needs, and evicts the user's own files to make room. In a VM that returns
-freed memory to its host (virtio free page reporting, as on this project's
-machine) each fresh page is a host fault as well, which made the system time of
-a 600 MiB initial backup swing between 0.5 and 1.8 s.
-
-Written from one page-aligned buffer, the device reads the bytes from our
-memory and the fsync finds nothing left to flush; read into one, a restore of
-packs not in the cache allocates no cache pages. Measured on this machine
-(600 MiB benchmark folder, paired runs): initial backup 2.05-2.27 s with
-1.06-1.35 s system time buffered, 1.62-1.81 s with 0.37-0.5 s direct; a
-restore from packs not in the cache 1.49-1.60 s with buffered reads, 1.27-1.50
-s with direct ones. Filesystems that refuse ``O_DIRECT`` (``EINVAL``) get
-ordinary reads and writes: callers fall back on ``DirectIOUnsupported``.
+Used for packs in a local store and for the large files a restore writes. A
+pack is written once and read again only by a restore or a check, usually much
+later, so caching it costs and does not pay; written from one page-aligned
+buffer, the fsync finds nothing left to flush. How the cache is bypassed is the
+platform's (``cloudkeep.platform.open_direct``: ``O_DIRECT`` on Linux,
+``F_NOCACHE`` on macOS, ordinary I/O elsewhere). Filesystems that refuse it
+raise ``DirectIOUnsupported``, and callers fall back to ordinary reads and
+writes. The measurements behind this are in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import mmap
 import os
 import threading
 from collections.abc import Iterator, Sequence
+
+from cloudkeep import platform
+from cloudkeep.platform import DirectIOUnsupported, buffer_address
 
 #: Offsets, lengths and the buffer's address must be multiples of the device's
 #: logical block size: 4096 covers 512-byte and 4 KiB devices alike.
@@ -38,12 +28,19 @@ ALIGNMENT = 4096
 #: Smaller objects, reads and restored files (index files, manifests, chunk
 #: lists, locks, small files) go through the page cache: small, often read soon.
 DIRECT_MIN_BYTES = 512 * 1024
-O_DIRECT: int = getattr(os, "O_DIRECT", 0)
-
-
-class DirectIOUnsupported(Exception):
-    """The filesystem refused ``O_DIRECT``: use ordinary reads and writes."""
-
+__all__ = [
+    "ALIGNMENT",
+    "DIRECT_MIN_BYTES",
+    "DirectIOUnsupported",
+    "aligned_buffer",
+    "aligned_read_buffer",
+    "create_direct",
+    "fill",
+    "open_direct_writer",
+    "pwrite_direct",
+    "read_direct",
+    "write_direct",
+]
 
 _GROWTH = 1024 * 1024
 
@@ -72,7 +69,7 @@ def _aligned_up(size: int) -> int:
 
 @contextlib.contextmanager
 def _refusal_is_unsupported() -> Iterator[None]:
-    """``EINVAL`` from an open, read or write with ``O_DIRECT`` means the filesystem refuses it."""
+    """``EINVAL`` from a direct read or write means the filesystem refuses direct I/O."""
     try:
         yield
     except OSError as exc:
@@ -82,10 +79,7 @@ def _refusal_is_unsupported() -> Iterator[None]:
 
 
 def _open(path: str | os.PathLike[str], flags: int) -> int:
-    if not O_DIRECT:
-        raise DirectIOUnsupported("this system has no O_DIRECT")
-    with _refusal_is_unsupported():
-        return os.open(path, flags | os.O_CLOEXEC | O_DIRECT, 0o666)
+    return platform.open_direct(path, flags)
 
 
 def fill(target: memoryview, pieces: Sequence[bytes | memoryview]) -> int:
@@ -121,7 +115,7 @@ def pwrite_direct(fd: int, view: memoryview, offset: int) -> None:
     written = 0
     while written < len(view):
         with _refusal_is_unsupported():
-            done = os.pwrite(fd, view[written:], offset + written)
+            done = platform.pwrite(fd, view[written:], offset + written)
         if done <= 0 or done % ALIGNMENT:
             raise DirectIOUnsupported(f"a direct write stopped at {written + done} bytes")
         written += done
@@ -136,11 +130,7 @@ def _starts_at(part: bytes | memoryview, view: memoryview) -> bool:
     """Whether ``part`` is a view of the first bytes of ``view``'s memory."""
     if not isinstance(part, memoryview) or part.obj is not view.obj or part.readonly:
         return False
-    return _address(part) == _address(view)
-
-
-def _address(view: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    return buffer_address(part) == buffer_address(view)
 
 
 def write_direct(fd: int, parts: Sequence[bytes | memoryview]) -> None:
@@ -178,7 +168,7 @@ def read_direct(path: str | os.PathLike[str], offset: int, length: int) -> bytes
             got = 0
             while got < end - start:
                 with _refusal_is_unsupported():
-                    done = os.preadv(fd, [view[got : end - start]], start + got)
+                    done = platform.preadv(fd, [view[got : end - start]], start + got)
                 if done <= 0:
                     break  # end of file
                 got += done

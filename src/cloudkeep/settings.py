@@ -14,17 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.platform import MODES_ENFORCED, user_folders
 
 APP = "cloudkeep"
 
 
-# platformdirs is imported on use (~6 ms): a command given its paths (options or
-# CLOUDKEEP_* variables) never asks for a default.
 def _user_dir(kind: str) -> Path:
-    """``platformdirs.user_<kind>_dir`` for the app."""
-    import platformdirs
-
-    return Path(getattr(platformdirs, f"user_{kind}_dir")(APP))
+    """This user's default ``config``, ``cache`` or ``data`` folder of the app."""
+    return Path(getattr(user_folders(APP), kind))
 
 
 def default_data_dir() -> Path:
@@ -108,7 +105,7 @@ def key_file_warning(path: Path) -> str | None:
         mode = path.stat().st_mode
     except OSError:
         return None
-    if os.name == "nt" or not mode & 0o077:
+    if not MODES_ENFORCED or not mode & 0o077:
         return None
     return (
         f"warning: the key file {path} is open to other users (mode {mode & 0o777:03o}): "

@@ -8,13 +8,14 @@ fields (the SDK treats absent and null alike but absent is what it emits itself)
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from cloudkeep.platform import system_label
 
 if TYPE_CHECKING:
     from cloudkeep.workspace import BackupInfo
@@ -212,13 +213,7 @@ def grouped_timestamp(moment: datetime) -> GroupedTimestamp:
 
 def current_platform() -> PlatformEnum:
     """The PlatformEnum of this machine (what a backup made here records)."""
-    if sys.platform.startswith("linux"):
-        return PlatformEnum.LINUX
-    if sys.platform == "darwin":
-        return PlatformEnum.MACOS
-    if sys.platform in ("win32", "cygwin"):
-        return PlatformEnum.WINDOWS
-    return PlatformEnum.UNKNOWN
+    return _platform(system_label())
 
 
 def _platform(value: str) -> PlatformEnum:

@@ -18,6 +18,13 @@ from tests.engine.test_live_sqlite import WRITER, _make_bank
 REWRITTEN = (range(24, 28), range(40, 44), range(92, 96))
 
 
+@pytest.fixture(autouse=True)
+def _in_place_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the in-place strategy: on even where the platform
+    switches it off (CLOUDKEEP_PORTABLE=1, Windows)."""
+    monkeypatch.setenv("CLOUDKEEP_SQLITE_CAPTURE", "in-place")
+
+
 def _same_except_counters(image: bytes, reference: bytes, page_size: int) -> list[int]:
     differing = []
     for number in range(max(len(image), len(reference)) // page_size):

@@ -7,15 +7,15 @@ The plaintext key is shown once, by ``cloudkeep app-key create``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+
+from cloudkeep.platform import write_private_file
 
 __all__ = [
     "KEY_FILE_NAME",
@@ -53,20 +53,7 @@ def _write(config_dir: Path, keys: list[dict[str, str]]) -> None:
     """Atomic replace; the file is created 0600 so no moment exists where others can read it."""
     config_dir = Path(config_dir)
     config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = key_file(config_dir)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"keys": keys}, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_private_file(key_file(config_dir), json.dumps({"keys": keys}, indent=1).encode())
 
 
 def create_app_key(config_dir: Path, label: str = "") -> str:

@@ -163,7 +163,7 @@ def _worker(settings: Settings, requests: Connection, replies: Connection) -> No
         # Background work: when CPUs are scarce the API (and the user's app) go first.
         with contextlib.suppress(OSError):
             os.nice(_NICENESS)
-    from cloudkeep.allocator import keep_freed_memory
+    from cloudkeep.platform import keep_freed_memory
 
     keep_freed_memory()
     worker = _Worker(settings, replies)

@@ -34,6 +34,7 @@ from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
 from cloudkeep.api.protocol import DEFAULT_REQUEST_TIMEOUT, protocol_for
 from cloudkeep.api.security import DEFAULT_MAX_BODY, is_loopback_name
 from cloudkeep.errors import ConfigurationError
+from cloudkeep.platform import raise_descriptor_limit
 from cloudkeep.settings import Settings, warn_if_exposed
 
 __all__ = [
@@ -143,28 +144,6 @@ def url_for(host: str, port: int, tls: bool = False) -> str:
 _WANTED_DESCRIPTORS = 65536
 
 
-def raise_descriptor_limit(wanted: int = _WANTED_DESCRIPTORS) -> int:
-    """Raise the soft RLIMIT_NOFILE towards the hard limit; return the limit in force.
-
-    The usual soft limit of 1024 descriptors is exhausted by a thousand idle
-    connections, after which the server cannot accept anyone (not even within the
-    request deadline that ends the slow ones).
-    """
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit
-        return wanted
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
-    return int(soft)
-
-
 def _check_tls(cert: str | None, key: str | None) -> bool:
     """Whether TLS is on; a certificate or key that cannot be loaded is refused now."""
     if cert is None:
@@ -241,7 +220,7 @@ def serve(
     key_file = settings.passphrase_file if settings.passphrase else settings.default_key_file
     if key_file is not None:
         warn_if_exposed(key_file, _warn)
-    raise_descriptor_limit()
+    raise_descriptor_limit(_WANTED_DESCRIPTORS)
     key_dir = app_key_dir or settings.config_dir
     if require_app_key and not AppKeyVerifier(key_dir).has_keys():
         announce(

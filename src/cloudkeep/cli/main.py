@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cloudkeep import __version__
-from cloudkeep.allocator import keep_freed_memory
 from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar
 from cloudkeep.cli.params import FastCommand, FastGroup
 from cloudkeep.errors import CloudkeepError
+from cloudkeep.platform import keep_freed_memory
 from cloudkeep.settings import Settings
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ meanwhile) judges no lock by age, never by the devices' clocks.
 
 The holder knows when its lock may have lapsed: every successful write is timed
 on a clock that keeps counting while the process is stopped or the machine
-sleeps (CLOCK_BOOTTIME; the wall clock elsewhere), and the lock counts as held
+sleeps (``platform.boot_clock``: CLOCK_BOOTTIME on Linux), and the lock counts as held
 only while the last write began less than ``trusted_for`` ago (two thirds of
 the expiry: the rest absorbs clock-rate differences and the request in flight).
 A lapse, or finding our lock removed by someone who judged it stale, is sticky
@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from cloudkeep.errors import Busy, ConfigurationError, RepositoryDamaged
+from cloudkeep.platform import boot_clock as lock_clock
+from cloudkeep.platform import process_alive as pid_alive
 from cloudkeep.repository.repository import Repository
 from cloudkeep.repository.untrusted import parse_json
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
@@ -61,15 +63,7 @@ MIN_STALE_AFTER = 2.0  # S3 stamps objects to the second
 #: Far above a lock document (~200 bytes sealed); larger objects are never downloaded.
 MAX_LOCK_BYTES = 64 * 1024
 _LOCK_NAME = re.compile(r"[0-9a-f]{32}")
-_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 _reported: set[str] = set()  # bad lock objects already warned about in this process
-
-
-def lock_clock() -> float:
-    """Seconds on a clock that keeps counting while stopped (SIGSTOP) or suspended."""
-    if _BOOTTIME is not None:
-        return time.clock_gettime(_BOOTTIME)
-    return time.time()
 
 
 @dataclass(frozen=True)
@@ -108,21 +102,6 @@ class LockTiming:
     def reclaim_wait(self) -> float:
         """How long reclaim waits for conflicting locks: a dead client's lock is stale by then."""
         return min(30.0, self.stale_after * 1.5)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host runs: locks and staging of dead ones are stale."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) answers kill(0) but never writes again
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b") ", 1)[1][:1] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _warn_once(name: str, reason: str) -> None:

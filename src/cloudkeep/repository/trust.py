@@ -13,16 +13,14 @@ accepts a deliberately re-created repository.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloudkeep.errors import RepositoryChanged
+from cloudkeep.platform import write_private_file
 
 _HEX = re.compile(r"[0-9a-f]+")
 _MAX_BYTES = 4096
@@ -91,19 +89,10 @@ class TrustStore:
             pass  # an unreadable record the caller chose to replace
         self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.path(store_url)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         document = {"repository": joined.repository, "key": joined.key}
         if joined.key_file:
             document["key_file"] = joined.key_file
-        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(document, handle)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
+        write_private_file(path, json.dumps(document).encode())
 
     def forget(self, store_url: str) -> None:
         self.path(store_url).unlink(missing_ok=True)

@@ -4,9 +4,10 @@ A restore swaps a new folder in; a program holding a database of the old one
 open goes on reading and writing the old files, and every write it makes is
 lost to the restored data. Two checks, as neither sees everything:
 
-- Linux: the open files of every process (``/proc/<pid>/fd``; those of the same
-  user, or all as root). Catches a program holding a database or its ``-wal``,
-  ``-shm`` or ``-journal`` open, idle or not, in either journal mode.
+- Linux: the open files of every process (``platform.open_file_holders``:
+  ``/proc/<pid>/fd``; those of the same user, or all as root). Catches a
+  program holding a database or its ``-wal``, ``-shm`` or ``-journal`` open,
+  idle or not, in either journal mode.
 - Everywhere: SQLite's own locks. In WAL mode every connection holds a shared
   lock on the DMS byte of the ``-shm`` file for as long as it is open, so a
   non-blocking exclusive attempt on that byte fails exactly when another
@@ -22,13 +23,11 @@ data (the CLI; the API's engine process, which runs one job at a time).
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import os
 import stat
 from pathlib import Path
 
+from cloudkeep import platform
 from cloudkeep.snapshot.sources import COMPANION_SUFFIXES, is_sqlite
 
 # SQLite's os_unix.c: the DMS byte of the -shm file, and PENDING_BYTE followed by
@@ -60,18 +59,13 @@ def databases(root: Path) -> list[Path]:
 def _held(path: Path, start: int, length: int) -> bool:
     """True if another process holds a lock on bytes ``start`` to ``start+length``."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = platform.open_nofollow(path, os.O_RDWR | platform.O_NONBLOCK)
     except OSError:
         return False  # absent, or not ours to write: the /proc scan still looks
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
-        except OSError as exc:
-            return exc.errno in (errno.EACCES, errno.EAGAIN)
-        fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
-        return False
+        return platform.range_locked(fd, start, length)
     finally:
         os.close(fd)
 
@@ -79,33 +73,9 @@ def _held(path: Path, start: int, length: int) -> bool:
 def _open_by_processes(paths: dict[str, Path]) -> dict[Path, str]:
     """Of ``paths`` (real path → database), those some other process has open, and who."""
     holders: dict[Path, list[str]] = {}
-    if not paths:
-        return {}
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return {}  # no /proc here: the lock probes alone decide
-    me = str(os.getpid())
-    for pid in pids:
-        if pid == me:
-            continue
-        try:
-            descriptors = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue  # another user's process, or gone
-        for fd in descriptors:
-            try:
-                database = paths.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
-            except OSError:
-                continue
-            if database is None:
-                continue
-            command = ""
-            with contextlib.suppress(OSError):
-                command = Path(f"/proc/{pid}/comm").read_text().strip()
-            who = f"pid {pid} {command}".strip()
-            if who not in holders.setdefault(database, []):
-                holders[database].append(who)
+    for real, who in platform.open_file_holders(set(paths)).items():
+        listed = holders.setdefault(paths[real], [])
+        listed.extend(name for name in who if name not in listed)
     return {database: ", ".join(who) for database, who in holders.items()}
 
 

@@ -8,11 +8,11 @@ moving the timestamp on by one microsecond when the name is taken.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
 import struct
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -21,6 +21,7 @@ from typing import Any
 
 from cloudkeep import __version__
 from cloudkeep.errors import FormatTooNew, InvalidSnapshotId, RepositoryDamaged, UnsafeBackup
+from cloudkeep.platform import system_label
 from cloudkeep.repository.crypto import ID_SIZE
 from cloudkeep.repository.untrusted import parse_json
 
@@ -51,13 +52,8 @@ def validate_backup_id(backup_id: str) -> str:
 
 
 def current_platform() -> str:
-    if sys.platform.startswith("linux"):
-        return "LINUX"
-    if sys.platform == "darwin":
-        return "MACOS"
-    if sys.platform in ("win32", "cygwin"):
-        return "WINDOWS"
-    return "UNKNOWN"
+    """This system as a backup records it (LINUX, MACOS, WINDOWS or UNKNOWN)."""
+    return system_label()
 
 
 def new_backup_id(timestamp_us: int) -> str:
@@ -115,7 +111,7 @@ class Manifest:
     def created_at(self) -> datetime:
         return datetime.fromisoformat(self.created)
 
-    def encode(self) -> bytes:
+    def encode(self) -> builtins.bytes:
         # The document asdict() gave (same keys, same order), without its deep copy
         # of every entry: a third of the time of saving a manifest.
         document = {name: getattr(self, name) for name in _MANIFEST_FIELDS}
@@ -125,7 +121,7 @@ class Manifest:
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, raw: bytes, name: str | None = None) -> Manifest:
+    def decode(cls, raw: builtins.bytes, name: str | None = None) -> Manifest:
         """Parse and validate a manifest (``name``: the one it was stored under).
 
         A manifest is untrusted even when it decrypts: any key holder can write

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudkeep import platform
 from cloudkeep.errors import DataSourceError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -62,14 +63,13 @@ def open_regular(path: Path) -> int:
     the scan would otherwise hang the backup in ``open``. Anything but a regular
     file raises ``OSError`` (``EISDIR``, ``ELOOP``, ``EINVAL``).
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags)
+    fd = platform.open_nofollow(path, os.O_RDONLY | platform.O_NONBLOCK)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
             raise OSError(code, "not a regular file any more", str(path))
-        os.set_blocking(fd, True)
+        platform.make_blocking(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -103,7 +103,7 @@ def _fingerprint(path: Path, info: os.stat_result, sqlite: bool, scan_ns: int) -
 
     For SQLite the companions count too: committed pages may live only in the WAL.
     """
-    stats = [info]
+    stats: list[os.stat_result | None] = [info]
     if sqlite:
         for suffix in COMPANION_SUFFIXES[::2]:  # -wal and -journal (not -shm)
             try:

@@ -20,6 +20,10 @@ the owning app keeps writing. Two ways, same result:
   ``pages=-1`` copies everything in one step under one read transaction.
 
 The in-place path saves writing and re-reading a full copy of the database.
+It is a strategy the platform may switch off (``platform.SQLITE_IN_PLACE``:
+off on Windows, whose SQLite keeps ``-shm`` differently, and under
+``CLOUDKEEP_PORTABLE=1``). ``CLOUDKEEP_SQLITE_CAPTURE=backup-api`` or
+``in-place`` forces either one.
 ``tests/engine/test_sqlite_capture.py`` checks both paths give the same
 database under concurrent writers, checkpoints and WAL restarts.
 """
@@ -41,8 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from cloudkeep import platform
 from cloudkeep.errors import ConfigurationError, DataSourceError
-from cloudkeep.repository.locks import pid_alive
+from cloudkeep.platform import process_alive, read_into
 from cloudkeep.snapshot.sources import RACY_WINDOW_NS, describe, open_regular
 
 BUSY_TIMEOUT_SECONDS = 60.0
@@ -60,7 +65,7 @@ _LEGACY_IMAGE = re.compile(r"^capture-[A-Za-z0-9_]{8}\.db(-journal|-wal|-shm)?$"
 @dataclass
 class Capture:
     page_size: int
-    blocks: Iterator[bytearray]
+    blocks: Iterator[bytes | bytearray]
     method: str  # "in-place" | "backup-api"
 
 
@@ -104,7 +109,7 @@ def _open_reader(path: Path, read_only: bool = True) -> sqlite3.Connection:
 
 def _shm_header(shm_fd: int) -> bytes | None:
     """Both copies of the wal-index header (+ nBackfill), if they agree and are initialised."""
-    raw = os.pread(shm_fd, 2 * _SHM_HEADER_BYTES + _NBACKFILL.size, 0)
+    raw = platform.pread(shm_fd, 2 * _SHM_HEADER_BYTES + _NBACKFILL.size, 0)
     if len(raw) < 2 * _SHM_HEADER_BYTES + _NBACKFILL.size:
         return None
     first, second = raw[:_SHM_HEADER_BYTES], raw[_SHM_HEADER_BYTES : 2 * _SHM_HEADER_BYTES]
@@ -123,14 +128,14 @@ def _wal_overlay(wal_fd: int, shm_raw: bytes, page_size: int) -> tuple[int, dict
     (n_backfill,) = _NBACKFILL.unpack_from(shm_raw, 2 * _SHM_HEADER_BYTES)
     if n_backfill >= mx_frame:
         return n_page, {}  # every frame of our snapshot is already in the database file
-    header = os.pread(wal_fd, _WAL_HEADER, 0)
+    header = platform.pread(wal_fd, _WAL_HEADER, 0)
     if len(header) < _WAL_HEADER or header[16:24] != salt:
         return None
     frame_size = _FRAME_HEADER.size + page_size
     overlay: dict[int, int] = {}
     for frame in range(mx_frame):
         offset = _WAL_HEADER + frame * frame_size
-        raw = os.pread(wal_fd, _FRAME_HEADER.size, offset)
+        raw = platform.pread(wal_fd, _FRAME_HEADER.size, offset)
         if len(raw) < _FRAME_HEADER.size:
             return None
         page_number, _commit, frame_salt, _ = _FRAME_HEADER.unpack(raw)
@@ -162,7 +167,7 @@ def _blocks(
             bool(overlay) and wal_fd is not None and any(first + i in overlay for i in range(count))
         )
         wanted = count * page_size
-        block: bytes | bytearray = b"" if patched else os.pread(db_fd, wanted, offset)
+        block: bytes | bytearray = b"" if patched else platform.pread(db_fd, wanted, offset)
         got = len(block)
         if got < wanted:  # WAL pages to patch in, or a short read to finish
             buffer = bytearray(wanted)
@@ -177,19 +182,8 @@ def _blocks(
             for i in range(count):
                 wal_offset = overlay.get(first + i)
                 if wal_offset is not None:
-                    os.preadv(wal_fd, [view[i * page_size : (i + 1) * page_size]], wal_offset)
+                    platform.preadv(wal_fd, [view[i * page_size : (i + 1) * page_size]], wal_offset)
         yield block
-
-
-def read_into(fd: int, view: memoryview, offset: int) -> int:
-    """Fill ``view`` from ``offset`` until it is full or the file ends; bytes read."""
-    got = 0
-    while got < len(view):
-        read = os.preadv(fd, [view[got:]], offset + got)
-        if read == 0:
-            break
-        got += read
-    return got
 
 
 class CaptureTorn(Exception):
@@ -211,7 +205,7 @@ def _closed_wal_database(
     if before.st_mtime_ns > time.time_ns() - RACY_WINDOW_NS:
         return None  # too fresh to vouch for with timestamps
 
-    def blocks() -> Iterator[bytes]:
+    def blocks() -> Iterator[bytes | bytearray]:
         yield from _blocks(db_fd, None, page_size, before.st_size // page_size, {}, block_pages)
         after = os.stat(path)
         if (after.st_ino, after.st_size, after.st_mtime_ns) != (
@@ -244,7 +238,7 @@ class _Descriptors:
         self.fds: dict[str, int] = {}
         for suffix in ("", "-wal", "-shm"):
             try:
-                self.fds[suffix] = os.open(f"{path}{suffix}", os.O_RDONLY)
+                self.fds[suffix] = os.open(f"{path}{suffix}", os.O_RDONLY | platform.O_BINARY)
             except FileNotFoundError:
                 continue
 
@@ -263,7 +257,7 @@ def _in_place(
     db_fd = files.get("")
     if db_fd is None:
         return None
-    header = os.pread(db_fd, 100, 0)
+    header = platform.pread(db_fd, 100, 0)
     page_size = _page_size_of(header)
     if header[18] == 1:  # rollback journal: our SHARED lock freezes the file
         reader = _try_reader(path)
@@ -306,6 +300,14 @@ def _in_place(
     return None
 
 
+def _in_place_wanted() -> bool:
+    """The in-place strategy where the platform allows it, unless the environment says."""
+    forced = os.environ.get("CLOUDKEEP_SQLITE_CAPTURE")
+    if forced in ("backup-api", "in-place"):
+        return forced == "in-place"
+    return platform.SQLITE_IN_PLACE
+
+
 @contextlib.contextmanager
 def consistent_pages(
     path: Path, scratch: Path, block_bytes: int, *, in_place: bool = True
@@ -319,7 +321,7 @@ def consistent_pages(
         with os.fdopen(open_regular(path), "rb") as handle:
             page_size = _page_size_of(handle.read(100))
         block_pages = max(1, block_bytes // page_size)
-        if in_place and os.environ.get("CLOUDKEEP_SQLITE_CAPTURE") != "backup-api":
+        if in_place and _in_place_wanted():
             files = _Descriptors(path)
             try:
                 fast = _in_place(path, block_pages, files)
@@ -334,7 +336,7 @@ def consistent_pages(
             finally:
                 files.close()  # only after the reader: see _Descriptors
         with _backup_image(path, scratch) as image:
-            image_fd = os.open(image, os.O_RDONLY)
+            image_fd = os.open(image, os.O_RDONLY | platform.O_BINARY)
             try:
                 page_count = os.fstat(image_fd).st_size // page_size
                 blocks = _blocks(image_fd, None, page_size, page_count, {}, block_pages)
@@ -357,7 +359,7 @@ def private_scratch(scratch: Path) -> None:
         with contextlib.suppress(FileExistsError):
             os.mkdir(scratch, 0o700)
         info = os.lstat(scratch)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        if not stat.S_ISDIR(info.st_mode) or not platform.owned_by_me(info):
             raise ConfigurationError(
                 f"the scratch folder {scratch} is not a folder of this user; remove it"
             )
@@ -383,7 +385,7 @@ def clean_scratch(scratch: Path) -> None:
     private_scratch(scratch)
     for path in scratch.iterdir():
         match = _SCRATCH_RUN.match(path.name)
-        if match and not pid_alive(int(match["pid"])):
+        if match and not process_alive(int(match["pid"])):
             shutil.rmtree(path, ignore_errors=True)
         elif _LEGACY_IMAGE.match(path.name):
             path.unlink(missing_ok=True)

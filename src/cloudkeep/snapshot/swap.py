@@ -1,7 +1,8 @@
 """Atomic replacement of the live data: fully the old state or fully the new.
 
-On Linux ``renameat2(RENAME_EXCHANGE)`` swaps two paths in one step, so the
-data folder is never missing or mixed, even if we are killed mid-way. Where it
+Where the platform can exchange two paths in one step (``renameat2`` on Linux,
+``renamex_np`` on macOS), the data folder is never missing or mixed, even if we
+are killed mid-way. Where it
 is unavailable, the old folder is renamed aside first and a crash between the
 two renames is repaired by ``recover`` on the next run (the aside copy is
 renamed back), which is the best a filesystem without exchange allows.
@@ -13,18 +14,13 @@ What a restore replaces is kept, by a rename (no copy), as the sibling
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 from pathlib import Path
 
 from cloudkeep.errors import UserError
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
+from cloudkeep.platform import exchange_paths as _exchange
+from cloudkeep.platform import fsync_dir
 
 ASIDE_SUFFIX = ".cloudkeep-old"
 UNDO_SUFFIX = ".cloudkeep-undo"
@@ -33,26 +29,6 @@ UNDO_SUFFIX = ".cloudkeep-undo"
 def undo_path(live: Path) -> Path:
     """Where the state a restore replaced is kept."""
     return live.with_name(live.name + UNDO_SUFFIX)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    if _renameat2 is None:
-        return False
-    result = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    errno = ctypes.get_errno()
-    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: filesystem cannot exchange
-        return False
-    raise OSError(errno, os.strerror(errno), str(b))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _present(path: Path) -> bool:

@@ -24,15 +24,15 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from cloudkeep.platform import O_BINARY, open_nofollow
 from cloudkeep.storage.base import ObjectInfo, Payload, Storage, joined
 
 _COPY_NAME = re.compile(r"[0-9a-f]{64}")
-#: Never through a symlink, never inherited (flags a platform lacks are 0).
-_PRIVATE = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _open_no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | _PRIVATE)
+    """Never through a symlink, never inherited."""
+    return open_nofollow(path, flags | O_BINARY)
 
 
 class CachedStorage:
@@ -130,7 +130,8 @@ class CachedStorage:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _PRIVATE, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_BINARY
+            descriptor = open_nofollow(tmp, flags, 0o600)
             with open(descriptor, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)

@@ -13,33 +13,22 @@ WebDAV servers such as rclone do the same, so for those (``atomic_rename``)
 place. A crash therefore never leaves a truncated object under its real name,
 which matters doubly because create-only puts treat an existing name as done.
 The price is that create-only on WebDAV is "stat, then rename", which is atomic
-only against readers, not against a concurrent writer of the same name. Local
-folders create-only with a hard link (atomic: EEXIST if the name is taken); S3
-and the others use the service's if-not-exists where OpenDAL reports it.
+only against readers, not against a concurrent writer of the same name. S3 and
+the others use the service's if-not-exists where OpenDAL reports it. Local
+folders are ``cloudkeep.storage.local.LocalStorage``, built on this class.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import re
-import stat
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
 import opendal
 import opendal.exceptions as oe
 import opendal.types
 
-from cloudkeep.direct_io import (
-    DIRECT_MIN_BYTES,
-    DirectIOUnsupported,
-    create_direct,
-    read_direct,
-    write_direct,
-)
 from cloudkeep.storage.base import (
     ObjectExists,
     ObjectInfo,
@@ -49,7 +38,6 @@ from cloudkeep.storage.base import (
     StorageUnavailable,
     StoreRejected,
     joined,
-    pieces,
 )
 
 #: Folder (under the store root) holding in-flight writes; never listed.
@@ -160,16 +148,12 @@ class OpenDALStorage:
         *,
         atomic_rename: bool = False,
         secrets: Iterable[str] = (),
-        local_root: str | Path | None = None,
     ) -> None:
         """``description`` must already be secret-free; ``secrets`` are scrubbed from errors.
 
         ``atomic_rename`` selects write-to-temp-then-rename for services whose
-        plain writes are visible while in progress (fs, WebDAV). ``local_root``
-        is the fs service's root: puts there are written directly (see ``_put_local``).
+        plain writes are visible while in progress (fs, WebDAV).
         """
-        self._local_root = Path(local_root) if local_root is not None else None
-        self._direct_io = local_root is not None  # until the filesystem refuses O_DIRECT
         capability = operator.capability()
         if atomic_rename and not capability.rename:
             raise ValueError(f"{description}: atomic_rename needs a service that can rename")
@@ -180,7 +164,7 @@ class OpenDALStorage:
         self._secrets = tuple(s for s in secrets if s)
 
     def __repr__(self) -> str:
-        return f"OpenDALStorage({self._description!r})"
+        return f"{type(self).__name__}({self._description!r})"
 
     def describe(self) -> str:
         """Where the store is, as given by ``open_store`` (never with credentials)."""
@@ -237,9 +221,6 @@ class OpenDALStorage:
     def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
         """Store ``data`` under ``name``; see the module docstring for atomicity."""
         check_name(name)
-        if self._local_root is not None:
-            self._put_local(name, pieces(data), create_only)
-            return
         payload = joined(data)
         if self._atomic_rename:
             self._put_via_rename(name, payload, create_only=create_only)
@@ -287,113 +268,6 @@ class OpenDALStorage:
             self._discard(temp)
             raise
 
-    def _put_local(self, name: str, parts: Sequence[bytes], create_only: bool) -> None:
-        """The fs service's put, as OpenDAL does it (temp file, fsync, rename), in writev.
-
-        OpenDAL's fs writer takes one buffer (so a pack had to be joined first) and
-        copies it again before writing: writing 87 packs of 4 MiB that way took
-        0.46-0.53 s of system time, against 0.13-0.19 s writing the pieces with
-        writev (fsync included in both, three paired runs). Packs are written
-        with ``O_DIRECT`` where the filesystem allows it (see ``direct_io``). The
-        semantics are OpenDAL's: a temporary file under ``.cloudkeep-tmp/``,
-        fsync, rename.
-        """
-        assert self._local_root is not None
-        temp = self._local_root / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        target = self._local_root / name
-        self._confine(TEMP_PREFIX, "put")
-        self._confine(name, "put")
-        try:
-            temp.parent.mkdir(parents=True, exist_ok=True)
-            if not (
-                self._direct_io
-                and sum(map(len, parts)) >= DIRECT_MIN_BYTES
-                and self._put_file_direct(temp, parts)
-            ):
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-                try:
-                    _writev_all(fd, parts)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if create_only:
-                self._link_new(temp, target, name)
-            else:
-                os.replace(temp, target)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise self._local_error(exc, name) from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-
-    def _link_new(self, temp: Path, target: Path, name: str) -> None:
-        """Publish ``temp`` as ``target`` only if ``target`` does not exist, atomically.
-
-        A hard link fails with EEXIST when the name is taken, so two devices
-        creating the same object at once (a repository's config) cannot both
-        succeed, as an exists-check before a rename could. Filesystems without
-        hard links fall back to that check (best effort, as the contract allows).
-        """
-        try:
-            os.link(temp, target)
-        except FileExistsError:
-            raise self._exists_error(name) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-                raise
-            if target.exists():
-                raise self._exists_error(name) from None
-            os.replace(temp, target)
-            return
-        temp.unlink()
-
-    def _put_file_direct(self, temp: Path, parts: Sequence[bytes]) -> bool:
-        """Write a pack past the page cache (see ``direct_io``); False if unsupported."""
-        try:
-            fd = create_direct(temp)
-        except DirectIOUnsupported:
-            self._direct_io = False
-            return False
-        try:
-            write_direct(fd, parts)
-            os.fsync(fd)
-        except DirectIOUnsupported:
-            self._direct_io = False
-            temp.unlink()
-            return False
-        finally:
-            os.close(fd)
-        return True
-
-    def _get_file_direct(self, name: str, offset: int, length: int) -> bytes | None:
-        """A large range of a local object past the page cache; None to read it buffered."""
-        assert self._local_root is not None
-        try:
-            return read_direct(self._local_root / name, offset, length)
-        except DirectIOUnsupported:
-            self._direct_io = False
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise ObjectNotFound(f"get {name!r} on {self._description}: no such object") from None
-        except OSError:
-            pass  # OpenDAL's read reports it in the words of every other store
-        return None
-
-    def _local_error(self, exc: OSError, name: str) -> StorageError:
-        """Classify a local write failure the way ``_translate`` classifies OpenDAL's."""
-        where = f"put {name!r} on {self._description}"
-        reason = exc.strerror or str(exc)
-        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-            return StorageError(f"{where}: a parent folder of the name is an object")
-        if exc.errno in _OS_REJECTED:
-            return StoreRejected(f"{where}: {reason}")
-        if exc.errno in _OS_PERMANENT or exc.errno == errno.EISDIR:
-            return StorageError(f"{where}: {reason}")
-        return StorageUnavailable(f"{where}: {reason}")
-
     def _exists_error(self, name: str) -> ObjectExists:
         return ObjectExists(f"put {name!r} on {self._description}: the object already exists")
 
@@ -422,9 +296,7 @@ class OpenDALStorage:
             self._check_range(name, offset, 0, self.stat(name).size)
             return b""
         ranged = bool(offset) or length is not None
-        data: bytes | None = None
-        if self._direct_io and length is not None and length >= DIRECT_MIN_BYTES:
-            data = self._get_file_direct(name, offset, length)
+        data = self._read_locally(name, offset, length)
         try:
             if data is None:
                 data = self._op.read(name, offset=offset, size=length)
@@ -467,54 +339,21 @@ class OpenDALStorage:
         check_name(name)
         return self._stat(name)
 
-    def _confine(self, name: str, action: str) -> None:
-        """Folder store: refuse an object below a folder of the store that is a symlink.
+    # -- hooks of the local folder store (``storage.local``) ----------------
 
-        A folder replaced by a link (``locks`` -> ``~/.ssh``) would have us list,
-        write and delete files out of the store. Each folder of the name is
-        checked (an lstat each; the store's root itself may be a link).
-        """
-        if self._local_root is None:
-            return
-        path = self._local_root
-        for part in os.path.dirname(name).split("/"):
-            if not part:
-                continue
-            path = path / part
-            try:
-                mode = os.lstat(path).st_mode
-            except OSError:
-                return  # not there yet: it is made a real folder, or the call fails
-            if stat.S_ISLNK(mode):
-                raise StorageError(
-                    f"{action} {name!r} on {self._description}: the folder {part!r} of "
-                    "the store is a symlink; refused (a folder store holds real folders)"
-                )
+    def _read_locally(self, name: str, offset: int, length: int | None) -> bytes | None:
+        """A range read without the service, or None to ask the service."""
+        return None
+
+    def _confine(self, name: str, action: str) -> None:
+        """Refuse a name the store must not reach (nothing here)."""
 
     def _refuse_special(self, name: str, action: str) -> None:
-        """In a folder store, only regular files are objects: a symlink (planted to
-        reach a file outside the store), a FIFO (which would block a read) or a
-        device is absent. Whatever such an entry points at is never touched."""
-        if self._local_root is None:
-            return
-        self._confine(name, action)
-        try:
-            mode = os.lstat(self._local_root / name).st_mode
-        except OSError:
-            return  # absent or unreadable: the service's own call says so
-        if not stat.S_ISREG(mode):
-            raise ObjectNotFound(
-                f"{action} {name!r} on {self._description}: no such object (not a regular file)"
-            )
+        """Refuse an entry that is not an object (nothing here)."""
 
-    def _local_object(self, name: str) -> bool:
-        """Whether a listed name of a folder store is a regular file inside the store."""
-        assert self._local_root is not None
-        try:
-            self._confine(name, "list")
-            return stat.S_ISREG(os.lstat(self._local_root / name).st_mode)
-        except (StorageError, OSError):
-            return False
+    def _listed(self, path: str) -> bool:
+        """Whether a listed name is an object of the store (all are here)."""
+        return True
 
     def _stat(self, name: str) -> ObjectInfo:
         """``stat`` without the name check, for names the service itself listed."""
@@ -573,7 +412,7 @@ class OpenDALStorage:
                 continue
             if not path.startswith(folder):
                 continue  # WebDAV answers a listing of "name/" with the file "name"
-            if self._local_root is not None and not self._local_object(path):
+            if not self._listed(path):
                 continue  # a symlink, FIFO or device planted in a folder store
             info = ObjectInfo(path, int(meta.content_length), _modified(meta))
             if info.size == 0:
@@ -603,16 +442,3 @@ def _modified(meta: opendal.types.Metadata) -> float | None:
     """The store's last-modified time of an object, if the service reports one."""
     stamp = meta.last_modified
     return stamp.timestamp() if stamp is not None else None
-
-
-def _writev_all(fd: int, parts: Sequence[bytes]) -> None:
-    """Write every piece, in order, resuming after short writes."""
-    pending = [memoryview(part) for part in parts if len(part)]
-    while pending:
-        written = os.writev(fd, pending[:1024])
-        while written:
-            if written >= len(pending[0]):
-                written -= len(pending.pop(0))
-            else:
-                pending[0] = pending[0][written:]
-                written = 0

@@ -32,6 +32,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PureWindowsPath
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import opendal
@@ -39,6 +40,7 @@ from opendal.layers import TimeoutLayer
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.storage.base import Storage
+from cloudkeep.storage.local import LocalStorage
 from cloudkeep.storage.opendal_store import OpenDALStorage, redact, summarize_error
 from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
 
@@ -163,6 +165,49 @@ def _no_userinfo(url: str, netloc: str) -> None:
         raise _error(url, "credentials are not accepted in the URL; use the environment")
 
 
+_WINDOWS = os.name == "nt"
+_DRIVE_PATH = re.compile(r"^/(?P<drive>[A-Za-z]):(?P<rest>/.*)?$")
+
+
+def file_url_path(url: str, *, windows: bool = _WINDOWS) -> str:
+    """The local path a ``file:`` URL names (``ValueError`` if it names none).
+
+    POSIX: ``file:///abs/path``. Windows: ``file:///C:/Users/a`` is
+    ``C:\\Users\\a`` and ``file://server/share/x`` the UNC path
+    ``\\\\server\\share\\x``; percent-escapes are decoded on both.
+    """
+    parts = urlsplit(url)
+    if parts.query:
+        raise ValueError("file URLs take no options")
+    path = unquote(parts.path)
+    host = parts.netloc
+    if not windows:
+        if host not in ("", "localhost") or not path.startswith("/"):
+            raise ValueError("file URLs look like file:///absolute/path")
+        return path
+    if host not in ("", "localhost"):
+        segments = [segment for segment in path.split("/") if segment]
+        if not segments:
+            raise ValueError("UNC file URLs look like file://server/share/folder")
+        return str(PureWindowsPath("\\\\" + host + "\\" + "\\".join(segments)))
+    drive = _DRIVE_PATH.match(path)
+    if drive is None:
+        raise ValueError("file URLs look like file:///C:/folder")
+    rest = (drive["rest"] or "/").replace("/", "\\")
+    return str(PureWindowsPath(f"{drive['drive']}:{rest}"))
+
+
+def file_url(path: str, *, windows: bool = _WINDOWS) -> str:
+    """The ``file:`` URL of an absolute local path (``file_url_path`` reverses it).
+
+    POSIX paths are written unquoted, as they always were (a store's description
+    names its cache folder); Windows paths as ``PureWindowsPath.as_uri`` writes them.
+    """
+    if windows:
+        return PureWindowsPath(path).as_uri()
+    return f"file://{path}"
+
+
 def _file_spec(path: str) -> _Spec:
     root = os.path.abspath(os.path.expanduser(path))
     try:
@@ -173,18 +218,14 @@ def _file_spec(path: str) -> _Spec:
         ) from None
     if not os.path.isdir(root):
         raise ConfigurationError(f"the store path {root!r} is not a folder")
-    return _Spec("fs", {"root": root}, f"file://{root}", atomic_rename=True)
+    return _Spec("fs", {"root": root}, file_url(root), atomic_rename=True)
 
 
 def _parse_file(url: str, env: Mapping[str, str]) -> _Spec:
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise _error(url, "file URLs look like file:///absolute/path")
-    if parts.query:
-        raise _error(url, "file URLs take no options")
-    path = unquote(parts.path)
-    if not path.startswith("/"):
-        raise _error(url, "file URLs look like file:///absolute/path")
+    try:
+        path = file_url_path(url)
+    except ValueError as exc:
+        raise _error(url, str(exc)) from None
     return _file_spec(path)
 
 
@@ -450,11 +491,11 @@ def open_store(
         reason = summarize_error(exc, spec.secrets)
         raise _error(url, f"{spec.service}: {reason}") from None
     operator = operator.layer(TimeoutLayer(timeout=control, io_timeout=io))
-    raw = OpenDALStorage(
-        operator,
-        spec.description,
-        atomic_rename=spec.atomic_rename,
-        secrets=spec.secrets,
-        local_root=spec.options["root"] if spec.service == "fs" else None,
-    )
+    raw: OpenDALStorage
+    if spec.service == "fs":
+        raw = LocalStorage(operator, spec.description, spec.options["root"], secrets=spec.secrets)
+    else:
+        raw = OpenDALStorage(
+            operator, spec.description, atomic_rename=spec.atomic_rename, secrets=spec.secrets
+        )
     return RetryingStorage.with_policy(raw, policy)

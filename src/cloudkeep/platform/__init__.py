@@ -1,0 +1,306 @@
+"""Every OS-specific call of cloudkeep, behind one small typed surface.
+
+One implementation is chosen at import: ``linux``, ``darwin`` (macOS),
+``windows``, or ``portable`` (only calls every OS offers) elsewhere and
+whenever ``CLOUDKEEP_PORTABLE=1`` is set, so that CI runs the fallbacks too.
+Callers import the names below from ``cloudkeep.platform`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cloudkeep.platform._common import (
+    NO_ROOM,
+    O_BINARY,
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    DirectIOUnsupported,
+    Folders,
+    buffer_address,
+    default_folders,
+    os_label,
+)
+from cloudkeep.platform._folders import Folder
+
+log = logging.getLogger(__name__)
+PORTABLE = os.environ.get("CLOUDKEEP_PORTABLE") == "1"
+
+if PORTABLE:
+    from cloudkeep.platform.portable import (
+        IMPLEMENTATION,
+        SQLITE_IN_PLACE,
+        boot_clock,
+        exchange_paths,
+        fsync_dir,
+        keep_freed_memory,
+        open_direct,
+        open_file_holders,
+        open_folder,
+        open_nofollow,
+        pread,
+        preadv,
+        preallocate,
+        process_alive,
+        process_umask,
+        pwrite,
+        pwritev,
+        range_locked,
+        reopen_direct,
+        start_writeback,
+        write_private_file,
+        writev,
+    )
+elif sys.platform == "win32":
+    from cloudkeep.platform.windows import (
+        IMPLEMENTATION,
+        SQLITE_IN_PLACE,
+        boot_clock,
+        exchange_paths,
+        fsync_dir,
+        keep_freed_memory,
+        open_direct,
+        open_file_holders,
+        open_folder,
+        open_nofollow,
+        pread,
+        preadv,
+        preallocate,
+        process_alive,
+        process_umask,
+        pwrite,
+        pwritev,
+        range_locked,
+        reopen_direct,
+        start_writeback,
+        write_private_file,
+        writev,
+    )
+elif sys.platform == "darwin":
+    from cloudkeep.platform.darwin import (
+        IMPLEMENTATION,
+        SQLITE_IN_PLACE,
+        boot_clock,
+        exchange_paths,
+        fsync_dir,
+        keep_freed_memory,
+        open_direct,
+        open_file_holders,
+        open_folder,
+        open_nofollow,
+        pread,
+        preadv,
+        preallocate,
+        process_alive,
+        process_umask,
+        pwrite,
+        pwritev,
+        range_locked,
+        reopen_direct,
+        start_writeback,
+        write_private_file,
+        writev,
+    )
+elif sys.platform == "linux":
+    from cloudkeep.platform.linux import (
+        IMPLEMENTATION,
+        SQLITE_IN_PLACE,
+        boot_clock,
+        exchange_paths,
+        fsync_dir,
+        keep_freed_memory,
+        open_direct,
+        open_file_holders,
+        open_folder,
+        open_nofollow,
+        pread,
+        preadv,
+        preallocate,
+        process_alive,
+        process_umask,
+        pwrite,
+        pwritev,
+        range_locked,
+        reopen_direct,
+        start_writeback,
+        write_private_file,
+        writev,
+    )
+else:
+    from cloudkeep.platform.portable import (
+        IMPLEMENTATION,
+        SQLITE_IN_PLACE,
+        boot_clock,
+        exchange_paths,
+        fsync_dir,
+        keep_freed_memory,
+        open_direct,
+        open_file_holders,
+        open_folder,
+        open_nofollow,
+        pread,
+        preadv,
+        preallocate,
+        process_alive,
+        process_umask,
+        pwrite,
+        pwritev,
+        range_locked,
+        reopen_direct,
+        start_writeback,
+        write_private_file,
+        writev,
+    )
+
+#: Whether file modes (0600 and the like) mean anything here.
+MODES_ENFORCED = sys.platform != "win32"
+#: A symlink that could not be made (Windows without the privilege): the warning says so.
+SYMLINK_PRIVILEGE_ERROR = 1314  # ERROR_PRIVILEGE_NOT_HELD
+
+
+def user_folders(app: str) -> Folders:
+    """This user's default config, cache and data folders of ``app`` on this system."""
+    return default_folders(sys.platform, os.environ, str(Path.home()), app)
+
+
+def system_label() -> str:
+    """This system as a backup records it: LINUX, MACOS, WINDOWS or UNKNOWN."""
+    return os_label(sys.platform)
+
+
+def make_symlink(folder: Folder, target: str, name: str) -> str | None:
+    """Create the symlink ``name`` → ``target`` in ``folder``; a warning where the
+    system does not let this user create symlinks (Windows without Developer Mode
+    or admin rights), None when made."""
+    try:
+        folder.symlink(target, name)
+    except OSError as exc:
+        if getattr(exc, "winerror", None) != SYMLINK_PRIVILEGE_ERROR:
+            raise
+        return (
+            f"the symlink {folder.path / name} -> {target} was not restored: Windows lets "
+            "only administrators, or everyone once Developer Mode is on, create symlinks"
+        )
+    return None
+
+
+def owned_by_me(info: os.stat_result) -> bool:
+    """Whether a file (as ``lstat`` saw it) belongs to this user; on Windows, where a
+    user's folders are private already, always."""
+    if sys.platform == "win32":
+        return True
+    return info.st_uid == os.geteuid()
+
+
+def make_blocking(fd: int) -> None:
+    """Clear ``O_NONBLOCK`` again (set so that opening a FIFO cannot hang); Windows has none."""
+    if sys.platform != "win32":
+        os.set_blocking(fd, True)
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise the soft limit of open descriptors towards ``wanted`` (capped by the hard
+    limit); return the limit in force. Windows has no such limit: ``wanted``."""
+    if sys.platform == "win32":
+        return wanted
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+    return int(soft)
+
+
+def read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset`` until it is full or the file ends; bytes read."""
+    got = 0
+    while got < len(view):
+        read = preadv(fd, [view[got:]], offset + got)
+        if read == 0:
+            break
+        got += read
+    return got
+
+
+def pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
+    """Write every buffer, in order, at ``offset``, finishing any short write."""
+    written = pwritev(fd, buffers, offset)
+    if written != sum(len(b) for b in buffers):
+        rest = memoryview(b"".join(bytes(b) for b in buffers))[written:]
+        while rest:
+            done = pwrite(fd, rest, offset + written)
+            written += done
+            rest = rest[done:]
+
+
+def writev_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
+    """Write every buffer, in order, at the descriptor's offset, resuming after short writes."""
+    pending = [memoryview(part) for part in buffers if len(part)]
+    while pending:
+        written = writev(fd, pending[:1024])
+        while written:
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
+
+
+__all__ = [
+    "IMPLEMENTATION",
+    "MODES_ENFORCED",
+    "NO_ROOM",
+    "O_BINARY",
+    "O_CLOEXEC",
+    "O_DIRECTORY",
+    "O_NOFOLLOW",
+    "O_NONBLOCK",
+    "PORTABLE",
+    "SQLITE_IN_PLACE",
+    "DirectIOUnsupported",
+    "Folder",
+    "Folders",
+    "boot_clock",
+    "buffer_address",
+    "default_folders",
+    "exchange_paths",
+    "fsync_dir",
+    "keep_freed_memory",
+    "make_blocking",
+    "make_symlink",
+    "open_direct",
+    "open_file_holders",
+    "open_folder",
+    "open_nofollow",
+    "os_label",
+    "owned_by_me",
+    "pread",
+    "preadv",
+    "preallocate",
+    "process_alive",
+    "process_umask",
+    "pwrite",
+    "pwritev",
+    "pwritev_all",
+    "raise_descriptor_limit",
+    "range_locked",
+    "read_into",
+    "reopen_direct",
+    "start_writeback",
+    "system_label",
+    "user_folders",
+    "write_private_file",
+    "writev",
+    "writev_all",
+]
