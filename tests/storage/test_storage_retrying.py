@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.errors import StoreUnreachable
 from cloudkeep.storage.base import (
     ObjectExists,
@@ -110,7 +111,7 @@ def test_closed_port_gives_up_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -
         elapsed = time.monotonic() - started
         assert elapsed < deadline + 0.5
         assert isinstance(info.value, StoreUnreachable)
-        assert info.value.exit_code == 3
+        assert exit_code_for(info.value) == 3
         message = str(info.value)
         assert message.startswith("store unreachable after ")
         assert "Connection refused" in message
