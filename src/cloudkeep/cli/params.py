@@ -19,11 +19,13 @@ from typer.core import TyperCommand, TyperGroup
 
 try:
     from typer._coercion import RuntimeParam, build_runtime_param
+
+    _HAS_RUNTIME_PARAM = True
 except ImportError:  # a Typer that parses through click alone: nothing to avoid
-    RuntimeParam = None
+    _HAS_RUNTIME_PARAM = False
 
 
-if RuntimeParam is not None:
+if _HAS_RUNTIME_PARAM:
 
     class _AsIs(RuntimeParam):
         """Values already of the annotated type as they are, anything else as Typer would.
@@ -55,7 +57,7 @@ class _PlainValues:
     """Set up before parsing, when the command's --help option exists too."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if RuntimeParam is not None:
+        if _HAS_RUNTIME_PARAM:
             _use_plain_values(self.get_params(ctx))  # type: ignore[attr-defined]
         return super().parse_args(ctx, args)  # type: ignore[misc]
 

@@ -17,7 +17,7 @@ import socket
 import stat
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
@@ -169,12 +169,15 @@ class _Batcher:
         """
         assert self._sink is not None
         self._tracker.check_canceled()
+        source: memoryview | None = None
+        chunk_bytes = 0
+        chunks: Sequence[bytes | memoryview]
         if isinstance(batch, _Pages):
-            source: memoryview | None = memoryview(batch.block)
+            source = memoryview(batch.block)
             chunk_bytes = batch.chunk_bytes
             chunks = page_chunks(source, chunk_bytes)
         else:
-            source, chunk_bytes, chunks = None, 0, batch
+            chunks = batch
         blob_id = self._repo.blob_id
         ids = [blob_id(chunk) for chunk in chunks]
         sizes = [len(chunk) for chunk in chunks]

@@ -17,7 +17,7 @@ from cloudkeep.errors import CloudkeepError, StoreUnreachable
 Payload = bytes | memoryview | Sequence[bytes]
 
 
-def pieces(data: Payload) -> Sequence[bytes]:
+def pieces(data: Payload) -> Sequence[bytes | memoryview]:
     """The payload as pieces (one buffer is one piece; bytearray and memoryview too)."""
     return [data] if isinstance(data, bytes | bytearray | memoryview) else data
 
