@@ -35,9 +35,8 @@ from cloudkeep.storage.base import ObjectNotFound, Storage
 from cloudkeep.storage.limits import limit_concurrency, store_connections
 from cloudkeep.storage.url import open_store
 
-# Imported where used: a CLI process runs one operation, and compiling/importing
-# the others cost it ~25 ms; a backup imports the repository and the archiver
-# while its key is derived (see ``_derive_key_soon``).
+# Imported where used: a CLI process runs one operation; a backup imports the
+# repository and the archiver while its key is derived (see ``_open_soon``).
 if TYPE_CHECKING:
     from cloudkeep.repository.crypto import MasterKey
     from cloudkeep.repository.repository import IndexRebuild, Repository
@@ -122,7 +121,7 @@ class Workspace:
                 "no passphrase given and no key file at "
                 f"{key_file}: set CLOUDKEEP_PASSPHRASE or use --passphrase-file"
             )
-        import secrets  # imports hmac and OpenSSL's hashlib (~5 ms): only to make a key
+        import secrets  # imports hmac and OpenSSL's hashlib: only to make a key
 
         key_file.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -233,7 +232,7 @@ class Workspace:
     def _open_soon(self, pool: ThreadPoolExecutor) -> Future[Repository] | None:
         """Start opening the repository in ``pool`` if a passphrase is known.
 
-        Argon2id takes ~90 ms and releases the GIL, so whatever the caller does next
+        Argon2id releases the GIL, so whatever the caller does next
         (importing the engine) runs meanwhile instead of after it. ``repository()``
         takes its outcome, errors included.
         """

@@ -75,8 +75,8 @@ def supported_schemes() -> tuple[str, ...]:
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
-    # SUPPORTED_SCHEMES is computed on first access: probing the drive services costs
-    # every command ~2 ms, and only bad URLs and drive URLs need the answer.
+    # SUPPORTED_SCHEMES is computed on first access: only bad URLs and drive URLs
+    # need the drive probe.
     if name == "SUPPORTED_SCHEMES":
         return supported_schemes()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
