@@ -81,21 +81,8 @@ class Checker:
             damaged.add(backup_id)
             report.errors += [f"backup {backup_id}: {p}" for p in problems]
 
-        bad_blobs: dict[bytes, str] = {}
-        for blob_id in users:
-            if blob_id not in index:
-                bad_blobs[blob_id] = "not in any index"
-        for pack_id, entries in indexed.items():
-            end = max((e.offset + e.length for e in entries), default=0)
-            if pack_id not in stored:
-                reason = f"pack {pack_id[:16]} is missing"
-            elif stored[pack_id] < end + 4:
-                reason = f"pack {pack_id[:16]} is truncated"
-            else:
-                continue
-            report.errors.append(reason)
-            for entry in entries:
-                bad_blobs.setdefault(entry.blob_id, reason)
+        bad_blobs = {blob_id: "not in any index" for blob_id in users if blob_id not in index}
+        _missing_or_truncated(indexed, stored, bad_blobs, report)
         for pack_id in stored.keys() - indexed.keys():
             report.warnings.append(
                 f"pack {pack_id[:16]} is not indexed (left by an interrupted backup; "
@@ -163,3 +150,24 @@ class Checker:
         with ThreadPoolExecutor(4, thread_name_prefix="check") as pool:
             for future in [pool.submit(verify, p) for p in packs]:
                 future.result()
+
+
+def _missing_or_truncated(
+    indexed: dict[str, list[PackEntry]],
+    stored: dict[str, int],
+    bad_blobs: dict[bytes, str],
+    report: CheckReport,
+) -> None:
+    """Report indexed packs the store lacks or holds shorter than indexed; their blobs
+    are bad (the first reason found for a blob stays)."""
+    for pack_id, entries in indexed.items():
+        end = max((e.offset + e.length for e in entries), default=0)
+        if pack_id not in stored:
+            reason = f"pack {pack_id[:16]} is missing"
+        elif stored[pack_id] < end + 4:
+            reason = f"pack {pack_id[:16]} is truncated"
+        else:
+            continue
+        report.errors.append(reason)
+        for entry in entries:
+            bad_blobs.setdefault(entry.blob_id, reason)

@@ -152,6 +152,21 @@ def _item(path: Path, relative: str) -> SourceItem | None:
     return None  # sockets, fifos, devices: not data
 
 
+def _listed_item(root: Path, path: Path, warnings: list[str]) -> SourceItem | None:
+    """The item of a listed entry; None if it is gone since, is not data, or cannot be
+    read (then with a line in ``warnings``)."""
+    relative = path.relative_to(root).as_posix()
+    try:
+        return _item(path, relative)
+    except FileNotFoundError:
+        return None  # deleted since the folder was listed (e.g. a -journal)
+    except OSError as exc:
+        warnings.append(
+            f"{shown(relative)}: cannot read it ({describe(exc)}); it is not in this backup"
+        )
+        return None
+
+
 def scan(root: Path, warnings: list[str]) -> tuple[str, list[SourceItem]]:
     """The kind of source ("folder"/"file") and its items, sorted, companions dropped.
 
@@ -184,22 +199,10 @@ def scan(root: Path, warnings: list[str]) -> tuple[str, list[SourceItem]]:
             dirnames.sort()
             folder_path = Path(folder)
             for name in sorted(dirnames + filenames):
-                if RESTORE_MARKER in name:
-                    continue
-                path = folder_path / name
-                relative = path.relative_to(root).as_posix()
-                try:
-                    item = _item(path, relative)
-                except FileNotFoundError:
-                    continue  # deleted since the folder was listed (e.g. a -journal)
-                except OSError as exc:
-                    warnings.append(
-                        f"{shown(relative)}: cannot read it ({describe(exc)}); "
-                        "it is not in this backup"
-                    )
-                    continue
-                if item is not None:
-                    items.append(item)
+                if RESTORE_MARKER not in name:
+                    item = _listed_item(root, folder_path / name, warnings)
+                    if item is not None:
+                        items.append(item)
     except PermissionError as exc:
         raise DataSourceError(f"cannot read {exc.filename}: permission denied") from exc
     except OSError as exc:

@@ -266,9 +266,17 @@ def _in_place(
         page_count = os.fstat(db_fd).st_size // page_size
         blocks = _blocks(db_fd, None, page_size, page_count, {}, block_pages)
         return reader, Capture(page_size, blocks, "in-place")
-    shm_fd, wal_fd = files.get("-shm"), files.get("-wal")
     if header[18] != 2:
         return None
+    return _in_place_wal(path, db_fd, files, page_size, block_pages)
+
+
+def _in_place_wal(
+    path: Path, db_fd: int, files: _Descriptors, page_size: int, block_pages: int
+) -> tuple[sqlite3.Connection | None, Capture] | None:
+    """A WAL database read in place: the shm header sampled around opening our read
+    transaction must not change, else a commit slipped in between (sample again)."""
+    shm_fd, wal_fd = files.get("-shm"), files.get("-wal")
     if wal_fd is None and shm_fd is None:
         return _closed_wal_database(path, db_fd, page_size, block_pages)
     if shm_fd is None or wal_fd is None:

@@ -138,6 +138,28 @@ def folder_of(prefix: str) -> str:
     return prefix + "/"
 
 
+def _store_failure(exc: Exception, os_error: int | None, message: str) -> StorageError:
+    """A failure of the store itself (not of one object's name): rejected, passing or
+    permanent."""
+    if os_error in _OS_REJECTED:
+        return StoreRejected(message)
+    if os_error in _OS_PERMANENT:
+        # OpenDAL marks most local I/O errors temporary; a full or broken
+        # disk does not heal within a retry budget.
+        return StorageError(message)
+    status = _http_status(exc)
+    if isinstance(exc, oe.PermissionDenied | oe.ConfigInvalid) or status in (401, 403):
+        return StoreRejected(message)
+    if isinstance(exc, oe.RateLimited) or _is_temporary(exc):
+        return StorageUnavailable(message)
+    if _CUT_SHORT in str(exc):
+        # A body that ends early (once ranges are ruled out) is a dropped transfer.
+        return StorageUnavailable(message)
+    if status is not None and (status in (408, 429) or status >= 500):
+        return StorageUnavailable(message)
+    return StorageError(message)
+
+
 class OpenDALStorage:
     """The ``Storage`` protocol over one ``opendal.Operator``."""
 
@@ -198,23 +220,7 @@ class OpenDALStorage:
         if isinstance(exc, oe.NotADirectory) or os_error == errno.ENOTDIR:
             # fs: a parent of the name is an object, so the name cannot exist.
             return ObjectNotFound(f"{where}: no such object")
-        if os_error in _OS_REJECTED:
-            return StoreRejected(message)
-        if os_error in _OS_PERMANENT:
-            # OpenDAL marks most local I/O errors temporary; a full or broken
-            # disk does not heal within a retry budget.
-            return StorageError(message)
-        status = _http_status(exc)
-        if isinstance(exc, oe.PermissionDenied | oe.ConfigInvalid) or status in (401, 403):
-            return StoreRejected(message)
-        if isinstance(exc, oe.RateLimited) or _is_temporary(exc):
-            return StorageUnavailable(message)
-        if _CUT_SHORT in str(exc):
-            # A body that ends early (once ranges are ruled out) is a dropped transfer.
-            return StorageUnavailable(message)
-        if status is not None and (status in (408, 429) or status >= 500):
-            return StorageUnavailable(message)
-        return StorageError(message)
+        return _store_failure(exc, os_error, message)
 
     # -- protocol ----------------------------------------------------------
 
