@@ -208,9 +208,16 @@ def test_suspended_backup_never_publishes_lost_data(
         pytest.fail("the backup always finished before it could be stopped mid-upload")
 
     time.sleep(STALE_AFTER + 2)  # past the expiry by the store's clock (S3: whole seconds)
-    deleted = cli("--data", str(data), "--store", store, "delete", old_id, env=ops)
-    assert deleted.code == 0, deleted.stderr
-    assert "other clients" not in deleted.stderr, deleted.stderr  # the lapsed lock is stale
+    # Every published backup goes, the first one and any an earlier attempt published
+    # (stopped too late), so the prune frees the packs the stopped backup relies on.
+    published = cli("--store", store, "list", "--json", env=ops)
+    assert published.code == 0, published.stderr
+    victims = [b["id"] for b in json.loads(published.stdout)["iterable"]]
+    assert old_id in victims
+    for victim in victims:
+        deleted = cli("--data", str(data), "--store", store, "delete", victim, env=ops)
+        assert deleted.code == 0, deleted.stderr
+        assert "other clients" not in deleted.stderr, deleted.stderr  # the lapsed lock is stale
     gone = packs_before - set(hostile_store.raw.names("data/"))
     assert gone, f"the reclaim must delete packs the stopped backup relies on: {deleted}"
 
