@@ -15,14 +15,14 @@ def test_prune_dry_run_then_prune(cli, tmp_path: Path) -> None:  # type: ignore[
     data, store = tmp_path / "data", (tmp_path / "store").as_uri()
     data.mkdir()
     args = ["--data", str(data), "--store", store]
-    env = {"CLOUDKEEP_PASSPHRASE": "prune passphrase", "CLOUDKEEP_RECLAIM_MARGIN": "0"}
+    env = {"CLOUDKEEP_PASSPHRASE": "prune passphrase", "CLOUDKEEP_PRUNE_MARGIN": "0"}
     (data / "old.bin").write_bytes(os.urandom(3_000_000))
     first = json.loads(cli(*args, "backup", "--json", env=env).stdout)["id"]
     (data / "old.bin").unlink()
     (data / "new.bin").write_bytes(os.urandom(1_000_000))
     assert cli(*args, "backup", env=env).code == 0
     removed = cli(*args, "delete", first, env=env)
-    assert removed.code == 0 and "reclaimed" in removed.stderr, removed.stderr
+    assert removed.code == 0 and "freed" in removed.stderr, removed.stderr
     packs = tmp_path / "store" / "data"
 
     (data / "new.bin").unlink()

@@ -60,11 +60,11 @@ def _rerun_prune(setup: Setup) -> subprocess.CompletedProcess[str]:
     them for an hour as it would a suspended backup's packs (tests/hostile covers
     that), so only without it does one rerun show that nothing else is left behind.
     """
-    setup.extra_env["CLOUDKEEP_RECLAIM_MARGIN"] = "0"
+    setup.extra_env["CLOUDKEEP_PRUNE_MARGIN"] = "0"
     try:
         return setup.run("prune")
     finally:
-        del setup.extra_env["CLOUDKEEP_RECLAIM_MARGIN"]
+        del setup.extra_env["CLOUDKEEP_PRUNE_MARGIN"]
 
 
 def _new_backup(setup: Setup, rnd: random.Random, expected: dict[str, dict[str, str]]) -> None:

@@ -42,7 +42,7 @@ def test_lost_index_file_then_delete_keeps_newest_restorable(
     data = tmp_path / "data"
     make_live_db(data / "snippets.db", 4, seed=3)
     store, raw = hostile_store.url, hostile_store.raw
-    env = device_env(tmp_path, "desk", CLOUDKEEP_RECLAIM_MARGIN="0")
+    env = device_env(tmp_path, "desk", CLOUDKEEP_PRUNE_MARGIN="0")
     (data / "old.bin").write_bytes(random.Random(0).randbytes(5_000_000))
     first = backup(cli, store, data, env)
     (data / "old.bin").unlink()  # only the first backup holds it: its delete frees space
@@ -66,7 +66,7 @@ def test_lost_index_file_then_delete_keeps_newest_restorable(
 
     deleted = cli("--store", store, "delete", first, env=env)
     assert deleted.code == 0, deleted.stderr
-    assert "reclaimed" in deleted.stderr, deleted.stderr  # it did reclaim, carefully
+    assert "freed" in deleted.stderr, deleted.stderr  # it did prune, carefully
     checked = cli("--store", store, "check", "--read-data", env=env)
     assert checked.code == 0, checked.stdout + checked.stderr
     for backup_id, folder in ((newest, "newest"), (second, "second")):
@@ -86,7 +86,7 @@ def test_reclaim_refuses_when_a_backup_needs_missing_data(
     data = tmp_path / "data"
     make_live_db(data / "snippets.db", 4, seed=5)
     store, raw = hostile_store.url, hostile_store.raw
-    env = device_env(tmp_path, "desk", CLOUDKEEP_RECLAIM_MARGIN="0")
+    env = device_env(tmp_path, "desk", CLOUDKEEP_PRUNE_MARGIN="0")
     (data / "old.bin").write_bytes(random.Random(0).randbytes(5_000_000))
     first = backup(cli, store, data, env)
     (data / "old.bin").unlink()
@@ -138,7 +138,7 @@ def test_young_unindexed_packs_survive_reclaim(
         done = cli("--store", store, "reclaim", env=env)
         assert done.code == 0, done.stderr
         assert set(in_flight) <= set(raw.names("data/")), "a young unindexed pack was deleted"
-    done = cli("--store", store, "reclaim", env={**env, "CLOUDKEEP_RECLAIM_MARGIN": "0"})
+    done = cli("--store", store, "reclaim", env={**env, "CLOUDKEEP_PRUNE_MARGIN": "0"})
     assert done.code == 0, done.stderr
     assert not set(in_flight) & set(raw.names("data/")), "past the margin they are garbage"
     assert junk in raw.names("data/")
@@ -162,7 +162,7 @@ def test_a_planted_copy_of_a_real_packs_header_is_never_adopted(
     data = tmp_path / "data"
     make_live_db(data / "snippets.db", 2, seed=5)
     store, raw = hostile_store.url, hostile_store.raw
-    env = device_env(tmp_path, "desk", CLOUDKEEP_RECLAIM_MARGIN="0")
+    env = device_env(tmp_path, "desk", CLOUDKEEP_PRUNE_MARGIN="0")
     first = backup(cli, store, data, env)
     mutate_db(data / "snippets.db", random.Random(3), rows=30)
     state = exact_state(data)

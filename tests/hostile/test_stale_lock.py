@@ -184,7 +184,7 @@ def test_suspended_backup_never_publishes_lost_data(
     first = cli("--data", str(data), "--store", store, "backup", "--json", env=desk)
     assert first.code == 0, first.stderr
     old_id = backup_id(first.stdout)
-    ops = device_env(tmp_path, "ops", CLOUDKEEP_RECLAIM_MARGIN="0")
+    ops = device_env(tmp_path, "ops", CLOUDKEEP_PRUNE_MARGIN="0")
 
     laptop = device_env(tmp_path, "laptop")
     names = fast_lister(hostile_store)
@@ -281,7 +281,7 @@ def test_live_shared_lock_far_behind_postpones_reclaim(
     space reclaim for later instead of deleting packs under it."""
     data = small_data(tmp_path)
     store = hostile_store.url
-    env = device_env(tmp_path, "desk", CLOUDKEEP_RECLAIM_MARGIN="0")
+    env = device_env(tmp_path, "desk", CLOUDKEEP_PRUNE_MARGIN="0")
     first = cli("--data", str(data), "--store", store, "backup", "--json", env=env)
     assert first.code == 0, first.stderr
     packs = hostile_store.raw.names("data/")
@@ -333,7 +333,7 @@ def test_bad_lock_objects_never_block_backup_restore_or_reclaim(
     non-lock (key holder) are reported and skipped, and left in place."""
     data = small_data(tmp_path)
     store = hostile_store.url
-    env = device_env(tmp_path, "desk", CLOUDKEEP_RECLAIM_MARGIN="0")
+    env = device_env(tmp_path, "desk", CLOUDKEEP_PRUNE_MARGIN="0")
     first = cli("--data", str(data), "--store", store, "backup", "--json", env=env)
     assert first.code == 0, first.stderr
     oversized, garbage, not_a_lock = (uuid.uuid4().hex for _ in range(3))

@@ -150,7 +150,7 @@ def test_execute_frees_exactly_the_plan_and_keeps_every_backup(
     assert dry.dry_run and dry.packs_deleted == 0
     assert set(repo.list_packs()) == before  # a dry run changes nothing
 
-    monkeypatch.setenv("CLOUDKEEP_RECLAIM_MARGIN", "0")
+    monkeypatch.setenv("CLOUDKEEP_PRUNE_MARGIN", "0")
     report = prune(repo)
     assert report.stopped is None
     assert report.packs_deleted == 3 and report.packs_repacked == 1

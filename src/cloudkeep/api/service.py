@@ -72,11 +72,11 @@ _DELETE_POLL = 0.1  # seconds between checks that a deleted backup's manifest is
 
 
 def _log_late_failure(backup_id: str) -> Listener:
-    """After the answer was sent, a failure of the delete's space reclaim can only be logged."""
+    """After the answer was sent, a failure of the delete's prune can only be logged."""
 
     def report(event: Any) -> None:
         if event.status is Status.FAILED:
-            log.warning("space reclaim after deleting %s failed: %s", backup_id, event.reason)
+            log.warning("prune after deleting %s failed: %s", backup_id, event.reason)
 
     return report
 

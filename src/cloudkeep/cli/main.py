@@ -252,9 +252,9 @@ def delete(
     pruned = run(Delete(backup_id), workspace(ctx)).pruned
     print(f"deleted backup {backup_id}")
     if pruned is None:
-        notice("other clients are using the repository: space is reclaimed by a later delete")
+        notice("other clients are using the repository: a later prune frees the space")
     elif pruned.bytes_freed:
-        notice(f"reclaimed {pruned.bytes_freed:,} bytes ({pruned.packs_deleted} packs)")
+        notice(f"freed {pruned.bytes_freed:,} bytes ({pruned.packs_deleted} packs)")
 
 
 DryRunOption = Annotated[
@@ -289,7 +289,7 @@ def _prune(ctx: typer.Context, dry_run: bool, json: bool) -> None:
     if report.stopped:
         notice(f"stopped early ({report.stopped}): a later prune finishes")
     print(
-        f"reclaimed {report.bytes_freed:,} bytes ({report.packs_deleted} packs, "
+        f"freed {report.bytes_freed:,} bytes ({report.packs_deleted} packs, "
         f"{report.packs_repacked} repacked)"
     )
 

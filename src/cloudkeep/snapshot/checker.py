@@ -86,7 +86,7 @@ class Checker:
         for pack_id in stored.keys() - indexed.keys():
             report.warnings.append(
                 f"pack {pack_id[:16]} is not indexed (left by an interrupted backup; "
-                "the next delete reclaims it)"
+                "the next prune deletes it)"
             )
         report.warnings += [
             f"ignored {shown(name)} in the store: not the name of a cloudkeep object"

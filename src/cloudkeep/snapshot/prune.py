@@ -11,7 +11,7 @@ their name, indexed from their headers, so their blobs count; objects that are
 not readable packs of this repository are left alone. It refuses when a backup
 needs a blob found in no stored pack, or when a backup does not read. Packs no
 index named that are younger than the safety margin (store time,
-``CLOUDKEEP_RECLAIM_MARGIN``) are kept whatever they hold, and left unindexed
+``CLOUDKEEP_PRUNE_MARGIN``) are kept whatever they hold, and left unindexed
 unless a backup uses them: they may belong to a backup in flight.
 
 Crash-safe order of execution: (1) copy the used frames of mostly-unused packs
@@ -48,7 +48,7 @@ REPACK_WHEN_UNUSED_FRACTION = 0.2
 #: Twice the largest pack size a config may set, plus a frame: nothing larger is a pack.
 MAX_ADOPTED_PACK = 192 * 1024 * 1024
 DELETE_BATCH = 64
-ENV_MARGIN = "CLOUDKEEP_RECLAIM_MARGIN"
+ENV_MARGIN = "CLOUDKEEP_PRUNE_MARGIN"
 #: Packs no index names are kept this long (store time): kopia keeps unreferenced
 #: blobs 2 h (BlobDeleteMinAge); a backup in flight indexes its packs every 64 packs.
 DEFAULT_MARGIN = 3600.0
@@ -56,7 +56,7 @@ LAPSED = "this client's lock lapsed (suspended or cut off from the store)"
 
 
 def prune_margin(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds a pack no index names is kept (``CLOUDKEEP_RECLAIM_MARGIN``, default 1 h)."""
+    """Seconds a pack no index names is kept (``CLOUDKEEP_PRUNE_MARGIN``, default 1 h)."""
     env = os.environ if environ is None else environ
     raw = env.get(ENV_MARGIN, "").strip()
     if not raw:
@@ -175,7 +175,7 @@ def prune(
     timing = LockTiming.from_env()
     margin = prune_margin()
     wait = timing.reclaim_wait if lock_timeout is None else lock_timeout
-    purpose = "prune (dry run)" if dry_run else "space reclaim"
+    purpose = "prune (dry run)" if dry_run else "prune"
     lock = RepositoryLock(repo, exclusive=not dry_run, purpose=purpose, timing=timing)
     with lock.acquire(wait):
         plan = plan_prune(repo, lock.store_now(), margin)
