@@ -14,6 +14,7 @@ import pytest
 
 from cloudkeep.direct_io import DIRECT_MIN_BYTES, aligned_read_buffer
 from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.platform import process_umask
 from cloudkeep.snapshot.manifest import FileEntry
 from cloudkeep.snapshot.restore.write import (
     DIRECT_MIN_RUN_BYTES,
@@ -21,7 +22,6 @@ from cloudkeep.snapshot.restore.write import (
     Piece,
     Tree,
     create_with_mode,
-    process_umask,
     read_live,
     reserve,
     set_size,
