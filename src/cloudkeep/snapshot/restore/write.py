@@ -1,6 +1,6 @@
 """The local side of a restore: the staging tree, restored files and how bytes reach them.
 
-Every OS call goes through ``cloudkeep.platform``: folders reached without
+Every OS-specific call goes through ``cloudkeep.platform``: folders reached without
 following symlinks (``Folder``), direct writers, ``pwritev``, preallocation,
 early writeback, and the reads of live files a restore reuses chunks from.
 """
@@ -33,7 +33,7 @@ from cloudkeep.snapshot.manifest import FileEntry
 DIRECT_MIN_RUN_BYTES = 1024 * 1024
 DIRECT_WINDOW_BYTES = 4 * 1024 * 1024  # per fetch thread: runs are written in windows
 _IOV_MAX = 1024
-_NO_ROOM = platform.NO_ROOM | {errno.EFBIG}
+_NO_ROOM = platform.NO_ROOM | {errno.EFBIG}  # EFBIG: past the file size limit (ulimit -f)
 _CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
@@ -208,7 +208,7 @@ def reserve(fd: int, entry: FileEntry) -> None:
     try:
         platform.preallocate(fd, entry.size)
     except OSError as exc:
-        if exc.errno in platform.NO_ROOM:
+        if out_of_room(exc):
             raise UserError(
                 f"not enough space to restore {entry.path} ({entry.size:,} bytes): {exc.strerror}"
             ) from exc
