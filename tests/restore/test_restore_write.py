@@ -190,7 +190,7 @@ def test_a_copy_target_gets_exactly_its_mode_and_never_an_existing_path(
         create_with_mode(path, 0o600)
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OSError):  # EEXIST, or ELOOP where O_NOFOLLOW is emulated (portable)
         create_with_mode(link, 0o600)
     assert not (tmp_path / "elsewhere").exists()
 
