@@ -36,7 +36,6 @@ __all__ = [
     "aligned_read_buffer",
     "create_direct",
     "fill",
-    "open_direct_writer",
     "pwrite_direct",
     "read_direct",
     "write_direct",
@@ -89,14 +88,6 @@ def fill(target: memoryview, pieces: Sequence[bytes | memoryview]) -> int:
         target[position : position + len(piece)] = piece
         position += len(piece)
     return position
-
-
-def open_direct_writer(path: str | os.PathLike[str]) -> int | None:
-    """A second, direct descriptor for writing an existing file; None where unsupported."""
-    try:
-        return _open(path, os.O_WRONLY)
-    except DirectIOUnsupported:
-        return None
 
 
 def aligned_buffer(size: int) -> memoryview:

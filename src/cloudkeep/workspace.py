@@ -362,6 +362,7 @@ class Workspace:
             reused_bytes=restorer.reused_bytes,
             fetched_bytes=restorer.fetched_bytes,
             undo_path=undo,
+            warnings=tuple(restorer.warnings),  # the restore's own, not the backup's
         )
 
     def live_path(self) -> Path:

@@ -8,17 +8,14 @@ import pytest
 
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.index import FrameBlobs
+from cloudkeep.repository.loader import MAX_RANGE_BYTES, MAX_RANGE_GAP, PackRange, plan_ranges
 from cloudkeep.snapshot.manifest import FileEntry, Manifest
 from cloudkeep.snapshot.restore.plan import (
     CHUNKS_PER_BATCH,
     FILES_PER_BATCH,
-    MAX_RANGE_BYTES,
-    MAX_RANGE_GAP,
     FilePlan,
-    PackRange,
     SlicePlan,
     check_file_size,
-    fetch_plan,
     next_slice_limit,
     plan_tree,
 )
@@ -105,10 +102,7 @@ def test_close_frames_of_a_pack_are_read_in_one_range_far_ones_apart() -> None:
     f1, f2 = frame(p, 0, 100), frame(p, 100 + MAX_RANGE_GAP, 50)  # gap allowed: same range
     f3 = frame(p, 150 + 2 * MAX_RANGE_GAP + 1, 10)  # gap too wide: a range of its own
     g1 = frame(q, 4_000, 10)
-    targets = {A: [(0, 0)]}
-    plan = fetch_plan(targets, [g1, f3, f1, f2])
-    assert plan.targets is targets
-    assert plan.ranges == [
+    assert plan_ranges([g1, f3, f1, f2]) == [
         PackRange(q, 4_000, 10, [g1]),  # packs in the order the data first needs them
         PackRange(p, 0, 150 + MAX_RANGE_GAP, [f1, f2]),  # frames by offset within a pack
         PackRange(p, f3.offset, 10, [f3]),
@@ -120,8 +114,7 @@ def test_a_range_never_grows_past_its_cap_but_a_larger_frame_is_read_whole() -> 
     half = MAX_RANGE_BYTES // 2
     frames = [frame(p, 0, half), frame(p, half, half), frame(p, 2 * half, 1)]
     big = frame(p, 2 * half + 1, 2 * MAX_RANGE_BYTES)
-    plan = fetch_plan({}, [*frames, big])
-    assert plan.ranges == [
+    assert plan_ranges([*frames, big]) == [
         PackRange(p, 0, MAX_RANGE_BYTES, frames[:2]),
         PackRange(p, 2 * half, 1, frames[2:]),
         PackRange(p, big.offset, big.length, [big]),

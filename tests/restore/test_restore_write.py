@@ -3,6 +3,7 @@ pieces land at their offsets (buffered and direct), live files are read only whe
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import random
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from cloudkeep import platform
 from cloudkeep.direct_io import DIRECT_MIN_BYTES, aligned_read_buffer
 from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.platform import process_umask
+from cloudkeep.settings import Settings
 from cloudkeep.snapshot.manifest import FileEntry
 from cloudkeep.snapshot.restore.write import (
     DIRECT_MIN_RUN_BYTES,
@@ -21,13 +25,13 @@ from cloudkeep.snapshot.restore.write import (
     Piece,
     Tree,
     create_with_mode,
-    process_umask,
     read_live,
     reserve,
     set_size,
     write_in_place,
     write_pieces,
 )
+from cloudkeep.workspace import Workspace
 
 MIB = 1024 * 1024
 
@@ -186,7 +190,7 @@ def test_a_copy_target_gets_exactly_its_mode_and_never_an_existing_path(
         create_with_mode(path, 0o600)
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OSError):  # EEXIST, or ELOOP where O_NOFOLLOW is emulated (portable)
         create_with_mode(link, 0o600)
     assert not (tmp_path / "elsewhere").exists()
 
@@ -205,3 +209,47 @@ def test_only_regular_live_files_are_read(tmp_path: Path) -> None:
     link.symlink_to(regular)
     assert read_live(link, view, 0) == 0
     assert read_live(tmp_path / "missing", view, 0) == 0
+
+
+def privilege_refused(folder: object, target: str, name: str) -> None:
+    """What Windows raises when a user without the privilege creates a symlink."""
+    error = OSError(errno.EPERM, "A required privilege is not held by the client")
+    error.winerror = 1314  # type: ignore[attr-defined]
+    raise error
+
+
+def test_a_symlink_the_system_refuses_becomes_a_warning(
+    staging: Path, tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(type(tree.root), "symlink", privilege_refused)
+    tree.symlink("link", "elsewhere")
+    (warning,) = tree.warnings
+    assert "link -> elsewhere was not restored" in warning
+    assert not (staging / "link").is_symlink()
+
+
+def test_a_restore_reports_the_symlinks_it_could_not_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "file").write_bytes(b"content")
+    (data / "link").symlink_to("file")
+    ws = Workspace(
+        Settings(
+            data=data,
+            store=(tmp_path / "store").as_uri(),
+            passphrase="warnings passphrase",
+            config_dir=tmp_path / "config",
+            cache_dir=tmp_path / "cache",
+        )
+    )
+    backup_id = ws.backup().id
+    probe = platform.open_folder(tmp_path)  # of the class this system restores through
+    probe.close()
+    monkeypatch.setattr(type(probe), "symlink", privilege_refused)
+    info = ws.restore(backup_id, target=tmp_path / "restored")
+    (warning,) = info.warnings
+    assert "link -> file was not restored" in warning
+    assert (tmp_path / "restored" / "file").read_bytes() == b"content"
+    assert not (tmp_path / "restored" / "link").exists()

@@ -223,6 +223,8 @@ def restore(
     )
     with progress_bar("restore") as progress:
         info = run(operation, ws, progress).info
+    for warning in info.warnings:
+        notice(f"warning: {warning}")
     if json:
         from cloudkeep.wire import backup_from_info
 

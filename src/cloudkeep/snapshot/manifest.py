@@ -68,7 +68,7 @@ def encode_chunk_list(chunks: list[tuple[bytes, int]]) -> bytes:
     return b"".join(starmap(CHUNK_LIST_ENTRY.pack, chunks))
 
 
-def decode_chunk_list(raw: bytes) -> list[tuple[bytes, int]]:
+def decode_chunk_list(raw: bytes | memoryview) -> list[tuple[bytes, int]]:
     if len(raw) % CHUNK_LIST_ENTRY.size:
         raise ValueError("chunk list has a partial entry")
     return list(CHUNK_LIST_ENTRY.iter_unpack(raw))

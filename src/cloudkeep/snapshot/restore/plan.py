@@ -4,7 +4,7 @@ A restore plans before it writes, one slice of the data at a time so memory
 stays bounded: the entries of the tree (``TreePlan``), then per batch of files
 the chunks each file is made of (``SlicePlan``), split into chunks to look for
 in the live copy first (``FilePlan``) and blobs to fetch (``ChunkTarget``),
-whose frames are read from the packs in few ranged reads (``FetchPlan``).
+whose frames are read from the packs in few ranged reads (``loader.plan_ranges``).
 Files are named by their number in their batch.
 """
 
@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
 from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.snapshot.manifest import FileEntry, Manifest
 
 FILES_PER_BATCH = 256
@@ -24,8 +23,6 @@ CHUNKS_PER_BATCH = 16_384  # 128 MiB of 8 KiB pages per slice; two slices live a
 # Slices start small and double: fetching starts after one chunk list is read, and
 # each slice is planned while the previous (half as big) one is being fetched.
 FIRST_BATCH_CHUNKS = 4_096
-MAX_RANGE_BYTES = 2 * 1024 * 1024  # longer ranges raise a restore's peak memory
-MAX_RANGE_GAP = 512 * 1024
 
 
 # The two records made once per chunk are plain tuples: a NamedTuple's constructor
@@ -96,52 +93,6 @@ def check_file_size(entry: FileEntry, end: int) -> None:
     """A file's chunk lists must cover it exactly: no hole and nothing past its end."""
     if end != entry.size:
         raise RepositoryDamaged(f"the chunk list of {entry.path} does not add up")
-
-
-class PackRange(NamedTuple):
-    """One ranged read of a pack: ``length`` bytes from ``start``, holding ``frames``."""
-
-    pack_id: str
-    start: int
-    length: int
-    frames: list[FrameBlobs]
-
-
-class FetchPlan(NamedTuple):
-    """The ranged reads that fetch one slice's blobs, and where each blob goes."""
-
-    ranges: list[PackRange]
-    targets: dict[bytes, list[ChunkTarget]]
-
-
-def fetch_plan(targets: dict[bytes, list[ChunkTarget]], frames: list[FrameBlobs]) -> FetchPlan:
-    """Group the frames holding ``targets``' blobs into ranged reads, packs in the order the
-    data first needs them.
-
-    Frames of a pack close to each other (gaps up to ``MAX_RANGE_GAP``) are read
-    in one range of at most ``MAX_RANGE_BYTES`` (a single larger frame is one range).
-    """
-    by_pack: dict[str, list[FrameBlobs]] = {}
-    for frame in frames:
-        by_pack.setdefault(frame.pack_id, []).append(frame)
-    ranges: list[PackRange] = []
-    for pack_id, in_pack in by_pack.items():
-        in_pack.sort(key=lambda frame: frame.offset)
-        current: list[FrameBlobs] = []
-        start = end = 0
-        for frame in in_pack:
-            offset, length = frame.offset, frame.length
-            if current and (
-                offset - end > MAX_RANGE_GAP or offset + length - start > MAX_RANGE_BYTES
-            ):
-                ranges.append(PackRange(pack_id, start, end - start, current))
-                current = []
-            if not current:
-                start = offset
-            current.append(frame)
-            end = offset + length
-        ranges.append(PackRange(pack_id, start, end - start, current))
-    return FetchPlan(ranges, targets)
 
 
 @dataclass(slots=True)

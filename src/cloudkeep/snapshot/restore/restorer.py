@@ -4,7 +4,7 @@ Files are written into a staging folder beside the destination (same filesystem)
 every blob authenticated and re-hashed against its keyed id, fsynced, and only
 then swapped in (see ``in_place``); what the swap replaces is kept as the undo
 copy. Every entry is created relative to a descriptor of its folder without
-following symlinks (``write.Tree``), so no manifest can make a restore write
+following symlinks (``write.Tree`` on ``platform.Folder``), so no manifest can make a restore write
 outside its staging folder. A single-file SQLite source is restored into the
 live database through SQLite's backup API, one transaction that a running app
 sees as an ordinary commit.
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from cloudkeep import platform
 from cloudkeep.errors import UserError
 from cloudkeep.repository.repository import Repository
 from cloudkeep.snapshot.gc_pause import gc_paused
@@ -48,7 +49,6 @@ from cloudkeep.snapshot.restore.write import (
     Files,
     Tree,
     out_of_room,
-    process_umask,
     reserve,
     set_size,
 )
@@ -60,7 +60,8 @@ class Restorer:
 
     ``reuse_local``: each chunk is first looked for at its place in the live copy
     and used if its keyed id matches (see ``reuse``). ``reused_bytes`` and
-    ``fetched_bytes`` say how the last restore was served.
+    ``fetched_bytes`` say how the last restore was served, ``warnings`` what it
+    could not restore as backed up (symlinks this system refused).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Restorer:
         self.reuse_local = reuse_local
         self.reused_bytes = 0
         self.fetched_bytes = 0
+        self.warnings: list[str] = []
         self._live: LiveData | None = None
 
     def run(
@@ -105,10 +107,11 @@ class Restorer:
         clean_stale_staging(destination)
         self._live = LiveData(live, manifest.kind == "file") if self.reuse_local else None
         self.reused_bytes = self.fetched_bytes = 0
+        self.warnings = []
         staging = staging_path(destination)
         # A backup's modes are a key holder's word: the umask caps them, as tar does for
         # ordinary users, so no restore makes the user's files writable by others.
-        umask = process_umask()
+        umask = platform.process_umask()
         root_mode = None if manifest.root_mode is None else manifest.root_mode & ~umask
         if target is None and live.is_dir():
             root_mode = stat.S_IMODE(live.stat().st_mode)  # the folder's own: kept as it is
@@ -163,6 +166,7 @@ class Restorer:
                 self._write_batch(batch, tree, tracker)
             tree.finish(plan.finishing, umask, root_mode)
         finally:
+            self.warnings = tree.warnings
             tree.close()
 
     def _write_batch(self, batch: list[FileEntry], tree: Tree, tracker: Tracker) -> None:

@@ -1,34 +1,31 @@
 """The local side of a restore: the staging tree, restored files and how bytes reach them.
 
-Every OS-specific call a restore makes is here, behind small functions:
-descriptor-relative opens (``O_DIRECTORY|O_NOFOLLOW``, ``dir_fd``), ``O_DIRECT``
-writers, ``pwritev``, ``posix_fallocate``, ``sync_file_range`` (through
-ctypes), ``fchmod``/``utime``/``fsync`` on descriptors, the umask, and the
-reads of live files a restore reuses chunks from.
+Every OS-specific call goes through ``cloudkeep.platform``: folders reached without
+following symlinks (``Folder``), direct writers, ``pwritev``, preallocation,
+early writeback, and the reads of live files a restore reuses chunks from.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from cloudkeep import platform
 from cloudkeep.direct_io import (
     ALIGNMENT,
     DIRECT_MIN_BYTES,
     DirectIOUnsupported,
     aligned_buffer,
     fill,
-    open_direct_writer,
     pwrite_direct,
 )
 from cloudkeep.errors import RepositoryDamaged, UserError
+from cloudkeep.platform import Folder
 from cloudkeep.snapshot.manifest import FileEntry
-from cloudkeep.snapshot.sqlite_capture import read_into
 
 # Shorter runs are written buffered: each direct write waits for the device and then
 # converts its fallocated (unwritten) blocks, splitting the file's extents; runs this
@@ -36,10 +33,8 @@ from cloudkeep.snapshot.sqlite_capture import read_into
 DIRECT_MIN_RUN_BYTES = 1024 * 1024
 DIRECT_WINDOW_BYTES = 4 * 1024 * 1024  # per fetch thread: runs are written in windows
 _IOV_MAX = 1024
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_LIVE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NO_ROOM = platform.NO_ROOM | {errno.EFBIG}  # EFBIG: past the file size limit (ulimit -f)
+_CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 class Piece(NamedTuple):
@@ -56,78 +51,81 @@ def out_of_room(exc: OSError) -> bool:
 
 
 class Tree:
-    """The staging folder, reached only through folder descriptors, never through a symlink.
+    """The staging folder, reached only through ``platform.Folder``s, never through a symlink.
 
-    Each folder on an entry's way is opened with ``O_DIRECTORY|O_NOFOLLOW`` from
-    its parent's descriptor (created first if missing), and the entry itself is
-    made by name in its folder: ``mkdir``/``symlink`` at a descriptor, files with
-    ``O_EXCL|O_NOFOLLOW``. A symlink (or file) where a folder is expected stops
-    the restore, so even a manifest that got past validation cannot reach outside.
-    Only the main thread uses it.
+    Each folder on an entry's way is entered from its parent (created first if
+    missing) without following a symlink, and the entry itself is made by name
+    in its folder: files with ``O_EXCL``, never through a symlink. A symlink (or
+    file) where a folder is expected stops the restore, so even a manifest that
+    got past validation cannot reach outside. Only the main thread uses it.
     """
 
-    MAX_OPEN = 256  # folder descriptors kept open; more are reopened from the root
+    MAX_OPEN = 256  # folders kept open; more are reopened from the root
 
     def __init__(self, root: Path) -> None:
-        self.root = os.open(root, _OPEN_DIR)
-        self._folders: dict[str, int] = {}
+        self.root = platform.open_folder(root)
+        self._folders: dict[str, Folder] = {}
         self.implicit: set[str] = set()  # folders made for entries whose folder is not listed
+        #: Symlinks this system would not let the restore make (see ``platform.make_symlink``).
+        self.warnings: list[str] = []
 
     def close(self) -> None:
-        for fd in self._folders.values():
-            os.close(fd)
+        for folder in self._folders.values():
+            folder.close()
         self._folders.clear()
-        os.close(self.root)
+        self.root.close()
 
-    def folder(self, relative: str) -> int:
-        """A descriptor of the staging folder ``relative`` ("" is the root); valid until the
-        next call."""
+    def folder(self, relative: str) -> Folder:
+        """The staging folder ``relative`` ("" is the root); valid until the next call."""
         if not relative:
             return self.root
-        fd = self._folders.get(relative)
-        if fd is not None:
-            return fd
-        parent, _, name = relative.rpartition("/")
-        parent_fd = self.folder(parent)
+        folder = self._folders.get(relative)
+        if folder is not None:
+            return folder
+        parent_path, _, name = relative.rpartition("/")
+        parent = self.folder(parent_path)
         try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            parent.mkdir(name, 0o700)
             self.implicit.add(relative)
         except FileExistsError:
             pass
         try:
-            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+            folder = parent.child(name)
         except OSError as exc:
             raise RepositoryDamaged(
                 f"cannot restore into {relative!r}: it is not a folder ({exc.strerror})"
             ) from exc
         if len(self._folders) >= self.MAX_OPEN:
             for cached in self._folders.values():
-                os.close(cached)
+                cached.close()
             self._folders.clear()
-        self._folders[relative] = fd
-        return fd
+        self._folders[relative] = folder
+        return folder
 
-    def split(self, path: str) -> tuple[int, str]:
-        """(descriptor of the folder holding ``path``, its last name)."""
+    def split(self, path: str) -> tuple[Folder, str]:
+        """(the folder holding ``path``, its last name)."""
         parent, _, name = path.rpartition("/")
         return self.folder(parent), name
 
     def mkdir(self, path: str) -> None:
-        fd, name = self.split(path)
+        folder, name = self.split(path)
         try:
-            os.mkdir(name, 0o700, dir_fd=fd)
+            folder.mkdir(name, 0o700)
         except FileExistsError:
-            if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            if not stat.S_ISDIR(folder.lstat(name).st_mode):
                 raise RepositoryDamaged(f"cannot restore the folder {path!r}: taken") from None
         self.implicit.discard(path)
 
     def symlink(self, path: str, target: str) -> None:
-        fd, name = self.split(path)
-        os.symlink(target, name, dir_fd=fd)
+        """Make the symlink ``path``; where the system refuses, a warning is kept instead."""
+        folder, name = self.split(path)
+        warning = platform.make_symlink(folder, target, name)
+        if warning is not None:
+            self.warnings.append(warning)
 
     def open(self, path: str, flags: int) -> int:
-        fd, name = self.split(path)
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        folder, name = self.split(path)
+        return folder.open(name, flags)
 
     def create_file(self, path: str) -> int:
         """A new file at ``path`` (``O_EXCL``: never an existing one), open for writing."""
@@ -140,24 +138,15 @@ class Tree:
         Given deepest first, a folder's time is set after its content changed for good.
         """
         for entry in entries:
-            is_dir = entry.type == "dir"
-            fd = self.open(entry.path, os.O_RDONLY | (os.O_DIRECTORY if is_dir else 0))
-            try:
-                os.fchmod(fd, entry.mode & ~umask)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                if is_dir:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            mode = entry.mode & ~umask
+            if entry.type == "dir":
+                self.folder(entry.path).finish(mode, entry.mtime_ns)
+            else:
+                folder, name = self.split(entry.path)
+                folder.finish_entry(name, mode, entry.mtime_ns)
         for path in self.implicit:
-            fd = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if root_mode is not None:
-            os.fchmod(self.root, root_mode)
-        os.fsync(self.root)
+            self.folder(path).finish(None, None)
+        self.root.finish(root_mode, None)
 
 
 class Files:
@@ -184,10 +173,7 @@ class Files:
         self.buffered.append(fd)
         self.direct.append(None)
         if self.direct_ok and size >= DIRECT_MIN_BYTES:
-            try:  # the very file just created, whatever its path has become
-                direct = open_direct_writer(f"/proc/self/fd/{fd}")
-            except OSError:  # e.g. out of descriptors: direct writing is only a speed-up
-                direct = None
+            direct = platform.reopen_direct(fd)  # the very file just created
             if direct is None:
                 self.direct_ok = False
             else:
@@ -219,16 +205,14 @@ def reserve(fd: int, entry: FileEntry) -> None:
     A full disk is reported before anything is fetched rather than halfway, and
     writes land in allocated blocks instead of growing a sparse file page by page.
     """
-    if entry.size <= 0:
-        return
     try:
-        os.posix_fallocate(fd, 0, entry.size)
+        platform.preallocate(fd, entry.size)
     except OSError as exc:
-        if exc.errno in _NO_ROOM:
+        if out_of_room(exc):
             raise UserError(
                 f"not enough space to restore {entry.path} ({entry.size:,} bytes): {exc.strerror}"
             ) from exc
-        os.ftruncate(fd, entry.size)  # no fallocate here (EOPNOTSUPP/EINVAL): a sparse file
+        raise
 
 
 def set_size(fd: int, size: int) -> None:
@@ -261,7 +245,7 @@ def write_pieces(files: Files, pieces: list[Piece]) -> int:
     if run:
         _write_run(files, run_file, run, run_start, run_end, dirty)
     for number, (low, high) in dirty.items():
-        _start_writeback(files.buffered[number], low, high - low)
+        platform.start_writeback(files.buffered[number], low, high - low)
     return total
 
 
@@ -285,7 +269,7 @@ def _write_run(
         span[0], span[1] = min(span[0], start), max(span[1], end)
     blocks = _direct_blocks(files, number, start, end)
     if blocks is None:
-        _pwritev_all(files.buffered[number], pieces, start)
+        platform.pwritev_all(files.buffered[number], pieces, start)
         return
     direct: int | None = files.direct[number]
     first_block, last_block = blocks
@@ -293,7 +277,7 @@ def _write_run(
     try:
         source = _Concatenation(pieces)
         if first_block > start:
-            _pwritev_all(files.buffered[number], source.take(first_block - start), start)
+            platform.pwritev_all(files.buffered[number], source.take(first_block - start), start)
         position = first_block
         while position < last_block:
             size = min(len(buffer), last_block - position)
@@ -306,10 +290,10 @@ def _write_run(
                 except DirectIOUnsupported:  # refused after all: this file goes buffered
                     files.drop_direct(number)
                     direct = None
-            _pwritev_all(files.buffered[number], [buffer[:size]], position)
+            platform.pwritev_all(files.buffered[number], [buffer[:size]], position)
             position += size
         if end > last_block:
-            _pwritev_all(files.buffered[number], source.take(end - last_block), last_block)
+            platform.pwritev_all(files.buffered[number], source.take(end - last_block), last_block)
     finally:
         buffer.release()
 
@@ -340,10 +324,10 @@ def write_in_place(
         return False
     fd = files.buffered[number]
     if start < first_block:
-        _pwritev_all(fd, [view[start - base : first_block - base]], start)
+        platform.pwritev_all(fd, [view[start - base : first_block - base]], start)
     if last_block < end:
-        _pwritev_all(fd, [view[last_block - base : end - base]], last_block)
-    _start_writeback(fd, start, end - start)
+        platform.pwritev_all(fd, [view[last_block - base : end - base]], last_block)
+    platform.start_writeback(fd, start, end - start)
     return True
 
 
@@ -372,41 +356,6 @@ class _Concatenation:
         fill(target, self.take(len(target)))
 
 
-def _pwritev_all(fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> None:
-    expected = sum(len(b) for b in buffers)
-    written = os.pwritev(fd, buffers, offset)
-    if written != expected:  # short write (rare): finish the rest piece by piece
-        joined = b"".join(bytes(b) for b in buffers)[written:]
-        while joined:
-            done = os.pwrite(fd, joined, offset + written)
-            written += done
-            joined = joined[done:]
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # not Linux: fsync at the end does all the work
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a just-written range to disk now (asynchronously, GIL released).
-
-    The fsync before the swap then finds little left to flush instead of
-    writing the whole database in one stall at the end.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
 def read_live(path: Path, view: memoryview, offset: int) -> int:
     """Read a span of a live file into ``view``; the bytes read (0 if it cannot be read).
 
@@ -414,13 +363,13 @@ def read_live(path: Path, view: memoryview, offset: int) -> int:
     a failing read just means its chunks are fetched instead.
     """
     try:
-        fd = os.open(path, _READ_LIVE)
+        fd = platform.open_nofollow(path, os.O_RDONLY | platform.O_NONBLOCK)
     except OSError:
         return 0
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return 0
-        return read_into(fd, view, offset)
+        return platform.read_into(fd, view, offset)
     except OSError:
         return 0
     finally:
@@ -430,26 +379,8 @@ def read_live(path: Path, view: memoryview, offset: int) -> int:
 def create_with_mode(path: Path, mode: int) -> None:
     """Create the empty file ``path`` (never an existing one or through a symlink) with
     exactly ``mode``, whatever the umask."""
-    fd = os.open(path, _CREATE_FILE, 0o600)
+    fd = platform.open_nofollow(path, _CREATE_FILE, 0o600)
     try:
-        os.fchmod(fd, mode)
+        os.chmod(fd, mode)
     finally:
         os.close(fd)
-
-
-def process_umask() -> int:
-    """The process's umask, read without loosening it even for a moment.
-
-    Linux tells it in /proc; elsewhere it is swapped for the strictest mask while
-    read, so a file another thread creates meanwhile is never looser than asked.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
