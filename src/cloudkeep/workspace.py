@@ -168,7 +168,7 @@ class Workspace:
             storage = with_cache(self.storage, self._cache(), config)
             handle = Repository(storage, config, key)
             # Only the creator's first backup may lose the creation race; any other
-            # handle leaves what it wrote (others may already use it) to reclaim.
+            # handle leaves what it wrote (others may already use it) to prune.
             handle.discard_if_replaced = self._created_here
         return handle
 

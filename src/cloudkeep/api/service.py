@@ -208,7 +208,7 @@ class BackupService:
         The job removes the manifest and then reclaims space under the exclusive
         repository lock, which waits (up to 30 s) for a running backup. The backup is
         deleted the moment its manifest is gone, so the request is answered then and
-        the reclaim finishes in the background.
+        the prune finishes in the background.
         """
         subject = await self.get(backup_id)  # 404 now for an id that does not exist
         job, subscription = self._submit(operations.Delete(backup_id), subject)

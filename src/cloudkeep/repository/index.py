@@ -2,7 +2,7 @@
 
 An index file lists packs and the entries of their headers. Every backup writes
 index files for the packs it uploaded (before its manifest, so a manifest
-never refers to an unindexed blob); space reclaim replaces them with fresh ones.
+never refers to an unindexed blob); prune replaces them with fresh ones.
 Encoded as a compact binary table, zstd-compressed and sealed.
 """
 

@@ -1,8 +1,8 @@
-"""Repository locks: backups share, space reclaim is exclusive.
+"""Repository locks: backups share, prune is exclusive.
 
 Backups only add objects, so any number may run at once (from any device).
 Reclaiming space deletes packs, which must never happen while a backup may be
-deduplicating against them; so reclaim takes an exclusive lock and backups a
+deduplicating against them; so prune takes an exclusive lock and backups a
 shared one. A lock is a sealed object ``locks/<id>`` rewritten every
 ``refresh_every`` seconds. Acquire = write own lock, then list: if a conflicting
 live lock exists, remove own lock and retry with jitter until the timeout (both
@@ -25,7 +25,7 @@ only while the last write began less than ``trusted_for`` ago (two thirds of
 the expiry: the rest absorbs clock-rate differences and the request in flight).
 A lapse, or finding our lock removed by someone who judged it stale, is sticky
 until ``reacquire``: callers check ``held()`` before an act that relies on the
-lock (a backup before publishing its manifest, reclaim before each deletion).
+lock (a backup before publishing its manifest, prune before each deletion).
 
 Objects under ``locks/`` that are oversized, undecryptable or malformed are
 reported once and skipped (never deleted: they cannot be proven stale), so one
@@ -99,8 +99,8 @@ class LockTiming:
         return self.stale_after * 2 / 3
 
     @property
-    def reclaim_wait(self) -> float:
-        """How long reclaim waits for conflicting locks: a dead client's lock is stale by then."""
+    def prune_wait(self) -> float:
+        """How long prune waits for conflicting locks: a dead client's lock is stale by then."""
         return min(30.0, self.stale_after * 1.5)
 
 
@@ -250,7 +250,7 @@ class RepositoryLock:
     def reacquire(self, timeout: float) -> None:
         """Hold the lock again after a lapse: the acquire protocol, keeping our lock meanwhile.
 
-        Our lock stays while we wait, so a reclaim that is deleting sees it at its
+        Our lock stays while we wait, so a prune that is deleting sees it at its
         next check and stops; once no conflicting live lock is listed after our
         write, nothing conflicting runs until our lock lapses again.
         """

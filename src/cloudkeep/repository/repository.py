@@ -381,7 +381,7 @@ class Repository:
         device replace it during our first backup; ``RepositoryChanged`` is raised,
         so no backup is published under a key no other device uses. Only the
         creator's first backup (``discard_if_replaced``) removes what it wrote
-        (sealed under the losing key); any other handle leaves it to reclaim, as
+        (sealed under the losing key); any other handle leaves it to prune, as
         another device may already use it.
         """
         stored = self.read_config(self.storage)
@@ -390,7 +390,7 @@ class Repository:
         with self._written_lock:
             written, self._written = self._written, []
         if self.discard_if_replaced:
-            for name in written:  # what a failed delete leaves is unreferenced: reclaim's
+            for name in written:  # what a failed delete leaves is unreferenced: prune's
                 with contextlib.suppress(StorageError):
                     self.storage.delete(name)
         raise RepositoryChanged(
@@ -618,6 +618,10 @@ class Repository:
             index.add_pack(pack_id, entries)
         self.index = index
         return index
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        """Whether the loaded index names ``blob_id``."""
+        return blob_id in self.index
 
     def read_index_file(self, name: str) -> IndexFile:
         try:

@@ -57,7 +57,7 @@ MAX_PLAIN_SIZE: Mapping[str, int] = {
     "snapshots": 1024 * MIB,
     "index": 1024 * MIB,
 }
-#: Largest pack downloaded whole (check --read-data, reclaim): packs are ~4 MiB.
+#: Largest pack downloaded whole (check --read-data, prune): packs are ~4 MiB.
 MAX_PACK_SIZE = 1024 * MIB
 #: Kinds whose objects are rewritten in place (a lock every minute), see ``read_bounded``.
 _REWRITTEN = ("locks/",)

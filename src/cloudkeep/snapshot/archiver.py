@@ -317,7 +317,7 @@ class Archiver:
         """Load the index of the packs the store holds.
 
         Index entries naming a pack the store no longer holds (an index file written
-        by a client whose lock had lapsed while a reclaim deleted its packs) are
+        by a client whose lock had lapsed while a prune deleted its packs) are
         dropped, so nothing is deduplicated against them. Our lock is held, so no
         pack listed here goes away before our manifest is saved.
         """
@@ -335,7 +335,7 @@ class Archiver:
             ) as lock,
         ):
             # Reusing the parent's chunk lists is safe once our shared lock is held and
-            # the parent still exists: reclaim (exclusive) only removes blobs that no
+            # the parent still exists: prune (exclusive) only removes blobs that no
             # manifest refers to, and cannot run until we are done.
             if parent_id is not None and self.repo.backup_exists(parent_id):
                 self._parent = parent_files
@@ -358,7 +358,7 @@ class Archiver:
             if manifest is None:
                 raise Busy(
                     "the backup was not saved: twice, while this device was suspended or "
-                    "offline, a space reclaim on another device removed data it needed; "
+                    "offline, a prune on another device removed data it needed; "
                     "back up again"
                 )
             return manifest
@@ -591,9 +591,9 @@ class Archiver:
     ) -> Manifest | None:
         """Publish the manifest; None if data it needs vanished while our lock had lapsed.
 
-        A lock that lapsed (suspend, store outage) may have let a space reclaim
+        A lock that lapsed (suspend, store outage) may have let a prune
         delete packs this backup deduplicated against or uploaded. Then, before
-        publishing: hold the lock again (waiting out a running reclaim), and check
+        publishing: hold the lock again (waiting out a running prune), and check
         that every blob the manifest references is in a pack the store still holds.
         """
         lock.refresh()
@@ -644,14 +644,13 @@ class Archiver:
             try:
                 packs = repo.read_index_file(name).packs
             except (ObjectNotFound, RepositoryDamaged):
-                continue  # replaced by a reclaim
+                continue  # replaced by a prune
             live = {pack_id: e for pack_id, e in packs.items() if pack_id in stored}
             if len(live) < len(packs):
                 if live:
                     repo.write_index_file(IndexFile(live))
                 repo.remove_index_file(name)
         self._load_live_index()
-        index = repo.index
         checked: set[bytes] = set()
         for entry in entries:
             for list_hex in entry.content:
@@ -663,6 +662,6 @@ class Archiver:
                     chunks = decode_chunk_list(bytes(repo.read_blob(list_id)))
                 except (BlobDamaged, ValueError):
                     return False
-                if any(blob_id not in index for blob_id, _size in chunks):
+                if not all(repo.has_blob(blob_id) for blob_id, _size in chunks):
                     return False
         return True

@@ -174,7 +174,7 @@ def prune(
     """
     timing = LockTiming.from_env()
     margin = prune_margin()
-    wait = timing.reclaim_wait if lock_timeout is None else lock_timeout
+    wait = timing.prune_wait if lock_timeout is None else lock_timeout
     purpose = "prune (dry run)" if dry_run else "prune"
     lock = RepositoryLock(repo, exclusive=not dry_run, purpose=purpose, timing=timing)
     with lock.acquire(wait):

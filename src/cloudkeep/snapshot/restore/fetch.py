@@ -38,7 +38,7 @@ class RepositoryReader:
 
     @contextmanager
     def opened(self) -> Iterator[None]:
-        """Hold a shared lock (no space reclaim meanwhile) with the index loaded."""
+        """Hold a shared lock (no prune meanwhile) with the index loaded."""
         with RepositoryLock(self._repo, exclusive=False, purpose="restore").acquire(
             LOCK_TIMEOUT_SECONDS
         ):
