@@ -44,11 +44,11 @@ class FormatTooNew(CloudkeepError):
     """The repository or a backup was written by a newer cloudkeep."""
 
 
-class SnapshotNotFound(UserError):
+class BackupNotFound(UserError):
     """No backup with that id in the store."""
 
 
-class InvalidSnapshotId(SnapshotNotFound):
+class InvalidBackupId(BackupNotFound):
     """The id is not of the form version_timestamp (and so cannot exist)."""
 
 

@@ -20,12 +20,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
+from cloudkeep.backups.progress import ProgressFn
 from cloudkeep.errors import Canceled
-from cloudkeep.snapshot.progress import ProgressFn
 
 if TYPE_CHECKING:
-    from cloudkeep.snapshot.checker import CheckReport
-    from cloudkeep.snapshot.prune import PruneReport
+    from cloudkeep.backups.checker import CheckReport
+    from cloudkeep.backups.prune import PruneReport
     from cloudkeep.workspace import BackupInfo, Workspace
 
 __all__ = [

@@ -17,20 +17,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
+    BackupNotFound,
     DataInUse,
     KeyMissing,
     RepositoryChanged,
     RepositoryDamaged,
     RepositoryExists,
     RepositoryNotFound,
-    SnapshotNotFound,
     UserError,
 )
 from cloudkeep.repository.trust import Joined, TrustStore
 from cloudkeep.repository.untrusted import shown
 from cloudkeep.settings import Settings, warn_if_exposed
-from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.storage.base import ObjectNotFound, Storage
 from cloudkeep.storage.limits import limit_concurrency, store_connections
 from cloudkeep.storage.url import open_store
@@ -38,11 +38,11 @@ from cloudkeep.storage.url import open_store
 # Imported where used: a CLI process runs one operation; a backup imports the
 # repository and the archiver while its key is derived (see ``_open_soon``).
 if TYPE_CHECKING:
+    from cloudkeep.backups.checker import CheckReport
+    from cloudkeep.backups.manifest import Manifest
+    from cloudkeep.backups.prune import PruneReport
     from cloudkeep.repository.crypto import MasterKey
     from cloudkeep.repository.repository import IndexRebuild, Repository
-    from cloudkeep.snapshot.checker import CheckReport
-    from cloudkeep.snapshot.manifest import Manifest
-    from cloudkeep.snapshot.prune import PruneReport
 
 __all__ = ["BackupInfo", "Progress", "Workspace"]
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class Workspace:
             data.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
-            from cloudkeep.snapshot.archiver import Archiver  # while Argon2 runs
+            from cloudkeep.backups.archiver import Archiver  # while Argon2 runs
 
             repo = self.repository(create=True, opening=opening)
         archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
@@ -281,7 +281,7 @@ class Workspace:
             repo = self.repository()
         except RepositoryNotFound:
             return []
-        from cloudkeep.snapshot.catalog import load_manifests
+        from cloudkeep.backups.catalog import load_manifests
 
         manifests, broken = load_manifests(repo)
         infos = [BackupInfo.of(manifest) for manifest in manifests]
@@ -295,15 +295,15 @@ class Workspace:
         return infos
 
     def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
-        from cloudkeep.snapshot.catalog import load_manifest
-        from cloudkeep.snapshot.manifest import validate_backup_id
+        from cloudkeep.backups.catalog import load_manifest
+        from cloudkeep.backups.manifest import validate_backup_id
 
         validate_backup_id(backup_id)
         repo = repo or self.repository()
         try:
             return load_manifest(repo, backup_id)
         except ObjectNotFound:
-            raise SnapshotNotFound(f"no backup {backup_id} in {self.storage.describe()}") from None
+            raise BackupNotFound(f"no backup {backup_id} in {self.storage.describe()}") from None
 
     def get(self, backup_id: str) -> BackupInfo:
         return BackupInfo.of(self.manifest(backup_id))
@@ -327,7 +327,7 @@ class Workspace:
         """
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
-            from cloudkeep.snapshot.restore.restorer import Restorer  # while Argon2 runs
+            from cloudkeep.backups.restore.restorer import Restorer  # while Argon2 runs
 
             repo = self.repository(opening=opening)
         manifest = self.manifest(backup_id, repo)
@@ -354,7 +354,7 @@ class Workspace:
         restorer.run(manifest, live, target, before_swap=guard)
         undo = ""
         if replaces:
-            from cloudkeep.snapshot.swap import undo_path
+            from cloudkeep.backups.swap import undo_path
 
             undo = str(undo_path(live))
         return replace(
@@ -373,7 +373,7 @@ class Workspace:
     def undo_restore(self, force: bool = False) -> Path:
         """Put back what the last in-place restore replaced (again to redo); returns where
         the state it replaced is kept now."""
-        from cloudkeep.snapshot.restore.in_place import undo_restore
+        from cloudkeep.backups.restore.in_place import undo_restore
 
         live = self.live_path()
         if not force and live.is_dir():
@@ -382,7 +382,7 @@ class Workspace:
 
     @staticmethod
     def _ensure_not_in_use(live: Path) -> None:
-        from cloudkeep.snapshot.in_use import describe_users, users_of
+        from cloudkeep.backups.in_use import describe_users, users_of
 
         if not live.is_dir():
             return
@@ -397,7 +397,7 @@ class Workspace:
     def delete(self, backup_id: str) -> PruneReport | None:
         """Delete a backup, then prune; None if other clients held the repository
         (a later delete or prune frees the space)."""
-        from cloudkeep.snapshot.prune import delete_backup, try_prune
+        from cloudkeep.backups.prune import delete_backup, try_prune
 
         repo = self.repository()
         # A damaged or planted backup exists too: it is deleted like any other.
@@ -417,13 +417,13 @@ class Workspace:
 
         Raises ``Busy`` if other clients hold the repository past the lock timeout.
         """
-        from cloudkeep.snapshot.prune import prune
+        from cloudkeep.backups.prune import prune
 
         return prune(self.repository(), dry_run=dry_run, progress=progress, cancel=cancel)
 
     def repair_index(self) -> IndexRebuild:
         """Rebuild the index from the packs' headers (after index files were lost)."""
-        from cloudkeep.snapshot.repair import repair_index
+        from cloudkeep.backups.repair import repair_index
 
         return repair_index(self.repository())
 
@@ -433,7 +433,7 @@ class Workspace:
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> CheckReport:
-        from cloudkeep.snapshot.checker import Checker
+        from cloudkeep.backups.checker import Checker
 
         return Checker(self.repository(), progress, cancel).run(read_data)
 

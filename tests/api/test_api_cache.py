@@ -31,9 +31,9 @@ def backup(n: int) -> Backup:
 
 
 def ids(cache: BackupListCache) -> list[str]:
-    snapshot = cache.peek()
-    assert snapshot is not None
-    return [b["id"] for b in json.loads(snapshot.body)["iterable"]]
+    listing = cache.peek()
+    assert listing is not None
+    return [b["id"] for b in json.loads(listing.body)["iterable"]]
 
 
 def test_changes_during_a_load_are_replayed_onto_its_result() -> None:

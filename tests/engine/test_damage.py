@@ -30,7 +30,7 @@ def _pack_holding(store: Path, ws, backup_id: str, path: str) -> Path:
     repo.load_index()
     manifest = ws.manifest(backup_id)
     entry = next(e for e in manifest.files if e.path == path)
-    from cloudkeep.snapshot.manifest import decode_chunk_list
+    from cloudkeep.backups.manifest import decode_chunk_list
 
     chunk_id = decode_chunk_list(repo.read_blob(bytes.fromhex(entry.content[0])))[0][0]
     location = repo.index.lookup(chunk_id)

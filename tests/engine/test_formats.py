@@ -13,6 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
+from cloudkeep.backups.archiver import page_chunks
+from cloudkeep.backups.manifest import (
+    FileEntry,
+    Manifest,
+    decode_chunk_list,
+    encode_chunk_list,
+)
 from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.packs import (
     BlobType,
@@ -23,13 +30,6 @@ from cloudkeep.repository.packs import (
     read_header,
 )
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.archiver import page_chunks
-from cloudkeep.snapshot.manifest import (
-    FileEntry,
-    Manifest,
-    decode_chunk_list,
-    encode_chunk_list,
-)
 from cloudkeep.storage.url import open_store
 
 ids = st.binary(min_size=32, max_size=32)

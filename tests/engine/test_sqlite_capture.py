@@ -1,4 +1,4 @@
-"""The in-place capture equals SQLite's own view of the same snapshot, under a live writer."""
+"""The in-place capture equals SQLite's own view of the same read transaction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.snapshot import sqlite_capture
+from cloudkeep.backups import sqlite_capture
 from tests.engine.test_live_sqlite import WRITER, _make_bank
 
 # Header bytes the backup API rewrites in its copy: file change counter, schema cookie
@@ -41,7 +41,7 @@ def _same_except_counters(image: bytes, reference: bytes, page_size: int) -> lis
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
-def test_in_place_capture_matches_the_snapshot_sqlite_sees(tmp_path: Path,
+def test_in_place_capture_matches_what_sqlite_sees(tmp_path: Path,
                                                            journal_mode: str) -> None:
     db = tmp_path / "bank.db"
     _make_bank(db, journal_mode)

@@ -34,7 +34,7 @@ SERVER_TRIALS = scaled(3)
 
 def garbage(setup: Setup) -> tuple[set[str], set[str]]:
     """Packs no index names, and indexed packs holding no blob any backup needs."""
-    from cloudkeep.snapshot.usage import blob_users, load_manifests
+    from cloudkeep.backups.usage import blob_users, load_manifests
 
     repo = setup.workspace().repository()
     repo.bypass_cache()

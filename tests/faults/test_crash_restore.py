@@ -147,7 +147,7 @@ def test_staging_of_a_killed_unreaped_restore_is_cleaned(tmp_path: Path) -> None
     """Found by the server kill trials: a killed restore stays a zombie until its parent
     (or init, ~2 s here) reaps it, and ``kill(pid, 0)`` still succeeds on a zombie, so the
     rerun kept the killed run's staging folder (a full copy of the database)."""
-    from cloudkeep.snapshot.restore.in_place import clean_stale_staging
+    from cloudkeep.backups.restore.in_place import clean_stale_staging
 
     live = tmp_path / "production"
     live.mkdir()

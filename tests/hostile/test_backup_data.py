@@ -37,8 +37,8 @@ from pieces_os_client.models.backup_streamed_progress import (
     BackupStreamedProgress as SdkBackupStreamedProgress,
 )
 
+from cloudkeep.backups.manifest import Manifest
 from cloudkeep.settings import Settings
-from cloudkeep.snapshot.manifest import Manifest
 from cloudkeep.workspace import Workspace
 from tests.faults.fault_helpers import free_port
 from tests.hostile.conftest import CliResult, assert_clean_failure

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from cloudkeep.backups.manifest import FileEntry, Manifest, encode_chunk_list, new_backup_id
 from cloudkeep.repository.packs import BlobType
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.manifest import FileEntry, Manifest, encode_chunk_list, new_backup_id
 from cloudkeep.storage.url import open_store
 from tests.hostile.conftest import (
     PASSPHRASE,
@@ -224,8 +224,8 @@ def test_a_blob_whose_content_lies_about_its_id_is_never_restored(
 def test_the_restorer_itself_never_follows_a_symlink(tmp_path: Path) -> None:
     """Defence in depth: a manifest that got past validation (built in memory here) still
     cannot make the restorer write through a symlink it created."""
+    from cloudkeep.backups.restore.write import Tree
     from cloudkeep.errors import RepositoryDamaged
-    from cloudkeep.snapshot.restore.write import Tree
 
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.snapshot.in_use import PENDING_BYTE, SHM_DMS_BYTE, _held, users_of
+from cloudkeep.backups.in_use import PENDING_BYTE, SHM_DMS_BYTE, _held, users_of
 from tests.hostile.conftest import CliResult, assert_clean_failure, tree_state
 
 APP = """

@@ -15,9 +15,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from cloudkeep.repository.untrusted import SNAPSHOT_NAME
+from cloudkeep.backups.manifest import BACKUP_ID
+from cloudkeep.repository.untrusted import BACKUP_ID_NAME
 from cloudkeep.settings import Settings
-from cloudkeep.snapshot.manifest import BACKUP_ID
 from cloudkeep.workspace import Workspace
 from tests.hostile.conftest import FolderRaw, HostileStore, assert_clean_failure, tree_state
 
@@ -101,7 +101,7 @@ def plant_links(root: Path, home: Path) -> list[Path]:
 
 def test_backup_id_pattern_is_the_manifests() -> None:
     """The repository layer's copy of the backup id pattern is the manifest's."""
-    assert SNAPSHOT_NAME.pattern.strip("^$") == BACKUP_ID.pattern.strip("^$")
+    assert BACKUP_ID_NAME.pattern.strip("^$") == BACKUP_ID.pattern.strip("^$")
 
 
 def test_planted_names_never_reach_the_home(

@@ -12,6 +12,7 @@ import pytest
 
 from cloudkeep import operations
 from cloudkeep.api.jobs import JobManager, Status
+from cloudkeep.backups.progress import ProgressFn
 from cloudkeep.errors import Canceled, TooManyJobs
 from cloudkeep.operations import (
     Backup,
@@ -23,7 +24,6 @@ from cloudkeep.operations import (
     Prune,
     Restore,
 )
-from cloudkeep.snapshot.progress import ProgressFn
 from cloudkeep.wire import PlatformEnum
 from cloudkeep.workspace import Workspace
 from tests.operations.conftest import make_data

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import Canceled, SnapshotNotFound
+from cloudkeep.backups.progress import Progress
+from cloudkeep.errors import BackupNotFound, Canceled
 from cloudkeep.operations import (
     Backup,
     BackupResult,
@@ -24,7 +25,6 @@ from cloudkeep.operations import (
     RestoreResult,
     run,
 )
-from cloudkeep.snapshot.progress import Progress
 from cloudkeep.workspace import Workspace
 
 
@@ -49,7 +49,7 @@ def test_every_operation_runs_through_the_entry_point(workspace: Workspace, tmp_
     assert isinstance(deleted, DeleteResult) and deleted.backup_id == first.info.id
     assert deleted.pruned is not None
     assert [info.id for info in workspace.list()] == [second.info.id]
-    with pytest.raises(SnapshotNotFound):
+    with pytest.raises(BackupNotFound):
         run(Restore(first.info.id, tmp_path / "again"), workspace)
 
     pruned = run(Prune(), workspace)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.api.runner import Cancel, Crashed, Failed, Finished, ProcessEngine, Run
-from cloudkeep.errors import Busy, Canceled, CloudkeepError, SnapshotNotFound
+from cloudkeep.backups.progress import Progress
+from cloudkeep.errors import BackupNotFound, Busy, Canceled, CloudkeepError
 from cloudkeep.operations import (
     Backup,
     BackupResult,
@@ -22,7 +23,6 @@ from cloudkeep.operations import (
     RestoreResult,
 )
 from cloudkeep.settings import Settings
-from cloudkeep.snapshot.progress import Progress
 from cloudkeep.storage.base import StoreRejected
 from tests.operations.conftest import make_data
 
@@ -54,7 +54,7 @@ def test_operations_and_results_cross_a_real_worker_process(
 
 def test_an_engine_error_crosses_as_its_own_class(engine: ProcessEngine, tmp_path: Path) -> None:
     engine.run(Backup(), None, threading.Event(), "job-1")
-    with pytest.raises(SnapshotNotFound, match=r"0\.1\.0_123"):
+    with pytest.raises(BackupNotFound, match=r"0\.1\.0_123"):
         engine.run(Restore("0.1.0_123", tmp_path / "x"), None, threading.Event(), "job-2")
 
 

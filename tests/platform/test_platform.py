@@ -116,7 +116,7 @@ def test_replace_atomically_keeps_the_previous_state_either_way(
 ) -> None:
     """``swap.replace_atomically`` with and without an exchange leaves the same result."""
     script = (
-        "import sys; from pathlib import Path; from cloudkeep.snapshot import swap\n"
+        "import sys; from pathlib import Path; from cloudkeep.backups import swap\n"
         "root = Path(sys.argv[1]); swap.replace_atomically(root/'staged', root/'live', root/'keep')"
     )
     for name in ("staged", "live", "keep"):

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from cloudkeep.backups.manifest import FileEntry, encode_chunk_list
+from cloudkeep.backups.progress import Tracker
+from cloudkeep.backups.restore.fetch import RepositoryReader, frame_pieces, start_fetches
+from cloudkeep.backups.restore.plan import ChunkTarget
+from cloudkeep.backups.restore.write import Files, Piece, Tree, reserve
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.loader import plan_ranges
 from cloudkeep.repository.packs import BlobType
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.manifest import FileEntry, encode_chunk_list
-from cloudkeep.snapshot.progress import Tracker
-from cloudkeep.snapshot.restore.fetch import RepositoryReader, frame_pieces, start_fetches
-from cloudkeep.snapshot.restore.plan import ChunkTarget
-from cloudkeep.snapshot.restore.write import Files, Piece, Tree, reserve
 from cloudkeep.storage.url import open_store
 
 CHUNK = 8 * 1024

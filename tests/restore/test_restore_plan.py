@@ -6,11 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.repository.index import FrameBlobs
-from cloudkeep.repository.loader import MAX_RANGE_BYTES, MAX_RANGE_GAP, PackRange, plan_ranges
-from cloudkeep.snapshot.manifest import FileEntry, Manifest
-from cloudkeep.snapshot.restore.plan import (
+from cloudkeep.backups.manifest import FileEntry, Manifest
+from cloudkeep.backups.restore.plan import (
     CHUNKS_PER_BATCH,
     FILES_PER_BATCH,
     FilePlan,
@@ -19,6 +16,9 @@ from cloudkeep.snapshot.restore.plan import (
     next_slice_limit,
     plan_tree,
 )
+from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.repository.index import FrameBlobs
+from cloudkeep.repository.loader import MAX_RANGE_BYTES, MAX_RANGE_GAP, PackRange, plan_ranges
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 

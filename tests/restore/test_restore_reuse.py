@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import Canceled
-from cloudkeep.repository.crypto import MasterKey, Sealer
-from cloudkeep.snapshot.manifest import FileEntry
-from cloudkeep.snapshot.progress import Tracker
-from cloudkeep.snapshot.restore.plan import FilePlan, LocalChunk, SlicePlan
-from cloudkeep.snapshot.restore.reuse import (
+from cloudkeep.backups.manifest import FileEntry
+from cloudkeep.backups.progress import Tracker
+from cloudkeep.backups.restore.plan import FilePlan, LocalChunk, SlicePlan
+from cloudkeep.backups.restore.reuse import (
     REUSE_SPAN_BYTES,
     LiveData,
     ReuseSpan,
@@ -26,7 +24,9 @@ from cloudkeep.snapshot.restore.reuse import (
     reuse_spans,
     start_reuse,
 )
-from cloudkeep.snapshot.restore.write import Files, Tree, reserve
+from cloudkeep.backups.restore.write import Files, Tree, reserve
+from cloudkeep.errors import Canceled
+from cloudkeep.repository.crypto import MasterKey, Sealer
 
 CHUNK = 8 * 1024
 CHUNKS = 320  # 2.5 MiB: long runs go direct, short ones buffered

@@ -14,12 +14,8 @@ from pathlib import Path
 import pytest
 
 from cloudkeep import platform
-from cloudkeep.direct_io import DIRECT_MIN_BYTES, aligned_read_buffer
-from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.platform import process_umask
-from cloudkeep.settings import Settings
-from cloudkeep.snapshot.manifest import FileEntry
-from cloudkeep.snapshot.restore.write import (
+from cloudkeep.backups.manifest import FileEntry
+from cloudkeep.backups.restore.write import (
     DIRECT_MIN_RUN_BYTES,
     Files,
     Piece,
@@ -31,6 +27,10 @@ from cloudkeep.snapshot.restore.write import (
     write_in_place,
     write_pieces,
 )
+from cloudkeep.direct_io import DIRECT_MIN_BYTES, aligned_read_buffer
+from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.platform import process_umask
+from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
 
 MIB = 1024 * 1024

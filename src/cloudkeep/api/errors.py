@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cloudkeep.api.jobs import new_trace_id
 from cloudkeep.api.security import BodyTooLarge
 from cloudkeep.errors import (
+    BackupNotFound,
     Busy,
     Canceled,
     CloudkeepError,
@@ -31,7 +32,6 @@ from cloudkeep.errors import (
     RepositoryDamaged,
     RepositoryExists,
     RepositoryNotFound,
-    SnapshotNotFound,
     StoreUnreachable,
     TooManyJobs,
     WrongPassphrase,
@@ -69,7 +69,7 @@ HTTP_STATUSES: dict[type, int] = {
     Busy: 409,
     Canceled: 409,
     TooManyJobs: 429,
-    SnapshotNotFound: 404,
+    BackupNotFound: 404,
     FormatTooNew: 505,
     RepositoryDamaged: 500,
     StoreUnreachable: 503,

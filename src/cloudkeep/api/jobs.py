@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cloudkeep import __version__
+from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import Canceled, CloudkeepError, TooManyJobs
 from cloudkeep.operations import (
     Backup,
@@ -37,7 +38,6 @@ from cloudkeep.operations import (
     Restore,
     RestoreResult,
 )
-from cloudkeep.snapshot.progress import Progress, ProgressFn
 from cloudkeep.wire import (
     Backup as WireBackup,
 )
@@ -261,7 +261,7 @@ class JobManager:
         with self._lock:
             return [job for job in self._jobs.values() if not job.terminal]
 
-    def snapshot_all(self, changed: Job | None = None) -> BackupsStreamedProgress:
+    def progress_all(self, changed: Job | None = None) -> BackupsStreamedProgress:
         """Every backup and restore not finished, plus ``changed`` (so listeners see how a
         job ended)."""
         with self._lock:
@@ -287,7 +287,7 @@ class JobManager:
         the current state."""
         with self._lock:
             self._watchers.add(listener)
-            listener(self.snapshot_all())
+            listener(self.progress_all())
 
     def unwatch(self, listener: Listener) -> None:
         with self._lock:
@@ -404,7 +404,7 @@ class JobManager:
         job.finished.set()
 
     def _publish(self, job: Job) -> None:
-        """Called with the lock held: one snapshot to the job's listeners and the watchers."""
+        """Called with the lock held: one progress event to the job's listeners and the watchers."""
         job.published_at = time.monotonic()
         job.published_percentage = job.percentage
         event = job.progress()
@@ -414,6 +414,6 @@ class JobManager:
 
     def _notify_watchers(self, job: Job) -> None:
         if self._watchers and isinstance(job.operation, Backup | Restore):
-            snapshot = self.snapshot_all(changed=job)
+            progress = self.progress_all(changed=job)
             for listener in list(self._watchers):
-                listener(snapshot)
+                listener(progress)

@@ -28,10 +28,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.operations import Operation, OperationResult, run
 from cloudkeep.settings import Settings
-from cloudkeep.snapshot.progress import Progress, ProgressFn
 
 if TYPE_CHECKING:
     # Connection on POSIX, PipeConnection on Windows.

@@ -34,14 +34,14 @@ from cloudkeep.api.jobs import (
 )
 from cloudkeep.api.runner import ProcessEngine
 from cloudkeep.api.streaming import Subscription
+from cloudkeep.backups.progress import ProgressFn
 from cloudkeep.errors import (
+    BackupNotFound,
     CloudkeepError,
-    InvalidSnapshotId,
+    InvalidBackupId,
     RepositoryNotFound,
-    SnapshotNotFound,
 )
 from cloudkeep.operations import Operation, OperationResult
-from cloudkeep.snapshot.progress import ProgressFn
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
@@ -167,24 +167,24 @@ class BackupService:
     # -- reads -------------------------------------------------------------------
     async def list_body(self) -> bytes:
         """The Backups JSON; from cache when possible, never blocking the loop."""
-        snapshot = self.cache.peek()
-        if snapshot is not None:
+        listing = self.cache.peek()
+        if listing is not None:
             if not self.cache.is_fresh():
                 self.cache.refresh_in_background()
-            return snapshot.body
+            return listing.body
         return (await run_in_threadpool(self.cache.load)).body
 
     async def get(self, backup_id: str) -> Backup:
         """A stored backup (cache first, then the store: it may come from another process)."""
         validate_id(backup_id)
-        snapshot = self.cache.peek()
-        if snapshot is not None and backup_id in snapshot.by_id:
-            return snapshot.by_id[backup_id]
+        listing = self.cache.peek()
+        if listing is not None and backup_id in listing.by_id:
+            return listing.by_id[backup_id]
         if backup_id.startswith(JOB_PREFIX):
             raise _not_found(backup_id)
         try:
             info: BackupInfo = await run_in_threadpool(self._get_info, backup_id)
-        except (SnapshotNotFound, InvalidSnapshotId, RepositoryNotFound) as exc:
+        except (BackupNotFound, InvalidBackupId, RepositoryNotFound) as exc:
             # No repository yet means no backups: the id is simply unknown (as GET /backups
             # answers an empty list rather than an error).
             raise _not_found(backup_id) from exc
@@ -221,7 +221,7 @@ class BackupService:
         elif job.status is Status.CANCELED:
             raise ApiError(409, f"The deletion of {backup_id} was canceled.")
         elif job.status is Status.FAILED:
-            if isinstance(job.error, SnapshotNotFound | InvalidSnapshotId | RepositoryNotFound):
+            if isinstance(job.error, BackupNotFound | InvalidBackupId | RepositoryNotFound):
                 raise _not_found(backup_id) from job.error
             if job.error is not None:
                 raise job.error
@@ -243,7 +243,7 @@ class BackupService:
     def _is_gone(self, backup_id: str) -> bool:
         try:
             self.workspace().get(backup_id)
-        except (SnapshotNotFound, InvalidSnapshotId):
+        except (BackupNotFound, InvalidBackupId):
             return True
         except CloudkeepError:
             return False

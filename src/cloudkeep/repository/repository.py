@@ -468,7 +468,7 @@ class Repository:
         self.storage.delete(object_path(kind, name))
 
     # ------------------------------------------------------------------ backups
-    # A backup file is a sealed manifest; ``snapshot.manifest`` decodes it.
+    # A backup file is a sealed manifest; ``backups.manifest`` decodes it.
     def list_backups(self) -> list[str]:
         """The names (backup ids) of the stored backup files."""
         return self.list_files("snapshots")

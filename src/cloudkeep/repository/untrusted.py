@@ -29,10 +29,10 @@ KIB = 1024
 MIB = 1024 * KIB
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-#: The backup id of ``snapshot.manifest.BACKUP_ID`` (the repository layer cannot import it).
-SNAPSHOT_NAME = re.compile(r"[0-9A-Za-z.+-]{1,32}_[0-9]{1,20}")
+#: The backup id of ``backups.manifest.BACKUP_ID`` (the repository layer cannot import it).
+BACKUP_ID_NAME = re.compile(r"[0-9A-Za-z.+-]{1,32}_[0-9]{1,20}")
 NAME_PATTERNS: Mapping[str, re.Pattern[str]] = {
-    "snapshots": SNAPSHOT_NAME,
+    "snapshots": BACKUP_ID_NAME,
     "index": _HEX32,
     "keys": _HEX32,
     "locks": _HEX32,

@@ -166,7 +166,7 @@ async def create_backup_websocket(
     responses=errors(*COMMON),
 )
 async def streamed_progress_http(service: Service) -> Response:
-    return json_response(service.jobs.snapshot_all())
+    return json_response(service.jobs.progress_all())
 
 
 @router.websocket("/backups/streamed/progress")

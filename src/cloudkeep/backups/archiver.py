@@ -23,14 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
 
 from cloudkeep import __version__
-from cloudkeep.errors import Busy, CloudkeepError, DataSourceError, RepositoryDamaged
-from cloudkeep.repository.index import IndexFile
-from cloudkeep.repository.locks import RepositoryLock
-from cloudkeep.repository.packs import BlobType
-from cloudkeep.repository.repository import BlobDamaged, PackWriter, Repository
-from cloudkeep.snapshot.catalog import load_manifest
-from cloudkeep.snapshot.gc_pause import gc_paused
-from cloudkeep.snapshot.manifest import (
+from cloudkeep.backups.catalog import load_manifest
+from cloudkeep.backups.gc_pause import gc_paused
+from cloudkeep.backups.manifest import (
     CHUNKS_PER_LIST_BLOB,
     FileEntry,
     Manifest,
@@ -41,8 +36,8 @@ from cloudkeep.snapshot.manifest import (
     new_backup_id,
     now_us,
 )
-from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.sources import (
+from cloudkeep.backups.progress import ProgressFn, Tracker
+from cloudkeep.backups.sources import (
     SourceItem,
     describe,
     looks_like_database,
@@ -51,7 +46,12 @@ from cloudkeep.snapshot.sources import (
     shown,
     sqlite_page_size,
 )
-from cloudkeep.snapshot.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
+from cloudkeep.backups.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
+from cloudkeep.errors import Busy, CloudkeepError, DataSourceError, RepositoryDamaged
+from cloudkeep.repository.index import IndexFile
+from cloudkeep.repository.locks import RepositoryLock
+from cloudkeep.repository.packs import BlobType
+from cloudkeep.repository.repository import BlobDamaged, PackWriter, Repository
 from cloudkeep.storage.base import ObjectExists, ObjectNotFound, StorageError
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ A restore writes into a staging folder beside its destination; a killed one
 leaves that folder behind, named for its process, and the next restore removes
 it. A single-file SQLite database is replaced through SQLite's backup API (one
 transaction a running app sees as an ordinary commit); other data is swapped in
-(see ``cloudkeep.snapshot.swap``), and what the restore replaced is kept as the
+(see ``cloudkeep.backups.swap``), and what the restore replaced is kept as the
 undo copy.
 """
 
@@ -18,12 +18,12 @@ import stat
 import uuid
 from pathlib import Path
 
+from cloudkeep.backups.restore.write import create_with_mode
+from cloudkeep.backups.sources import is_sqlite
+from cloudkeep.backups.sqlite_capture import BUSY_TIMEOUT_SECONDS
+from cloudkeep.backups.swap import fsync_dir, recover, remove_any, swap_back, undo_path
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.repository.locks import pid_alive
-from cloudkeep.snapshot.restore.write import create_with_mode
-from cloudkeep.snapshot.sources import is_sqlite
-from cloudkeep.snapshot.sqlite_capture import BUSY_TIMEOUT_SECONDS
-from cloudkeep.snapshot.swap import fsync_dir, recover, remove_any, swap_back, undo_path
 
 _STAGING = re.compile(
     r"^\.(?P<name>.+)\.cloudkeep-restore-(?P<pid>\d+)-[0-9a-f]+(-journal|-wal|-shm)?$"

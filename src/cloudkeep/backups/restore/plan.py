@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
+from cloudkeep.backups.manifest import FileEntry, Manifest
 from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.snapshot.manifest import FileEntry, Manifest
 
 FILES_PER_BATCH = 256
 CHUNKS_PER_BATCH = 16_384  # 128 MiB of 8 KiB pages per slice; two slices live at once

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from cloudkeep.backups.catalog import load_manifests
+from cloudkeep.backups.manifest import Manifest, decode_chunk_list
 from cloudkeep.repository.repository import BlobDamaged, Repository
-from cloudkeep.snapshot.catalog import load_manifests
-from cloudkeep.snapshot.manifest import Manifest, decode_chunk_list
 
 __all__ = ["blob_users", "load_manifests"]
 

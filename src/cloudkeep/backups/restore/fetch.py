@@ -14,15 +14,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
+from cloudkeep.backups.manifest import FileEntry, decode_chunk_list
+from cloudkeep.backups.progress import Tracker
+from cloudkeep.backups.restore.plan import ChunkTarget
+from cloudkeep.backups.restore.write import Files, Piece, write_pieces
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.repository.loader import LoadedFrame, PackRange, plan_ranges
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.repository import BlobDamaged, Repository
-from cloudkeep.snapshot.manifest import FileEntry, decode_chunk_list
-from cloudkeep.snapshot.progress import Tracker
-from cloudkeep.snapshot.restore.plan import ChunkTarget
-from cloudkeep.snapshot.restore.write import Files, Piece, write_pieces
 
 FETCH_THREADS = 4
 LOCK_TIMEOUT_SECONDS = 600.0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cloudkeep.backups.manifest import Manifest
 from cloudkeep.errors import FormatTooNew, RepositoryDamaged
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.manifest import Manifest
 from cloudkeep.storage.base import ObjectNotFound
 
 #: What decoding a manifest that is no valid one raises.

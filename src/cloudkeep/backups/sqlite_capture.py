@@ -4,14 +4,14 @@ The image is the database as of one committed transaction, WAL included, while
 the owning app keeps writing. Two ways, same result:
 
 * **In place** (the fast path). Hold a read transaction, then read the database
-  file, overlaying the WAL frames that belong to our snapshot. This is sound
+  file, overlaying the WAL frames that belong to our read transaction. This is sound
   because of SQLite's WAL locking: while our read mark is held, a checkpoint
-  never copies frames newer than our snapshot into the database file, the WAL
-  is never restarted (so frames of our snapshot are never overwritten), and
-  pages our snapshot takes from the database file have no frame ≤ our mark, so
+  never copies frames newer than our read mark into the database file, the WAL
+  is never restarted (so frames we read are never overwritten), and
+  pages our image takes from the database file have no frame ≤ our mark, so
   no checkpoint touches them. Which frames are ours is read from the wal-index
   header in ``-shm``, sampled before and after the read transaction began: if
-  both samples agree, no commit slipped in between and our snapshot ends at
+  both samples agree, no commit slipped in between and our image ends at
   that header's ``mxFrame``. In rollback-journal mode, our SHARED lock keeps
   every writer from changing the file, so the file itself is the image.
 * **Through SQLite's backup API** into a scratch file (the fallback): used when
@@ -46,9 +46,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cloudkeep import platform
+from cloudkeep.backups.sources import RACY_WINDOW_NS, describe, open_regular
 from cloudkeep.errors import ConfigurationError, DataSourceError
 from cloudkeep.platform import process_alive, read_into
-from cloudkeep.snapshot.sources import RACY_WINDOW_NS, describe, open_regular
 
 BUSY_TIMEOUT_SECONDS = 60.0
 _SHM_HEADER = struct.Struct("=IIIBBHII8s8s8s")  # WalIndexHdr, native byte order
@@ -85,7 +85,7 @@ def sqlite_uri(path: Path, mode: str) -> str:
 
 
 def _open_reader(path: Path, read_only: bool = True) -> sqlite3.Connection:
-    """A connection holding a read transaction (a consistent snapshot) on ``path``.
+    """A connection holding a read transaction (a consistent view) on ``path``.
 
     Read-only, so that closing it never checkpoints or deletes the app's WAL
     (a read-write connection that is the last one to close does both). Neither
@@ -119,7 +119,7 @@ def _shm_header(shm_fd: int) -> bytes | None:
 
 
 def _wal_overlay(wal_fd: int, shm_raw: bytes, page_size: int) -> tuple[int, dict[int, int]] | None:
-    """(pages in the snapshot, page number → offset of its page in the WAL), or None."""
+    """(pages in the image, page number → offset of its page in the WAL), or None."""
     (_, _, _, _, _, sz_page, mx_frame, n_page, _, salt, _) = _SHM_HEADER.unpack(
         shm_raw[:_SHM_HEADER_BYTES]
     )
@@ -127,7 +127,7 @@ def _wal_overlay(wal_fd: int, shm_raw: bytes, page_size: int) -> tuple[int, dict
         return None
     (n_backfill,) = _NBACKFILL.unpack_from(shm_raw, 2 * _SHM_HEADER_BYTES)
     if n_backfill >= mx_frame:
-        return n_page, {}  # every frame of our snapshot is already in the database file
+        return n_page, {}  # every frame of our image is already in the database file
     header = platform.pread(wal_fd, _WAL_HEADER, 0)
     if len(header) < _WAL_HEADER or header[16:24] != salt:
         return None

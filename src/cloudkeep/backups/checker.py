@@ -12,13 +12,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cloudkeep.backups.gc_pause import gc_paused
+from cloudkeep.backups.progress import ProgressFn, Tracker
+from cloudkeep.backups.usage import blob_users, load_manifests
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import PackEntry, pack_id_of
 from cloudkeep.repository.repository import BlobDamaged, Repository
 from cloudkeep.repository.untrusted import shown
-from cloudkeep.snapshot.gc_pause import gc_paused
-from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.usage import blob_users, load_manifests
 
 LOCK_TIMEOUT_SECONDS = 600.0
 

@@ -33,14 +33,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from cloudkeep.backups.progress import ProgressFn, Tracker
+from cloudkeep.backups.usage import blob_users, load_manifests
 from cloudkeep.errors import Busy, ConfigurationError, RepositoryDamaged
 from cloudkeep.repository.crypto import DecryptionFailed
 from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.repository.locks import LockTiming, RepositoryLock
 from cloudkeep.repository.packs import BlobType, FrameMember, PackEntry, PackFormatError, frames_of
 from cloudkeep.repository.repository import BlobDamaged, Repository
-from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.usage import blob_users, load_manifests
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)

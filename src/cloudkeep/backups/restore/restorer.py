@@ -20,39 +20,39 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cloudkeep import platform
-from cloudkeep.errors import UserError
-from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.gc_pause import gc_paused
-from cloudkeep.snapshot.manifest import FileEntry, Manifest
-from cloudkeep.snapshot.progress import ProgressFn, Tracker
-from cloudkeep.snapshot.restore.fetch import FETCH_THREADS, RepositoryReader, start_fetches
-from cloudkeep.snapshot.restore.in_place import (
+from cloudkeep.backups.gc_pause import gc_paused
+from cloudkeep.backups.manifest import FileEntry, Manifest
+from cloudkeep.backups.progress import ProgressFn, Tracker
+from cloudkeep.backups.restore.fetch import FETCH_THREADS, RepositoryReader, start_fetches
+from cloudkeep.backups.restore.in_place import (
     clean_stale_staging,
     replace_single_file,
     staging_path,
 )
-from cloudkeep.snapshot.restore.plan import (
+from cloudkeep.backups.restore.plan import (
     FIRST_BATCH_CHUNKS,
     SlicePlan,
     check_file_size,
     next_slice_limit,
     plan_tree,
 )
-from cloudkeep.snapshot.restore.reuse import (
+from cloudkeep.backups.restore.reuse import (
     REUSE_THREADS,
     LiveData,
     ReuseJob,
     collect_missing,
     start_reuse,
 )
-from cloudkeep.snapshot.restore.write import (
+from cloudkeep.backups.restore.write import (
     Files,
     Tree,
     out_of_room,
     reserve,
     set_size,
 )
-from cloudkeep.snapshot.swap import replace_atomically, undo_path
+from cloudkeep.backups.swap import replace_atomically, undo_path
+from cloudkeep.errors import UserError
+from cloudkeep.repository.repository import Repository
 
 
 class Restorer:

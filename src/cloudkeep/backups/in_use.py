@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 
 from cloudkeep import platform
-from cloudkeep.snapshot.sources import COMPANION_SUFFIXES, is_sqlite
+from cloudkeep.backups.sources import COMPANION_SUFFIXES, is_sqlite
 
 # SQLite's os_unix.c: the DMS byte of the -shm file, and PENDING_BYTE followed by
 # the RESERVED byte and the 510-byte SHARED range of the database file.

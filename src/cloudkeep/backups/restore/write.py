@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cloudkeep import platform
+from cloudkeep.backups.manifest import FileEntry
 from cloudkeep.direct_io import (
     ALIGNMENT,
     DIRECT_MIN_BYTES,
@@ -25,7 +26,6 @@ from cloudkeep.direct_io import (
 )
 from cloudkeep.errors import RepositoryDamaged, UserError
 from cloudkeep.platform import Folder
-from cloudkeep.snapshot.manifest import FileEntry
 
 # Shorter runs are written buffered: each direct write waits for the device and then
 # converts its fallocated (unwritten) blocks, splitting the file's extents; runs this

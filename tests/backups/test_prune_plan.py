@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 
 from cloudkeep import __version__
-from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.repository.packs import BlobType
-from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.checker import Checker
-from cloudkeep.snapshot.manifest import (
+from cloudkeep.backups.checker import Checker
+from cloudkeep.backups.manifest import (
     FileEntry,
     Manifest,
     created_from_us,
@@ -22,7 +19,10 @@ from cloudkeep.snapshot.manifest import (
     new_backup_id,
     now_us,
 )
-from cloudkeep.snapshot.prune import plan_prune, prune
+from cloudkeep.backups.prune import plan_prune, prune
+from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.repository.packs import BlobType
+from cloudkeep.repository.repository import Repository
 from cloudkeep.storage.url import open_store
 
 FAR_FUTURE = 4e9  # a store clock past every pack's margin

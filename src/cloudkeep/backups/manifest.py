@@ -1,4 +1,4 @@
-"""Snapshot manifests: what one backup holds, and the Backup metadata users see.
+"""Manifests: what one backup holds, and the Backup metadata users see.
 
 A backup exists exactly when its manifest ``snapshots/<id>`` exists. The id is
 ``version_timestamp`` (cloudkeep version, microseconds since the epoch), made
@@ -20,12 +20,12 @@ from itertools import starmap
 from typing import Any
 
 from cloudkeep import __version__
-from cloudkeep.errors import FormatTooNew, InvalidSnapshotId, RepositoryDamaged, UnsafeBackup
+from cloudkeep.errors import FormatTooNew, InvalidBackupId, RepositoryDamaged, UnsafeBackup
 from cloudkeep.platform import system_label
 from cloudkeep.repository.crypto import ID_SIZE
 from cloudkeep.repository.untrusted import parse_json
 
-SNAPSHOT_FORMAT = 1
+MANIFEST_FORMAT = 1
 BACKUP_ID = re.compile(r"^[0-9A-Za-z.+-]{1,32}_[0-9]{1,20}$")
 CHUNK_LIST_ENTRY = struct.Struct("<32sI")
 CHUNKS_PER_LIST_BLOB = 4096
@@ -45,7 +45,7 @@ _CHUNK_LIST_ID = re.compile(r"^[0-9a-f]{64}$")
 
 def validate_backup_id(backup_id: str) -> str:
     if not BACKUP_ID.fullmatch(backup_id):
-        raise InvalidSnapshotId(
+        raise InvalidBackupId(
             f"no backup {backup_id[:80]!r}: backup ids look like 0.1.0_1764199800123456"
         )
     return backup_id
@@ -102,7 +102,7 @@ class Manifest:
     source: str
     kind: str  # "folder" | "file"
     files: list[FileEntry]
-    format: int = SNAPSHOT_FORMAT
+    format: int = MANIFEST_FORMAT
     warnings: list[str] = field(default_factory=list)
     added_bytes: int = 0  # what this backup uploaded (new packs), for users and benchmarks
     root_mode: int | None = None  # permission bits of the backed-up folder itself
@@ -138,11 +138,11 @@ class Manifest:
             raise UnsafeBackup(f"backup {label}: the manifest is not a JSON object")
         if label is None:
             label = str(document.get("id"))[:80]
-        format_ = document.get("format", SNAPSHOT_FORMAT)
-        if isinstance(format_, int) and not isinstance(format_, bool) and format_ > SNAPSHOT_FORMAT:
+        format_ = document.get("format", MANIFEST_FORMAT)
+        if isinstance(format_, int) and not isinstance(format_, bool) and format_ > MANIFEST_FORMAT:
             raise FormatTooNew(
                 f"backup {label} was written in format {format_}, "
-                f"this cloudkeep reads up to {SNAPSHOT_FORMAT}: update cloudkeep"
+                f"this cloudkeep reads up to {MANIFEST_FORMAT}: update cloudkeep"
             )
         if name is not None and document.get("id") != name:
             # Sealing binds the file to its name; its content must name the same backup.
@@ -247,7 +247,7 @@ class _Validator:
             source=self.text(get("source"), "its source path"),
             kind=kind,
             files=[self.entry(number, raw) for number, raw in enumerate(files)],
-            format=self.integer(get("format", SNAPSHOT_FORMAT), "its format"),
+            format=self.integer(get("format", MANIFEST_FORMAT), "its format"),
             warnings=[self.text(w, "a warning", limit=4 * MAX_TEXT_CHARS) for w in warnings],
             added_bytes=self.integer(get("added_bytes", 0), "its added bytes"),
             root_mode=None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cloudkeep.backups.catalog import load_manifest, load_manifests
 from cloudkeep.repository.repository import Repository
-from cloudkeep.snapshot.catalog import load_manifest, load_manifests
 from cloudkeep.storage.url import open_store
-from tests.snapshot.test_prune_plan import Layout
+from tests.backups.test_prune_plan import Layout
 
 
 def test_readable_damaged_and_undecodable_backups(tmp_path: Path) -> None:

@@ -15,11 +15,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+from cloudkeep.backups.manifest import FileEntry
+from cloudkeep.backups.progress import Tracker
+from cloudkeep.backups.restore.plan import FilePlan, LocalChunk, SlicePlan
+from cloudkeep.backups.restore.write import Files, Piece, read_live, write_in_place, write_pieces
 from cloudkeep.direct_io import ALIGNMENT, aligned_read_buffer
-from cloudkeep.snapshot.manifest import FileEntry
-from cloudkeep.snapshot.progress import Tracker
-from cloudkeep.snapshot.restore.plan import FilePlan, LocalChunk, SlicePlan
-from cloudkeep.snapshot.restore.write import Files, Piece, read_live, write_in_place, write_pieces
 
 # Live data is compared with the backup in spans of this size, by this many threads:
 # more threads and longer spans paid off until these.

@@ -1,0 +1,1 @@
+"""Backup and restore logic: everything above the repository and below the operations."""

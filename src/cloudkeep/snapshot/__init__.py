@@ -1,1 +1,0 @@
-"""snapshot layer."""
