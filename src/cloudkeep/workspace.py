@@ -436,4 +436,3 @@ class Workspace:
         from cloudkeep.backups.checker import Checker
 
         return Checker(self.repository(), progress, cancel).run(read_data)
-

@@ -315,8 +315,7 @@ def test_app_key_list_and_revoke_on_a_running_server(start_server: StartServer) 
     unknown = _app_key_cli(server, "revoke", laptop_id)
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines() == [
-        f"cloudkeep: error: no application key with id {laptop_id!r} "
-        "(see 'cloudkeep app-key list')"
+        f"cloudkeep: error: no application key with id {laptop_id!r} (see 'cloudkeep app-key list')"
     ]
     assert "Traceback" not in unknown.stderr
 

@@ -55,10 +55,15 @@ def test_cdc_chunks_reassemble_and_respect_bounds(data: bytes, avg_bits: int) ->
     assert all(len(c) >= max(64, avg // 4) for c in chunks[:-1])
 
 
-@given(st.integers(1, 40), st.sampled_from([512, 1024, 4096, 8192]), st.integers(1, 4),
-       st.integers(1, 8))
-def test_page_chunks_are_whole_chunks(pages: int, page_size: int, per_chunk: int,
-                                      chunks_per_block: int) -> None:
+@given(
+    st.integers(1, 40),
+    st.sampled_from([512, 1024, 4096, 8192]),
+    st.integers(1, 4),
+    st.integers(1, 8),
+)
+def test_page_chunks_are_whole_chunks(
+    pages: int, page_size: int, per_chunk: int, chunks_per_block: int
+) -> None:
     chunk = page_size * per_chunk
     body = os.urandom(page_size * pages)
     block = chunk * chunks_per_block

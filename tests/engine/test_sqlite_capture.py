@@ -41,13 +41,15 @@ def _same_except_counters(image: bytes, reference: bytes, page_size: int) -> lis
 
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
-def test_in_place_capture_matches_what_sqlite_sees(tmp_path: Path,
-                                                           journal_mode: str) -> None:
+def test_in_place_capture_matches_what_sqlite_sees(tmp_path: Path, journal_mode: str) -> None:
     db = tmp_path / "bank.db"
     _make_bank(db, journal_mode)
     stop = tmp_path / "stop"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), journal_mode, str(stop)],
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), journal_mode, str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     captured = attempts = 0
     try:
         time.sleep(0.3)

@@ -23,8 +23,13 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("CLOUDKEEP_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("CLOUDKEEP_CACHE_DIR", str(home / "cache"))
-    for name in ("CLOUDKEEP_DATA", "CLOUDKEEP_STORE", "CLOUDKEEP_PASSPHRASE",
-                 "CLOUDKEEP_PASSPHRASE_FILE", "CLOUDKEEP_DEVICE_NAME"):
+    for name in (
+        "CLOUDKEEP_DATA",
+        "CLOUDKEEP_STORE",
+        "CLOUDKEEP_PASSPHRASE",
+        "CLOUDKEEP_PASSPHRASE_FILE",
+        "CLOUDKEEP_DEVICE_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CLOUDKEEP_STORE_RETRY_DEADLINE", "10")
     return home

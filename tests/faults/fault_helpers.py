@@ -31,6 +31,8 @@ PASSPHRASE = "fault-suite passphrase 7f3a"
 def scaled(trials: int) -> int:
     """Trial counts of the suite, multiplied by ``CLOUDKEEP_FAULT_SCALE`` (scripts/soak.py)."""
     return trials * max(1, int(os.environ.get("CLOUDKEEP_FAULT_SCALE", "1")))
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -97,8 +99,8 @@ def _sqlite_digest(path: Path, writable: bool = False) -> str:
     WAL is recovered first.
     """
     digest = hashlib.blake2b()
-    db = sqlite3.connect(path) if writable else sqlite3.connect(
-        f"{path.as_uri()}?mode=ro", uri=True
+    db = (
+        sqlite3.connect(path) if writable else sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
     )
     try:
         check = db.execute("PRAGMA integrity_check").fetchone()[0]
@@ -172,8 +174,16 @@ class Setup:
         return environment
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "cloudkeep", "--data", str(self.data), "--store",
-                self.store, *args]
+        return [
+            sys.executable,
+            "-m",
+            "cloudkeep",
+            "--data",
+            str(self.data),
+            "--store",
+            self.store,
+            *args,
+        ]
 
     def workspace(self) -> Workspace:
         """An in-process Workspace on the same store (own cache, so it judges the store)."""
@@ -193,7 +203,11 @@ class Setup:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(*args), capture_output=True, text=True, env=self.env(), timeout=timeout,
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
             cwd=self.root,
         )
 
@@ -201,8 +215,12 @@ class Setup:
         out = log.open("wb") if log else subprocess.DEVNULL
         try:
             return subprocess.Popen(
-                self.argv(*args), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=self.env(), cwd=self.root,
+                self.argv(*args),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+                cwd=self.root,
                 start_new_session=True,
             )
         finally:

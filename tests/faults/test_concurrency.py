@@ -29,7 +29,9 @@ DELETES = scaled(5)
 
 
 def test_two_devices_back_up_while_a_third_deletes(
-    tmp_path: Path, s3_server, rng: random.Random  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    s3_server,
+    rng: random.Random,  # type: ignore[no-untyped-def]
 ) -> None:
     store = s3_server.url_for(f"shared-{rng.randrange(16**8):08x}")
     devices = []
@@ -68,8 +70,7 @@ def test_two_devices_back_up_while_a_third_deletes(
             server.stop()
 
     threads = [
-        threading.Thread(target=device_loop, args=pair)
-        for pair in zip(devices, seeds, strict=True)
+        threading.Thread(target=device_loop, args=pair) for pair in zip(devices, seeds, strict=True)
     ]
     for thread in threads:
         thread.start()
@@ -110,5 +111,7 @@ def test_two_devices_back_up_while_a_third_deletes(
         target = tmp_path / f"restored-{number}"
         ws.restore(backup_id, target=target)
         assert exact_state(target) == state, backup_id
-    print(f"backups {2 * BACKUPS_PER_DEVICE + 1} from 2 devices, deleted {len(deleted)} "
-          f"(reclaim postponed {postponed}), restored {len(expected)}")
+    print(
+        f"backups {2 * BACKUPS_PER_DEVICE + 1} from 2 devices, deleted {len(deleted)} "
+        f"(reclaim postponed {postponed}), restored {len(expected)}"
+    )

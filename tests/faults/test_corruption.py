@@ -52,7 +52,9 @@ def _damaged(done) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_check_names_exactly_the_damaged_backups_and_repair_rebuilds_the_index(
-    tmp_path: Path, s3_server, rng: random.Random  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    s3_server,
+    rng: random.Random,  # type: ignore[no-untyped-def]
 ) -> None:
     prefix = f"corrupt-{rng.randrange(16**8):08x}"
     setup = Setup(tmp_path, tmp_path / "production", s3_server.url_for(prefix))

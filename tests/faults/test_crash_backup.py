@@ -130,9 +130,11 @@ def _cli_kill_trials(
     done = setup.run("check", "--read-data")
     assert done.returncode == 0, done.stdout + done.stderr
     ledger.restore_all()
-    print(f"cli trials {trials}, killed mid-backup {ledger.killed_midway}, "
-          f"backups {len(ledger.expected)}, restores {ledger.restores}, "
-          f"finished before the kill in {[round(d, 2) for d in durations]} s")
+    print(
+        f"cli trials {trials}, killed mid-backup {ledger.killed_midway}, "
+        f"backups {len(ledger.expected)}, restores {ledger.restores}, "
+        f"finished before the kill in {[round(d, 2) for d in durations]} s"
+    )
     return ledger
 
 
@@ -144,7 +146,10 @@ def test_kill_cli_backup_at_random_moments(
 
 
 def test_kill_cli_backup_on_s3(
-    tmp_path: Path, live_db_template: Path, rng: random.Random, s3_server  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    live_db_template: Path,
+    rng: random.Random,
+    s3_server,  # type: ignore[no-untyped-def]
 ) -> None:
     """The same on S3 (moto): uploads cut mid-request, no rename-into-place."""
     store = s3_server.url_for(f"crash-{rng.randrange(16**8):08x}")
@@ -203,5 +208,6 @@ def test_kill_server_during_backup(
     finally:
         server.stop()
     ledger.restore_all()
-    print(f"server trials {SERVER_TRIALS}, backups {len(ledger.expected)}, "
-          f"restores {ledger.restores}")
+    print(
+        f"server trials {SERVER_TRIALS}, backups {len(ledger.expected)}, restores {ledger.restores}"
+    )

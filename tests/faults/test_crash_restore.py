@@ -50,7 +50,8 @@ def _two_backups(setup: Setup, rnd: random.Random) -> dict[str, dict[str, str]]:
 def _leftovers(setup: Setup) -> list[str]:
     """Staging or aside folders a restore left beside the data folder."""
     return sorted(
-        p.name for p in setup.data.parent.iterdir()
+        p.name
+        for p in setup.data.parent.iterdir()
         if p.name.startswith(f".{setup.data.name}.cloudkeep-restore-")
         or p.name == f"{setup.data.name}.cloudkeep-old"
     )
@@ -97,8 +98,7 @@ def test_kill_cli_restore_at_random_moments(
         swapped = _judge(setup, before, states[backup_id], label)
         outcomes["new" if swapped else "old"] += 1
         _rerun(setup, backup_id, states[backup_id], label)
-    print(f"restore kills {CLI_TRIALS}: folder found old {outcomes['old']}, "
-          f"new {outcomes['new']}")
+    print(f"restore kills {CLI_TRIALS}: folder found old {outcomes['old']}, new {outcomes['new']}")
     assert outcomes["old"] >= 2, "kills should land before the swap too"
 
 

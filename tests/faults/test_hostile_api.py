@@ -60,12 +60,14 @@ def raw(port: int, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
     return int(reply.split(b" ", 2)[1]), reply
 
 
-def _request(method: str, path: str, *, headers: dict[str, str] | None = None,
-             body: bytes = b"") -> bytes:
+def _request(
+    method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    if body and not any(k.lower() in ("content-length", "transfer-encoding")
-                        for k in (headers or {})):
+    if body and not any(
+        k.lower() in ("content-length", "transfer-encoding") for k in (headers or {})
+    ):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -80,24 +82,60 @@ def _chunked(payload_size: int) -> bytes:
 
 LONG_ID = "0.1.0_" + "9" * 5000
 ATTACKS: list[tuple[str, bytes, set[int]]] = [
-    ("malformed JSON", _request("POST", "/backups/create",
-                                headers={"Content-Type": "application/json"},
-                                body=b'{"id": "x",'), {400}),
-    ("JSON of the wrong shape", _request("POST", "/backups/create",
-                                         headers={"Content-Type": "application/json"},
-                                         body=b'[1, 2, 3]'), {400, 422}),
-    ("not JSON at all", _request("POST", "/backups/create",
-                                 headers={"Content-Type": "text/plain"}, body=b"hello"), {415}),
-    ("oversized body", _request("POST", "/backups/create",
-                                headers={"Content-Type": "application/json"},
-                                body=b"[" + b"0," * (1024 * 1024) + b"0]"), {413}),
-    ("oversized Content-Length only", _request(
-        "POST", "/backups/create",
-        headers={"Content-Type": "application/json", "Content-Length": str(10**12)}), {413}),
-    ("oversized chunked body", _request(
-        "POST", "/backup/0.1.0_1/restore",
-        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-        body=_chunked(2 * 1024 * 1024)), {413}),
+    (
+        "malformed JSON",
+        _request(
+            "POST",
+            "/backups/create",
+            headers={"Content-Type": "application/json"},
+            body=b'{"id": "x",',
+        ),
+        {400},
+    ),
+    (
+        "JSON of the wrong shape",
+        _request(
+            "POST",
+            "/backups/create",
+            headers={"Content-Type": "application/json"},
+            body=b"[1, 2, 3]",
+        ),
+        {400, 422},
+    ),
+    (
+        "not JSON at all",
+        _request("POST", "/backups/create", headers={"Content-Type": "text/plain"}, body=b"hello"),
+        {415},
+    ),
+    (
+        "oversized body",
+        _request(
+            "POST",
+            "/backups/create",
+            headers={"Content-Type": "application/json"},
+            body=b"[" + b"0," * (1024 * 1024) + b"0]",
+        ),
+        {413},
+    ),
+    (
+        "oversized Content-Length only",
+        _request(
+            "POST",
+            "/backups/create",
+            headers={"Content-Type": "application/json", "Content-Length": str(10**12)},
+        ),
+        {413},
+    ),
+    (
+        "oversized chunked body",
+        _request(
+            "POST",
+            "/backup/0.1.0_1/restore",
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            body=_chunked(2 * 1024 * 1024),
+        ),
+        {413},
+    ),
     ("../ in the id", _request("GET", "/backup/../x"), {404}),
     ("../ in a restore id", _request("POST", "/backup/..%2f..%2fetc/restore"), {404}),
     ("%2e%2e id", _request("GET", "/backup/%2e%2e"), {404}),
@@ -108,20 +146,37 @@ ATTACKS: list[tuple[str, bytes, set[int]]] = [
     ("very long id", _request("GET", f"/backup/{LONG_ID}"), {404, 414}),
     ("very long id, restore", _request("POST", f"/backup/{LONG_ID}/restore"), {404, 414}),
     ("job id of the wrong shape", _request("GET", "/backup/job-../creation/status"), {404}),
-    ("non-loopback Host", _request("GET", "/backups").replace(
-        b"Host: 127.0.0.1", b"Host: evil.example"), {403}),
-    ("rebinding Host", _request("POST", "/backups/create").replace(
-        b"Host: 127.0.0.1", b"Host: 127.0.0.1.evil.example"), {403}),
-    ("cross-origin Origin", _request("POST", "/backups/create",
-                                     headers={"Origin": "https://evil.example"}), {403}),
+    (
+        "non-loopback Host",
+        _request("GET", "/backups").replace(b"Host: 127.0.0.1", b"Host: evil.example"),
+        {403},
+    ),
+    (
+        "rebinding Host",
+        _request("POST", "/backups/create").replace(
+            b"Host: 127.0.0.1", b"Host: 127.0.0.1.evil.example"
+        ),
+        {403},
+    ),
+    (
+        "cross-origin Origin",
+        _request("POST", "/backups/create", headers={"Origin": "https://evil.example"}),
+        {403},
+    ),
     ("null Origin", _request("POST", "/backups/create", headers={"Origin": "null"}), {403}),
-    ("cross-origin delete", _request("POST", "/backups/0.1.0_1/delete",
-                                     headers={"Origin": "http://localhost.evil.example"}), {403}),
+    (
+        "cross-origin delete",
+        _request(
+            "POST", "/backups/0.1.0_1/delete", headers={"Origin": "http://localhost.evil.example"}
+        ),
+        {403},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "request_bytes", "statuses"), ATTACKS,
-                         ids=[a[0] for a in ATTACKS])
+@pytest.mark.parametrize(
+    ("name", "request_bytes", "statuses"), ATTACKS, ids=[a[0] for a in ATTACKS]
+)
 def test_hostile_request_gets_a_clear_4xx(
     server: Server, name: str, request_bytes: bytes, statuses: set[int]
 ) -> None:
@@ -137,9 +192,13 @@ def test_hostile_request_gets_a_clear_4xx(
 
 def test_garbage_on_the_socket_does_not_hurt_the_server(server: Server) -> None:
     rnd = random.Random(7)
-    for garbage in [b"\x00\xff" * 300, b"GET / HTTP/9.9\r\n\r\n", b"POST\r\n\r\n",
-                    b"GET /backups HTTP/1.1\r\n" + b"X: " + b"a" * 100_000 + b"\r\n\r\n",
-                    rnd.randbytes(4096)]:
+    for garbage in [
+        b"\x00\xff" * 300,
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST\r\n\r\n",
+        b"GET /backups HTTP/1.1\r\n" + b"X: " + b"a" * 100_000 + b"\r\n\r\n",
+        rnd.randbytes(4096),
+    ]:
         status, _ = raw(server.port, garbage)
         assert status == 0 or 400 <= status < 500, status
     _assert_unharmed(server)
@@ -147,14 +206,22 @@ def test_garbage_on_the_socket_does_not_hurt_the_server(server: Server) -> None:
 
 def _negative_test(operation: Any, base_url: str) -> Callable[[], None]:
     @given(case=operation.as_strategy(schemathesis.GenerationMode.NEGATIVE))
-    @settings(max_examples=NEGATIVE_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=NEGATIVE_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: schemathesis.Case) -> None:
         # Invalid input must never be a server error; bodies that do not match the
         # model may be taken as "no body" where the docs say so, hence no rejection check.
         response = case.call(base_url=base_url, timeout=60)
-        assert response.status_code < 500, (case.method, case.path, response.status_code,
-                                            response.text[:300])
+        assert response.status_code < 500, (
+            case.method,
+            case.path,
+            response.status_code,
+            response.text[:300],
+        )
 
     return check
 
@@ -186,19 +253,33 @@ ID_ALPHABET = st.sampled_from([*list("./%\\\x00\n ~:;?#@!$&'()*+,=_-aA09"), ".."
 
 def test_hostile_ids_are_4xx_on_every_path(server: Server) -> None:
     """Ids built from traversal pieces, separators, escapes and control bytes."""
-    paths = ["/backup/{}", "/backup/{}/restore", "/backups/{}/delete",
-             "/backup/{}/creation/status", "/backup/{}/restoration/cancel"]
+    paths = [
+        "/backup/{}",
+        "/backup/{}/restore",
+        "/backups/{}/delete",
+        "/backup/{}/creation/status",
+        "/backup/{}/restoration/cancel",
+    ]
 
-    @given(pieces=st.lists(ID_ALPHABET, min_size=1, max_size=40),
-           path=st.sampled_from(paths), repeat=st.integers(1, 300))
+    @given(
+        pieces=st.lists(ID_ALPHABET, min_size=1, max_size=40),
+        path=st.sampled_from(paths),
+        repeat=st.integers(1, 300),
+    )
     @example(pieces=[".", "%2f"], path="/backup/{}", repeat=1)  # redirect to a decoded path
-    @settings(max_examples=120, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     def check(pieces: list[str], path: str, repeat: int) -> None:
         backup_id = "".join(pieces) * (repeat if len(pieces) < 3 else 1)
         method = "GET" if path.count("/") == 2 or "status" in path else "POST"
-        target = path.format(backup_id.replace(" ", "%20").replace("\n", "%0A")
-                             .replace("#", "%23").replace("?", "%3F").replace("\x00", "%00"))
+        target = path.format(
+            backup_id.replace(" ", "%20")
+            .replace("\n", "%0A")
+            .replace("#", "%23")
+            .replace("?", "%3F")
+            .replace("\x00", "%00")
+        )
         status, reply = raw(server.port, _request(method, target))
         if status == 307:  # the router's trailing-slash redirect: same path, minus "/"
             # It answers with the decoded path ("%2f" became "/"), always on loopback.
@@ -209,7 +290,7 @@ def test_hostile_ids_are_4xx_on_every_path(server: Server) -> None:
             )
             assert location.startswith("http://127.0.0.1/"), location
             expected = urllib.parse.unquote(target).rstrip("/")
-            assert urllib.parse.unquote(location[len("http://127.0.0.1"):]) == expected
+            assert urllib.parse.unquote(location[len("http://127.0.0.1") :]) == expected
             return
         assert 400 <= status < 500, (method, target[:200], reply[:300])
 

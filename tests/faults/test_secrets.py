@@ -35,9 +35,15 @@ def encodings(secret: str) -> list[bytes]:
     forms: set[bytes] = set()
     for text in {secret, secret.lower(), secret.upper()}:
         raw = text.encode()
-        forms |= {raw, text.encode("utf-16-le"), text.encode("utf-16-be"),
-                  raw.hex().encode(), raw.hex().upper().encode(),
-                  urllib.parse.quote(text).encode(), urllib.parse.quote_plus(text).encode()}
+        forms |= {
+            raw,
+            text.encode("utf-16-le"),
+            text.encode("utf-16-be"),
+            raw.hex().encode(),
+            raw.hex().upper().encode(),
+            urllib.parse.quote(text).encode(),
+            urllib.parse.quote_plus(text).encode(),
+        }
         for shift in range(3):  # base64 of the string at any alignment in a larger text
             for encode in (base64.b64encode, base64.urlsafe_b64encode):
                 encoded = encode(b"\x00" * shift + raw)[4:-4]
@@ -61,8 +67,9 @@ def _marked_folder(root: Path) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA wal_autocheckpoint=0")  # the marker stays in the WAL only
     db.execute("CREATE TABLE snippets(id INTEGER PRIMARY KEY, body TEXT)")
-    db.executemany("INSERT INTO snippets(body) VALUES (?)",
-                   [(f"row {i} " + "x" * 200,) for i in range(2000)])
+    db.executemany(
+        "INSERT INTO snippets(body) VALUES (?)", [(f"row {i} " + "x" * 200,) for i in range(2000)]
+    )
     db.commit()
     db.execute("INSERT INTO snippets(body) VALUES (?)", (f"the {MARKER} is here",))
     db.commit()
@@ -93,7 +100,8 @@ def test_no_object_in_the_store_holds_the_marker(tmp_path: Path, s3_server) -> N
     forms = encodings(MARKER)
     objects: dict[str, bytes] = {
         str(p.relative_to(tmp_path)): p.read_bytes()
-        for p in (tmp_path / "store").rglob("*") if p.is_file()
+        for p in (tmp_path / "store").rglob("*")
+        if p.is_file()
     }
     import boto3
 
@@ -125,22 +133,33 @@ def test_no_object_in_the_store_holds_the_marker(tmp_path: Path, s3_server) -> N
 
 
 def test_key_files_are_private_and_secrets_never_printed(
-    tmp_path: Path, s3_server  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    s3_server,  # type: ignore[no-untyped-def]
 ) -> None:
     data = tmp_path / "production"
     _marked_folder(data)
     outputs: list[str] = []
     # 1. No passphrase given: a key is generated, 0600, and its content is never printed.
-    generated = Setup(tmp_path / "gen", data, (tmp_path / "gen-store").as_uri(),
-                      extra_env={"CLOUDKEEP_LOG_LEVEL": "DEBUG"})
+    generated = Setup(
+        tmp_path / "gen",
+        data,
+        (tmp_path / "gen-store").as_uri(),
+        extra_env={"CLOUDKEEP_LOG_LEVEL": "DEBUG"},
+    )
     generated.root.mkdir()
     env = generated.env()
     del env["CLOUDKEEP_PASSPHRASE"]
     import subprocess
 
     def run_gen(*args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(generated.argv(*args), capture_output=True, text=True, env=env,
-                              timeout=120, cwd=generated.root)
+        done = subprocess.run(
+            generated.argv(*args),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=generated.root,
+        )
         outputs.extend([done.stdout, done.stderr])
         return done
 
@@ -156,8 +175,12 @@ def test_key_files_are_private_and_secrets_never_printed(
     assert app_key.startswith("ck_") and app_key not in app_keys.read_text()
 
     # 2. A passphrase in the environment: success and failure paths, DEBUG logs.
-    setup = Setup(tmp_path / "pp", data, s3_server.url_for("secrets-logs"),
-                  extra_env={"CLOUDKEEP_LOG_LEVEL": "DEBUG"})
+    setup = Setup(
+        tmp_path / "pp",
+        data,
+        s3_server.url_for("secrets-logs"),
+        extra_env={"CLOUDKEEP_LOG_LEVEL": "DEBUG"},
+    )
     setup.root.mkdir()
 
     def run(*args: str, **env_over: str) -> int:

@@ -60,17 +60,21 @@ def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]
     def reader() -> None:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             while not stop.is_set():
-                for path in ["/backups", "/.well-known/health",
-                             *(f"/backup/{i}" for i in latest[-1:]),
-                             *(f"/backup/{i}/creation/status" for i in latest[-1:])]:
+                for path in [
+                    "/backups",
+                    "/.well-known/health",
+                    *(f"/backup/{i}" for i in latest[-1:]),
+                    *(f"/backup/{i}/creation/status" for i in latest[-1:]),
+                ]:
                     response = http.get(path)
                     if response.status_code >= 500:
                         reader_errors.append(f"{path}: {response.status_code}")
                     reads["http"] += 1
 
     def listener() -> None:
-        with connect(f"ws://127.0.0.1:{server.port}/backups/streamed/progress",
-                     open_timeout=10) as ws:
+        with connect(
+            f"ws://127.0.0.1:{server.port}/backups/streamed/progress", open_timeout=10
+        ) as ws:
             while not stop.is_set():
                 try:
                     json.loads(ws.recv(timeout=0.5))
@@ -88,8 +92,7 @@ def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]
         with httpx.Client(base_url=server.url, timeout=120) as http:
             for cycle in range(cycles):
                 with sqlite3.connect(db) as conn:
-                    conn.execute("INSERT INTO notes(body) VALUES (?)",
-                                 (rnd.randbytes(2000).hex(),))
+                    conn.execute("INSERT INTO notes(body) VALUES (?)", (rnd.randbytes(2000).hex(),))
                 started = time.monotonic()
                 created = http.post("/backups/create")
                 create_seconds = time.monotonic() - started
@@ -111,8 +114,13 @@ def run_soak(setup: Setup, cycles: int, rnd: random.Random) -> dict[str, object]
             thread.join(timeout=10)
         server.stop()
     assert not reader_errors, reader_errors[:5]
-    return {"samples": samples, "reads": reads, "log": server.output(), "kept": latest,
-            "timings": timings}
+    return {
+        "samples": samples,
+        "reads": reads,
+        "log": server.output(),
+        "kept": latest,
+        "timings": timings,
+    }
 
 
 def test_soak_memory_and_fds_stay_flat(tmp_path: Path, rng: random.Random) -> None:
@@ -132,16 +140,22 @@ def test_soak_memory_and_fds_stay_flat(tmp_path: Path, rng: random.Random) -> No
     for decile in range(0, CYCLES, max(1, CYCLES // 10)):  # the trend, for the record
         rss, fds, own = samples[decile]
         create, delete = timings[decile]
-        print(f"  cycle {decile}: RSS {rss / 2**20:.0f} MiB (server {own / 2**20:.0f}), "
-              f"fds {fds}, create {create * 1000:.0f} ms, delete {delete * 1000:.0f} ms")
-    print(f"soak {CYCLES} cycles in {time.monotonic() - started:.0f}s, reads {result['reads']}: "
-          f"RSS {base_rss / 2**20:.0f} -> peak {peak_rss / 2**20:.0f} MiB, "
-          f"fds {base_fds} -> peak {peak_fds}")
+        print(
+            f"  cycle {decile}: RSS {rss / 2**20:.0f} MiB (server {own / 2**20:.0f}), "
+            f"fds {fds}, create {create * 1000:.0f} ms, delete {delete * 1000:.0f} ms"
+        )
+    print(
+        f"soak {CYCLES} cycles in {time.monotonic() - started:.0f}s, reads {result['reads']}: "
+        f"RSS {base_rss / 2**20:.0f} -> peak {peak_rss / 2**20:.0f} MiB, "
+        f"fds {base_fds} -> peak {peak_fds}"
+    )
     if CYCLES > HISTORY_FULL_AT + 100:
         full = max(rss for rss, _, _ in samples[HISTORY_FULL_AT - 50 : HISTORY_FULL_AT])
         late_peak = max(rss for rss, _, _ in samples[HISTORY_FULL_AT:])
-        print(f"after the job history is full: RSS {full / 2**20:.0f} -> "
-              f"peak {late_peak / 2**20:.0f} MiB")
+        print(
+            f"after the job history is full: RSS {full / 2**20:.0f} -> "
+            f"peak {late_peak / 2**20:.0f} MiB"
+        )
         assert late_peak - full < RSS_GROWTH_AFTER_HISTORY_BOUND
     else:
         assert peak_rss - base_rss < RSS_GROWTH_BOUND

@@ -78,13 +78,13 @@ def _setups(tmp_path: Path, s3_prefix, proxy: FaultProxy, env: dict[str, str]): 
 
 
 def test_flaky_store_backup_and_restore_finish_and_are_complete(
-    tmp_path: Path, s3_prefix, rng: random.Random  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    s3_prefix,
+    rng: random.Random,  # type: ignore[no-untyped-def]
 ) -> None:
     server, _ = s3_prefix
     schedule = Schedule(
-        mixed(
-            [(37, STALL), (13, TRUNCATE), (11, RESET_AFTER), (9, RESET_BEFORE), (6, ERROR_503)]
-        ),
+        mixed([(37, STALL), (13, TRUNCATE), (11, RESET_AFTER), (9, RESET_BEFORE), (6, ERROR_503)]),
         stall_seconds=30,
     )
     with FaultProxy(_port(server.endpoint), schedule) as proxy:
@@ -141,7 +141,11 @@ def test_slow_link_finishes(tmp_path: Path, s3_prefix, rng: random.Random) -> No
     ],
 )
 def test_dead_store_fails_in_bounded_time_with_a_clear_reason(
-    tmp_path: Path, s3_prefix, rng: random.Random, name: str, decide  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    s3_prefix,
+    rng: random.Random,
+    name: str,
+    decide,  # type: ignore[no-untyped-def]
 ) -> None:
     server, _ = s3_prefix
     if decide == "dies after the first pack":
@@ -166,7 +170,9 @@ def test_dead_store_fails_in_bounded_time_with_a_clear_reason(
 
 
 def test_server_reports_failed_never_completed_when_the_store_dies(
-    tmp_path: Path, s3_prefix, rng: random.Random  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    s3_prefix,
+    rng: random.Random,  # type: ignore[no-untyped-def]
 ) -> None:
     server, _ = s3_prefix
     schedule = Schedule(mixed([(6, ERROR_503), (11, RESET_AFTER)]))

@@ -246,9 +246,7 @@ def plan_prune(repo: Repository, store_now: float | None, margin: float) -> Prun
             plan.keep[pack_id] = entries
             seen.update(e.blob_id for e in entries)
     sheltered = set(plan.sheltered)
-    plan.delete = [
-        p for p in listing if p in indexed and p not in plan.keep and p not in sheltered
-    ]
+    plan.delete = [p for p in listing if p in indexed and p not in plan.keep and p not in sheltered]
     plan.copies = _copies(plan, indexed, used, seen)
     kept = seen | {b for copy in plan.copies for b, _, _ in copy.frame.blobs}
     doomed = {e.blob_id for p in plan.delete for e in indexed[p]}
@@ -316,8 +314,7 @@ def _used_blobs(
     users, problems = blob_users(repo, manifests)
     if problems:
         raise RepositoryDamaged(
-            "prune stopped: the content lists of some backups are unreadable; "
-            "run 'cloudkeep check'"
+            "prune stopped: the content lists of some backups are unreadable; run 'cloudkeep check'"
         )
     present = {e.blob_id for p, entries in indexed.items() if p in listing for e in entries}
     lost = {
