@@ -12,15 +12,13 @@ writes. The measurements behind this are in docs/performance.md.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import mmap
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from cloudkeep import platform
-from cloudkeep.platform import DirectIOUnsupported, buffer_address
+from cloudkeep.platform import DirectIOUnsupported, buffer_address, refusal_is_unsupported
 
 #: Offsets, lengths and the buffer's address must be multiples of the device's
 #: logical block size: 4096 covers 512-byte and 4 KiB devices alike.
@@ -66,17 +64,6 @@ def _aligned_up(size: int) -> int:
     return -(-size // ALIGNMENT) * ALIGNMENT
 
 
-@contextlib.contextmanager
-def _refusal_is_unsupported() -> Iterator[None]:
-    """``EINVAL`` from a direct read or write means the filesystem refuses direct I/O."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            raise DirectIOUnsupported(str(exc)) from exc
-        raise
-
-
 def _open(path: str | os.PathLike[str], flags: int) -> int:
     return platform.open_direct(path, flags)
 
@@ -105,7 +92,7 @@ def pwrite_direct(fd: int, view: memoryview, offset: int) -> None:
     """Write all of an aligned ``view`` (whole blocks) at an aligned ``offset``."""
     written = 0
     while written < len(view):
-        with _refusal_is_unsupported():
+        with refusal_is_unsupported():
             done = platform.pwrite(fd, view[written:], offset + written)
         if done <= 0 or done % ALIGNMENT:
             raise DirectIOUnsupported(f"a direct write stopped at {written + done} bytes")
@@ -158,7 +145,7 @@ def read_direct(path: str | os.PathLike[str], offset: int, length: int) -> bytes
         try:
             got = 0
             while got < end - start:
-                with _refusal_is_unsupported():
+                with refusal_is_unsupported():
                     done = platform.preadv(fd, [view[got : end - start]], start + got)
                 if done <= 0:
                     break  # end of file

@@ -26,6 +26,7 @@ from cloudkeep.platform._common import (
     buffer_address,
     default_folders,
     os_label,
+    refusal_is_unsupported,
 )
 from cloudkeep.platform._folders import Folder
 
@@ -296,6 +297,7 @@ __all__ = [
     "raise_descriptor_limit",
     "range_locked",
     "read_into",
+    "refusal_is_unsupported",
     "reopen_direct",
     "start_writeback",
     "system_label",

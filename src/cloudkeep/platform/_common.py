@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import io
@@ -9,7 +10,7 @@ import ntpath
 import os
 import posixpath
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,17 @@ NO_ROOM = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 class DirectIOUnsupported(Exception):
     """The filesystem refused direct I/O: use ordinary reads and writes."""
+
+
+@contextlib.contextmanager
+def refusal_is_unsupported() -> Iterator[None]:
+    """``EINVAL`` from an open, read or write with direct I/O: the filesystem refuses it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise DirectIOUnsupported(str(exc)) from exc
+        raise
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 assert sys.platform == "linux"
 
-from cloudkeep.platform._common import NO_ROOM, DirectIOUnsupported
+from cloudkeep.platform._common import NO_ROOM, DirectIOUnsupported, refusal_is_unsupported
 from cloudkeep.platform.portable import write_private_file as write_private_file
 from cloudkeep.platform.posix import (
     fsync_dir as fsync_dir,
@@ -108,20 +108,9 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-@contextlib.contextmanager
-def _refusal_is_unsupported() -> Iterator[None]:
-    """``EINVAL`` from an open, read or write with ``O_DIRECT``: the filesystem refuses it."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            raise DirectIOUnsupported(str(exc)) from exc
-        raise
-
-
 def open_direct(path: str | os.PathLike[str], flags: int) -> int:
     """Open with ``O_DIRECT`` (past the page cache); ``DirectIOUnsupported`` if refused."""
-    with _refusal_is_unsupported():
+    with refusal_is_unsupported():
         return os.open(path, flags | os.O_CLOEXEC | os.O_DIRECT, 0o666)
 
 
