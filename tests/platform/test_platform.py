@@ -195,7 +195,7 @@ class _NoSymlinkPrivilege:
 
     path = Path("C:/data")
 
-    def symlink(self, target: str, name: str) -> None:
+    def symlink(self, target: str, name: str, target_is_directory: bool = False) -> None:
         error = OSError(errno.EPERM, "A required privilege is not held by the client")
         error.winerror = 1314  # type: ignore[attr-defined]
         raise error

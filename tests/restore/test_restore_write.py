@@ -21,6 +21,7 @@ from cloudkeep.backups.restore.write import (
     Piece,
     Tree,
     create_with_mode,
+    link_to_folder,
     read_live,
     reserve,
     set_size,
@@ -28,8 +29,8 @@ from cloudkeep.backups.restore.write import (
     write_pieces,
 )
 from cloudkeep.direct_io import DIRECT_MIN_BYTES, aligned_read_buffer
-from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.platform import process_umask
+from cloudkeep.errors import RepositoryDamaged, UnsafeBackup
+from cloudkeep.platform import Folder, process_umask
 from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
 
@@ -211,7 +212,9 @@ def test_only_regular_live_files_are_read(tmp_path: Path) -> None:
     assert read_live(tmp_path / "missing", view, 0) == 0
 
 
-def privilege_refused(folder: object, target: str, name: str) -> None:
+def privilege_refused(
+    folder: object, target: str, name: str, target_is_directory: bool = False
+) -> None:
     """What Windows raises when a user without the privilege creates a symlink."""
     error = OSError(errno.EPERM, "A required privilege is not held by the client")
     error.winerror = 1314  # type: ignore[attr-defined]
@@ -253,3 +256,90 @@ def test_a_restore_reports_the_symlinks_it_could_not_make(
     assert "link -> file was not restored" in warning
     assert (tmp_path / "restored" / "file").read_bytes() == b"content"
     assert not (tmp_path / "restored" / "link").exists()
+
+
+def _workspace(tmp_path: Path, data: Path) -> Workspace:
+    return Workspace(
+        Settings(
+            data=data,
+            store=(tmp_path / "store").as_uri(),
+            passphrase="names passphrase",
+            config_dir=tmp_path / "config",
+            cache_dir=tmp_path / "cache",
+        )
+    )
+
+
+@pytest.mark.parametrize("path", ["CON", "sub/aux.txt", "C:x", "a:b", "x.", "dir./f"])
+def test_the_tree_refuses_windows_names_on_windows_as_an_unsafe_backup(
+    staging: Path, tree: Tree, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setattr(platform, "WINDOWS_NAMES", True)
+    with pytest.raises(UnsafeBackup) as refused:
+        tree.create_file(path)
+    message = str(refused.value)
+    assert "\n" not in message and repr(path) in message
+    with pytest.raises(UnsafeBackup):
+        tree.mkdir(path)
+    with pytest.raises(UnsafeBackup):
+        tree.symlink(path, "target")
+    assert [p.name for p in staging.rglob("*")] in ([], ["sub"])
+
+
+def test_windows_names_are_ordinary_names_elsewhere(staging: Path, tree: Tree) -> None:
+    os.close(tree.create_file("sub/aux.txt"))
+    tree.mkdir("a:b")
+    assert (staging / "sub" / "aux.txt").is_file() and (staging / "a:b").is_dir()
+
+
+def test_a_restore_of_a_windows_device_name_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "nul.txt").write_bytes(b"content")
+    ws = _workspace(tmp_path, data)
+    backup_id = ws.backup().id
+    monkeypatch.setattr(platform, "WINDOWS_NAMES", True)  # restored as Windows would
+    with pytest.raises(UnsafeBackup, match=r"'sub/nul\.txt' on this system: 'nul\.txt' is a dev"):
+        ws.restore(backup_id, target=tmp_path / "restored")
+    assert not (tmp_path / "restored").exists() or not any((tmp_path / "restored").iterdir())
+
+
+def test_a_link_to_a_folder_of_the_backup_is_known() -> None:
+    folders = {"a", "a/b", "c"}
+    assert link_to_folder("a/link", "b", folders)
+    assert link_to_folder("a/b/link", "../../c", folders)
+    assert link_to_folder("a/link", "..", folders)  # the backup's root
+    assert link_to_folder("a/link", "b\\", folders)  # a Windows target
+    assert not link_to_folder("a/link", "file", folders)
+    assert not link_to_folder("link", "../outside", folders)
+    assert not link_to_folder("link", "/abs/a", folders)
+    assert not link_to_folder("link", "C:\\a", folders)
+
+
+def test_a_restore_makes_links_to_folders_as_folder_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "dir").mkdir(parents=True)
+    (data / "file").write_bytes(b"x")
+    (data / "to_dir").symlink_to("dir")
+    (data / "to_file").symlink_to("file")
+    ws = _workspace(tmp_path, data)
+    backup_id = ws.backup().id
+    made: dict[str, bool] = {}
+    probe = platform.open_folder(tmp_path)
+    probe.close()
+    real = type(probe).symlink
+
+    def recording(
+        folder: Folder, target: str, name: str, target_is_directory: bool = False
+    ) -> None:
+        made[name] = target_is_directory
+        real(folder, target, name, target_is_directory)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(probe), "symlink", recording)
+    ws.restore(backup_id, target=tmp_path / "restored")
+    assert made == {"to_dir": True, "to_file": False}
+    assert (tmp_path / "restored" / "to_dir").resolve() == (tmp_path / "restored" / "dir")

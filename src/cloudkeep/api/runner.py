@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import multiprocessing
-import os
 import pickle
 import queue
 import signal
@@ -54,7 +53,6 @@ __all__ = [
 _POLL = 0.05  # seconds between checks of the cancel flag while waiting for the worker
 _PROGRESS_STEP = 0.1  # percent; finer updates are not worth a pipe message
 _PROGRESS_INTERVAL = 0.1  # seconds
-_NICENESS = 10
 _STOP_WAIT = 10.0  # seconds the worker has to finish after its pipe closed
 
 
@@ -159,12 +157,9 @@ def _worker(settings: Settings, requests: Connection, replies: Connection) -> No
     partial backup).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which cancels
-    if hasattr(os, "nice"):
-        # Background work: when CPUs are scarce the API (and the user's app) go first.
-        with contextlib.suppress(OSError):
-            os.nice(_NICENESS)
-    from cloudkeep.platform import keep_freed_memory
+    from cloudkeep.platform import keep_freed_memory, lower_priority
 
+    lower_priority()  # background work: when CPUs are scarce the API and the user's app go first
     keep_freed_memory()
     worker = _Worker(settings, replies)
     while True:

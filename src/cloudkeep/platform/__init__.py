@@ -8,7 +8,6 @@ Callers import the names below from ``cloudkeep.platform`` only.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -28,23 +27,27 @@ from cloudkeep.platform._common import (
     os_label,
     refusal_is_unsupported,
 )
-from cloudkeep.platform._folders import Folder
+from cloudkeep.platform._folders import WINDOWS_NAMES, Folder, UnsafeName, unsafe_name
 
-log = logging.getLogger(__name__)
 PORTABLE = os.environ.get("CLOUDKEEP_PORTABLE") == "1"
 
 if PORTABLE:
     from cloudkeep.platform.portable import (
         IMPLEMENTATION,
+        MODES_ENFORCED,
         SQLITE_IN_PLACE,
         boot_clock,
         exchange_paths,
         fsync_dir,
         keep_freed_memory,
+        link_new,
+        lower_priority,
+        make_blocking,
         open_direct,
         open_file_holders,
         open_folder,
         open_nofollow,
+        owned_by_me,
         pread,
         preadv,
         preallocate,
@@ -52,8 +55,10 @@ if PORTABLE:
         process_umask,
         pwrite,
         pwritev,
+        raise_descriptor_limit,
         range_locked,
         reopen_direct,
+        set_mode,
         start_writeback,
         write_private_file,
         writev,
@@ -61,15 +66,20 @@ if PORTABLE:
 elif sys.platform == "win32":
     from cloudkeep.platform.windows import (
         IMPLEMENTATION,
+        MODES_ENFORCED,
         SQLITE_IN_PLACE,
         boot_clock,
         exchange_paths,
         fsync_dir,
         keep_freed_memory,
+        link_new,
+        lower_priority,
+        make_blocking,
         open_direct,
         open_file_holders,
         open_folder,
         open_nofollow,
+        owned_by_me,
         pread,
         preadv,
         preallocate,
@@ -77,8 +87,10 @@ elif sys.platform == "win32":
         process_umask,
         pwrite,
         pwritev,
+        raise_descriptor_limit,
         range_locked,
         reopen_direct,
+        set_mode,
         start_writeback,
         write_private_file,
         writev,
@@ -86,15 +98,20 @@ elif sys.platform == "win32":
 elif sys.platform == "darwin":
     from cloudkeep.platform.darwin import (
         IMPLEMENTATION,
+        MODES_ENFORCED,
         SQLITE_IN_PLACE,
         boot_clock,
         exchange_paths,
         fsync_dir,
         keep_freed_memory,
+        link_new,
+        lower_priority,
+        make_blocking,
         open_direct,
         open_file_holders,
         open_folder,
         open_nofollow,
+        owned_by_me,
         pread,
         preadv,
         preallocate,
@@ -102,8 +119,10 @@ elif sys.platform == "darwin":
         process_umask,
         pwrite,
         pwritev,
+        raise_descriptor_limit,
         range_locked,
         reopen_direct,
+        set_mode,
         start_writeback,
         write_private_file,
         writev,
@@ -111,15 +130,20 @@ elif sys.platform == "darwin":
 elif sys.platform == "linux":
     from cloudkeep.platform.linux import (
         IMPLEMENTATION,
+        MODES_ENFORCED,
         SQLITE_IN_PLACE,
         boot_clock,
         exchange_paths,
         fsync_dir,
         keep_freed_memory,
+        link_new,
+        lower_priority,
+        make_blocking,
         open_direct,
         open_file_holders,
         open_folder,
         open_nofollow,
+        owned_by_me,
         pread,
         preadv,
         preallocate,
@@ -127,8 +151,10 @@ elif sys.platform == "linux":
         process_umask,
         pwrite,
         pwritev,
+        raise_descriptor_limit,
         range_locked,
         reopen_direct,
+        set_mode,
         start_writeback,
         write_private_file,
         writev,
@@ -136,15 +162,20 @@ elif sys.platform == "linux":
 else:
     from cloudkeep.platform.portable import (
         IMPLEMENTATION,
+        MODES_ENFORCED,
         SQLITE_IN_PLACE,
         boot_clock,
         exchange_paths,
         fsync_dir,
         keep_freed_memory,
+        link_new,
+        lower_priority,
+        make_blocking,
         open_direct,
         open_file_holders,
         open_folder,
         open_nofollow,
+        owned_by_me,
         pread,
         preadv,
         preallocate,
@@ -152,15 +183,15 @@ else:
         process_umask,
         pwrite,
         pwritev,
+        raise_descriptor_limit,
         range_locked,
         reopen_direct,
+        set_mode,
         start_writeback,
         write_private_file,
         writev,
     )
 
-#: Whether file modes (0600 and the like) mean anything here.
-MODES_ENFORCED = sys.platform != "win32"
 #: A symlink that could not be made (Windows without the privilege): the warning says so.
 SYMLINK_PRIVILEGE_ERROR = 1314  # ERROR_PRIVILEGE_NOT_HELD
 
@@ -175,12 +206,15 @@ def system_label() -> str:
     return os_label(sys.platform)
 
 
-def make_symlink(folder: Folder, target: str, name: str) -> str | None:
-    """Create the symlink ``name`` → ``target`` in ``folder``; a warning where the
-    system does not let this user create symlinks (Windows without Developer Mode
-    or admin rights), None when made."""
+def make_symlink(
+    folder: Folder, target: str, name: str, target_is_directory: bool = False
+) -> str | None:
+    """Create the symlink ``name`` → ``target`` in ``folder`` (``target_is_directory``:
+    a link to a folder, which Windows must know); a warning where the system does not
+    let this user create symlinks (Windows without Developer Mode or admin rights),
+    None when made."""
     try:
-        folder.symlink(target, name)
+        folder.symlink(target, name, target_is_directory)
     except OSError as exc:
         if getattr(exc, "winerror", None) != SYMLINK_PRIVILEGE_ERROR:
             raise
@@ -189,38 +223,6 @@ def make_symlink(folder: Folder, target: str, name: str) -> str | None:
             "only administrators, or everyone once Developer Mode is on, create symlinks"
         )
     return None
-
-
-def owned_by_me(info: os.stat_result) -> bool:
-    """Whether a file (as ``lstat`` saw it) belongs to this user; on Windows, where a
-    user's folders are private already, always."""
-    if sys.platform == "win32":
-        return True
-    return info.st_uid == os.geteuid()
-
-
-def make_blocking(fd: int) -> None:
-    """Clear ``O_NONBLOCK`` again (set so that opening a FIFO cannot hang); Windows has none."""
-    if sys.platform != "win32":
-        os.set_blocking(fd, True)
-
-
-def raise_descriptor_limit(wanted: int) -> int:
-    """Raise the soft limit of open descriptors towards ``wanted`` (capped by the hard
-    limit); return the limit in force. Windows has no such limit: ``wanted``."""
-    if sys.platform == "win32":
-        return wanted
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
-    return int(soft)
 
 
 def read_into(fd: int, view: memoryview, offset: int) -> int:
@@ -269,15 +271,19 @@ __all__ = [
     "O_NONBLOCK",
     "PORTABLE",
     "SQLITE_IN_PLACE",
+    "WINDOWS_NAMES",
     "DirectIOUnsupported",
     "Folder",
     "Folders",
+    "UnsafeName",
     "boot_clock",
     "buffer_address",
     "default_folders",
     "exchange_paths",
     "fsync_dir",
     "keep_freed_memory",
+    "link_new",
+    "lower_priority",
     "make_blocking",
     "make_symlink",
     "open_direct",
@@ -299,8 +305,10 @@ __all__ = [
     "read_into",
     "refusal_is_unsupported",
     "reopen_direct",
+    "set_mode",
     "start_writeback",
     "system_label",
+    "unsafe_name",
     "user_folders",
     "write_private_file",
     "writev",

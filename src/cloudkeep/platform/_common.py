@@ -22,6 +22,38 @@ O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 #: Errors that mean the disk (or quota) is full: never worth a fallback.
 NO_ROOM = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+#: How much ``lower_priority`` lowers it where ``nice`` exists.
+NICENESS = 10
+#: ``link`` refused because this filesystem (FAT, exFAT, SMB...) or mount makes no hard
+#: link here: EOPNOTSUPP and ENOTSUP (distinct on macOS), EPERM (Linux on FAT), EMLINK,
+#: EXDEV, ENOSYS; on Windows ERROR_INVALID_FUNCTION, ERROR_NOT_SAME_DEVICE,
+#: ERROR_NOT_SUPPORTED and ERROR_TOO_MANY_LINKS.
+LINK_UNSUPPORTED_ERRNOS = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV, errno.ENOSYS}
+)
+LINK_UNSUPPORTED_WINERRORS = frozenset({1, 17, 50, 1142})
+
+
+def link_unsupported(exc: OSError) -> bool:
+    """Whether ``exc`` from ``os.link`` means no hard link can be made there."""
+    winerror = getattr(exc, "winerror", None)
+    if winerror is not None:
+        return winerror in LINK_UNSUPPORTED_WINERRORS
+    return exc.errno in LINK_UNSUPPORTED_ERRNOS
+
+
+def link_or_unsupported(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> bool:
+    """``os.link``; False where the filesystem makes no hard link there (other errors,
+    ``FileExistsError`` among them, raise)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if link_unsupported(exc):
+            return False
+        raise
+    return True
 
 
 class DirectIOUnsupported(Exception):

@@ -32,13 +32,28 @@ from cloudkeep.platform.portable import (
     write_private_file as write_private_file,
 )
 from cloudkeep.platform.posix import (
+    MODES_ENFORCED as MODES_ENFORCED,
+)
+from cloudkeep.platform.posix import (
     fsync_dir as fsync_dir,
+)
+from cloudkeep.platform.posix import (
+    link_new as link_new,
+)
+from cloudkeep.platform.posix import (
+    lower_priority as lower_priority,
+)
+from cloudkeep.platform.posix import (
+    make_blocking as make_blocking,
 )
 from cloudkeep.platform.posix import (
     open_folder as open_folder,
 )
 from cloudkeep.platform.posix import (
     open_nofollow as open_nofollow,
+)
+from cloudkeep.platform.posix import (
+    owned_by_me as owned_by_me,
 )
 from cloudkeep.platform.posix import (
     pread as pread,
@@ -57,7 +72,13 @@ from cloudkeep.platform.posix import (
     pwrite as pwrite,
 )
 from cloudkeep.platform.posix import (
+    raise_descriptor_limit as raise_descriptor_limit,
+)
+from cloudkeep.platform.posix import (
     range_locked as range_locked,
+)
+from cloudkeep.platform.posix import (
+    set_mode as set_mode,
 )
 from cloudkeep.platform.posix import (
     writev as writev,

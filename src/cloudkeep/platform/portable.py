@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import sys
@@ -18,8 +19,10 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from cloudkeep.platform._common import (
+    NICENESS,
     O_BINARY,
     O_CLOEXEC,
+    link_or_unsupported,
     seek_pread,
     seek_preadv,
     seek_pwritev,
@@ -27,6 +30,7 @@ from cloudkeep.platform._common import (
 )
 from cloudkeep.platform._folders import Folder, PathFolder
 
+log = logging.getLogger(__name__)
 IMPLEMENTATION = "portable"
 #: Whether the in-place SQLite capture (which reads ``-shm``) may be used.
 SQLITE_IN_PLACE = False
@@ -93,8 +97,8 @@ def writev(fd: int, buffers: Sequence[bytes | memoryview]) -> int:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process of this host runs: ``OpenProcess`` on Windows, signal 0
-    elsewhere (see the native modules)."""
+    """Whether a process of this host runs. No portable call tells, so this is the
+    native one (``OpenProcess`` on Windows, signal 0 elsewhere)."""
     if sys.platform == "win32":
         from cloudkeep.platform.windows import process_alive as alive
     else:
@@ -103,22 +107,71 @@ def process_alive(pid: int) -> bool:
 
 
 def range_locked(fd: int, start: int, length: int) -> bool:
-    """Whether another process holds a lock on bytes ``start`` to ``start+length``.
-
-    Probed with a non-blocking exclusive lock, released at once.
-    """
+    """Whether another process holds a lock on bytes ``start`` to ``start+length``. No
+    portable call tells, so this is the native probe (``LockFile`` or ``lockf``)."""
     if sys.platform == "win32":
         from cloudkeep.platform.windows import range_locked as locked
+    else:
+        from cloudkeep.platform.posix import range_locked as locked
+    return locked(fd, start, length)
 
-        return locked(fd, start, length)
-    import fcntl
 
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start)
-    except OSError as exc:
-        return exc.errno in (errno.EACCES, errno.EAGAIN)
-    fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
-    return False
+#: Whether file modes (0600 and the like) mean anything here (not on Windows).
+MODES_ENFORCED = os.name != "nt"
+
+
+def owned_by_me(info: os.stat_result) -> bool:
+    """Whether a file (as ``lstat`` saw it) belongs to this user; where there are no
+    user ids (Windows, whose user folders are private already), always."""
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is None or info.st_uid == geteuid()
+
+
+def make_blocking(fd: int) -> None:
+    """Clear ``O_NONBLOCK`` again (set so that opening a FIFO cannot hang), where it exists."""
+    if sys.platform != "win32":
+        os.set_blocking(fd, True)
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise the soft limit of open descriptors towards ``wanted`` (capped by the hard
+    limit); return the limit in force. Without such a limit (Windows): ``wanted``."""
+    if sys.platform == "win32":
+        return wanted
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %s: %s", soft, exc)
+    return int(soft)
+
+
+def lower_priority() -> None:
+    """Let everything else on the machine go first (best effort): ``nice`` where it exists."""
+    nice = getattr(os, "nice", None)
+    if nice is not None:
+        with contextlib.suppress(OSError):
+            nice(NICENESS)
+
+
+def set_mode(fd: int, path: str | os.PathLike[str], mode: int) -> None:
+    """Set the mode of the file open at ``fd`` (at ``path``): through the descriptor where
+    ``chmod`` takes one, else by path (Windows before Python 3.13: only the read-only bit)."""
+    if os.chmod in os.supports_fd:
+        os.chmod(fd, mode)
+    else:
+        os.chmod(path, mode)
+
+
+def link_new(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> bool:
+    """Hard-link ``source`` as the new name ``target``; False where the filesystem makes
+    no hard links there, ``FileExistsError`` when ``target`` exists."""
+    return link_or_unsupported(source, target)
 
 
 def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
@@ -135,11 +188,14 @@ def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -
         raise OSError(errno.ELOOP, "refusing to follow a symlink", os.fspath(path))
     if before is None and flags & os.O_CREAT:
         flags |= os.O_EXCL
-    fd = os.open(path, flags | O_BINARY | O_CLOEXEC, mode)
+    # Truncated only once it is known to be the entry checked, never a swapped-in target.
+    fd = os.open(path, (flags & ~os.O_TRUNC) | O_BINARY | O_CLOEXEC, mode)
     try:
         after = os.fstat(fd)
         if before is not None and (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
             raise OSError(errno.ELOOP, "the entry changed while it was opened", os.fspath(path))
+        if flags & os.O_TRUNC:
+            os.ftruncate(fd, 0)
     except BaseException:
         os.close(fd)
         raise

@@ -12,10 +12,30 @@ from pathlib import Path
 assert sys.platform != "win32"
 
 from cloudkeep.platform._folders import DescriptorFolder, Folder
+from cloudkeep.platform.portable import link_new as link_new
+from cloudkeep.platform.portable import lower_priority as lower_priority
 from cloudkeep.platform.portable import process_umask as process_umask
+from cloudkeep.platform.portable import raise_descriptor_limit as raise_descriptor_limit
 
 O_CLOEXEC = os.O_CLOEXEC
 O_NOFOLLOW = os.O_NOFOLLOW
+#: File modes (0600 and the like) are enforced.
+MODES_ENFORCED = True
+
+
+def owned_by_me(info: os.stat_result) -> bool:
+    """Whether a file (as ``lstat`` saw it) belongs to this user."""
+    return info.st_uid == os.geteuid()
+
+
+def make_blocking(fd: int) -> None:
+    """Clear ``O_NONBLOCK`` again (set so that opening a FIFO cannot hang)."""
+    os.set_blocking(fd, True)
+
+
+def set_mode(fd: int, path: str | os.PathLike[str], mode: int) -> None:
+    """Set the mode of the file open at ``fd`` (``fchmod``; ``path`` is not used)."""
+    os.fchmod(fd, mode)
 
 
 def fsync_dir(path: Path) -> None:

@@ -13,6 +13,9 @@ assert sys.platform == "win32"
 
 from cloudkeep.platform._common import _lock_for
 from cloudkeep.platform.portable import (
+    MODES_ENFORCED as MODES_ENFORCED,
+)
+from cloudkeep.platform.portable import (
     exchange_paths as exchange_paths,
 )
 from cloudkeep.platform.portable import (
@@ -20,6 +23,12 @@ from cloudkeep.platform.portable import (
 )
 from cloudkeep.platform.portable import (
     keep_freed_memory as keep_freed_memory,
+)
+from cloudkeep.platform.portable import (
+    link_new as link_new,
+)
+from cloudkeep.platform.portable import (
+    make_blocking as make_blocking,
 )
 from cloudkeep.platform.portable import (
     open_direct as open_direct,
@@ -32,6 +41,9 @@ from cloudkeep.platform.portable import (
 )
 from cloudkeep.platform.portable import (
     open_nofollow as open_nofollow,
+)
+from cloudkeep.platform.portable import (
+    owned_by_me as owned_by_me,
 )
 from cloudkeep.platform.portable import (
     pread as pread,
@@ -52,7 +64,13 @@ from cloudkeep.platform.portable import (
     pwritev as pwritev,
 )
 from cloudkeep.platform.portable import (
+    raise_descriptor_limit as raise_descriptor_limit,
+)
+from cloudkeep.platform.portable import (
     reopen_direct as reopen_direct,
+)
+from cloudkeep.platform.portable import (
+    set_mode as set_mode,
 )
 from cloudkeep.platform.portable import (
     start_writeback as start_writeback,
@@ -78,6 +96,17 @@ _kernel32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintype
 _kernel32.GetExitCodeProcess.restype = wintypes.BOOL
 _kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
 _kernel32.CloseHandle.restype = wintypes.BOOL
+_kernel32.GetCurrentProcess.argtypes = []
+_kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+_kernel32.SetPriorityClass.argtypes = [wintypes.HANDLE, wintypes.DWORD]
+_kernel32.SetPriorityClass.restype = wintypes.BOOL
+_BELOW_NORMAL_PRIORITY_CLASS = 0x4000
+
+
+def lower_priority() -> None:
+    """Let everything else on the machine go first: ``BELOW_NORMAL_PRIORITY_CLASS``
+    (best effort: a refusal is ignored)."""
+    _kernel32.SetPriorityClass(_kernel32.GetCurrentProcess(), _BELOW_NORMAL_PRIORITY_CLASS)
 
 
 def process_alive(pid: int) -> bool:

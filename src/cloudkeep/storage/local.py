@@ -116,12 +116,10 @@ class LocalStorage(OpenDALStorage):
         hard links fall back to that check (best effort, as the contract allows).
         """
         try:
-            os.link(temp, target)
+            linked = platform.link_new(temp, target)
         except FileExistsError:
             raise self._exists_error(name) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-                raise
+        if not linked:
             if target.exists():
                 raise self._exists_error(name) from None
             os.replace(temp, target)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import uuid
 from pathlib import Path
 
+from cloudkeep import platform
 from cloudkeep.backups.restore.write import create_with_mode
 from cloudkeep.backups.sources import is_sqlite
 from cloudkeep.backups.sqlite_capture import BUSY_TIMEOUT_SECONDS
@@ -71,8 +73,8 @@ def replace_single_file(staged: Path, live: Path, keep: Path) -> None:
                     f"cannot write the restored database into {live}: {exc}"
                 ) from exc
         else:
-            if live.exists():
-                os.link(live, temp)
+            if live.exists() and not platform.link_new(live, temp):
+                _copy_synced(live, temp)
             os.replace(staged, live)
         if temp.exists():
             os.replace(temp, keep)
@@ -80,6 +82,17 @@ def replace_single_file(staged: Path, live: Path, keep: Path) -> None:
         temp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         fsync_dir(live.parent)
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    """Copy ``source`` to the new file ``target`` (content, mode and times), flushed to
+    disk: the kept content where the filesystem makes no hard links."""
+    fd = platform.open_nofollow(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as out, source.open("rb") as data:
+        shutil.copyfileobj(data, out)
+        out.flush()
+        os.fsync(out.fileno())
+    shutil.copystat(source, target, follow_symlinks=False)
 
 
 def _sqlite_copy(source_path: Path, target_path: Path, scratch: bool = False) -> None:

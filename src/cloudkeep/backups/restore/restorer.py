@@ -46,6 +46,7 @@ from cloudkeep.backups.restore.reuse import (
 from cloudkeep.backups.restore.write import (
     Files,
     Tree,
+    link_to_folder,
     out_of_room,
     reserve,
     set_size,
@@ -156,12 +157,14 @@ class Restorer:
     ) -> None:
         plan = plan_tree(manifest)
         tree = Tree(staging)
+        folders = {entry.path for entry in plan.links_and_folders if entry.type == "dir"}
         try:
             for entry in plan.links_and_folders:
                 if entry.type == "dir":
                     tree.mkdir(entry.path)
                 else:
-                    tree.symlink(entry.path, entry.target)
+                    to_folder = link_to_folder(entry.path, entry.target, folders)
+                    tree.symlink(entry.path, entry.target, to_folder)
             for batch in plan.batches:
                 self._write_batch(batch, tree, tracker)
             tree.finish(plan.finishing, umask, root_mode)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,7 +25,7 @@ from cloudkeep.direct_io import (
     fill,
     pwrite_direct,
 )
-from cloudkeep.errors import RepositoryDamaged, UserError
+from cloudkeep.errors import RepositoryDamaged, UnsafeBackup, UserError
 from cloudkeep.platform import Folder
 
 # Shorter runs are written buffered: each direct write waits for the device and then
@@ -48,6 +49,25 @@ class Piece(NamedTuple):
 def out_of_room(exc: OSError) -> bool:
     """Whether a failed write or allocation means the disk (or quota) is full."""
     return exc.errno in _NO_ROOM
+
+
+def link_to_folder(path: str, target: str, folders: Collection[str]) -> bool:
+    """Whether the symlink ``path`` → ``target`` points to one of the backup's ``folders``
+    (paths relative to its root). A target outside the backup, or absolute, is not known:
+    False (on Windows such a link to a folder is made as a file link)."""
+    target = target.replace("\\", "/")
+    if not target or target.startswith("/") or ":" in target:
+        return False
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return resolved == "." or resolved in folders  # "." is the backup's root
+
+
+def _check_name(name: str, path: str) -> None:
+    """Refuse ``name`` (a segment of the entry ``path``) where this system would not take
+    it as one plain entry (a drive, stream or device on Windows), as an unsafe backup."""
+    reason = platform.unsafe_name(name, platform.WINDOWS_NAMES)
+    if reason is not None:
+        raise UnsafeBackup(f"cannot restore {path!r} on this system: {name!r} is {reason}")
 
 
 class Tree:
@@ -84,6 +104,7 @@ class Tree:
             return folder
         parent_path, _, name = relative.rpartition("/")
         parent = self.folder(parent_path)
+        _check_name(name, relative)
         try:
             parent.mkdir(name, 0o700)
             self.implicit.add(relative)
@@ -104,6 +125,8 @@ class Tree:
 
     def split(self, path: str) -> tuple[Folder, str]:
         """(the folder holding ``path``, its last name)."""
+        for segment in path.split("/"):
+            _check_name(segment, path)
         parent, _, name = path.rpartition("/")
         return self.folder(parent), name
 
@@ -116,10 +139,11 @@ class Tree:
                 raise RepositoryDamaged(f"cannot restore the folder {path!r}: taken") from None
         self.implicit.discard(path)
 
-    def symlink(self, path: str, target: str) -> None:
-        """Make the symlink ``path``; where the system refuses, a warning is kept instead."""
+    def symlink(self, path: str, target: str, target_is_directory: bool = False) -> None:
+        """Make the symlink ``path``; where the system refuses, a warning is kept instead.
+        ``target_is_directory``: it points to a folder (see ``link_to_folder``)."""
         folder, name = self.split(path)
-        warning = platform.make_symlink(folder, target, name)
+        warning = platform.make_symlink(folder, target, name, target_is_directory)
         if warning is not None:
             self.warnings.append(warning)
 
@@ -381,6 +405,6 @@ def create_with_mode(path: Path, mode: int) -> None:
     exactly ``mode``, whatever the umask."""
     fd = platform.open_nofollow(path, _CREATE_FILE, 0o600)
     try:
-        os.chmod(fd, mode)
+        platform.set_mode(fd, path, mode)
     finally:
         os.close(fd)
