@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.backups.progress import Progress
 from cloudkeep.errors import BackupNotFound, Canceled
 from cloudkeep.operations import (
     Backup,
@@ -18,6 +17,7 @@ from cloudkeep.operations import (
     CheckResult,
     Delete,
     DeleteResult,
+    Progress,
     Prune,
     PruneResult,
     Resource,
@@ -53,7 +53,7 @@ def test_every_operation_runs_through_the_entry_point(workspace: Workspace, tmp_
         run(Restore(first.info.id, tmp_path / "again"), workspace)
 
     pruned = run(Prune(), workspace)
-    assert isinstance(pruned, PruneResult) and pruned.report.packs_deleted == 0
+    assert isinstance(pruned, PruneResult) and pruned.summary.packs_deleted == 0
 
 
 def test_a_canceled_operation_does_not_start(workspace: Workspace) -> None:
@@ -72,5 +72,4 @@ def test_operations_are_frozen_picklable_requests() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             operation.__setattr__("backup_id", "other")
     assert Backup.uses == Restore.uses == {Resource.DATA}
-    assert Prune.uses == Check.uses == {Resource.PACKS}
-    assert Delete.uses == frozenset()
+    assert Prune.uses == Check.uses == Delete.uses == {Resource.PACKS}

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.api.runner import Cancel, Crashed, Failed, Finished, ProcessEngine, Run
-from cloudkeep.backups.progress import Progress
 from cloudkeep.errors import BackupNotFound, Busy, Canceled, CloudkeepError
 from cloudkeep.operations import (
     Backup,
@@ -19,6 +18,7 @@ from cloudkeep.operations import (
     CheckResult,
     Delete,
     DeleteResult,
+    Progress,
     Restore,
     RestoreResult,
 )

@@ -34,14 +34,13 @@ from cloudkeep.api.jobs import (
 )
 from cloudkeep.api.runner import ProcessEngine
 from cloudkeep.api.streaming import Subscription
-from cloudkeep.backups.progress import ProgressFn
 from cloudkeep.errors import (
     BackupNotFound,
     CloudkeepError,
     InvalidBackupId,
     RepositoryNotFound,
 )
-from cloudkeep.operations import Operation, OperationResult
+from cloudkeep.operations import Operation, OperationResult, ProgressFn
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
@@ -134,12 +133,13 @@ class BackupService:
 
     def _completed(self, job: Job, result: OperationResult) -> None:
         """Keep the list cache in step with what a job changed (before it says COMPLETED)."""
-        if isinstance(result, operations.BackupResult):
-            for warning in result.info.warnings:
-                log.warning("backup %s: %s", result.info.id, warning)
-            self.cache.add(backup_from_info(result.info))
-        elif isinstance(result, operations.DeleteResult):
-            self.cache.remove(result.backup_id)
+        listed = result.listed
+        if listed is not None:
+            for warning in listed.warnings:
+                log.warning("backup %s: %s", listed.id, warning)
+            self.cache.add(backup_from_info(listed))
+        if result.unlisted is not None:
+            self.cache.remove(result.unlisted)
 
     def _device_name(self) -> str:
         name: Any = getattr(self.settings, "device_name", None)
