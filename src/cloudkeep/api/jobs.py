@@ -229,9 +229,7 @@ class JobManager:
         with self._lock:
             waiting = len(self._waiting)
             if waiting >= self.max_queued:
-                raise TooManyJobs(
-                    f"Too many jobs: {waiting} jobs are already waiting to run"
-                )
+                raise TooManyJobs(f"Too many jobs: {waiting} jobs are already waiting to run")
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job
