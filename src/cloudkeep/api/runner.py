@@ -9,7 +9,8 @@ One long-lived worker process (spawned, never forked: the server is multi-thread
 keeps its Workspace, so imports and the key derivation are paid once, and runs each
 operation it is sent in a thread of its own through ``operations.run``, as the CLI
 does. Typed messages cross the pipes: ``Run`` and ``Cancel`` in, ``ProgressReport``
-then ``Finished``, ``Failed`` or ``Crashed`` out, each naming its job. If the worker
+then ``Finished``, ``Failed`` (carrying the error itself) or ``Crashed`` out, each
+naming its job. If the worker
 dies, the operations it ran fail and the next one starts a fresh worker.
 """
 

@@ -205,10 +205,11 @@ class BackupService:
     async def delete(self, backup_id: str) -> None:
         """Queue a Delete job and answer as soon as the backup is gone from the store.
 
-        The job removes the manifest and then reclaims space under the exclusive
-        repository lock, which waits (up to 30 s) for a running backup. The backup is
-        deleted the moment its manifest is gone, so the request is answered then and
-        the prune finishes in the background.
+        The job (queued on the packs: behind a running prune, check or delete, never
+        behind a backup) removes the manifest and then reclaims space under the
+        exclusive repository lock, which waits (up to 30 s) for a running backup. The
+        backup is deleted the moment its manifest is gone, so the request is answered
+        then and the prune finishes in the background.
         """
         subject = await self.get(backup_id)  # 404 now for an id that does not exist
         job, subscription = self._submit(operations.Delete(backup_id), subject)
