@@ -29,12 +29,13 @@ class PackWriter:
         self,
         repo: Repository,
         pack_size: int,
-        index: MasterIndex,
+        known: MasterIndex | None = None,
         max_pending_uploads: int = 2,
     ) -> None:
         self._repo = repo
-        # What counts as stored: the repository's index, or the packs a prune keeps.
-        self._index = index
+        # What counts as stored: the packs a prune keeps, else the repository's index
+        # (looked up each time: ``load_index`` may replace it after the writer is made).
+        self._known = known
         self._pack_size = pack_size
         self._lock = threading.Lock()
         self._uploads_lock = threading.Lock()
@@ -46,6 +47,10 @@ class PackWriter:
         self._unindexed = IndexFile()
         self._index_files: list[str] = []
         self.uploaded_bytes = 0
+
+    @property
+    def _index(self) -> MasterIndex:
+        return self._repo.index if self._known is None else self._known
 
     def known(self, blob_id: bytes) -> bool:
         """Already stored, or queued for storing by this writer."""

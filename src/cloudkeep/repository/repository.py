@@ -783,7 +783,7 @@ class Repository:
     def pack_writer(self, known: Mapping[str, Iterable[PackEntry]] | None = None) -> PackWriter:
         """A writer deduplicating against the loaded index (which learns its packs), or
         only against the ``known`` packs (a prune's repack: the packs it keeps)."""
-        index = self.index if known is None else MasterIndex.of(known)
+        index = None if known is None else MasterIndex.of(known)
         return PackWriter(self, self.config.get("pack_size", PACK_TARGET_SIZE), index)
 
 
