@@ -1,9 +1,11 @@
 """Typed operations and the one entry point that runs them, whoever asks.
 
 An operation is a frozen dataclass: its fields are the request, ``execute`` is its
-engine handler over a ``Workspace``, and ``uses`` names the resources it must not
-share with another running operation (the job queue orders jobs by it). Its result
-is a frozen dataclass too. Both cross the engine process's pipe as they are.
+engine handler over a ``Workspace``, ``uses`` names the resources it must not share
+with another running operation (the job queue orders jobs by it), and ``stream``
+the progress stream of the Backups API it shows in, if any. Its result is a small
+frozen dataclass too (``info``: the backup it reports, if any). Both cross the
+engine process's pipe as they are, so results carry figures, never whole indexes.
 
 Adding an operation (a copy to another store, a verification of a subset of the
 packs) is one class here with its result, then one handler per front end: a CLI
@@ -20,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
-from cloudkeep.backups.progress import ProgressFn
+from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import Canceled
 
 if TYPE_CHECKING:
@@ -37,11 +39,15 @@ __all__ = [
     "DeleteResult",
     "Operation",
     "OperationResult",
+    "Progress",
+    "ProgressFn",
     "Prune",
     "PruneResult",
+    "PruneSummary",
     "Resource",
     "Restore",
     "RestoreResult",
+    "Stream",
     "run",
 ]
 
@@ -56,9 +62,29 @@ class Resource(StrEnum):
     PACKS = "packs"
 
 
-@dataclass(frozen=True)
+class Stream(StrEnum):
+    """The Backups API progress stream an operation's job shows in."""
+
+    CREATIONS = "creations"
+    RESTORATIONS = "restorations"
+
+
+@dataclass(frozen=True, kw_only=True)
 class OperationResult:
-    """Base of every operation's result."""
+    """Base of every operation's result; ``info`` is the backup the job reports (the
+    one created or restored), None for the others."""
+
+    info: BackupInfo | None = None
+
+    @property
+    def listed(self) -> BackupInfo | None:
+        """A backup this operation added to the repository's list."""
+        return None
+
+    @property
+    def unlisted(self) -> str | None:
+        """The id of a backup this operation removed from the repository's list."""
+        return None
 
 
 R = TypeVar("R", bound=OperationResult, covariant=True)
@@ -68,6 +94,7 @@ class Operation(ABC, Generic[R]):
     """Base of every operation; subclasses are frozen dataclasses."""
 
     uses: ClassVar[frozenset[Resource]] = frozenset()
+    stream: ClassVar[Stream | None] = None
 
     @abstractmethod
     def execute(
@@ -97,9 +124,13 @@ def _check_canceled(cancel: threading.Event | None) -> None:
 
 
 # ---------------------------------------------------------------------- backup
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackupResult(OperationResult):
     info: BackupInfo
+
+    @property
+    def listed(self) -> BackupInfo:
+        return self.info
 
 
 @dataclass(frozen=True)
@@ -107,15 +138,16 @@ class Backup(Operation[BackupResult]):
     """Back up the live data (creating the repository on first use)."""
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
+    stream: ClassVar[Stream | None] = Stream.CREATIONS
 
     def execute(
         self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
     ) -> BackupResult:
-        return BackupResult(workspace.backup(progress=progress, cancel=cancel))
+        return BackupResult(info=workspace.backup(progress=progress, cancel=cancel))
 
 
 # --------------------------------------------------------------------- restore
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RestoreResult(OperationResult):
     """``info`` carries the bytes reused and fetched and where replaced data is kept."""
 
@@ -136,6 +168,7 @@ class Restore(Operation[RestoreResult]):
     reuse_local: bool = True
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
+    stream: ClassVar[Stream | None] = Stream.RESTORATIONS
 
     def execute(
         self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
@@ -148,38 +181,48 @@ class Restore(Operation[RestoreResult]):
             reuse_local=self.reuse_local,
             force=self.force,
         )
-        return RestoreResult(info)
-
-
-# ---------------------------------------------------------------------- delete
-@dataclass(frozen=True)
-class DeleteResult(OperationResult):
-    """``pruned`` is None when other clients held the repository: a later prune frees it."""
-
-    backup_id: str
-    pruned: PruneReport | None
-
-
-@dataclass(frozen=True)
-class Delete(Operation[DeleteResult]):
-    """Delete one backup, then prune the space nothing else uses if the repository is
-    free. Uses no resource: deleting a manifest is safe beside anything, and the
-    prune waits for the exclusive repository lock."""
-
-    backup_id: str
-
-    def execute(
-        self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
-    ) -> DeleteResult:
-        return DeleteResult(self.backup_id, workspace.delete(self.backup_id))
+        return RestoreResult(info=info)
 
 
 # ----------------------------------------------------------------------- prune
 @dataclass(frozen=True)
-class PruneResult(OperationResult):
-    """``report.plan`` holds the figures; with ``dry_run`` nothing was executed."""
+class PruneSummary:
+    """What a prune did (with ``dry_run``: would do), as front ends show it: the plan's
+    figures and summary line, the report's counts; not the plan's index of kept packs."""
 
-    report: PruneReport
+    dry_run: bool
+    #: ``PrunePlan.figures()``: JSON-ready figures and pack ids.
+    figures: dict[str, object]
+    #: ``PrunePlan.summary()``: one line saying what the plan frees.
+    plan_summary: str
+    #: Objects in ``data/`` that are not readable packs: left alone.
+    unreadable: tuple[str, ...]
+    packs_deleted: int
+    packs_repacked: int
+    bytes_freed: int
+    #: Why execution stopped early (a later prune finishes).
+    stopped: str | None
+
+    @classmethod
+    def of(cls, report: PruneReport) -> PruneSummary:
+        plan = report.plan
+        return cls(
+            dry_run=report.dry_run,
+            figures=plan.figures(),
+            plan_summary=plan.summary(),
+            unreadable=tuple(plan.unreadable),
+            packs_deleted=report.packs_deleted,
+            packs_repacked=report.packs_repacked,
+            bytes_freed=report.bytes_freed,
+            stopped=report.stopped,
+        )
+
+
+@dataclass(frozen=True)
+class PruneResult(OperationResult):
+    """With ``summary.dry_run`` nothing was executed."""
+
+    summary: PruneSummary
 
 
 @dataclass(frozen=True)
@@ -194,7 +237,38 @@ class Prune(Operation[PruneResult]):
     def execute(
         self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
     ) -> PruneResult:
-        return PruneResult(workspace.prune(self.dry_run, progress=progress, cancel=cancel))
+        report = workspace.prune(self.dry_run, progress=progress, cancel=cancel)
+        return PruneResult(PruneSummary.of(report))
+
+
+# ---------------------------------------------------------------------- delete
+@dataclass(frozen=True)
+class DeleteResult(OperationResult):
+    """``pruned`` is None when other clients held the repository: a later prune frees it."""
+
+    backup_id: str
+    pruned: PruneSummary | None
+
+    @property
+    def unlisted(self) -> str:
+        return self.backup_id
+
+
+@dataclass(frozen=True)
+class Delete(Operation[DeleteResult]):
+    """Delete one backup, then prune the space nothing else uses if the repository is
+    free. Uses the packs, as a prune does (not the data: a delete beside a running
+    backup starts at once; its prune waits for the exclusive repository lock)."""
+
+    backup_id: str
+
+    uses: ClassVar[frozenset[Resource]] = frozenset({Resource.PACKS})
+
+    def execute(
+        self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
+    ) -> DeleteResult:
+        report = workspace.delete(self.backup_id)
+        return DeleteResult(self.backup_id, None if report is None else PruneSummary.of(report))
 
 
 # ----------------------------------------------------------------------- check

@@ -397,13 +397,13 @@ class Workspace:
     def delete(self, backup_id: str) -> PruneReport | None:
         """Delete a backup, then prune; None if other clients held the repository
         (a later delete or prune frees the space)."""
-        from cloudkeep.backups.prune import delete_backup, try_prune
+        from cloudkeep.backups.prune import try_prune
 
         repo = self.repository()
         # A damaged or planted backup exists too: it is deleted like any other.
         with contextlib.suppress(RepositoryDamaged):
             self.manifest(backup_id, repo)
-        delete_backup(repo, backup_id)
+        repo.delete_backup(backup_id)
         return try_prune(repo)
 
     def prune(

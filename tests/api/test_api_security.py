@@ -332,3 +332,25 @@ def test_app_key_list_without_keys(tmp_path: os.PathLike[str]) -> None:
         check=False,
     )
     assert listed.returncode == 0 and "no application keys" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    "damage", [b"\xff\xfe not text", b'{"keys": ', b'{"keys": 5}'], ids=["binary", "json", "shape"]
+)
+def test_a_damaged_key_file_is_one_line_and_refuses_every_request(
+    start_server: StartServer, damage: bytes
+) -> None:
+    server = start_server(notes=NOTES, args=("--require-app-key",))
+    key = _app_key_cli(server, "create").stdout.strip().splitlines()[-1]
+    path = key_file(server.config_dir)
+    path.write_bytes(damage)
+    for args in (("list",), ("revoke", "abcd1234"), ("create",)):
+        result = _app_key_cli(server, *args)
+        assert result.returncode == 1, result.stderr  # a user (configuration) error
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("cloudkeep: error: ") and str(path) in line
+        assert "damaged" in line
+    with server.http() as http:
+        refused = http.get("/backups", headers={"X-Application-ID": key})
+    assert refused.status_code == 511 and str(path) in refused.text
+    assert "Traceback" not in server.log()

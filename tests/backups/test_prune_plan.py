@@ -37,6 +37,7 @@ class Layout:
         self.blobs: dict[str, bytes] = {}  # our name -> blob id
 
     def pack(self, name: str, blobs: dict[str, bytes], blob_type: BlobType = BlobType.DATA) -> str:
+        before = set(self.repo.index.pack_ids())
         writer = self.repo.pack_writer()
         for blob_name, content in blobs.items():
             blob_id = self.repo.blob_id(content)
@@ -44,7 +45,7 @@ class Layout:
             assert writer.add(blob_type, blob_id, content)
         writer.flush()
         writer.close()
-        (pack_id,) = writer.flushed_pack_ids()
+        (pack_id,) = set(self.repo.index.pack_ids()) - before
         self.packs[name] = pack_id
         return pack_id
 

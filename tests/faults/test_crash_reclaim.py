@@ -34,7 +34,8 @@ SERVER_TRIALS = scaled(3)
 
 def garbage(setup: Setup) -> tuple[set[str], set[str]]:
     """Packs no index names, and indexed packs holding no blob any backup needs."""
-    from cloudkeep.backups.usage import blob_users, load_manifests
+    from cloudkeep.backups.catalog import load_manifests
+    from cloudkeep.backups.usage import blob_users
 
     repo = setup.workspace().repository()
     repo.bypass_cache()

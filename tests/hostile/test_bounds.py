@@ -20,9 +20,10 @@ import pytest
 from test_store_names import backup_id, make_data, rows_of
 
 from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.repository.frames import FRAME_AAD, FrameDamaged
 from cloudkeep.repository.index import IndexFile, IndexFormatError
 from cloudkeep.repository.packs import MAX_HEADER_SIZE, PackFormatError, header_start
-from cloudkeep.repository.repository import FRAME_AAD, FrameDamaged, Repository
+from cloudkeep.repository.repository import Repository
 from cloudkeep.repository.untrusted import (
     MAX_STORED_SIZE,
     DecompressionFailed,

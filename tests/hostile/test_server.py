@@ -343,7 +343,7 @@ def test_full_job_queue_answers_429(start_server: StartServer) -> None:
                 assert refused.status_code == 429, refused.text
                 assert refused.headers["retry-after"] == "30"
                 assert refused.headers["content-type"].startswith("text/plain")
-                assert "2 backups and restores are already waiting" in refused.text
+                assert "2 jobs are already waiting" in refused.text
                 assert "--max-queued-jobs" in refused.text
             for path in (
                 "/backups/create/streamed/websocket",

@@ -12,7 +12,6 @@ import pytest
 
 from cloudkeep import operations
 from cloudkeep.api.jobs import JobManager, Status
-from cloudkeep.backups.progress import ProgressFn
 from cloudkeep.errors import Canceled, TooManyJobs
 from cloudkeep.operations import (
     Backup,
@@ -21,6 +20,7 @@ from cloudkeep.operations import (
     Delete,
     Operation,
     OperationResult,
+    ProgressFn,
     Prune,
     Restore,
 )
@@ -123,18 +123,20 @@ def test_jobs_sharing_a_resource_start_in_order_and_never_overlap() -> None:
     first = jobs.submit(Backup())
     restore = jobs.submit(Restore("0.1.0_1"))
     second = jobs.submit(Backup())
+    delete = jobs.submit(Delete("0.1.0_2"))
     prune = jobs.submit(Prune())
     check = jobs.submit(Check())
-    delete = jobs.submit(Delete("0.1.0_2"))
-    for job in (first, prune, delete):
+    for job in (first, delete):
         assert gates.started[job.id].wait(WAIT)
-    # The restore and the second backup wait behind the first backup (the live data),
-    # the check behind the prune (the packs); the delete uses nothing and runs at once.
-    assert gates.running() == {first.id, prune.id, delete.id}
-    assert restore.status is second.status is check.status is Status.INITIALIZED
+    # The restore and the second backup wait behind the first backup (the live data);
+    # the delete runs beside it, and the prune and the check wait behind it (the packs).
+    assert gates.running() == {first.id, delete.id}
+    assert restore.status is second.status is Status.INITIALIZED
+    assert prune.status is check.status is Status.INITIALIZED
 
     gates.gates[delete.id].set()
     assert delete.finished.wait(WAIT) and delete.status is Status.COMPLETED
+    assert gates.started[prune.id].wait(WAIT)
     gates.gates[first.id].set()
     assert gates.started[restore.id].wait(WAIT)
     assert gates.running() == {restore.id, prune.id}
@@ -144,6 +146,7 @@ def test_jobs_sharing_a_resource_start_in_order_and_never_overlap() -> None:
         gates.gates[job.id].set()
     for job in (first, restore, second, prune, check):
         assert job.finished.wait(WAIT) and job.status is Status.COMPLETED
+    assert gates.log.index(("end", delete.id)) < gates.log.index(("start", prune.id))
 
     data_jobs = [first.id, restore.id, second.id]
     assert [job for event, job in gates.log if event == "start" and job in data_jobs] == data_jobs
@@ -198,18 +201,32 @@ def test_a_running_backup_is_canceled_through_the_engine(workspace: Workspace) -
     jobs.stop()
 
 
-def test_a_full_queue_refuses_jobs_that_would_wait() -> None:
+def test_a_full_queue_refuses_every_kind_of_job() -> None:
     gates = Gates()
     jobs = manager(gates, max_queued=1)
     running = jobs.submit(Backup())
     waiting = jobs.submit(Restore("0.1.0_1"))
-    with pytest.raises(TooManyJobs, match="1 backups and restores are already waiting"):
+    with pytest.raises(TooManyJobs, match="1 jobs are already waiting"):
         jobs.submit(Backup())
-    delete = jobs.submit(Delete("0.1.0_1"))  # never waits, so never refused
-    assert gates.started[delete.id].wait(WAIT)
+    with pytest.raises(TooManyJobs):  # deletes count too: each would be a thread waiting
+        jobs.submit(Delete("0.1.0_1"))
     jobs.stop(timeout=WAIT)
-    for job in (running, waiting, delete):
+    for job in (running, waiting):
         assert job.status is Status.CANCELED
+
+
+def test_deletes_wait_for_each_other_and_count_toward_the_limit() -> None:
+    gates = Gates()
+    jobs = manager(gates, max_queued=2)
+    first = jobs.submit(Delete("0.1.0_1"))
+    assert gates.started[first.id].wait(WAIT)
+    second = jobs.submit(Delete("0.1.0_2"))
+    prune = jobs.submit(Prune())
+    assert second.status is prune.status is Status.INITIALIZED
+    with pytest.raises(TooManyJobs):
+        jobs.submit(Delete("0.1.0_3"))
+    jobs.stop(timeout=WAIT)
+    assert ("start", second.id) not in gates.log and ("start", prune.id) not in gates.log
 
 
 def test_jobs_submitted_before_start_wait_for_it() -> None:

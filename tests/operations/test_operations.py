@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import threading
 from pathlib import Path
 
 import pytest
 
-from cloudkeep.backups.progress import Progress
 from cloudkeep.errors import BackupNotFound, Canceled
 from cloudkeep.operations import (
     Backup,
@@ -18,6 +18,7 @@ from cloudkeep.operations import (
     CheckResult,
     Delete,
     DeleteResult,
+    Progress,
     Prune,
     PruneResult,
     Resource,
@@ -25,7 +26,9 @@ from cloudkeep.operations import (
     RestoreResult,
     run,
 )
+from cloudkeep.settings import Settings
 from cloudkeep.workspace import Workspace
+from tests.operations.conftest import make_data
 
 
 def test_every_operation_runs_through_the_entry_point(workspace: Workspace, tmp_path: Path) -> None:
@@ -53,7 +56,7 @@ def test_every_operation_runs_through_the_entry_point(workspace: Workspace, tmp_
         run(Restore(first.info.id, tmp_path / "again"), workspace)
 
     pruned = run(Prune(), workspace)
-    assert isinstance(pruned, PruneResult) and pruned.report.packs_deleted == 0
+    assert isinstance(pruned, PruneResult) and pruned.summary.packs_deleted == 0
 
 
 def test_a_canceled_operation_does_not_start(workspace: Workspace) -> None:
@@ -72,5 +75,37 @@ def test_operations_are_frozen_picklable_requests() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             operation.__setattr__("backup_id", "other")
     assert Backup.uses == Restore.uses == {Resource.DATA}
-    assert Prune.uses == Check.uses == {Resource.PACKS}
-    assert Delete.uses == frozenset()
+    assert Prune.uses == Check.uses == Delete.uses == {Resource.PACKS}
+
+
+def _result_sizes(settings: Settings, files: int) -> tuple[int, int]:
+    """Pickled sizes of a dry-run prune's and a delete's results over ``files`` more blobs."""
+    for number in range(files):
+        (settings.data / f"note-{number}.txt").write_bytes(os.urandom(64))
+    workspace = Workspace(settings)
+    backup = run(Backup(), workspace)
+    pruned = run(Prune(dry_run=True), workspace)
+    deleted = run(Delete(backup.info.id), workspace)
+    assert isinstance(deleted, DeleteResult) and deleted.pruned is not None
+    assert deleted.pruned.packs_deleted > 0 and deleted.pruned.bytes_freed > 0
+    return len(pickle.dumps(pruned)), len(pickle.dumps(deleted))
+
+
+def test_prune_and_delete_results_do_not_grow_with_the_blobs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    small = _result_sizes(settings, 0)
+    large_data = tmp_path / "large-data"
+    make_data(large_data)
+    large = _result_sizes(
+        dataclasses.replace(
+            settings,
+            data=large_data,
+            store=(tmp_path / "large-store").as_uri(),
+            config_dir=tmp_path / "large-config",
+            cache_dir=tmp_path / "large-cache",
+        ),
+        2000,  # 4000 more blobs (a file and its chunk list each): 250 KB with the index
+    )
+    for small_size, large_size in zip(small, large, strict=True):
+        assert abs(large_size - small_size) < 256, (small, large)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.api.runner import Cancel, Crashed, Failed, Finished, ProcessEngine, Run
-from cloudkeep.backups.progress import Progress
 from cloudkeep.errors import BackupNotFound, Busy, Canceled, CloudkeepError
 from cloudkeep.operations import (
     Backup,
@@ -19,6 +18,7 @@ from cloudkeep.operations import (
     CheckResult,
     Delete,
     DeleteResult,
+    Progress,
     Restore,
     RestoreResult,
 )
@@ -117,3 +117,28 @@ def test_a_failure_keeps_its_class_message_and_fields() -> None:
 def test_a_failure_naming_no_cloudkeep_error_class_is_the_base(name: str) -> None:
     rebuilt = Failed("job-1", name, "it failed").exception()
     assert type(rebuilt) is CloudkeepError and str(rebuilt) == "it failed"
+
+
+class _TwoArgumentError(CloudkeepError):
+    """An error whose ``__init__`` wants more than its message: it does not unpickle."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+        self.what = what
+
+
+def test_a_failure_that_pickles_crosses_the_pipe_as_itself() -> None:
+    error = Busy("another client holds the repository")
+    error.holders = ["laptop"]  # type: ignore[attr-defined]
+    failed = pickle.loads(pickle.dumps(Failed.of("job-1", error)))
+    rebuilt = failed.exception()
+    assert failed.raised is not None and type(rebuilt) is Busy
+    assert str(rebuilt) == str(error) and rebuilt.holders == ["laptop"]  # type: ignore[attr-defined]
+
+
+def test_a_failure_that_does_not_unpickle_falls_back_to_its_text() -> None:
+    failed = pickle.loads(pickle.dumps(Failed.of("job-1", _TwoArgumentError("pack", "gone"))))
+    assert failed.raised is None
+    rebuilt = failed.exception()
+    assert isinstance(rebuilt, CloudkeepError) and str(rebuilt) == "pack: gone"
+    assert rebuilt.what == "pack"  # type: ignore[attr-defined]

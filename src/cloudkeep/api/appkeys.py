@@ -15,6 +15,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cloudkeep.errors import ConfigurationError
 from cloudkeep.platform import write_private_file
 
 __all__ = [
@@ -40,12 +41,19 @@ def _digest(key: str) -> str:
 
 
 def _read(config_dir: Path) -> list[dict[str, str]]:
+    """The issued keys' records; ``ConfigurationError`` naming the file if it is damaged."""
     path = key_file(config_dir)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return []
-    keys = document.get("keys", []) if isinstance(document, dict) else []
+    except OSError as exc:
+        raise ConfigurationError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigurationError(f"{path} is damaged (not UTF-8 JSON): fix or delete it") from exc
+    keys = document.get("keys", []) if isinstance(document, dict) else None
+    if not isinstance(keys, list):
+        raise ConfigurationError(f"{path} is damaged (no list of keys): fix or delete it")
     return [k for k in keys if isinstance(k, dict) and isinstance(k.get("sha256"), str)]
 
 

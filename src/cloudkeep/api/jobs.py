@@ -3,10 +3,10 @@
 Any thread may submit (a request handler, a scheduler thread): nothing here needs an
 event loop. Jobs start in submission order, each in a thread of its own, and a job
 waits while an earlier unfinished job uses a resource it uses (``Operation.uses``):
-backups and restores of the live data never overlap, nor do prunes and checks, while
-a delete (which uses none) starts at once; their store work is ordered by the
-repository lock, as between devices. A job waiting to start is INITIALIZED; beyond
-``max_queued`` of them a submission raises ``TooManyJobs`` (HTTP 429).
+backups and restores of the live data never overlap, nor do prunes, deletes and
+checks of the packs, while a delete beside a backup starts at once; their store work
+is ordered by the repository lock, as between devices. A job waiting to start is
+INITIALIZED; beyond ``max_queued`` of them a submission raises ``TooManyJobs`` (HTTP 429).
 
 Listeners are plain callables, called with the manager's lock held (from whichever
 thread changed the job) with immutable wire snapshots; they must only hand them on
@@ -27,16 +27,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cloudkeep import __version__
-from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import Canceled, CloudkeepError, TooManyJobs
 from cloudkeep.operations import (
-    Backup,
-    BackupResult,
     Operation,
     OperationResult,
+    Progress,
+    ProgressFn,
     Resource,
-    Restore,
-    RestoreResult,
+    Stream,
 )
 from cloudkeep.wire import (
     Backup as WireBackup,
@@ -70,8 +68,8 @@ Status = ModelDownloadProgressStatusEnum
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELED})
 JOB_PREFIX = "job-"
 _HISTORY = 1000
-# Jobs waiting to start. Each is a whole backup or restore run in turn, so more than
-# this is a client looping, not a user asking.
+# Jobs waiting to start. Each is a whole backup, restore, delete... run in turn, so more
+# than this is a client looping, not a user asking.
 DEFAULT_MAX_QUEUED = 16
 # Publish an IN-PROGRESS event only when the percentage rose by this much, or this long
 # passed since the last one: enough for a smooth bar, few enough for slow clients.
@@ -204,8 +202,7 @@ class JobManager:
         job_id = f"{JOB_PREFIX}{secrets.token_hex(8)}"
         job = Job(job_id, operation, subject or self._provisional(job_id))
         with self._lock:
-            if operation.uses:  # a job that uses nothing never waits: no room needed
-                self.check_room()
+            self.check_room()
             if listener is not None:
                 job.listeners.add(listener)
                 listener(job.progress())
@@ -232,9 +229,7 @@ class JobManager:
         with self._lock:
             waiting = len(self._waiting)
             if waiting >= self.max_queued:
-                raise TooManyJobs(
-                    f"Too many jobs: {waiting} backups and restores are already waiting to run"
-                )
+                raise TooManyJobs(f"Too many jobs: {waiting} jobs are already waiting to run")
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job
@@ -262,13 +257,15 @@ class JobManager:
             return [job for job in self._jobs.values() if not job.terminal]
 
     def progress_all(self, changed: Job | None = None) -> BackupsStreamedProgress:
-        """Every backup and restore not finished, plus ``changed`` (so listeners see how a
-        job ended)."""
+        """Every job of a progress stream not finished, plus ``changed`` (so listeners see
+        how a job ended)."""
         with self._lock:
             jobs = [j for j in self._jobs.values() if not j.terminal or j is changed]
             return BackupsStreamedProgress(
-                backups=[j.progress() for j in jobs if isinstance(j.operation, Backup)],
-                restorations=[j.progress() for j in jobs if isinstance(j.operation, Restore)],
+                backups=[j.progress() for j in jobs if j.operation.stream is Stream.CREATIONS],
+                restorations=[
+                    j.progress() for j in jobs if j.operation.stream is Stream.RESTORATIONS
+                ],
             )
 
     # -- listening ---------------------------------------------------------------
@@ -368,7 +365,7 @@ class JobManager:
                     log.exception("bookkeeping after %s %s failed", job.name, job.id)
             with self._lock:
                 job.result = result
-                if isinstance(result, BackupResult | RestoreResult):
+                if result.info is not None:
                     job.backup = backup_from_info(result.info)
                     self._by_subject[(type(job.operation), job.backup.id)] = job
                 job.percentage = 100.0
@@ -413,7 +410,7 @@ class JobManager:
         self._notify_watchers(job)
 
     def _notify_watchers(self, job: Job) -> None:
-        if self._watchers and isinstance(job.operation, Backup | Restore):
+        if self._watchers and job.operation.stream is not None:
             progress = self.progress_all(changed=job)
             for listener in list(self._watchers):
                 listener(progress)

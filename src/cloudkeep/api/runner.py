@@ -9,7 +9,8 @@ One long-lived worker process (spawned, never forked: the server is multi-thread
 keeps its Workspace, so imports and the key derivation are paid once, and runs each
 operation it is sent in a thread of its own through ``operations.run``, as the CLI
 does. Typed messages cross the pipes: ``Run`` and ``Cancel`` in, ``ProgressReport``
-then ``Finished``, ``Failed`` or ``Crashed`` out, each naming its job. If the worker
+then ``Finished``, ``Failed`` (carrying the error itself) or ``Crashed`` out, each
+naming its job. If the worker
 dies, the operations it ran fail and the next one starts a fresh worker.
 """
 
@@ -27,9 +28,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import CloudkeepError
-from cloudkeep.operations import Operation, OperationResult, run
+from cloudkeep.operations import Operation, OperationResult, Progress, ProgressFn, run
 from cloudkeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -91,21 +91,29 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    """An expected failure: the error's class (``module:qualname``), message and fields."""
+    """An expected failure: the error itself (``raised``) when it pickles; otherwise its
+    class (``module:qualname``), message and the fields that pickle."""
 
     job_id: str
     error: str
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    raised: CloudkeepError | None = None
 
     @classmethod
     def of(cls, job_id: str, exc: CloudkeepError) -> Failed:
         kind = type(exc)
+        name = f"{kind.__module__}:{kind.__qualname__}"
+        if _round_trips(exc):
+            return cls(job_id, name, str(exc), raised=exc)
         fields = {name: value for name, value in vars(exc).items() if _picklable(value)}
-        return cls(job_id, f"{kind.__module__}:{kind.__qualname__}", str(exc), fields)
+        return cls(job_id, name, str(exc), fields)
 
     def exception(self) -> CloudkeepError:
-        """The error again, of its own class when that is a cloudkeep error class."""
+        """The error again: itself, or rebuilt of its own class when that is a cloudkeep
+        error class."""
+        if self.raised is not None:
+            return self.raised
         kind = _error_class(self.error)
         exc = kind.__new__(kind, self.message)  # its __init__ may want other arguments
         exc.args = (self.message,)
@@ -128,6 +136,16 @@ Reply = ProgressReport | Finished | Failed | Crashed
 def _picklable(value: object) -> bool:
     try:
         pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _round_trips(exc: BaseException) -> bool:
+    """Whether ``exc`` pickles and unpickles (an ``__init__`` wanting other arguments
+    than ``args`` fails only on loading)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
     except Exception:
         return False
     return True

@@ -17,6 +17,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloudkeep.api.appkeys import AppKeyVerifier
+from cloudkeep.errors import ConfigurationError
 
 __all__ = [
     "APP_KEY_HEADER",
@@ -178,12 +179,17 @@ class GuardMiddleware:
             and scope["method"] == "OPTIONS"
             and "access-control-request-method" in headers
         )
-        if (
-            policy.verifier is not None
-            and not is_preflight
-            and not policy.is_open(scope["path"])
-            and not policy.verifier.verify(headers.get(APP_KEY_HEADER))
-        ):
+        try:
+            refused = (
+                policy.verifier is not None
+                and not is_preflight
+                and not policy.is_open(scope["path"])
+                and not policy.verifier.verify(headers.get(APP_KEY_HEADER))
+            )
+        except ConfigurationError as exc:  # a damaged key file: nobody is let in
+            await _deny(scope, send, 511, f"{exc}\n")  # ConfigurationError's status
+            return
+        if refused:
             await _deny(
                 scope,
                 send,

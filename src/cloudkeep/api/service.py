@@ -34,14 +34,13 @@ from cloudkeep.api.jobs import (
 )
 from cloudkeep.api.runner import ProcessEngine
 from cloudkeep.api.streaming import Subscription
-from cloudkeep.backups.progress import ProgressFn
 from cloudkeep.errors import (
     BackupNotFound,
     CloudkeepError,
     InvalidBackupId,
     RepositoryNotFound,
 )
-from cloudkeep.operations import Operation, OperationResult
+from cloudkeep.operations import Operation, OperationResult, ProgressFn
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
@@ -134,12 +133,13 @@ class BackupService:
 
     def _completed(self, job: Job, result: OperationResult) -> None:
         """Keep the list cache in step with what a job changed (before it says COMPLETED)."""
-        if isinstance(result, operations.BackupResult):
-            for warning in result.info.warnings:
-                log.warning("backup %s: %s", result.info.id, warning)
-            self.cache.add(backup_from_info(result.info))
-        elif isinstance(result, operations.DeleteResult):
-            self.cache.remove(result.backup_id)
+        listed = result.listed
+        if listed is not None:
+            for warning in listed.warnings:
+                log.warning("backup %s: %s", listed.id, warning)
+            self.cache.add(backup_from_info(listed))
+        if result.unlisted is not None:
+            self.cache.remove(result.unlisted)
 
     def _device_name(self) -> str:
         name: Any = getattr(self.settings, "device_name", None)
@@ -205,10 +205,11 @@ class BackupService:
     async def delete(self, backup_id: str) -> None:
         """Queue a Delete job and answer as soon as the backup is gone from the store.
 
-        The job removes the manifest and then reclaims space under the exclusive
-        repository lock, which waits (up to 30 s) for a running backup. The backup is
-        deleted the moment its manifest is gone, so the request is answered then and
-        the prune finishes in the background.
+        The job (queued on the packs: behind a running prune, check or delete, never
+        behind a backup) removes the manifest and then reclaims space under the
+        exclusive repository lock, which waits (up to 30 s) for a running backup. The
+        backup is deleted the moment its manifest is gone, so the request is answered
+        then and the prune finishes in the background.
         """
         subject = await self.get(backup_id)  # 404 now for an id that does not exist
         job, subscription = self._submit(operations.Delete(backup_id), subject)

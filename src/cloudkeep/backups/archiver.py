@@ -50,8 +50,9 @@ from cloudkeep.backups.sqlite_capture import CaptureTorn, clean_scratch, consist
 from cloudkeep.errors import Busy, CloudkeepError, DataSourceError, RepositoryDamaged
 from cloudkeep.repository.index import IndexFile
 from cloudkeep.repository.locks import RepositoryLock
+from cloudkeep.repository.pack_writer import PackWriter
 from cloudkeep.repository.packs import BlobType
-from cloudkeep.repository.repository import BlobDamaged, PackWriter, Repository
+from cloudkeep.repository.repository import BlobDamaged, Repository
 from cloudkeep.storage.base import ObjectExists, ObjectNotFound, StorageError
 
 if TYPE_CHECKING:

@@ -12,9 +12,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cloudkeep.backups.catalog import load_manifests
 from cloudkeep.backups.gc_pause import gc_paused
 from cloudkeep.backups.progress import ProgressFn, Tracker
-from cloudkeep.backups.usage import blob_users, load_manifests
+from cloudkeep.backups.usage import blob_users
+from cloudkeep.repository.index import MasterIndex
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.packs import PackEntry, pack_id_of
 from cloudkeep.repository.repository import BlobDamaged, Repository
@@ -67,7 +69,7 @@ class Checker:
             report.errors.append(str(exc))
 
         indexed = repo.read_index(index_damaged)
-        index = repo.replace_index(indexed)
+        index = MasterIndex.of(indexed)
         stored = {pack_id: info.size for pack_id, info in repo.list_packs().items()}
 
         manifests, broken = load_manifests(repo)
@@ -75,7 +77,7 @@ class Checker:
         for name, reason in broken.items():
             report.errors.append(reason)
             report.damaged_backups.append(name)
-        users, list_problems = blob_users(repo, manifests)
+        users, list_problems = blob_users(repo, manifests, index)
         damaged: set[str] = set()
         for backup_id, problems in list_problems.items():
             damaged.add(backup_id)

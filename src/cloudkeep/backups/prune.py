@@ -33,11 +33,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from cloudkeep.backups.catalog import load_manifests
 from cloudkeep.backups.progress import ProgressFn, Tracker
-from cloudkeep.backups.usage import blob_users, load_manifests
+from cloudkeep.backups.usage import blob_users
 from cloudkeep.errors import Busy, ConfigurationError, RepositoryDamaged
 from cloudkeep.repository.crypto import DecryptionFailed
-from cloudkeep.repository.index import FrameBlobs
+from cloudkeep.repository.index import FrameBlobs, MasterIndex
 from cloudkeep.repository.locks import LockTiming, RepositoryLock
 from cloudkeep.repository.packs import BlobType, FrameMember, PackEntry, PackFormatError, frames_of
 from cloudkeep.repository.repository import BlobDamaged, Repository
@@ -151,14 +152,6 @@ class PruneReport:
     #: Why execution stopped early (a later prune finishes).
     stopped: str | None = None
 
-    @property
-    def packs_adopted(self) -> int:
-        return len(self.plan.adopted)
-
-
-def delete_backup(repo: Repository, backup_id: str) -> None:
-    repo.delete_backup(backup_id)
-
 
 def prune(
     repo: Repository,
@@ -195,7 +188,7 @@ def try_prune(repo: Repository, lock_timeout: float | None = None) -> PruneRepor
 
 # ------------------------------------------------------------------ planning
 def plan_prune(repo: Repository, store_now: float | None, margin: float) -> PrunePlan:
-    """What to keep, repack and delete; changes nothing but the in-memory index.
+    """What to keep, repack and delete; changes nothing.
 
     ``store_now`` is the store's clock (None if it tells none: then every pack no
     index names counts as young). Raises ``RepositoryDamaged`` when what backups
@@ -215,7 +208,6 @@ def plan_prune(repo: Repository, store_now: float | None, margin: float) -> Prun
     adopted = _adopt(repo, listing, sorted(listing.keys() - indexed.keys()), plan)
     young = _young(sorted(adopted), listing, store_now, margin)
     indexed.update(adopted)
-    repo.replace_index(indexed)
     used, plan.backups = _used_blobs(repo, indexed, listing)
 
     # Young packs no index named stay whole: indexed if a backup uses them, else left
@@ -311,7 +303,7 @@ def _used_blobs(
             "prune stopped: some backups are unreadable, so what they use is unknown "
             f"({', '.join(sorted(broken))}); run 'cloudkeep check'"
         )
-    users, problems = blob_users(repo, manifests)
+    users, problems = blob_users(repo, manifests, MasterIndex.of(indexed))
     if problems:
         raise RepositoryDamaged(
             "prune stopped: the content lists of some backups are unreadable; run 'cloudkeep check'"
@@ -409,8 +401,7 @@ def _repack(repo: Repository, plan: PrunePlan, tracker: Tracker) -> set[str]:
     if not plan.copies:
         return set()
     types = {(c.frame.pack_id, c.frame.offset): c.type for c in plan.copies}
-    repo.replace_index(plan.keep)
-    writer = repo.pack_writer()
+    writer = repo.pack_writer(known=plan.keep)
     try:
         try:
             for loaded in repo.load_frames([copy.frame for copy in plan.copies]):

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from cloudkeep.backups.catalog import load_manifests
 from cloudkeep.backups.manifest import Manifest, decode_chunk_list
+from cloudkeep.repository.index import MasterIndex
 from cloudkeep.repository.repository import BlobDamaged, Repository
 
-__all__ = ["blob_users", "load_manifests"]
+__all__ = ["blob_users"]
 
 
 def blob_users(
-    repo: Repository, manifests: list[Manifest]
+    repo: Repository, manifests: list[Manifest], index: MasterIndex | None = None
 ) -> tuple[dict[bytes, set[str]], dict[str, list[str]]]:
     """blob id → ids of the backups that need it; and per backup, unreadable lists.
 
+    Chunk lists are found through ``index`` (default: the repository's loaded one).
     Every chunk-list blob is read once, many per ranged read (``Repository.load_blobs``).
     """
     users: dict[bytes, set[str]] = defaultdict(set)
@@ -30,7 +31,7 @@ def blob_users(
     def damaged(error: BlobDamaged) -> None:
         listed[error.blob_id] = str(error)
 
-    for list_id, content in repo.load_blobs(wanted, damaged):
+    for list_id, content in repo.load_blobs(wanted, damaged, index=index):
         try:
             listed[list_id] = [bid for bid, _ in decode_chunk_list(bytes(content))]
         except ValueError as exc:

@@ -269,8 +269,7 @@ def _prune(ctx: typer.Context, dry_run: bool, json: bool) -> None:
         # Busy (exit 1) if other clients hold the repository past the lock timeout.
         from cloudkeep.operations import Prune, run
 
-        report = run(Prune(dry_run), workspace(ctx), progress).report
-    plan = report.plan
+        report = run(Prune(dry_run), workspace(ctx), progress).summary
     if json:
         done = {
             "packs_deleted": report.packs_deleted,
@@ -280,13 +279,13 @@ def _prune(ctx: typer.Context, dry_run: bool, json: bool) -> None:
         }
         import json as json_text
 
-        figures = {"dry_run": dry_run, "plan": plan.figures(), **({} if dry_run else done)}
+        figures = {"dry_run": dry_run, "plan": report.figures, **({} if dry_run else done)}
         print_json(json_text.dumps(figures))
         return
-    for pack_id in plan.unreadable:
+    for pack_id in report.unreadable:
         notice(f"warning: data/ holds {pack_id[:16]}..., not a readable pack: left alone")
     if dry_run:
-        print(plan.summary())
+        print(report.plan_summary)
         return
     if report.stopped:
         notice(f"stopped early ({report.stopped}): a later prune finishes")

@@ -12,12 +12,12 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cloudkeep.backups.progress import ProgressFn
+from cloudkeep.operations import ProgressFn
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from cloudkeep.backups.progress import Progress as Report
+    from cloudkeep.operations import Progress as Report
 
 
 @functools.cache

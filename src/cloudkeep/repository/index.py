@@ -9,7 +9,7 @@ Encoded as a compact binary table, zstd-compressed and sealed.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, KeysView
+from collections.abc import Iterable, KeysView, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -107,6 +107,14 @@ class MasterIndex:
         self._pack_ids: list[str] = []
         self._pack_numbers: dict[str, int] = {}
         self._blobs: dict[bytes, int] = {}
+
+    @classmethod
+    def of(cls, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
+        """An index naming exactly these packs."""
+        index = cls()
+        for pack_id, entries in packs.items():
+            index.add_pack(pack_id, entries)
+        return index
 
     def __len__(self) -> int:
         return len(self._blobs)

@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from cloudkeep.repository.frames import SealedFrame
-from cloudkeep.repository.index import IndexFile
+from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder
 
 if TYPE_CHECKING:
@@ -25,8 +25,17 @@ class PackWriter:
     uploaded, so a manifest written afterwards never points at unindexed data.
     """
 
-    def __init__(self, repo: Repository, pack_size: int, max_pending_uploads: int = 2) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        pack_size: int,
+        known: MasterIndex | None = None,
+        max_pending_uploads: int = 2,
+    ) -> None:
         self._repo = repo
+        # What counts as stored: the packs a prune keeps, else the repository's index
+        # (looked up each time: ``load_index`` may replace it after the writer is made).
+        self._known = known
         self._pack_size = pack_size
         self._lock = threading.Lock()
         self._uploads_lock = threading.Lock()
@@ -37,19 +46,22 @@ class PackWriter:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
         self._unindexed = IndexFile()
         self._index_files: list[str] = []
-        self._flushed_packs: list[str] = []
         self.uploaded_bytes = 0
+
+    @property
+    def _index(self) -> MasterIndex:
+        return self._repo.index if self._known is None else self._known
 
     def known(self, blob_id: bytes) -> bool:
         """Already stored, or queued for storing by this writer."""
-        return blob_id in self._repo.index or blob_id in self._pending
+        return blob_id in self._index or blob_id in self._pending
 
     def claim_new(self, blob_ids: list[bytes]) -> list[int]:
         """Positions of the ids nobody stored or claimed yet; claims them (one lock per batch).
 
         A claimed blob must then be passed to ``add_claimed`` by the claimer.
         """
-        known, pending = self._repo.index.ids(), self._pending
+        known, pending = self._index.ids(), self._pending
         fresh = []
         with self._lock:
             for position, blob_id in enumerate(blob_ids):
@@ -102,7 +114,7 @@ class PackWriter:
         pack_id, content = builder.finish(self._repo.sealer)
         self._repo.put_pack(pack_id, content)
         with self._lock:
-            self._repo.index.add_pack(pack_id, builder.entries)
+            self._index.add_pack(pack_id, builder.entries)
             self._pending.difference_update([entry.blob_id for entry in builder.entries])
             self._unindexed.packs[pack_id] = builder.entries
             self.uploaded_bytes += len(content)
@@ -115,7 +127,6 @@ class PackWriter:
             name = self._repo.write_index_file(unindexed)
             with self._lock:
                 self._index_files.append(name)
-                self._flushed_packs += unindexed.packs
 
     def _raise_failed_uploads(self) -> None:
         with self._uploads_lock:
@@ -138,11 +149,7 @@ class PackWriter:
             unindexed, self._unindexed = self._unindexed, IndexFile()
         if unindexed.packs:
             self._index_files.append(self._repo.write_index_file(unindexed))
-            self._flushed_packs += unindexed.packs
         return list(self._index_files)
-
-    def flushed_pack_ids(self) -> list[str]:
-        return list(self._flushed_packs)
 
     def close(self) -> None:
         """Stop the upload threads (after flush, or abandoning queued work on cancel)."""

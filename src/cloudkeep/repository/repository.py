@@ -46,10 +46,8 @@ from cloudkeep.repository import loader
 from cloudkeep.repository.crypto import DecryptionFailed, MasterKey, Sealer
 from cloudkeep.repository.frames import (
     DEFAULT_ZSTD_LEVEL,
-    FRAME_AAD,
     BlobDamaged,
     FrameCodec,
-    FrameDamaged,
     OpenedFrame,
     SealedFrame,
 )
@@ -97,11 +95,7 @@ from cloudkeep.storage.base import (
 from cloudkeep.storage.cache import CachedStorage
 
 __all__ = [
-    "FRAME_AAD",
     "BlobDamaged",
-    "FrameDamaged",
-    "OpenedFrame",
-    "PackWriter",
     "Repository",
     "canonical_config",
     "file_aad",
@@ -224,8 +218,8 @@ class Repository:
         #: The keyed id of a blob's content.
         self.blob_id: Callable[[bytes | memoryview], bytes] = self.sealer.blob_id
         self._codec = FrameCodec(self.sealer, config.get("zstd_level", DEFAULT_ZSTD_LEVEL))
-        #: Which pack holds each blob: read it freely; ``load_index`` and
-        #: ``replace_index`` are the only ways to change it wholesale.
+        #: Which pack holds each blob: read it freely; ``load_index`` is the only way
+        #: to change it wholesale (code above reads other indexes via ``index=``).
         self.index = MasterIndex()
         # Sizes the last listing gave, so a listed object is read without a stat first.
         self._listed_sizes: dict[str, int] = {}
@@ -566,9 +560,10 @@ class Repository:
     ) -> dict[str, list[PackEntry]]:
         """Pack id -> header entries, from every index file (the first naming a pack wins).
 
-        An index file that does not read (``RepositoryDamaged``, or ``ObjectNotFound``
-        if it went after the listing) goes to ``damaged``, which may raise; without
-        it such a file is skipped with a warning.
+        An index file that does not read (``RepositoryDamaged``) goes to ``damaged``,
+        which may raise; without it such a file is skipped with a warning. One that
+        went after the listing is skipped: it is not damage, a newer index covers its
+        packs (a backup or prune rewriting the index).
         """
         return {
             pack_id: decode_header(encoded)
@@ -580,10 +575,12 @@ class Repository:
         for name in self.list_files("index"):
             try:
                 scanned = self._scan_index_file(name)
-            except (RepositoryDamaged, ObjectNotFound) as exc:
+            except ObjectNotFound:
+                continue
+            except RepositoryDamaged as exc:
                 if damaged is not None:
                     damaged(name, exc)
-                elif isinstance(exc, RepositoryDamaged):
+                else:
                     log.warning("skipped %s; run 'cloudkeep check'", exc)
                 continue
             for pack_id, encoded in scanned:
@@ -608,14 +605,6 @@ class Repository:
         for pack_id, encoded in self._scan_index(None).items():
             if stored is None or pack_id in stored:
                 index.add_pack_encoded(pack_id, encoded)
-        self.index = index
-        return index
-
-    def replace_index(self, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
-        """Make ``index`` name exactly these packs (in memory; see ``write_index``)."""
-        index = MasterIndex()
-        for pack_id, entries in packs.items():
-            index.add_pack(pack_id, entries)
         self.index = index
         return index
 
@@ -710,11 +699,18 @@ class Repository:
     ) -> memoryview:
         return self._codec.blob_in_frame(frame, blob_id, inner_offset, raw_length, rehash=rehash)
 
-    def locate(self, blob_ids: Iterable[bytes], damage: DamageFn | None = None) -> list[FrameBlobs]:
-        """The blobs grouped by the frame holding them; a blob the index does not name
-        goes to ``damage`` (``BlobDamaged`` raised without one)."""
+    def locate(
+        self,
+        blob_ids: Iterable[bytes],
+        damage: DamageFn | None = None,
+        index: MasterIndex | None = None,
+    ) -> list[FrameBlobs]:
+        """The blobs grouped by the frame holding them, as ``index`` (default: the
+        loaded one) names them; a blob it does not name goes to ``damage``
+        (``BlobDamaged`` raised without one)."""
+        index = self.index if index is None else index
         wanted = list(dict.fromkeys(blob_ids))
-        known = self.index.ids()
+        known = index.ids()
         missing = [blob_id for blob_id in wanted if blob_id not in known]
         for blob_id in missing:
             error = BlobDamaged(blob_id, "not in the index")
@@ -723,21 +719,23 @@ class Repository:
             damage(error)
         if missing:
             wanted = [blob_id for blob_id in wanted if blob_id in known]
-        return self.index.frames_of(wanted)
+        return index.frames_of(wanted)
 
     def load_blobs(
         self,
         blob_ids: Iterable[bytes],
         damage: DamageFn | None = None,
         threads: int = loader.LOAD_THREADS,
+        index: MasterIndex | None = None,
     ) -> Iterator[tuple[bytes, memoryview]]:
-        """(blob id, content) of each blob, in pack order, many per ranged read.
+        """(blob id, content) of each blob, in pack order, many per ranged read, found
+        through ``index`` (default: the loaded one).
 
         Every blob is re-hashed against its id. A blob that cannot be loaded
         (not indexed, pack missing, frame or blob damaged) goes to ``damage``;
         without it the first such blob raises ``BlobDamaged``. See ``loader``.
         """
-        located = self.locate(blob_ids, damage)
+        located = self.locate(blob_ids, damage, index)
         return loader.load_blobs(self.storage, self._codec, located, damage, threads)
 
     def load_frames(
@@ -782,8 +780,11 @@ class Repository:
         (_, inner_offset, raw_length) = loaded.frame.blobs[0]
         return loaded.opened.data[inner_offset : inner_offset + raw_length]
 
-    def pack_writer(self) -> PackWriter:
-        return PackWriter(self, self.config.get("pack_size", PACK_TARGET_SIZE))
+    def pack_writer(self, known: Mapping[str, Iterable[PackEntry]] | None = None) -> PackWriter:
+        """A writer deduplicating against the loaded index (which learns its packs), or
+        only against the ``known`` packs (a prune's repack: the packs it keeps)."""
+        index = None if known is None else MasterIndex.of(known)
+        return PackWriter(self, self.config.get("pack_size", PACK_TARGET_SIZE), index)
 
 
 def object_path(kind: str, name: str) -> str:
