@@ -36,7 +36,34 @@ from pathlib import Path
 
 import pytest
 
+from cloudkeep.storage.base import ObjectInfo, Payload, Storage
 from cloudkeep.storage.url import drop_memory_store
+
+
+class PassThroughStorage:
+    """A real store seen through a wrapper: tests override the calls they observe."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+
+    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
+        self.inner.put(name, data, create_only=create_only)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.get(name, offset, length)
+
+    def stat(self, name: str) -> ObjectInfo:
+        return self.inner.stat(name)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, name: str) -> None:
+        self.inner.delete(name)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
 
 STARTUP_TIMEOUT = 30.0
 S3_BUCKET = "cloudkeep-test"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,37 +12,23 @@ from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.repository.loader import PackRange, plan_ranges
 from cloudkeep.repository.packs import BlobType, pack_name
 from cloudkeep.repository.repository import BlobDamaged, Repository
-from cloudkeep.storage.base import ObjectInfo, Payload, Storage
+from cloudkeep.storage.base import Storage
 from cloudkeep.storage.url import open_store
+from tests.conftest import PassThroughStorage
 
 
-class CountingStorage:
+class CountingStorage(PassThroughStorage):
     """A real store that counts the ranged reads made through it."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gets: list[tuple[str, int, int | None]] = []
         self._lock = threading.Lock()
-
-    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
-        self.inner.put(name, data, create_only=create_only)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._lock:
             self.gets.append((name, offset, length))
         return self.inner.get(name, offset, length)
-
-    def stat(self, name: str) -> ObjectInfo:
-        return self.inner.stat(name)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 def frame(pack: str, offset: int, length: int) -> FrameBlobs:

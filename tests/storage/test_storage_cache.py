@@ -5,41 +5,26 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cloudkeep.storage.base import ObjectInfo, Payload, Storage
+from cloudkeep.storage.base import Storage
 from cloudkeep.storage.cache import CachedStorage
 from cloudkeep.storage.url import open_store
+from tests.conftest import PassThroughStorage
 
 
-class CountingStorage:
+class CountingStorage(PassThroughStorage):
     """A real store that records the reads that reach it."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gets: list[str] = []
-
-    def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
-        self.inner.put(name, data, create_only=create_only)
 
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         self.gets.append(name)
         return self.inner.get(name, offset, length)
-
-    def stat(self, name: str) -> ObjectInfo:
-        return self.inner.stat(name)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 @pytest.fixture

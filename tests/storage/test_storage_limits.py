@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.settings import Settings
-from cloudkeep.storage.base import ObjectInfo, Storage
+from cloudkeep.storage.base import Storage
 from cloudkeep.storage.limits import (
     DEFAULT_CONNECTIONS,
     ConcurrencyLimitedStorage,
@@ -22,13 +21,14 @@ from cloudkeep.storage.limits import (
 from cloudkeep.storage.retrying import RetryingStorage, RetryPolicy
 from cloudkeep.storage.url import open_store
 from cloudkeep.workspace import Workspace
+from tests.conftest import PassThroughStorage
 
 
-class Gauge:
+class Gauge(PassThroughStorage):
     """A real memory store that records how many calls overlap."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.lock = threading.Lock()
         self.active = 0
         self.peak = 0
@@ -56,18 +56,6 @@ class Gauge:
             return self.inner.get(name, offset, length)
         finally:
             self._leave()
-
-    def stat(self, name: str) -> ObjectInfo:
-        return self.inner.stat(name)
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, name: str) -> None:
-        self.inner.delete(name)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 def test_calls_are_capped() -> None:
