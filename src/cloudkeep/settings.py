@@ -9,12 +9,40 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.platform import MODES_ENFORCED, user_folders
+
+_Number = TypeVar("_Number", int, float)
+
+
+def env_number(
+    environ: Mapping[str, str] | None,
+    name: str,
+    default: _Number,
+    parse: Callable[[str], _Number],
+    valid: Callable[[_Number], bool],
+    rule: str,
+) -> _Number:
+    """The number in environment variable ``name`` (``default`` when unset or blank);
+    ``ConfigurationError`` in one line when it does not parse or breaks ``rule``."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = parse(raw)
+    except ValueError:
+        what = "whole number" if parse is int else "number"
+        raise ConfigurationError(f"{name}={raw!r} is not a {what}") from None
+    if not valid(value):
+        raise ConfigurationError(f"{name} must be {rule}")
+    return value
+
 
 APP = "cloudkeep"
 

@@ -27,7 +27,6 @@ indexed again by the next prune.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,12 +35,13 @@ from typing import NamedTuple
 from cloudkeep.backups.catalog import load_manifests
 from cloudkeep.backups.progress import ProgressFn, Tracker
 from cloudkeep.backups.usage import blob_users
-from cloudkeep.errors import Busy, ConfigurationError, RepositoryDamaged
+from cloudkeep.errors import Busy, RepositoryDamaged
 from cloudkeep.repository.crypto import DecryptionFailed
 from cloudkeep.repository.index import FrameBlobs, MasterIndex
 from cloudkeep.repository.locks import LockTiming, RepositoryLock
 from cloudkeep.repository.packs import BlobType, FrameMember, PackEntry, PackFormatError, frames_of
 from cloudkeep.repository.repository import BlobDamaged, Repository
+from cloudkeep.settings import env_number
 from cloudkeep.storage.base import ObjectInfo, ObjectNotFound, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,9 @@ LAPSED = "this client's lock lapsed (suspended or cut off from the store)"
 
 def prune_margin(environ: Mapping[str, str] | None = None) -> float:
     """Seconds a pack no index names is kept (``CLOUDKEEP_PRUNE_MARGIN``, default 1 h)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(ENV_MARGIN, "").strip()
-    if not raw:
-        return DEFAULT_MARGIN
-    try:
-        margin = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{ENV_MARGIN}={raw!r} is not a number") from None
-    if not margin >= 0:
-        raise ConfigurationError(f"{ENV_MARGIN} must be zero or more seconds")
-    return margin
+    return env_number(
+        environ, ENV_MARGIN, DEFAULT_MARGIN, float, lambda m: m >= 0, "zero or more seconds"
+    )
 
 
 class FrameCopy(NamedTuple):

@@ -11,11 +11,10 @@ slot for other work.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping
 
-from cloudkeep.errors import ConfigurationError
+from cloudkeep.settings import env_number
 from cloudkeep.storage.base import ObjectInfo, Payload, Storage
 from cloudkeep.storage.retrying import RetryingStorage
 
@@ -28,17 +27,14 @@ MAX_CONNECTIONS = 256
 
 def store_connections(environ: Mapping[str, str] | None = None) -> int:
     """The cap on requests in flight: ``CLOUDKEEP_STORE_CONNECTIONS`` or the default."""
-    env = os.environ if environ is None else environ
-    raw = env.get(ENV_CONNECTIONS, "").strip()
-    if not raw:
-        return DEFAULT_CONNECTIONS
-    try:
-        connections = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{ENV_CONNECTIONS}={raw!r} is not a whole number") from None
-    if not 1 <= connections <= MAX_CONNECTIONS:
-        raise ConfigurationError(f"{ENV_CONNECTIONS} must be from 1 to {MAX_CONNECTIONS}")
-    return connections
+    return env_number(
+        environ,
+        ENV_CONNECTIONS,
+        DEFAULT_CONNECTIONS,
+        int,
+        lambda n: 1 <= n <= MAX_CONNECTIONS,
+        f"from 1 to {MAX_CONNECTIONS}",
+    )
 
 
 class ConcurrencyLimitedStorage:
