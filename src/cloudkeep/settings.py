@@ -1,6 +1,7 @@
 """Where the data is, where it goes, and how it is unlocked.
 
 Resolved once per command from options, then environment variables, then the
+configuration file (``config.py``, written by ``cloudkeep setup``), then the
 embedded defaults (a data folder and a local "cloud" folder under the user's
 data directory), so ``cloudkeep backup`` works on a fresh machine.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from cloudkeep.config import UserConfig, export_credentials, load_config
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.platform import MODES_ENFORCED, user_folders
 
@@ -71,6 +73,8 @@ class Settings:
     data_is_default: bool = False
     # Where the passphrase was read from, if a file (its permissions are checked).
     passphrase_file: Path | None = None
+    # The configuration file as read (schedule, retention, failure hooks).
+    config: UserConfig = field(default_factory=UserConfig)
 
     @classmethod
     def resolve(
@@ -82,27 +86,40 @@ class Settings:
         environ: dict[str, str] | None = None,
     ) -> Settings:
         env = os.environ if environ is None else environ
-        data_value = data or env.get("CLOUDKEEP_DATA")
-        store_value = store or env.get("CLOUDKEEP_STORE") or default_store_dir().as_uri()
+        config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or _user_dir("config"))
+        cache_dir = Path(env.get("CLOUDKEEP_CACHE_DIR") or _user_dir("cache"))
+        config = load_config(config_dir)
+        if environ is None:  # a real run: the store's client reads them from there
+            export_credentials(config)
+        data_value = data or env.get("CLOUDKEEP_DATA") or config.data
+        store_value = (
+            store or env.get("CLOUDKEEP_STORE") or config.store or default_store_dir().as_uri()
+        )
         passphrase = None
         passphrase_path = None
         file_value = passphrase_file or env.get("CLOUDKEEP_PASSPHRASE_FILE")
+        if not file_value and not env.get("CLOUDKEEP_PASSPHRASE"):
+            file_value = config.passphrase_file
         if file_value:
             passphrase_path = Path(file_value).expanduser().absolute()
             passphrase = _read_passphrase_file(passphrase_path)
         elif env.get("CLOUDKEEP_PASSPHRASE"):
             passphrase = env["CLOUDKEEP_PASSPHRASE"]
-        config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or _user_dir("config"))
-        cache_dir = Path(env.get("CLOUDKEEP_CACHE_DIR") or _user_dir("cache"))
         return cls(
             data=Path(data_value).expanduser().absolute() if data_value else default_data_dir(),
             store=store_value,
             passphrase=passphrase,
-            device_name=device_name or env.get("CLOUDKEEP_DEVICE_NAME") or socket.gethostname(),
+            device_name=(
+                device_name
+                or env.get("CLOUDKEEP_DEVICE_NAME")
+                or config.device_name
+                or socket.gethostname()
+            ),
             config_dir=config_dir,
             cache_dir=cache_dir,
             data_is_default=not data_value,
             passphrase_file=passphrase_path,
+            config=config,
         )
 
     @property
