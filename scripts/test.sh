@@ -13,6 +13,16 @@ if ! command -v rclone >/dev/null 2>&1; then
   fi
 fi
 
+# `systemd-analyze verify` checks the systemd user unit `cloudkeep service install` writes
+# (the package installs cleanly in a container; nothing of it runs there).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
