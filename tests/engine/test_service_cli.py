@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +106,7 @@ def test_install_status_uninstall(machine: Machine) -> None:
     )
     assert f'Environment="CLOUDKEEP_CONFIG_DIR={machine.root}/config dir é"' in lines
     assert f'Environment="CLOUDKEEP_CACHE_DIR={machine.root}/cache"' in lines
+    assert f'Environment="PATH={machine.bin}"' in lines
     assert "Restart=on-failure" in lines
 
     done = machine.run("service", "install", "--port", "39301", "--require-app-key")
@@ -249,3 +254,35 @@ def test_service_run_sets_the_environment_and_logs_to_a_file(machine: Machine) -
     done = machine.run("service", "run", "--env", "NOEQUALS", "--", "app-key", "list")
     assert done.returncode == 1
     assert "--env takes NAME=VALUE" in done.stderr
+
+
+def test_service_run_serves_with_its_log_in_the_file(machine: Machine) -> None:
+    """The Windows task's command line, run for real: the server starts, and its own
+    lines (cloudkeep's and uvicorn's) go to the log file, none to the console."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = machine.root / "cache" / "service.log"
+    argv = ["service", "run", "--log-file", str(log), "--", "serve", "--port", str(port)]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cloudkeep", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=machine.env(CLOUDKEEP_DATA=str(machine.root / "data")),
+        cwd=machine.root,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "Application startup complete" not in (log.read_text() if log.exists() else ""):
+            assert server.poll() is None, log.read_text() if log.exists() else "no log"
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/health") as reply:
+            assert reply.status == 200
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    assert (out, err) == (b"", b"")
+    text = log.read_text()
+    assert f"cloudkeep API listening on http://localhost:{port}" in text
+    assert "GET /.well-known/health" in text  # uvicorn's access log

@@ -73,8 +73,9 @@ def _log_file(settings: "Settings") -> Path:
 
 def _spec(settings: "Settings", manager: "ServiceManager", serve: list[str]) -> "ServiceSpec":
     """What the service runs: this very Python (no symlink resolved: a virtual
-    environment's ``bin/python`` is what finds cloudkeep) with ``-m cloudkeep serve``.
-    Where the service manager sets no environment or keeps no output (Windows),
+    environment's ``bin/python`` is what finds cloudkeep) with ``-m cloudkeep serve``,
+    this shell's PATH (launchd's own is bare). Where the service manager sets no
+    environment or keeps no output (Windows: the task inherits the user's PATH),
     ``service run`` in front does both."""
     from cloudkeep.errors import UserError
     from cloudkeep.platform.service import ServiceSpec
@@ -90,6 +91,8 @@ def _spec(settings: "Settings", manager: "ServiceManager", serve: list[str]) -> 
     log_file = _log_file(settings)
     if manager.carries_environment and manager.keeps_output:
         argv = [python, "-m", "cloudkeep", "serve", *serve]
+        if os.environ.get("PATH"):  # a failure hook's command is found as in this shell
+            environment["PATH"] = os.environ["PATH"]
         environment["PYTHONUNBUFFERED"] = "1"  # each line reaches the log as it is written
     else:
         argv = [python, "-m", "cloudkeep", "service", "run", "--log-file", str(log_file)]
