@@ -1,7 +1,8 @@
 """``cloudkeep``: restic-style commands over the Workspace.
 
 Exit codes: 0 success, 1 user error, 2 repository damage found by check,
-3 storage unreachable. Expected failures print one line, never a traceback.
+3 storage unreachable, 4 ``service`` wrote its file but no service manager answered
+(``service.py``). Expected failures print one line, never a traceback.
 """
 
 # No ``from __future__ import annotations``: Typer would compile every option's
