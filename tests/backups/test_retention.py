@@ -94,9 +94,7 @@ def test_within_far_in_the_past_keeps_everything() -> None:
 
 def test_unlimited_keeps_every_bucket() -> None:
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    records = [
-        BackupRecord(f"b{n}", start + timedelta(hours=7 * n), "d", "/s") for n in range(100)
-    ]
+    records = [BackupRecord(f"b{n}", start + timedelta(hours=7 * n), "d", "/s") for n in range(100)]
     keep, _ = apply_policy(records, Retention(daily=UNLIMITED), zone=UTC)
     days = {record.time.date() for record in records}
     assert len(keep) == len(days) + 1  # the newest of each day, and the oldest

@@ -214,7 +214,9 @@ def _cutoff(
         return None  # before year 1: every backup is newer
 
 
-def _add_date(moment: datetime, years: int, months: int, days: int, zone: tzinfo | None) -> datetime:
+def _add_date(
+    moment: datetime, years: int, months: int, days: int, zone: tzinfo | None
+) -> datetime:
     """Go's ``Time.AddDate`` in ``moment``'s zone: the wall clock's date moves, overflowing
     days and months carry over (Oct 31 + 1 month = Dec 1), the time of day stays."""
     month_index = moment.month - 1 + months
