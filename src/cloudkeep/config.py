@@ -358,12 +358,11 @@ def _retention(table: dict[str, Any]) -> Retention:
     unknown = sorted(set(table) - set(names))
     if unknown:
         raise ConfigurationError(f"unknown retention rule {unknown[0]!r}")
-    return Retention(
-        **{
-            names[key]: UNLIMITED if value == "unlimited" and key != "keep_within" else value
-            for key, value in table.items()
-        }
-    )
+    values: dict[str, Any] = {
+        names[key]: UNLIMITED if value == "unlimited" and key != "keep_within" else value
+        for key, value in table.items()
+    }
+    return Retention(**values)
 
 
 def _on_failure(table: dict[str, Any]) -> OnFailure:
