@@ -4,12 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The WebDAV round trips run against a real `rclone serve webdav` (Debian package).
-if ! command -v rclone >/dev/null 2>&1; then
+# The WebDAV round trips run against a real `rclone serve webdav`, and the retention
+# policy is compared with `restic forget` (Debian packages).
+missing=()
+command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
 
