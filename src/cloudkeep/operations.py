@@ -287,8 +287,9 @@ class Delete(Operation[DeleteResult]):
 @dataclass(frozen=True)
 class ForgetResult(OperationResult):
     """The policy's decision per device and data folder, what was deleted, and the one
-    prune after it: None if not asked for, nothing was deleted, or ``prune_postponed``
-    (other clients held the repository: a later prune frees the space)."""
+    prune after it (with ``dry_run``: its plan, as if the backups were deleted): None if
+    not asked for, nothing was removed, or ``prune_postponed`` (other clients held the
+    repository: a later prune frees the space)."""
 
     groups: tuple[GroupDecision, ...]
     dry_run: bool

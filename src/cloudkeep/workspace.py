@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
     BackupNotFound,
+    Busy,
     DataInUse,
     KeyMissing,
     RepositoryChanged,
@@ -428,14 +429,22 @@ class Workspace:
     ) -> ForgetReport:
         """Delete the backups ``policy`` does not keep (only ``device``'s if given), then
         with ``prune`` prune once if any was deleted (postponed while others hold the
-        repository); ``dry_run`` decides and changes nothing."""
+        repository); ``dry_run`` decides and changes nothing (with ``prune``: plans the
+        prune as if the backups were deleted)."""
         from cloudkeep.backups.forget import ForgetReport, execute_forget, plan_forget
+        from cloudkeep.backups.prune import prune as prune_plan
         from cloudkeep.backups.prune import try_prune
 
         repo = self.repository()
         plan = plan_forget(repo, policy, device)
         if dry_run:
-            return ForgetReport(plan, dry_run=True)
+            if not (prune and plan.doomed):
+                return ForgetReport(plan, dry_run=True)
+            try:  # what a prune would free once they are deleted
+                would = prune_plan(repo, dry_run=True, without=frozenset(plan.doomed))
+            except Busy:
+                return ForgetReport(plan, dry_run=True, prune_postponed=True)
+            return ForgetReport(plan, dry_run=True, prune=would)
         deleted = execute_forget(repo, plan, cancel)
         if not (prune and deleted):
             return ForgetReport(plan, deleted=deleted)

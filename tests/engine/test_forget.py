@@ -111,15 +111,33 @@ def test_forget_dry_run_changes_nothing_then_forget_prunes(  # type: ignore[no-u
     assert group["source"] == str(data) and len(group["keep"]) == 2 and len(group["remove"]) == 3
     assert [r["matches"] for r in group["reasons"]] == [["last backup"], ["last backup"]]
     assert _files(store) == before
-    text = cli(*args, "forget", "--keep-last", "2", "--dry-run", env=ENV)
+    text = cli(*args, "forget", "--keep-last", "2", "--dry-run", "--prune", env=ENV)
     assert "would remove 3 backups" in text.stdout and _files(store) == before
+    assert "then the prune would free " in text.stdout
+    would = json.loads(
+        cli(*args, "forget", "--keep-last", "2", "--dry-run", "--prune", "--json", env=ENV).stdout
+    )["pruned"]
+    assert would["dry_run"] and would["plan"]["bytes_freed"] > 250_000
+    assert _files(store) == before
 
-    done = cli(*args, "forget", "--keep-last", "2", "--prune", env=ENV)
+    done = cli(*args, "forget", "--keep-last", "2", "--prune", "--json", env=ENV)
     assert done.code == 0, done.stderr
-    assert "removed 3 backups" in done.stdout and done.stdout.count("freed ") == 1
+    report = json.loads(done.stdout)
+    assert len(report["deleted"]) == 3 and report["pruned"]["stopped"] is None
+    assert report["pruned"]["bytes_freed"] == would["plan"]["bytes_freed"]
     listed = json.loads(cli(*args, "list", "--json", env=ENV).stdout)["iterable"]
     assert sorted(item["id"] for item in listed) == sorted(b["id"] for b in group["keep"])
     assert cli(*args, "check", "--read-data", env=ENV).code == 0
+
+
+def test_only_a_dry_run_prune_may_ignore_stored_backups(tmp_path: Path, data: Path) -> None:
+    from cloudkeep.backups.prune import prune
+
+    ws = workspace(data, (tmp_path / "store").as_uri())
+    backup_id = ws.backup().id
+    with pytest.raises(ValueError):
+        prune(ws.repository(), without=frozenset({backup_id}))
+    assert prune(ws.repository(), dry_run=True, without=frozenset({backup_id})).plan.delete
 
 
 def test_forget_prunes_once_after_all_deletions(

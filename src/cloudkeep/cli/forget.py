@@ -148,6 +148,10 @@ def _print_forget(policy: "Retention", result: "ForgetResult") -> None:
     print()
     if result.dry_run:
         print(f"would remove {_backups(removed)} (dry run: nothing was changed)")
+        if result.pruned is not None:
+            print(f"then the prune {result.pruned.plan_summary}")
+        elif result.prune_postponed:
+            notice("other clients are using the repository: the prune could not be planned")
         return
     print(f"removed {_backups(len(result.deleted))}")
     if result.prune_postponed:
@@ -184,19 +188,22 @@ def _forget_json(result: "ForgetResult") -> dict[str, Any]:
             ],
         }
 
-    pruned = result.pruned
+    pruned: dict[str, Any] | None = None
+    if result.pruned is not None:  # as ``prune --json`` prints it
+        summary = result.pruned
+        pruned = {"dry_run": summary.dry_run, "plan": summary.figures}
+        if not summary.dry_run:
+            pruned |= {
+                "packs_deleted": summary.packs_deleted,
+                "packs_repacked": summary.packs_repacked,
+                "bytes_freed": summary.bytes_freed,
+                "stopped": summary.stopped,
+            }
     return {
         "dry_run": result.dry_run,
         "groups": [group(decision) for decision in result.groups],
         "deleted": list(result.deleted),
-        "pruned": None
-        if pruned is None
-        else {
-            "packs_deleted": pruned.packs_deleted,
-            "packs_repacked": pruned.packs_repacked,
-            "bytes_freed": pruned.bytes_freed,
-            "stopped": pruned.stopped,
-        },
+        "pruned": pruned,
         "prune_postponed": result.prune_postponed,
         "unreadable": sorted(result.unreadable),
     }
