@@ -11,6 +11,8 @@ A crash or a cancel between deletions leaves a store that the same policy decide
 the same way again (what it keeps does not depend on what it removes), so a rerun
 finishes. Two devices forgetting at once delete some manifests twice, which is no
 error. A backup whose manifest does not read is never decided on, so never deleted.
+Like a delete, forget takes no lock: removing a manifest is safe at any time (a backup
+building on it holds a shared lock, which keeps every prune away until it is done).
 """
 
 from __future__ import annotations

@@ -54,22 +54,38 @@ def _count(option: str, text: str | None) -> int:
 def forget(
     ctx: typer.Context,
     keep_last: Annotated[
-        str | None, typer.Option(metavar="N", help="Keep the N newest backups.")
+        str | None,
+        typer.Option("--keep-last", "-l", metavar="N", help="Keep the N newest backups."),
     ] = None,
     keep_hourly: Annotated[
-        str | None, typer.Option(metavar="N", help="Keep the newest backup of each of N hours.")
+        str | None,
+        typer.Option(
+            "--keep-hourly", "-H", metavar="N", help="Keep the newest backup of each of N hours."
+        ),
     ] = None,
     keep_daily: Annotated[
-        str | None, typer.Option(metavar="N", help="Keep the newest backup of each of N days.")
+        str | None,
+        typer.Option(
+            "--keep-daily", "-d", metavar="N", help="Keep the newest backup of each of N days."
+        ),
     ] = None,
     keep_weekly: Annotated[
-        str | None, typer.Option(metavar="N", help="Keep the newest backup of each of N weeks.")
+        str | None,
+        typer.Option(
+            "--keep-weekly", "-w", metavar="N", help="Keep the newest backup of each of N weeks."
+        ),
     ] = None,
     keep_monthly: Annotated[
-        str | None, typer.Option(metavar="N", help="Keep the newest backup of each of N months.")
+        str | None,
+        typer.Option(
+            "--keep-monthly", "-m", metavar="N", help="Keep the newest backup of each of N months."
+        ),
     ] = None,
     keep_yearly: Annotated[
-        str | None, typer.Option(metavar="N", help="Keep the newest backup of each of N years.")
+        str | None,
+        typer.Option(
+            "--keep-yearly", "-y", metavar="N", help="Keep the newest backup of each of N years."
+        ),
     ] = None,
     keep_within: Annotated[
         str | None,
@@ -83,7 +99,7 @@ def forget(
         str | None, typer.Option(help="Only this device's backups (default: every device's).")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
+        bool, typer.Option("--dry-run", "-n", help="Show what would be removed; change nothing.")
     ] = False,
     prune: Annotated[
         bool, typer.Option("--prune", help="Then free the space no backup uses (one prune).")
@@ -96,7 +112,8 @@ def forget(
     when it is the newest of one of the last N hours, days, weeks (ISO), months or
     years (local time), one of the N newest, or within DURATION of the newest. Every
     count is a number or "unlimited". With no --keep option the configured policy
-    (config.toml [retention]) applies; with none configured, nothing is removed.
+    (the retention table of config.toml) applies; with none configured, nothing is
+    removed.
     """
     from cloudkeep.config import Retention
     from cloudkeep.errors import ConfigurationError
