@@ -4,23 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The WebDAV round trips run against a real `rclone serve webdav` (Debian package).
-if ! command -v rclone >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null
-  fi
-fi
-
-# `systemd-analyze verify` checks the systemd user unit `cloudkeep service install` writes
-# (the package installs cleanly in a container; nothing of it runs there).
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
-  fi
+# Debian packages: `rclone serve webdav` for the WebDAV round trips, restic to compare
+# the retention policy with `restic forget`, and systemd for `systemd-analyze verify` of
+# the user unit `cloudkeep service install` writes (it installs cleanly in a container;
+# nothing of it runs there).
+missing=()
+command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+command -v restic >/dev/null 2>&1 || missing+=(restic)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -57,6 +57,8 @@ _TIME_OF_DAY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 MIN_INTERVAL = timedelta(seconds=1)  # tests use seconds; a person writes "hourly"
 MAX_INTERVAL = timedelta(days=31)
 MAX_KEEP = 1_000_000
+#: A keep count meaning "every one" (restic's ``--keep-daily unlimited``).
+UNLIMITED = -1
 
 
 def parse_duration(text: str, what: str) -> timedelta:
@@ -145,7 +147,8 @@ class Schedule:
 @dataclass(frozen=True)
 class Retention:
     """Which backups ``forget`` keeps, with restic's ``--keep-*`` meanings; a zero or
-    None field keeps nothing by that rule, and an empty policy keeps everything."""
+    None field keeps nothing by that rule, ``UNLIMITED`` (-1; ``unlimited`` in the
+    file) keeps the newest of every hour, day... and an empty policy keeps everything."""
 
     last: int = 0
     hourly: int = 0
@@ -158,8 +161,14 @@ class Retention:
     def __post_init__(self) -> None:
         for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
             value = getattr(self, rule)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_KEEP:
-                raise ConfigurationError(f"keep-{rule} must be a whole number from 0 to {MAX_KEEP}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not UNLIMITED <= value <= MAX_KEEP
+            ):
+                raise ConfigurationError(
+                    f"keep-{rule} must be a whole number from 0 to {MAX_KEEP}, or unlimited"
+                )
         if self.within is not None:
             match = _RESTIC_DURATION.fullmatch(self.within)
             if not self.within or not match:
@@ -183,13 +192,17 @@ class Retention:
 
     def __str__(self) -> str:
         rules = [
-            f"keep-{rule} {getattr(self, rule)}"
+            f"keep-{rule} {_count_text(getattr(self, rule))}"
             for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
             if getattr(self, rule)
         ]
         if self.within:
             rules.append(f"keep-within {self.within}")
         return ", ".join(rules) or "keep everything"
+
+
+def _count_text(count: int) -> str:
+    return "unlimited" if count == UNLIMITED else str(count)
 
 
 @dataclass(frozen=True)
@@ -233,7 +246,9 @@ class UserConfig:
             document["schedule"] = str(self.schedule)
             document["schedule_jitter"] = format_duration(self.schedule.jitter)
         retention = {
-            f"keep_{item.name}": getattr(self.retention, item.name)
+            f"keep_{item.name}": "unlimited"
+            if getattr(self.retention, item.name) == UNLIMITED
+            else getattr(self.retention, item.name)
             for item in fields(Retention)
             if getattr(self.retention, item.name)
         }
@@ -343,7 +358,11 @@ def _retention(table: dict[str, Any]) -> Retention:
     unknown = sorted(set(table) - set(names))
     if unknown:
         raise ConfigurationError(f"unknown retention rule {unknown[0]!r}")
-    return Retention(**{names[key]: value for key, value in table.items()})
+    values: dict[str, Any] = {
+        names[key]: UNLIMITED if value == "unlimited" and key != "keep_within" else value
+        for key, value in table.items()
+    }
+    return Retention(**values)
 
 
 def _on_failure(table: dict[str, Any]) -> OnFailure:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
@@ -28,6 +29,8 @@ from cloudkeep.errors import Canceled
 if TYPE_CHECKING:
     from cloudkeep.backups.checker import CheckReport
     from cloudkeep.backups.prune import PruneReport
+    from cloudkeep.backups.retention import GroupDecision
+    from cloudkeep.config import Retention
     from cloudkeep.workspace import BackupInfo, Workspace
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "CheckResult",
     "Delete",
     "DeleteResult",
+    "Forget",
+    "ForgetResult",
     "Operation",
     "OperationResult",
     "Progress",
@@ -82,9 +87,9 @@ class OperationResult:
         return None
 
     @property
-    def unlisted(self) -> str | None:
-        """The id of a backup this operation removed from the repository's list."""
-        return None
+    def unlisted(self) -> tuple[str, ...]:
+        """The ids of the backups this operation removed from the repository's list."""
+        return ()
 
 
 R = TypeVar("R", bound=OperationResult, covariant=True)
@@ -135,7 +140,10 @@ class BackupResult(OperationResult):
 
 @dataclass(frozen=True)
 class Backup(Operation[BackupResult]):
-    """Back up the live data (creating the repository on first use)."""
+    """Back up the live data (creating the repository on first use); ``time`` is
+    recorded as the backup's time instead of the clock's (``backup --time``)."""
+
+    time: datetime | None = None
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
     stream: ClassVar[Stream | None] = Stream.CREATIONS
@@ -143,7 +151,7 @@ class Backup(Operation[BackupResult]):
     def execute(
         self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
     ) -> BackupResult:
-        return BackupResult(info=workspace.backup(progress=progress, cancel=cancel))
+        return BackupResult(info=workspace.backup(progress=progress, cancel=cancel, time=self.time))
 
 
 # --------------------------------------------------------------------- restore
@@ -248,27 +256,81 @@ class DeleteResult(OperationResult):
 
     backup_id: str
     pruned: PruneSummary | None
+    others: tuple[str, ...] = ()
 
     @property
-    def unlisted(self) -> str:
-        return self.backup_id
+    def unlisted(self) -> tuple[str, ...]:
+        return (self.backup_id, *self.others)
 
 
 @dataclass(frozen=True)
 class Delete(Operation[DeleteResult]):
-    """Delete one backup, then prune the space nothing else uses if the repository is
-    free. Uses the packs, as a prune does (not the data: a delete beside a running
-    backup starts at once; its prune waits for the exclusive repository lock)."""
+    """Delete a backup (and ``others`` with it: every id is checked first), then prune
+    once the space nothing else uses if the repository is free. Uses the packs, as a
+    prune does (not the data: a delete beside a running backup starts at once; its
+    prune waits for the exclusive repository lock)."""
 
     backup_id: str
+    others: tuple[str, ...] = ()
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.PACKS})
 
     def execute(
         self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
     ) -> DeleteResult:
-        report = workspace.delete(self.backup_id)
-        return DeleteResult(self.backup_id, None if report is None else PruneSummary.of(report))
+        report = workspace.delete(self.backup_id, *self.others)
+        pruned = None if report is None else PruneSummary.of(report)
+        return DeleteResult(self.backup_id, pruned, self.others)
+
+
+# ---------------------------------------------------------------------- forget
+@dataclass(frozen=True)
+class ForgetResult(OperationResult):
+    """The policy's decision per device and data folder, what was deleted, and the one
+    prune after it (with ``dry_run``: its plan, as if the backups were deleted): None if
+    not asked for, nothing was removed, or ``prune_postponed`` (other clients held the
+    repository: a later prune frees the space)."""
+
+    groups: tuple[GroupDecision, ...]
+    dry_run: bool
+    deleted: tuple[str, ...]
+    pruned: PruneSummary | None
+    prune_postponed: bool
+    #: Backups whose manifest does not read -> why: never decided on, never deleted.
+    unreadable: dict[str, str]
+
+    @property
+    def unlisted(self) -> tuple[str, ...]:
+        return self.deleted
+
+
+@dataclass(frozen=True)
+class Forget(Operation[ForgetResult]):
+    """Delete the backups ``policy`` does not keep (restic's forget), of ``device`` only
+    when given; with ``prune`` prune once after all deletions; ``dry_run`` only decides.
+    Uses the packs, as a delete does (the server runs it after a scheduled backup)."""
+
+    policy: Retention
+    dry_run: bool = False
+    prune: bool = False
+    device: str | None = None
+
+    uses: ClassVar[frozenset[Resource]] = frozenset({Resource.PACKS})
+
+    def execute(
+        self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
+    ) -> ForgetResult:
+        report = workspace.forget(
+            self.policy, self.device, dry_run=self.dry_run, prune=self.prune, cancel=cancel
+        )
+        return ForgetResult(
+            groups=report.plan.groups,
+            dry_run=report.dry_run,
+            deleted=report.deleted,
+            pruned=None if report.prune is None else PruneSummary.of(report.prune),
+            prune_postponed=report.prune_postponed,
+            unreadable=report.plan.unreadable,
+        )
 
 
 # ----------------------------------------------------------------------- check

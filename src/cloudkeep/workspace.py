@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
     BackupNotFound,
+    Busy,
     DataInUse,
     KeyMissing,
     RepositoryChanged,
@@ -39,8 +40,11 @@ from cloudkeep.storage.url import open_store
 # repository and the archiver while its key is derived (see ``_open_soon``).
 if TYPE_CHECKING:
     from cloudkeep.backups.checker import CheckReport
+    from cloudkeep.backups.forget import ForgetReport
     from cloudkeep.backups.manifest import Manifest
     from cloudkeep.backups.prune import PruneReport
+    from cloudkeep.backups.stats import StoreStats
+    from cloudkeep.config import Retention
     from cloudkeep.repository.crypto import MasterKey
     from cloudkeep.repository.repository import IndexRebuild, Repository
 
@@ -243,17 +247,24 @@ class Workspace:
 
     # --------------------------------------------------------------- operations
     def backup(
-        self, progress: ProgressFn | None = None, cancel: threading.Event | None = None
+        self,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        time: datetime | None = None,
     ) -> BackupInfo:
+        """Back up the data folder; ``time`` is recorded as the backup's time (and id)
+        instead of the clock's (a naive time is local time; ``UserError`` if far off)."""
         data = self.settings.data
         if self.settings.data_is_default:
             data.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
-            from cloudkeep.backups.archiver import Archiver  # while Argon2 runs
+            from cloudkeep.backups.archiver import Archiver, backup_time_us  # while Argon2 runs
 
+            time_us = None if time is None else backup_time_us(time)
             repo = self.repository(create=True, opening=opening)
-        archiver = Archiver(repo, self.settings.cache_dir / "scratch", progress, cancel)
+        scratch = self.settings.cache_dir / "scratch"
+        archiver = Archiver(repo, scratch, progress, cancel, time_us)
         try:
             info = BackupInfo.of(archiver.run(data, self.settings.device_name))
         except RepositoryChanged:
@@ -272,8 +283,7 @@ class Workspace:
             self._unlocked = None
             self._created_here = False
             self._open(adopting=True)
-        scratch = self.settings.cache_dir / "scratch"
-        archiver = Archiver(self.repository(), scratch, progress, cancel)
+        archiver = Archiver(self.repository(), scratch, progress, cancel, time_us)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
     def list(self) -> list[BackupInfo]:
@@ -394,17 +404,58 @@ class Workspace:
                 "restore into a new folder with --target, or pass --force"
             )
 
-    def delete(self, backup_id: str) -> PruneReport | None:
-        """Delete a backup, then prune; None if other clients held the repository
-        (a later delete or prune frees the space)."""
+    def delete(self, *backup_ids: str) -> PruneReport | None:
+        """Delete backups, then prune once; None if other clients held the repository
+        (a later delete or prune frees the space). Every id is checked before any
+        backup is deleted: one unknown id deletes none."""
         from cloudkeep.backups.prune import try_prune
 
         repo = self.repository()
-        # A damaged or planted backup exists too: it is deleted like any other.
-        with contextlib.suppress(RepositoryDamaged):
-            self.manifest(backup_id, repo)
-        repo.delete_backup(backup_id)
+        for backup_id in backup_ids:
+            # A damaged or planted backup exists too: it is deleted like any other.
+            with contextlib.suppress(RepositoryDamaged):
+                self.manifest(backup_id, repo)
+        for backup_id in dict.fromkeys(backup_ids):
+            repo.delete_backup(backup_id)
         return try_prune(repo)
+
+    def forget(
+        self,
+        policy: Retention,
+        device: str | None = None,
+        dry_run: bool = False,
+        prune: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> ForgetReport:
+        """Delete the backups ``policy`` does not keep (only ``device``'s if given), then
+        with ``prune`` prune once if any was deleted (postponed while others hold the
+        repository); ``dry_run`` decides and changes nothing (with ``prune``: plans the
+        prune as if the backups were deleted)."""
+        from cloudkeep.backups.forget import ForgetReport, execute_forget, plan_forget
+        from cloudkeep.backups.prune import prune as prune_plan
+        from cloudkeep.backups.prune import try_prune
+
+        repo = self.repository()
+        plan = plan_forget(repo, policy, device)
+        if dry_run:
+            if not (prune and plan.doomed):
+                return ForgetReport(plan, dry_run=True)
+            try:  # what a prune would free once they are deleted
+                would = prune_plan(repo, dry_run=True, without=frozenset(plan.doomed))
+            except Busy:
+                return ForgetReport(plan, dry_run=True, prune_postponed=True)
+            return ForgetReport(plan, dry_run=True, prune=would)
+        deleted = execute_forget(repo, plan, cancel)
+        if not (prune and deleted):
+            return ForgetReport(plan, deleted=deleted)
+        report = try_prune(repo)
+        return ForgetReport(plan, deleted=deleted, prune=report, prune_postponed=report is None)
+
+    def stats(self) -> StoreStats:
+        """Store size, bytes per device and the dedup ratio (listings and manifests only)."""
+        from cloudkeep.backups.stats import store_stats
+
+        return store_stats(self.repository())
 
     def prune(
         self,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.config import (
+    UNLIMITED,
     OnFailure,
     Retention,
     Schedule,
@@ -92,9 +93,21 @@ def test_retention_rules_and_restic_durations() -> None:
     assert Retention(within="2y5m7d3h").within_parts == (2, 5, 7, 3)
     assert Retention(within="12h").within_parts == (0, 0, 0, 12)
     assert str(Retention(last=2, within="30d")) == "keep-last 2, keep-within 30d"
-    for bad in ({"daily": -1}, {"weekly": True}, {"within": "3w"}, {"within": ""}):
+    for bad in ({"daily": -2}, {"weekly": True}, {"within": "3w"}, {"within": ""}):
         with pytest.raises(ConfigurationError):
             Retention(**bad)  # type: ignore[arg-type]
+
+
+def test_unlimited_counts_round_trip(tmp_path: Path) -> None:
+    """restic's ``--keep-daily unlimited``: -1 in code, "unlimited" in the file."""
+    policy = Retention(daily=UNLIMITED, last=2)
+    assert str(policy) == "keep-last 2, keep-daily unlimited"
+    save_config(tmp_path, UserConfig(retention=policy))
+    assert 'keep_daily = "unlimited"' in config_path(tmp_path).read_text()
+    assert load_config(tmp_path).retention == policy
+    config_path(tmp_path).write_text('[retention]\nkeep_within = "unlimited"\n')
+    with pytest.raises(ConfigurationError, match="keep-within"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pickle
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from cloudkeep.api.runner import Cancel, Crashed, Failed, Finished, ProcessEngine, Run
+from cloudkeep.config import Retention
 from cloudkeep.errors import BackupNotFound, Busy, Canceled, CloudkeepError
 from cloudkeep.operations import (
     Backup,
@@ -18,6 +20,8 @@ from cloudkeep.operations import (
     CheckResult,
     Delete,
     DeleteResult,
+    Forget,
+    ForgetResult,
     Progress,
     Restore,
     RestoreResult,
@@ -50,6 +54,18 @@ def test_operations_and_results_cross_a_real_worker_process(
     assert isinstance(checked, CheckResult) and checked.report.ok
     deleted = engine.run(Delete(backup.info.id), None, threading.Event(), "job-4")
     assert isinstance(deleted, DeleteResult) and deleted.backup_id == backup.info.id
+
+
+def test_a_timed_backup_and_forget_cross_a_real_worker_process(engine: ProcessEngine) -> None:
+    when = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    old = engine.run(Backup(time=when), None, threading.Event(), "job-1")
+    assert isinstance(old, BackupResult) and old.info.created == when
+    engine.run(Backup(), None, threading.Event(), "job-2")
+    forgot = engine.run(Forget(Retention(last=1), prune=True), None, threading.Event(), "job-3")
+    assert isinstance(forgot, ForgetResult) and forgot.deleted == (old.info.id,)
+    assert forgot.unlisted == (old.info.id,) and forgot.pruned is not None
+    (group,) = forgot.groups
+    assert [kept.reasons for kept in group.keep] == [("last backup",)]
 
 
 def test_an_engine_error_crosses_as_its_own_class(engine: ProcessEngine, tmp_path: Path) -> None:

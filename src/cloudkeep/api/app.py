@@ -21,6 +21,7 @@ from cloudkeep.api.docs import install_docs
 from cloudkeep.api.errors import CatchAllMiddleware, install_error_handlers
 from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
 from cloudkeep.api.routers import backup_router, backups_router, well_known_router
+from cloudkeep.api.routers.stats import router as stats_router
 from cloudkeep.api.security import DEFAULT_MAX_BODY, GuardMiddleware, GuardPolicy
 from cloudkeep.api.service import BackupService
 from cloudkeep.settings import Settings
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(backups_router)
     app.include_router(backup_router)
     app.include_router(well_known_router)
+    app.include_router(stats_router)
     install_docs(app)
 
     origins = list(allowed_origins)

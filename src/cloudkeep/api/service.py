@@ -138,8 +138,8 @@ class BackupService:
             for warning in listed.warnings:
                 log.warning("backup %s: %s", listed.id, warning)
             self.cache.add(backup_from_info(listed))
-        if result.unlisted is not None:
-            self.cache.remove(result.unlisted)
+        for backup_id in result.unlisted:
+            self.cache.remove(backup_id)
 
     def _device_name(self) -> str:
         name: Any = getattr(self.settings, "device_name", None)

@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
 
@@ -47,7 +48,13 @@ from cloudkeep.backups.sources import (
     sqlite_page_size,
 )
 from cloudkeep.backups.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
-from cloudkeep.errors import Busy, CloudkeepError, DataSourceError, RepositoryDamaged
+from cloudkeep.errors import (
+    Busy,
+    CloudkeepError,
+    DataSourceError,
+    RepositoryDamaged,
+    UserError,
+)
 from cloudkeep.repository.index import IndexFile
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.pack_writer import PackWriter
@@ -277,6 +284,24 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+#: How far ahead of the clock a given backup time may lie (clocks of devices differ).
+MAX_TIME_AHEAD = timedelta(days=1)
+
+
+def backup_time_us(moment: datetime, now: datetime | None = None) -> int:
+    """A given backup time (``backup --time``) in microseconds since the epoch.
+
+    ``UserError`` before 1970 or more than a day ahead of the clock: a backup far in
+    the future would be every policy's newest (keep-within measures from it).
+    """
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a wall-clock time is local time
+    clock = now or datetime.now(UTC)
+    if moment < datetime(1970, 1, 1, tzinfo=UTC) or moment > clock + MAX_TIME_AHEAD:
+        raise UserError(f"the backup time {moment.isoformat()} is not between 1970 and tomorrow")
+    return int((moment - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
+
+
 class Archiver:
     def __init__(
         self,
@@ -284,11 +309,15 @@ class Archiver:
         scratch: Path,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        time_us: int | None = None,
     ) -> None:
+        """``time_us``: the backup's time (microseconds since the epoch) instead of the
+        clock's when it is saved (``backup --time``); the id carries it too."""
         self.repo = repo
         self.scratch = scratch
         self.progress = progress
         self.cancel = cancel
+        self.time_us = time_us
         self._cdc: FastCDC | None = None
         self._index_loaded = False
         self._parent: dict[str, FileEntry] = {}
@@ -603,7 +632,7 @@ class Archiver:
             if not self._all_stored(entries, index_names):
                 return None
         self.repo.ensure_key_current()  # never publish under a key that lost the creation
-        stamp = now_us()
+        stamp = now_us() if self.time_us is None else self.time_us
         while True:
             manifest = Manifest(
                 id=new_backup_id(stamp),

@@ -152,18 +152,23 @@ def prune(
     lock_timeout: float | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    without: frozenset[str] = frozenset(),
 ) -> PruneReport:
     """Plan and (unless ``dry_run``) execute a prune under the repository lock.
 
+    A dry run may plan as if the backups ``without`` were deleted (``forget --dry-run
+    --prune``); a prune that executes never ignores a stored backup.
     Raises ``Busy`` if other clients hold the repository past the lock timeout.
     """
+    if without and not dry_run:
+        raise ValueError("only a dry run may plan without stored backups")
     timing = LockTiming.from_env()
     margin = prune_margin()
     wait = timing.prune_wait if lock_timeout is None else lock_timeout
     purpose = "prune (dry run)" if dry_run else "prune"
     lock = RepositoryLock(repo, exclusive=not dry_run, purpose=purpose, timing=timing)
     with lock.acquire(wait):
-        plan = plan_prune(repo, lock.store_now(), margin)
+        plan = plan_prune(repo, lock.store_now(), margin, without)
         if dry_run:
             return PruneReport(plan, dry_run=True)
         return execute_prune(repo, plan, lock, progress, cancel)
@@ -179,8 +184,14 @@ def try_prune(repo: Repository, lock_timeout: float | None = None) -> PruneRepor
 
 
 # ------------------------------------------------------------------ planning
-def plan_prune(repo: Repository, store_now: float | None, margin: float) -> PrunePlan:
-    """What to keep, repack and delete; changes nothing.
+def plan_prune(
+    repo: Repository,
+    store_now: float | None,
+    margin: float,
+    without: frozenset[str] = frozenset(),
+) -> PrunePlan:
+    """What to keep, repack and delete (as if the backups ``without`` were gone);
+    changes nothing.
 
     ``store_now`` is the store's clock (None if it tells none: then every pack no
     index names counts as young). Raises ``RepositoryDamaged`` when what backups
@@ -200,7 +211,7 @@ def plan_prune(repo: Repository, store_now: float | None, margin: float) -> Prun
     adopted = _adopt(repo, listing, sorted(listing.keys() - indexed.keys()), plan)
     young = _young(sorted(adopted), listing, store_now, margin)
     indexed.update(adopted)
-    used, plan.backups = _used_blobs(repo, indexed, listing)
+    used, plan.backups = _used_blobs(repo, indexed, listing, without)
 
     # Young packs no index named stay whole: indexed if a backup uses them, else left
     # untouched and unindexed (a backup in flight may index and use them).
@@ -286,10 +297,16 @@ def _young(
 
 
 def _used_blobs(
-    repo: Repository, indexed: dict[str, list[PackEntry]], listing: dict[str, ObjectInfo]
+    repo: Repository,
+    indexed: dict[str, list[PackEntry]],
+    listing: dict[str, ObjectInfo],
+    without: frozenset[str],
 ) -> tuple[set[bytes], set[str]]:
-    """The blobs the backups use, and the backups read; refuses if that is not sure."""
+    """The blobs the backups (but ``without``) use, and the backups read; refuses if
+    that is not sure."""
     manifests, broken = load_manifests(repo)
+    manifests = [manifest for manifest in manifests if manifest.id not in without]
+    broken = {name: reason for name, reason in broken.items() if name not in without}
     if broken:
         raise RepositoryDamaged(
             "prune stopped: some backups are unreadable, so what they use is unknown "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudkeep.cli import service  # noqa: F401  (registers commands)
+from cloudkeep.cli import forget, service  # noqa: F401  (registers commands)
 from cloudkeep.cli.app import DryRunOption, JsonOption, app, app_key, workspace
 from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar
@@ -37,13 +37,27 @@ def init(ctx: typer.Context) -> None:
 
 
 @app.command(cls=FastCommand)
-def backup(ctx: typer.Context, json: JsonOption = False) -> None:
+def backup(
+    ctx: typer.Context,
+    json: JsonOption = False,
+    time: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            metavar="TIME",
+            help="Record this as the backup's time: '2026-01-02 15:04:05' (local time) "
+            "or ISO 8601 with an offset (as restic's --time).",
+        ),
+    ] = None,
+) -> None:
     """Back up the data folder now (creating the repository if needed)."""
+    from cloudkeep.cli.forget import parse_time
     from cloudkeep.operations import Backup, run
 
     ws = workspace(ctx)
+    operation = Backup(time=None if time is None else parse_time(time))
     with progress_bar("backup") as progress:
-        info = run(Backup(), ws, progress).info
+        info = run(operation, ws, progress).info
     for warning in info.warnings:
         notice(f"warning: {warning}")
     if json:
@@ -178,13 +192,20 @@ def restore(
 @app.command(cls=FastCommand)
 def delete(
     ctx: typer.Context,
-    backup_id: Annotated[str, typer.Argument(metavar="ID", help="The backup to delete.")],
+    backup_ids: Annotated[
+        list[str], typer.Argument(metavar="ID...", help="The backups to delete.")
+    ],
 ) -> None:
-    """Delete a backup and free the space no other backup uses (prune)."""
+    """Delete backups and free the space no other backup uses (one prune).
+
+    Every id is checked first: an unknown one deletes none.
+    """
     from cloudkeep.operations import Delete, run
 
-    pruned = run(Delete(backup_id), workspace(ctx)).pruned
-    print(f"deleted backup {backup_id}")
+    first, *others = backup_ids
+    pruned = run(Delete(first, tuple(others)), workspace(ctx)).pruned
+    for backup_id in dict.fromkeys(backup_ids):
+        print(f"deleted backup {backup_id}")
     if pruned is None:
         notice("other clients are using the repository: a later prune frees the space")
     elif pruned.bytes_freed:

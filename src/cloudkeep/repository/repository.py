@@ -452,11 +452,15 @@ class Repository:
 
     def list_files(self, kind: str) -> list[str]:
         """Names of the ``kind`` files; listed names that are not valid ones are ignored."""
+        return list(self.file_sizes(kind))
+
+    def file_sizes(self, kind: str) -> dict[str, int]:
+        """Name -> stored size of the ``kind`` files, as listed (``list_files`` with sizes)."""
         listing = list_names(self.storage, kind)
         for name, size in listing.sizes.items():
             self._listed_sizes[f"{kind}/{name}"] = size
         self.ignored.update(dict.fromkeys(listing.ignored))
-        return list(listing.sizes)
+        return dict(listing.sizes)
 
     def delete_file(self, kind: str, name: str) -> None:
         self.storage.delete(object_path(kind, name))
