@@ -86,18 +86,24 @@ def list_(ctx: typer.Context, device: DeviceOption = None, json: JsonOption = Fa
     from rich.table import Table
     from rich.text import Text
 
-    table = Table("id", "created (UTC)", "device", "data folder", "size", "added", box=None)
+    table = Table(box=None)
+    for name in ("id", "created (UTC)", "device", "data folder"):
+        # Ids and dates are never cut; long device names and folders wrap on a terminal.
+        table.add_column(name, no_wrap=name in ("id", "created (UTC)"), overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("added", justify="right", no_wrap=True)
     for info in infos:
         table.add_row(
             info.id,
             info.created.strftime("%Y-%m-%d %H:%M:%S"),
             # A backup's device and folder are a key holder's text: shown, never markup.
-            Text(_cut(one_line(info.device_name), 40)),
-            Text(_cut(one_line(info.source), 80)),
+            Text(_cut(one_line(info.device_name), 100)),
+            Text(_cut(one_line(info.source), 300)),
             _size(info.bytes),
             _size(info.added_bytes),
         )
-    Console(highlight=False).print(table)
+    # A pipe gets whole lines (for grep and awk), not the 80 columns of no terminal.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 1000).print(table)
 
 
 def _cut(text: str, limit: int) -> str:
