@@ -5,7 +5,6 @@ real CLI processes)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def test_latest_is_this_devices_newest_else_the_only_devices(
     # Its own newest, though the desk backed up later.
     assert laptop.resolve("latest") == shared["laptop"][1]
     assert laptop.resolve("latest", device="desk") == shared["desk"][0]
-    with pytest.raises(BackupNotFound, match="'phone'.*'desk', 'laptop'"):
+    with pytest.raises(BackupNotFound, match=r"'phone'.*'desk', 'laptop'"):
         laptop.resolve("latest", device="phone")
     with pytest.raises(UserError, match="--device chooses among the backups for 'latest'"):
         laptop.resolve(shared["desk"][0], device="desk")
@@ -102,7 +101,9 @@ def test_ids_and_unique_prefixes_resolve(
             if sum(other.startswith(backup_id[:n]) for other in ids) == 1
         )
         assert ws.resolve(backup_id[:length]) == backup_id
-    common = os.path.commonprefix(ids)
+    common = next(  # the longest beginning every id shares
+        ids[0][:n] for n in range(len(ids[0]), 0, -1) if all(i.startswith(ids[0][:n]) for i in ids)
+    )
     with pytest.raises(AmbiguousBackupId, match="begins 3 backups") as refused:
         ws.resolve(common)
     assert all(backup_id in str(refused.value) for backup_id in ids)
