@@ -101,7 +101,7 @@ def choose_latest(manifests: Sequence[Manifest], this_device: str, device: str |
         elif len(devices) == 1:
             wanted = devices[0]
         elif not devices:
-            raise BackupNotFound("no backups yet: there is no latest one to restore")
+            raise BackupNotFound("no backups yet: there is no latest one")
         else:
             raise AmbiguousBackupId(
                 f"this device ({shown(this_device)}) has no backups and {len(devices)} "
