@@ -20,6 +20,10 @@ class ConfigurationError(UserError):
     """The store URL, data path or passphrase setting is unusable."""
 
 
+class DataNotFound(ConfigurationError):
+    """No data folder was given and none was found where Pieces OS keeps it."""
+
+
 class RepositoryNotFound(CloudkeepError):
     """No repository at the store (run ``cloudkeep init`` or ``backup``)."""
 
@@ -50,6 +54,10 @@ class BackupNotFound(UserError):
 
 class InvalidBackupId(BackupNotFound):
     """The id is not of the form version_timestamp (and so cannot exist)."""
+
+
+class AmbiguousBackupId(UserError):
+    """A backup id prefix, or ``latest``, that names more than one backup."""
 
 
 class Busy(CloudkeepError):

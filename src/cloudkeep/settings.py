@@ -2,8 +2,9 @@
 
 Resolved once per command from options, then environment variables, then the
 configuration file (``config.py``, written by ``cloudkeep setup``), then the
-embedded defaults (a data folder and a local "cloud" folder under the user's
-data directory), so ``cloudkeep backup`` works on a fresh machine.
+defaults: the Pieces OS data folder where this system keeps it (the first of
+``platform.pieces_data_folders`` that exists; none is ever made up) and a local
+"cloud" folder under the user's data directory.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from cloudkeep.config import UserConfig, export_credentials, load_config
-from cloudkeep.errors import ConfigurationError
-from cloudkeep.platform import MODES_ENFORCED, user_folders
+from cloudkeep.errors import ConfigurationError, DataNotFound
+from cloudkeep.platform import (
+    MODES_ENFORCED,
+    DataCandidate,
+    pieces_data_folders,
+    user_folders,
+)
 
 _Number = TypeVar("_Number", int, float)
 
@@ -54,23 +60,29 @@ def _user_dir(kind: str) -> Path:
     return Path(getattr(user_folders(APP), kind))
 
 
-def default_data_dir() -> Path:
-    return _user_dir("data") / "production"
-
-
 def default_store_dir() -> Path:
     return _user_dir("data") / "cloud"
 
 
+def find_data(candidates: tuple[DataCandidate, ...]) -> DataCandidate | None:
+    """The first candidate that exists as a folder (through a symlink too)."""
+    return next((candidate for candidate in candidates if candidate.path.is_dir()), None)
+
+
 @dataclass(frozen=True)
 class Settings:
-    data: Path
+    # The data path: given (option, environment, config file), or found among
+    # ``data_candidates`` (then ``data_found_at`` says which), or None.
+    data: Path | None
     store: str
     passphrase: str | None = None
     device_name: str = ""
     config_dir: Path = field(default_factory=lambda: _user_dir("config"))
     cache_dir: Path = field(default_factory=lambda: _user_dir("cache"))
-    data_is_default: bool = False
+    # Where ``data`` was found ("the macOS location"); "" when it was given.
+    data_found_at: str = ""
+    # This system's Pieces OS data folders, most likely first (see ``find_data``).
+    data_candidates: tuple[DataCandidate, ...] = ()
     # Where the passphrase was read from, if a file (its permissions are checked).
     passphrase_file: Path | None = None
     # The configuration file as read (schedule, retention, failure hooks).
@@ -92,6 +104,8 @@ class Settings:
         if environ is None:  # a real run: the store's client reads them from there
             export_credentials(config)
         data_value = data or env.get("CLOUDKEEP_DATA") or config.data
+        candidates = pieces_data_folders(env)
+        found = None if data_value else find_data(candidates)
         store_value = (
             store or env.get("CLOUDKEEP_STORE") or config.store or default_store_dir().as_uri()
         )
@@ -106,7 +120,11 @@ class Settings:
         elif env.get("CLOUDKEEP_PASSPHRASE"):
             passphrase = env["CLOUDKEEP_PASSPHRASE"]
         return cls(
-            data=Path(data_value).expanduser().absolute() if data_value else default_data_dir(),
+            data=(
+                Path(data_value).expanduser().absolute()
+                if data_value
+                else (found.path if found else None)
+            ),
             store=store_value,
             passphrase=passphrase,
             device_name=(
@@ -117,7 +135,8 @@ class Settings:
             ),
             config_dir=config_dir,
             cache_dir=cache_dir,
-            data_is_default=not data_value,
+            data_found_at=found.where if found else "",
+            data_candidates=candidates,
             passphrase_file=passphrase_path,
             config=config,
         )
@@ -125,6 +144,20 @@ class Settings:
     @property
     def default_key_file(self) -> Path:
         return self.config_dir / "repository.key"
+
+    @property
+    def data_given(self) -> bool:
+        """Whether the data path was chosen (option, environment, config file), not found."""
+        return self.data is not None and not self.data_found_at
+
+    def no_data(self) -> DataNotFound:
+        """The error of a command that needs a data folder when none is set or found."""
+        looked = ", ".join(f"{c.path} ({c.where})" for c in self.data_candidates)
+        return DataNotFound(
+            "no data folder is set and no Pieces OS data folder exists at "
+            f"{looked or 'a known place on this system'}: choose one with --data PATH "
+            "(or CLOUDKEEP_DATA), or run 'cloudkeep setup'"
+        )
 
 
 def _read_passphrase_file(path: Path) -> str:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -68,6 +68,11 @@ class BackupInfo:
     fetched_bytes: int = 0
     # Set by an in-place restore: where the data it replaced is kept ("" if nothing was).
     undo_path: str = ""
+    # The data path the backup was made of, as its manifest says (store text: not a path
+    # to use here, and printed only through ``shown``-style sanitising).
+    source: str = ""
+    # Set by a restore: the folder (or file) it restored into.
+    restored_to: str = ""
 
     @classmethod
     def of(cls, manifest: Manifest) -> BackupInfo:
@@ -81,6 +86,7 @@ class BackupInfo:
             platform=manifest.platform,
             warnings=tuple(manifest.warnings),
             added_bytes=manifest.added_bytes,
+            source=manifest.source,
         )
 
 
@@ -94,6 +100,7 @@ class Workspace:
         self._trust = TrustStore(settings.config_dir)
         # Set when this workspace created the repository (it may lose a creation race).
         self._created_here = False
+        self._said_found: Path | None = None
 
     # ------------------------------------------------------------------ opening
     @property
@@ -254,9 +261,7 @@ class Workspace:
     ) -> BackupInfo:
         """Back up the data folder; ``time`` is recorded as the backup's time (and id)
         instead of the clock's (a naive time is local time; ``UserError`` if far off)."""
-        data = self.settings.data
-        if self.settings.data_is_default:
-            data.mkdir(parents=True, exist_ok=True)
+        data = self._data_to_back_up()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
             from cloudkeep.backups.archiver import Archiver, backup_time_us  # while Argon2 runs
@@ -286,23 +291,55 @@ class Workspace:
         archiver = Archiver(self.repository(), scratch, progress, cancel, time_us)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
-    def list(self) -> list[BackupInfo]:
-        try:
-            repo = self.repository()
-        except RepositoryNotFound:
-            return []
+    def list(self, device: str | None = None) -> list[BackupInfo]:
+        """Every readable backup (of ``device`` only, if given), newest first.
+
+        Raises ``RepositoryNotFound`` when the store holds no repository: a mistyped
+        store is not an empty one.
+        """
+        from cloudkeep.backups.catalog import id_time
+
+        manifests = self._manifests(self.repository())
+        infos = [
+            BackupInfo.of(manifest)
+            for manifest in manifests
+            if device is None or manifest.device_name == device
+        ]
+        infos.sort(key=lambda info: id_time(info.id), reverse=True)
+        return infos
+
+    def _manifests(self, repo: Repository) -> Sequence[Manifest]:
+        """Every readable manifest; what could not be read is said, not raised."""
         from cloudkeep.backups.catalog import load_manifests
 
         manifests, broken = load_manifests(repo)
-        infos = [BackupInfo.of(manifest) for manifest in manifests]
         for name, reason in broken.items():
             self._notice(f"warning: skipped backup {name}: {reason}")
         for name in repo.ignored:
             self._notice(
                 f"warning: ignored {shown(name)} in the store: not the name of a cloudkeep object"
             )
-        infos.sort(key=lambda info: int(info.timestamp), reverse=True)
-        return infos
+        return manifests
+
+    def resolve(self, text: str, device: str | None = None) -> str:
+        """The id of the backup ``text`` names: an id, a unique prefix of one, or
+        ``latest`` (of ``device`` if given; see ``catalog.choose_latest``).
+
+        ``AmbiguousBackupId`` when it names several, ``BackupNotFound`` when none.
+        The Pieces endpoints take exact ids only and never call this.
+        """
+        from cloudkeep.backups.catalog import LATEST, choose_latest, match_prefix
+
+        repo = self.repository()
+        where = self.storage.describe()
+        if text == LATEST:
+            latest = choose_latest(self._manifests(repo), self.settings.device_name, device)
+            return latest.id
+        if device is not None:
+            raise UserError(
+                "--device chooses among the backups for 'latest'; an id names one backup"
+            )
+        return match_prefix(repo.list_backups(), text, where)
 
     def manifest(self, backup_id: str, repo: Repository | None = None) -> Manifest:
         from cloudkeep.backups.catalog import load_manifest
@@ -341,7 +378,12 @@ class Workspace:
 
             repo = self.repository(opening=opening)
         manifest = self.manifest(backup_id, repo)
-        live = self.live_path()
+        if target is None:
+            live = self._restore_path(manifest)
+        else:  # the live data only lends chunks; without any, all are fetched
+            data = self.data_path()
+            live = target if data is None else self._real(data)
+            reuse_local = reuse_local and data is not None
         if target is None and manifest.kind == "folder" and live.is_file():
             raise UserError(
                 f"backup {backup_id} holds a folder but the data path {live} is a file; "
@@ -373,11 +415,76 @@ class Workspace:
             fetched_bytes=restorer.fetched_bytes,
             undo_path=undo,
             warnings=tuple(restorer.warnings),  # the restore's own, not the backup's
+            restored_to=str(target or self.settings.data or live),
         )
 
+    # ---------------------------------------------------------------- data path
+    def data_path(self, doing: str = "using") -> Path | None:
+        """The data path: the one given, else the Pieces OS folder found (looked for
+        again when none was at start: a server outlives an install of Pieces OS), said
+        once as "<doing> the Pieces OS data folder ... (found at ...)"."""
+        settings = self.settings
+        if settings.data is not None:
+            found, where = settings.data, settings.data_found_at
+        else:
+            from cloudkeep.settings import find_data
+
+            candidate = find_data(settings.data_candidates)
+            if candidate is None:
+                return None
+            found, where = candidate.path, candidate.where
+        if where and self._said_found != found:
+            self._said_found = found
+            self._notice(f"{doing} the Pieces OS data folder {found} (found at {where})")
+        return found
+
+    def _data_to_back_up(self) -> Path:
+        data = self.data_path("backing up")
+        if data is None:
+            raise self.settings.no_data()
+        return data
+
+    def _restore_path(self, manifest: Manifest) -> Path:
+        """Where an in-place restore of ``manifest`` goes.
+
+        A data path given is used as it is. Otherwise only a backup of a Pieces OS
+        folder is restored, into this system's Pieces OS folder: the one found, or on a
+        new machine the first place Pieces OS keeps it (made). The manifest's path is
+        a key holder's text and never becomes a local path.
+        """
+        if self.settings.data_given:
+            return self.live_path()
+        from cloudkeep.platform import is_pieces_data_path
+
+        if manifest.kind != "folder" or not is_pieces_data_path(manifest.source):
+            raise UserError(
+                f"backup {manifest.id} is of {shown(manifest.source)}, not a Pieces OS data "
+                "folder, and no data path is set here: restore it with --data PATH (replaces "
+                "that folder) or --target PATH (a new folder)"
+            )
+        data = self.data_path("restoring into")
+        if data is not None:
+            return self._real(data)
+        if not self.settings.data_candidates:
+            raise self.settings.no_data()
+        first = self.settings.data_candidates[0]
+        self._notice(
+            f"no Pieces OS data folder on this machine: restoring into {first.path} ({first.where})"
+        )
+        return first.path
+
     def live_path(self) -> Path:
-        """The data path a restore writes to: where a symlinked data path points."""
-        data = self.settings.data
+        """The data path a restore writes to: where a symlinked data path points.
+
+        ``DataNotFound`` when no data path is set and no Pieces OS folder exists.
+        """
+        data = self.data_path()
+        if data is None:
+            raise self.settings.no_data()
+        return self._real(data)
+
+    @staticmethod
+    def _real(data: Path) -> Path:
         return Path(os.path.realpath(data)) if data.is_symlink() else data
 
     def undo_restore(self, force: bool = False) -> Path:

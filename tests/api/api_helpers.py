@@ -147,8 +147,10 @@ def launch(
     args: tuple[str, ...] = (),
     via_cli: bool = False,
     env: dict[str, str] | None = None,
+    with_data: bool = True,
 ) -> ApiServer:
-    """Start a server process rooted at ``root`` and wait until it is healthy."""
+    """Start a server process rooted at ``root`` and wait until it is healthy
+    (``with_data`` False: without ``--data``, HOME set to an empty ``root/home``)."""
     data_dir = root / "data"
     store_dir = root / "store"
     config_dir = root / "config"
@@ -166,8 +168,12 @@ def launch(
     )
     if passphrase is not None:
         environment["CLOUDKEEP_PASSPHRASE"] = passphrase
+    if not with_data:
+        environment["HOME"] = str(root / "home")
+        environment.pop("XDG_DATA_HOME", None)
     environment.update(env or {})
-    common = ["--data", str(data_dir), "--store", store]
+    common = ["--data", str(data_dir)] if with_data else []
+    common += ["--store", store]
     if via_cli:
         command = [sys.executable, "-m", "cloudkeep", *common, "serve", "--port", str(port), *args]
     else:

@@ -24,7 +24,10 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("CLOUDKEEP_CONFIG_DIR", str(home / "config"))
     monkeypatch.setenv("CLOUDKEEP_CACHE_DIR", str(home / "cache"))
+    # No Pieces OS data folder of the real user is ever found (or restored into).
+    monkeypatch.setenv("HOME", str(home))
     for name in (
+        "XDG_DATA_HOME",
         "CLOUDKEEP_DATA",
         "CLOUDKEEP_STORE",
         "CLOUDKEEP_PASSPHRASE",

@@ -164,9 +164,11 @@ def test_unreachable_store_exits_3_in_bounded_time(data_dir: Path, cli) -> None:
 def test_missing_repository_is_a_clear_error(data_dir: Path, tmp_path: Path, cli) -> None:
     store = (tmp_path / "empty-store").as_uri()
     env = {"CLOUDKEEP_PASSPHRASE": PASSPHRASE}
-    listed = cli(*_args(data_dir, store), "list", "--json", env=env)
-    assert listed.code == 0 and json.loads(listed.stdout) == {"iterable": []}
-    _one_line_error(cli(*_args(data_dir, store), "check", env=env), 1, "no cloudkeep repository")
+    # A mistyped store is not an empty one: list says so (it used to print no backups).
+    for args in (["list"], ["list", "--json"], ["check"], ["restore", "latest"]):
+        result = cli(*_args(data_dir, store), *args, env=env)
+        _one_line_error(result, 1, "no cloudkeep repository at", "check the store URL")
+        assert result.stdout == ""
 
 
 def test_passphrase_never_appears_in_output(data_dir: Path, tmp_path: Path, cli) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.errors import BackupNotFound, Canceled
+from cloudkeep.errors import BackupNotFound, Canceled, RepositoryNotFound
 from cloudkeep.operations import (
     Backup,
     BackupResult,
@@ -64,7 +64,8 @@ def test_a_canceled_operation_does_not_start(workspace: Workspace) -> None:
     cancel.set()
     with pytest.raises(Canceled):
         run(Backup(), workspace, cancel=cancel)
-    assert workspace.list() == []
+    with pytest.raises(RepositoryNotFound):  # not even the repository was made
+        workspace.list()
 
 
 def test_operations_are_frozen_picklable_requests() -> None:

@@ -26,6 +26,7 @@ from cloudkeep.errors import (
     CloudkeepError,
     ConfigurationError,
     DataInUse,
+    DataNotFound,
     FormatTooNew,
     KeyMissing,
     RepositoryChanged,
@@ -60,6 +61,9 @@ RETRY_AFTER = 30
 HTTP_STATUSES: dict[type, int] = {
     CloudkeepError: 400,
     ConfigurationError: 511,
+    # Nothing to back up here (yet): the server's state, not the request, is at fault,
+    # and it ends without a restart once Pieces OS makes its folder (looked for each time).
+    DataNotFound: 503,
     RepositoryNotFound: 511,
     WrongPassphrase: 511,
     KeyMissing: 511,
@@ -90,6 +94,11 @@ _HINTS: tuple[tuple[type[CloudkeepError], str], ...] = (
         KeyMissing,
         "Start the server with the repository's passphrase "
         "(CLOUDKEEP_PASSPHRASE names the file holding it).",
+    ),
+    (
+        DataNotFound,
+        "Install and start Pieces OS (it makes its data folder), or start the server "
+        "with --data PATH (CLOUDKEEP_DATA) or after 'cloudkeep setup'.",
     ),
     (
         ConfigurationError,

@@ -221,6 +221,13 @@ def serve(
     if key_file is not None:
         warn_if_exposed(key_file, _warn)
     raise_descriptor_limit(_WANTED_DESCRIPTORS)
+    if settings.data is None:
+        announce(f"warning: {settings.no_data()}; backups fail (503) until there is one")
+    elif settings.data_found_at:
+        announce(
+            f"backing up the Pieces OS data folder {settings.data} "
+            f"(found at {settings.data_found_at})"
+        )
     key_dir = app_key_dir or settings.config_dir
     if require_app_key and not AppKeyVerifier(key_dir).has_keys():
         announce(

@@ -66,7 +66,7 @@ def backup(
         print_json(backup_from_info(info).to_json())
     else:
         print(
-            f"backup {info.id} of {ws.settings.data} ({info.bytes:,} bytes) saved to "
+            f"backup {info.id} of {info.source} ({info.bytes:,} bytes) saved to "
             f"{ws.storage.describe()} as device {info.device_name}; "
             f"{info.added_bytes:,} bytes added to the store{_warned(info.warnings)}"
         )
@@ -80,38 +80,83 @@ def _warned(warnings: tuple[str, ...]) -> str:
     return f"; {count} warning{'s' if count > 1 else ''} (see above)"
 
 
+DeviceOption = Annotated[
+    str | None,
+    typer.Option("--device", metavar="NAME", help="Only the backups of this device."),
+]
+
+
 @app.command("list", cls=FastCommand)
-def list_(ctx: typer.Context, json: JsonOption = False) -> None:
+def list_(ctx: typer.Context, device: DeviceOption = None, json: JsonOption = False) -> None:
     """Every backup in the store, all devices, newest first."""
-    infos = workspace(ctx).list()
+    infos = workspace(ctx).list(device)
     if json:
         from cloudkeep.wire import backups_from_infos
 
         print_json(backups_from_infos(infos).to_json())
         return
     if not infos:
-        print("no backups yet")
+        print("no backups yet" if device is None else f"no backups of device {device!r} yet")
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table("id", "created (UTC)", "device", "platform", "bytes", box=None)
+    table = Table(box=None)
+    for name in ("id", "created (UTC)", "device", "data folder"):
+        # Ids and dates are never cut; long device names and folders wrap on a terminal.
+        table.add_column(name, no_wrap=name in ("id", "created (UTC)"), overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("added", justify="right", no_wrap=True)
     for info in infos:
         table.add_row(
             info.id,
             info.created.strftime("%Y-%m-%d %H:%M:%S"),
-            info.device_name,
-            info.platform,
-            f"{info.bytes:,}",
+            # A backup's device and folder are a key holder's text: shown, never markup.
+            Text(_cut(one_line(info.device_name), 100)),
+            Text(_cut(one_line(info.source), 300)),
+            _size(info.bytes),
+            _size(info.added_bytes),
         )
-    Console(highlight=False).print(table)
+    # A pipe gets whole lines (for grep and awk), not the 80 columns of no terminal.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 1000).print(table)
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most ``limit`` characters: a longer text keeps its end (a path's telling part)."""
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+
+
+def _size(count: int) -> str:
+    """Bytes in binary units, as restic lists them: ``512 B``, ``1.234 MiB``."""
+    if count < 1024:
+        return f"{count} B"
+    size = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.3f} {unit}"
+        size /= 1024
+    return f"{size:.3f} TiB"
 
 
 @app.command(cls=FastCommand)
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[
-        str | None, typer.Argument(metavar="[ID]", help="The backup to restore.")
+        str | None,
+        typer.Argument(
+            metavar="[ID]",
+            help="The backup to restore: its id, a unique beginning of it, or 'latest'.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            metavar="NAME",
+            help="With 'latest': the newest backup of this device (default: this "
+            "device's, or the only device's).",
+        ),
     ] = None,
     target: Annotated[
         str | None,  # not Path: Typer would build a pydantic adapter for it
@@ -144,25 +189,27 @@ def restore(
 
     Chunks the live data still holds unchanged (checked against the backup) are
     taken from it; only the others are fetched from the store. What an in-place
-    restore replaces is kept beside the data as <name>.cloudkeep-undo.
+    restore replaces is kept beside the data as <name>.cloudkeep-undo. Without a
+    data path, a backup of a Pieces OS folder goes to this system's Pieces OS folder.
     """
     from cloudkeep.errors import UserError
     from cloudkeep.operations import Restore, run
 
     ws = workspace(ctx)
     if undo:
-        if backup_id or target or fetch_all or json:
-            raise UserError("--undo takes no backup id, --target, --fetch-all or --json")
+        if backup_id or target or fetch_all or json or device:
+            raise UserError("--undo takes no backup id, --target, --device, --fetch-all or --json")
         kept = ws.undo_restore(force=force)
-        print(f"put back the data the last restore replaced into {ws.settings.data}")
+        print(f"put back the data the last restore replaced into {ws.data_path()}")
         notice(f"the restored data is now kept in {kept}; 'cloudkeep restore --undo' again redoes")
         return
     if not backup_id:
         raise UserError(
-            "Missing argument 'ID': name the backup to restore (see 'cloudkeep list'), or --undo"
+            "Missing argument 'ID': name the backup to restore (see 'cloudkeep list'), "
+            "'latest', or --undo"
         )
     operation = Restore(
-        backup_id,
+        ws.resolve(backup_id, device),
         Path(target).absolute() if target else None,
         force=force,
         reuse_local=not fetch_all,
@@ -176,7 +223,7 @@ def restore(
 
         print_json(backup_from_info(info).to_json())
     else:
-        print(f"restored backup {info.id} into {target or ws.settings.data}")
+        print(f"restored backup {info.id} into {info.restored_to}")
         if info.reused_bytes:
             notice(
                 f"{info.reused_bytes:,} bytes came from the live data, "
@@ -193,7 +240,10 @@ def restore(
 def delete(
     ctx: typer.Context,
     backup_ids: Annotated[
-        list[str], typer.Argument(metavar="ID...", help="The backups to delete.")
+        list[str],
+        typer.Argument(
+            metavar="ID...", help="The backups to delete: ids or unique beginnings of them."
+        ),
     ],
 ) -> None:
     """Delete backups and free the space no other backup uses (one prune).
@@ -202,9 +252,11 @@ def delete(
     """
     from cloudkeep.operations import Delete, run
 
-    first, *others = backup_ids
-    pruned = run(Delete(first, tuple(others)), workspace(ctx)).pruned
-    for backup_id in dict.fromkeys(backup_ids):
+    ws = workspace(ctx)
+    resolved = [ws.resolve(backup_id) for backup_id in backup_ids]
+    first, *others = resolved
+    pruned = run(Delete(first, tuple(others)), ws).pruned
+    for backup_id in dict.fromkeys(resolved):
         print(f"deleted backup {backup_id}")
     if pruned is None:
         notice("other clients are using the repository: a later prune frees the space")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cloudkeep.platform._common import (
@@ -20,11 +20,15 @@ from cloudkeep.platform._common import (
     O_DIRECTORY,
     O_NOFOLLOW,
     O_NONBLOCK,
+    PIECES_FOLDER_TAIL,
+    DataCandidate,
     DirectIOUnsupported,
     Folders,
     buffer_address,
     default_folders,
+    is_pieces_data_path,
     os_label,
+    pieces_data_candidates,
     refusal_is_unsupported,
 )
 from cloudkeep.platform._folders import WINDOWS_NAMES, Folder, UnsafeName, unsafe_name
@@ -201,6 +205,12 @@ def user_folders(app: str) -> Folders:
     return default_folders(sys.platform, os.environ, str(Path.home()), app)
 
 
+def pieces_data_folders(environ: Mapping[str, str] | None = None) -> tuple[DataCandidate, ...]:
+    """Where Pieces OS keeps its data folder on this system, most likely first."""
+    env = os.environ if environ is None else environ
+    return pieces_data_candidates(sys.platform, env, str(Path.home()))
+
+
 def system_label() -> str:
     """This system as a backup records it: LINUX, MACOS, WINDOWS or UNKNOWN."""
     return os_label(sys.platform)
@@ -269,9 +279,11 @@ __all__ = [
     "O_DIRECTORY",
     "O_NOFOLLOW",
     "O_NONBLOCK",
+    "PIECES_FOLDER_TAIL",
     "PORTABLE",
     "SQLITE_IN_PLACE",
     "WINDOWS_NAMES",
+    "DataCandidate",
     "DirectIOUnsupported",
     "Folder",
     "Folders",
@@ -281,6 +293,7 @@ __all__ = [
     "default_folders",
     "exchange_paths",
     "fsync_dir",
+    "is_pieces_data_path",
     "keep_freed_memory",
     "link_new",
     "lower_priority",
@@ -292,6 +305,8 @@ __all__ = [
     "open_nofollow",
     "os_label",
     "owned_by_me",
+    "pieces_data_candidates",
+    "pieces_data_folders",
     "pread",
     "preadv",
     "preallocate",

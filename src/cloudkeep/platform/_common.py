@@ -116,6 +116,55 @@ def default_folders(system: str, environ: Mapping[str, str], home: str, app: str
     )
 
 
+@dataclass(frozen=True)
+class DataCandidate:
+    """A place the Pieces OS data folder may be, and which one (``where``, for messages)."""
+
+    path: Path
+    where: str
+
+
+#: The last two names of every Pieces OS data folder, whatever the system.
+PIECES_FOLDER_TAIL = ("com.pieces.os", "production")
+
+
+def pieces_data_candidates(
+    system: str, environ: Mapping[str, str], home: str
+) -> tuple[DataCandidate, ...]:
+    """Where Pieces OS keeps its data folder on ``system`` ("linux", "darwin", "win32"),
+    most likely first: pure path logic from ``home`` and ``environ``.
+
+    macOS ``~/Library``; Windows ``~/Documents``, then the installer's folder under
+    ``%LOCALAPPDATA%``; Linux and other Unixes ``$XDG_DATA_HOME`` when it is set (and
+    absolute, as the XDG specification says), then ``~/.local/share``.
+    """
+    tail = PIECES_FOLDER_TAIL
+    if system == "win32":
+        local = environ.get("LOCALAPPDATA") or ntpath.join(home, "AppData", "Local")
+        installed = ntpath.join(local, "Mesh Intelligent Technologies, Inc", "Pieces OS", *tail)
+        return (
+            DataCandidate(Path(ntpath.join(home, "Documents", *tail)), "the Windows location"),
+            DataCandidate(Path(installed), "the Windows %LOCALAPPDATA% location"),
+        )
+    if system == "darwin":
+        path = posixpath.join(home, "Library", *tail)
+        return (DataCandidate(Path(path), "the macOS location"),)
+    default = posixpath.join(home, ".local", "share", *tail)
+    xdg = environ.get("XDG_DATA_HOME", "")
+    found: list[DataCandidate] = []
+    if posixpath.isabs(xdg) and posixpath.normpath(posixpath.join(xdg, *tail)) != default:
+        found.append(DataCandidate(Path(xdg, *tail), "the Linux location in $XDG_DATA_HOME"))
+    found.append(DataCandidate(Path(default), "the Linux location"))
+    return tuple(found)
+
+
+def is_pieces_data_path(text: str) -> bool:
+    """Whether ``text`` (a path recorded on any system, ``/`` or ``\\`` separated) names
+    a Pieces OS data folder: it ends in ``com.pieces.os/production`` (any case)."""
+    names = [name for name in text.replace("\\", "/").split("/") if name]
+    return tuple(name.casefold() for name in names[-2:]) == PIECES_FOLDER_TAIL
+
+
 def os_label(system: str) -> str:
     """The operating system as a backup records it: LINUX, MACOS, WINDOWS or UNKNOWN."""
     if system.startswith("linux"):

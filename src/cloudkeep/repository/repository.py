@@ -239,8 +239,8 @@ class Repository:
             raw = read_bounded(storage, "config", MAX_STORED_SIZE["config"])
         except ObjectNotFound as exc:
             raise RepositoryNotFound(
-                f"no cloudkeep repository at {storage.describe()} "
-                "(run 'cloudkeep init' or 'cloudkeep backup' to create one)"
+                f"no cloudkeep repository at {storage.describe()}: check the store URL "
+                "(and its prefix), or run 'cloudkeep backup' or 'cloudkeep init' to create one"
             ) from exc
         try:
             config = parse_json(raw)
