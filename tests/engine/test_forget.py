@@ -167,8 +167,8 @@ def test_delete_of_several_ids_prunes_once(  # type: ignore[no-untyped-def]
     assert result.pruned.packs_deleted == 2 and len(counting.locks) == 1
 
     args = ["--data", str(data), "--store", store]
-    unknown = cli(*args, "delete", ids[2], "0.1.0_1", env=ENV)
-    assert unknown.code == 1 and "no backup 0.1.0_1" in unknown.stderr
+    unknown = cli(*args, "delete", ids[2], "9.9.9_1", env=ENV)
+    assert unknown.code == 1 and "no backup 9.9.9_1" in unknown.stderr
     assert (tmp_path / "store" / "snapshots" / ids[2]).exists()  # one unknown: none deleted
     both = cli(*args, "delete", ids[2], ids[3], env=ENV)
     assert both.code == 0, both.stderr
