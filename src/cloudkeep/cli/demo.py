@@ -92,16 +92,16 @@ def _progress(
 
 
 def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):,.1f} MiB" if size else ""
+    return f"{size / (1024 * 1024):,.1f}" if size else ""
 
 
 def _print_figures(out: "Console", report: "DemoReport", kept: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None)
-    table.add_column("step")
-    for name in ("seconds", "data", "added", "store", "ratio"):
-        table.add_column(name, justify="right")
+    table.add_column("step", no_wrap=True)
+    for name in ("s", "data MiB", "added MiB", "store MiB", "ratio"):
+        table.add_column(name, justify="right", no_wrap=True)
     for number, step in enumerate(report.steps, 1):
         table.add_row(
             f"{number}. {step.title}",
@@ -111,12 +111,12 @@ def _print_figures(out: "Console", report: "DemoReport", kept: bool) -> None:
             _mib(step.store_bytes),
             f"{step.ratio:.1f}x" if step.ratio else "",
         )
-    table.add_row("all", f"{report.seconds:.1f}")
+    table.add_row("all steps", f"{report.seconds:.1f}")
     out.print()
     out.print(table, soft_wrap=False)
     out.print(
-        "added: what the backup added to the store; ratio: bytes backed up over the "
-        "store's size (dedup and compression).",
+        "s: seconds; added: what the backup added to the store; ratio: bytes backed up "
+        "over the store's size (dedup and compression).",
         markup=False,
     )
     outcome = "verified" if report.verified else "NOT verified"
