@@ -34,11 +34,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from cloudkeep.errors import UserError
+from cloudkeep.errors import CloudkeepError, UserError
 
 if TYPE_CHECKING:
     from cloudkeep.settings import Settings
@@ -440,7 +440,7 @@ class LiveWriter:
         self._process = None
         out, err = process.communicate(timeout=60)  # closes its stdin: the signal to stop
         if process.returncode != 0 or not out.strip().isdigit():
-            raise UserError(f"the demo's live writer failed: {_last_line(err)}")
+            raise CloudkeepError(f"the demo's live writer failed: {_last_line(err)}")
         return int(out)
 
     def _fail(self) -> None:
@@ -449,7 +449,7 @@ class LiveWriter:
         assert process is not None
         process.kill()
         _, err = process.communicate()
-        raise UserError(f"the demo's live writer did not start: {_last_line(err)}")
+        raise CloudkeepError(f"the demo's live writer did not start: {_last_line(err)}")
 
     def __exit__(self, *exc: object) -> None:
         process = self._process
@@ -507,14 +507,14 @@ def workstream_state(database: Path) -> tuple[int, bool]:
 
 
 # ------------------------------------------------------------------ a change
-#: (database, table, column, kind of new value) of the rows a day of use changes.
+#: (database, table, which rows, column, kind of new value) of what a day of use changes.
 _CHANGES = (
-    ("Assets/assets.db", "assets", "metadata", "json"),
-    ("Assets/assets.db", "formats", "text", "code"),
-    ("Search/vectors.db", "embeddings", "vector", "vector"),
-    (LIVE_DATABASE, "events", "text", "code"),
-    ("Conversations/copilot.db", "messages", "text", "code"),
-    ("Settings/settings.db", "settings", "value", "json"),
+    ("Assets/assets.db", "assets", "1", "metadata", "json"),
+    ("Assets/assets.db", "formats", "classification = 'code'", "text", "code"),
+    ("Search/vectors.db", "embeddings", "1", "vector", "vector"),
+    (LIVE_DATABASE, "events", "1", "text", "code"),
+    ("Conversations/copilot.db", "messages", "1", "text", "code"),
+    ("Settings/settings.db", "settings", "1", "value", "json"),
 )
 
 
@@ -525,10 +525,10 @@ def change_rows(folder: AppFolder, fraction: float = 0.01, seed: int = 3) -> int
     rnd = random.Random(seed)
     text = _Text(rnd, pool_lines=1000)
     changed = 0
-    for database, table, column, kind in _CHANGES:
+    for database, table, which, column, kind in _CHANGES:
         db = sqlite3.connect(folder.root / database, isolation_level=None)
         try:
-            ids = [row[0] for row in db.execute(f"SELECT rowid FROM {table}")]
+            ids = [row[0] for row in db.execute(f"SELECT rowid FROM {table} WHERE {which}")]
             picked = rnd.sample(ids, max(1, round(len(ids) * fraction)))
             for start in range(0, len(picked), 100):
                 db.execute("BEGIN")
@@ -548,7 +548,7 @@ def change_rows(folder: AppFolder, fraction: float = 0.01, seed: int = 3) -> int
     return changed
 
 
-def _new_value(rnd: random.Random, text: _Text, kind: str, column: str) -> str | bytes | None:
+def _new_value(rnd: random.Random, text: _Text, kind: str, column: str) -> str | bytes:
     if kind == "vector":
         return rnd.randbytes(EMBEDDING_BYTES)
     if kind == "json":
@@ -713,7 +713,7 @@ class DemoReport:
     fetched_bytes: int
     verified: bool
     problems: tuple[str, ...]
-    seconds: float = field(default=0.0)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
