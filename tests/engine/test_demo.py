@@ -71,6 +71,11 @@ def test_demo_tells_the_story_and_leaves_nothing_behind(newcomer: dict[str, str]
 
 
 def test_demo_json_figures_add_up(newcomer: dict[str, str], tmp_path: Path) -> None:
+    # The user's own settings are neither read nor changed (a broken one included).
+    config = Path(newcomer["HOME"]) / ".config" / "cloudkeep"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text("store = [not toml\n")
+    (config / "repository.key").write_text("the user's own key\n")
     folder = tmp_path / "demo"
     done = _demo(newcomer, "--json", "--path", str(folder))
     assert done.returncode == 0, done.stderr
@@ -102,7 +107,14 @@ def test_demo_json_figures_add_up(newcomer: dict[str, str], tmp_path: Path) -> N
     key = folder / "laptop" / "config" / "repository.key"
     if os.name == "posix":
         assert key.stat().st_mode & 0o777 == 0o600
-    assert _written(Path(newcomer["HOME"])) == []
+    assert key.read_text() != "the user's own key\n"
+    assert _written(Path(newcomer["HOME"])) == [
+        ".config",
+        ".config/cloudkeep",
+        ".config/cloudkeep/config.toml",
+        ".config/cloudkeep/repository.key",
+    ]
+    assert (config / "repository.key").read_text() == "the user's own key\n"
 
 
 def test_demo_refuses_a_folder_in_use_in_one_line(newcomer: dict[str, str], tmp_path: Path) -> None:
