@@ -75,6 +75,8 @@ def main(
     ] = False,
 ) -> None:
     """Keep a local database backed up to storage you own."""
+    if ctx.invoked_subcommand == "demo":  # self-contained: reads none of the user's settings
+        return
     ctx.obj = Settings.resolve(data, store, passphrase_file, device_name)
 
 
