@@ -800,12 +800,13 @@ def run_demo(
     began = time.perf_counter()
     timer = _Timer(started, finished)
     store = (root / "store").as_uri()
-    laptop = _settings(root, "laptop", root / "laptop" / "production", store)
+    data = root / "laptop" / "production"
+    laptop = _settings(root, "laptop", data, store)
     _write_key(laptop)
     workspace = Workspace(laptop, notice=notice)
 
     with timer.step("make an app folder") as took:
-        folder = build_app_folder(laptop.data, size_mib)
+        folder = build_app_folder(data, size_mib)
         timer.done(
             Step(
                 "build",
@@ -890,7 +891,8 @@ def run_demo(
 
     with timer.step("restore on a new machine") as took:
         # A new machine: its own config and cache, the key kept safe, nothing local.
-        new_machine = _settings(root, "new-machine", root / "new-machine" / "production", store)
+        restored_data = root / "new-machine" / "production"
+        new_machine = _settings(root, "new-machine", restored_data, store)
         new_machine.default_key_file.parent.mkdir(parents=True)
         shutil.copy2(laptop.default_key_file, new_machine.default_key_file)
         fresh = Workspace(new_machine, notice=notice)
@@ -908,7 +910,7 @@ def run_demo(
         )
 
     with timer.step("verify the restore") as took:
-        comparison = compare_folders(folder, new_machine.data)
+        comparison = compare_folders(folder, restored_data)
         rows = f"{comparison.rows:,} rows and {comparison.files} files"
         timer.done(
             Step(
