@@ -12,12 +12,11 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cloudkeep.operations import ProgressFn
-
 if TYPE_CHECKING:
     from rich.console import Console
 
     from cloudkeep.operations import Progress as Report
+    from cloudkeep.operations import ProgressFn
 
 
 @functools.cache
