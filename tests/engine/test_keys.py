@@ -329,7 +329,7 @@ def test_two_devices_removing_each_others_key_at_once_leave_one(tmp_path: Path) 
         thread.join()
     succeeded = [name for name, done in results.items() if done.returncode == 0]
     assert len(succeeded) <= 1, {n: d.stderr for n, d in results.items()}
-    for name, done in results.items():
+    for done in results.values():
         if done.returncode:
             one_line_error(done)
     left = _key_names(store)
@@ -362,14 +362,8 @@ def test_key_add_stops_at_the_keys_a_device_tries_and_errors_are_one_line(tmp_pa
     (keys / ("ab" * 16)).write_bytes(b"[" * 4000)  # a hostile key file is listed, unusable
     listed = laptop.keys("--passphrase-file", str(old))
     assert {k["usable"] for k in listed} == {True, False}
-    assert (
-        "last key" not in laptop.run("--passphrase-file", str(old), "key", "remove", "abab").stderr
-    )
-    assert (
-        "last key"
-        in one_line_error(
-            laptop.run("--passphrase-file", str(old), "key", "remove", original.name[:8])
-        )
-        or "opened the repository with"
-        in laptop.run("--passphrase-file", str(old), "key", "remove", original.name[:8]).stderr
+    removed = laptop.run("--passphrase-file", str(old), "key", "remove", "abab")
+    assert removed.returncode == 0, removed.stderr
+    assert "last key" in one_line_error(
+        laptop.run("--passphrase-file", str(old), "key", "remove", original.name[:8])
     )
