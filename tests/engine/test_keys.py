@@ -45,8 +45,9 @@ class Device:
         self.data.mkdir(parents=True, exist_ok=True)
         (self.data / "notes.txt").write_text("the data of " + root.name)
 
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
+    def env(self, drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+        """The environment of a run: no CLOUDKEEP_ variable of ours, none of ``drop``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDKEEP_", *drop))}
         env.update(
             HOME=str(self.home),
             CLOUDKEEP_CONFIG_DIR=str(self.config),
@@ -59,13 +60,13 @@ class Device:
         return env
 
     def run(
-        self, *args: str, stdin: str | None = None, **extra: str
+        self, *args: str, stdin: str | None = None, drop: tuple[str, ...] = (), **extra: str
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "cloudkeep", *args],
             capture_output=True,
             text=True,
-            env=self.env(**extra),
+            env=self.env(drop, **extra),
             input=stdin,
             timeout=120,
             cwd=self.home,

@@ -147,7 +147,6 @@ def setup(
     data_path = _choose_data(ask, data or _given(ctx, "data") or default_data_folder(settings))
     url, exists = _choose_store(ask, store or _given(ctx, "store") or current.store, settings)
     key = _choose_key(ctx, ask, exists, passphrase_file, generate_key, settings)
-    key, created, repository_id = _connect(ask, exists, key, settings, data_path, url)
     chosen_schedule = _choose_schedule(ask, schedule, current.schedule, first)
     retention = _choose_retention(
         ask,
@@ -164,6 +163,8 @@ def setup(
         },
     )
     on_failure = _on_failure(current.on_failure, on_failure_command, on_failure_webhook)
+    # Everything is chosen and valid: only now is the repository joined or created.
+    key, created, repository_id = _connect(ask, exists, key, settings, data_path, url)
     saved_key = _save_key(key, settings)
     config = current.with_changes(
         data=str(data_path),
@@ -295,7 +296,9 @@ def _ask_key(exists: bool, kept: "_Key | None", default_key: Path) -> _Key:
     choices["type"] = "type a passphrase"
     for name, meaning in choices.items():
         notice(f"{name}: {meaning}")
-    answer = typer.prompt("Key", default=next(iter(choices)), type=typer.Choice(list(choices)))
+    answer = ""
+    while answer not in choices:
+        answer = str(typer.prompt(f"Key ({', '.join(choices)})", default=next(iter(choices))))
     if answer == "keep" and kept is not None:
         return kept
     if answer == "generate":
