@@ -6,6 +6,7 @@ methods; all of them block, so the server runs them in worker threads.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -474,7 +475,7 @@ class Workspace:
         with self._open_lock:
             return self._open()
 
-    def list_keys(self) -> tuple[list[KeyInfo], int, str | None]:
+    def list_keys(self) -> tuple[builtins.list[KeyInfo], int, str | None]:
         """The key files, how many more were not read, and the one this device uses."""
         repo = self._key_repository()
         infos, unread = repo.list_keys()
@@ -512,7 +513,7 @@ class Workspace:
             left = f"{exc}"
         return KeyChange(name, old, saved, left)
 
-    def recovery_text(self) -> tuple[str, list[str]]:
+    def recovery_text(self) -> tuple[str, builtins.list[str]]:
         """(repository id, the numbered lines of its recovery text)."""
         from cloudkeep.repository.keys import recovery_lines
 

@@ -239,7 +239,7 @@ def _read_recovery_text(recovery_file: str | None) -> str:
     if recovery_file == "-" or not sys.stdin.isatty():
         return sys.stdin.read(64 * 1024)
     notice("type or paste the recovery text's numbered lines, then an empty line")
-    lines = []
+    lines: list[str] = []
     for line in sys.stdin:
         if not line.strip() and lines:
             break

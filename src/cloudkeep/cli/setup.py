@@ -363,11 +363,13 @@ def _choose_retention(
     from cloudkeep.config import Retention
 
     policy = Retention.parse(DEFAULT_RETENTION) if first else current
-    changes = {name: value for name, value in flags.items() if value is not None}
+    changes: dict[str, Any] = {
+        name: value or (None if name == "within" else 0)
+        for name, value in flags.items()
+        if value is not None
+    }
     if changes:
-        return replace(
-            policy, **{k: v or (None if k == "within" else 0) for k, v in changes.items()}
-        )
+        return replace(policy, **changes)
     if not ask:
         return policy
     while True:
