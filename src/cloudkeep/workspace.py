@@ -22,6 +22,7 @@ from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
     BackupNotFound,
     Busy,
+    ConfigurationError,
     DataInUse,
     KeyMissing,
     KeyRefused,
@@ -105,6 +106,8 @@ class Workspace:
 
     def _known_passphrase(self) -> str | None:
         """The passphrase given or in the default key file; None if there is neither."""
+        if self.settings.passphrase_problem:
+            raise ConfigurationError(self.settings.passphrase_problem)
         if self.settings.passphrase:
             if self.settings.passphrase_file is not None:
                 warn_if_exposed(self.settings.passphrase_file, self._notice)

@@ -368,3 +368,30 @@ def test_key_add_stops_at_the_keys_a_device_tries_and_errors_are_one_line(tmp_pa
     assert "last key" in one_line_error(
         laptop.run("--passphrase-file", str(old), "key", "remove", original.name[:8])
     )
+
+
+def test_recovery_when_the_configured_passphrase_file_is_lost(tmp_path: Path) -> None:
+    """Every command needs the configured passphrase file, but `key recover` (and
+    `config show`) run without it, and the next runs read the new one."""
+    store = (tmp_path / "store").as_uri()
+    laptop = Device(tmp_path / "laptop", store)
+    mine = laptop.passphrase_file("mine.pass", OLD)
+    env = {"CLOUDKEEP_STORE": "", "CLOUDKEEP_DATA": ""}
+    done = laptop.run(
+        "setup", "--yes", "--data", str(laptop.data), "--store", store,
+        "--passphrase-file", str(mine), **env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    recovery = laptop.run("key", "export", **env).stdout
+    mine.unlink()
+    assert "does not exist" in one_line_error(laptop.run("backup", **env))
+    assert "does not exist" in one_line_error(laptop.run("key", "list", **env))
+    shown = laptop.run("config", "show", **env)
+    assert shown.returncode == 0 and "cannot be read" in shown.stdout
+    new = laptop.passphrase_file("new.pass", NEW)
+    recovered = laptop.run(
+        "key", "recover", "--recovery-file", "-", "--new-passphrase-file", str(new),
+        stdin=recovery, **env,
+    )  # fmt: skip
+    assert recovered.returncode == 0, recovered.stderr
+    assert laptop.run("backup", **env).returncode == 0

@@ -75,7 +75,11 @@ def main(
     ] = False,
 ) -> None:
     """Keep a local database backed up to storage you own."""
-    ctx.obj = Settings.resolve(data, store, passphrase_file, device_name)
+    # setup, config and key repair a lost passphrase file: they start without it.
+    repairing = ctx.invoked_subcommand in ("setup", "config", "key")
+    ctx.obj = Settings.resolve(
+        data, store, passphrase_file, device_name, passphrase_optional=repairing
+    )
 
 
 def workspace(ctx: typer.Context) -> "Workspace":

@@ -276,7 +276,7 @@ def _choose_key(
         return _Key("typed", settings.passphrase)
     configured = settings.config.passphrase_file
     kept = None
-    if configured:
+    if configured and settings.passphrase_problem is None:
         kept = _Key("kept", settings.passphrase, Path(configured).expanduser().absolute())
     elif default_key.exists():
         kept = _Key("generated")
@@ -324,6 +324,7 @@ def _connect(
             data_is_default=False,
             passphrase=key.passphrase,
             passphrase_file=key.file if key.kind in ("file", "kept") else None,
+            passphrase_problem=None,
         )
         try:
             created, repository_id = Workspace(chosen, notice).set_up_repository()
@@ -525,7 +526,8 @@ def _passphrase_source(ctx: typer.Context, settings: "Settings") -> tuple[str, s
     """Where the passphrase is read from (never the passphrase itself)."""
     source = _source(ctx, "passphrase_file", "CLOUDKEEP_PASSPHRASE_FILE")
     if settings.passphrase_file is not None:
-        return f"file {settings.passphrase_file}", source or "file"
+        state = " (cannot be read)" if settings.passphrase_problem else ""
+        return f"file {settings.passphrase_file}{state}", source or "file"
     if settings.passphrase is not None:
         return "the passphrase itself (not shown)", "environment (CLOUDKEEP_PASSPHRASE)"
     key_file = settings.default_key_file
