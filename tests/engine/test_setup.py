@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloudkeep.config import OnFailure, Retention, Schedule, load_config
-from tests.engine.test_keys import NEW, OLD, Device, one_line_error
+from tests.engine.test_key_commands import NEW, OLD, Device, one_line_error
 
 
 def _setup(device: Device, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
