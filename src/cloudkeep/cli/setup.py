@@ -224,6 +224,7 @@ def _choose_store(ask: bool, proposed: str | None, settings: "Settings") -> tupl
         url = typer.prompt("Store URL", default=proposed) if ask else proposed
         if not url:
             raise UserError("no store given: pass --store URL (file:///path, s3://bucket/prefix…)")
+        url = _absolute(url)
         try:
             return url, Workspace(replace(settings, store=url), notice).probe_store()
         except CloudkeepError as exc:
@@ -232,6 +233,17 @@ def _choose_store(ask: bool, proposed: str | None, settings: "Settings") -> tupl
                 raise failure from None
             error(f"cloudkeep: error: {failure}")
             proposed = url
+
+
+def _absolute(url: str) -> str:
+    """A plain folder path as the ``file:`` URL of its absolute path: the configuration
+    is read from any working folder."""
+    from cloudkeep.storage.url import file_url, supported_schemes
+
+    if "://" in url or url.split(":", 1)[0].lower() in (*supported_schemes(), "memory"):
+        return url  # a URL, or a mistyped one that opening it explains
+
+    return file_url(os.path.abspath(os.path.expanduser(url.strip())))
 
 
 def _store_failure(url: str, exc: CloudkeepError) -> CloudkeepError:
