@@ -269,3 +269,35 @@ def test_setup_asks_on_a_terminal(tmp_path: Path) -> None:
     assert config.data == str(device.data) and config.schedule == Schedule.parse("hourly")
     assert config.retention == Retention(daily=5)
     assert Path(config.passphrase_file or "").read_text().strip() == NEW
+
+
+def test_a_forbidden_store_is_one_line_and_saves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A moto server that checks signatures: the test's keys are unknown to it (403)."""
+    import urllib.request
+
+    from tests.conftest import start_server
+
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "1")  # the bucket's creation only
+    server = start_server(
+        "moto-auth",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        tmp_path,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{server.port}"
+        request = urllib.request.Request(f"{endpoint}/locked", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        device = Device(tmp_path / "device", "")
+        store = f"s3://locked/p?endpoint={endpoint}&region=us-east-1"
+        done = _setup(
+            device, "--store", store, CLOUDKEEP_STORE="",
+            AWS_ACCESS_KEY_ID="AKIAUNKNOWNTOMOTO", AWS_SECRET_ACCESS_KEY="not-a-real-secret-key",
+        )  # fmt: skip
+        assert "InvalidAccessKeyId" in one_line_error(done, code=3)
+        assert "not-a-real-secret-key" not in done.stderr
+        _nothing_saved(device)
+    finally:
+        server.stop()
