@@ -100,15 +100,16 @@ def key_list(ctx: typer.Context, json: JsonOption = False) -> None:
         )
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(" ", "id", "created (UTC)", "host", box=None)
-    for info in infos:
+    for info in infos:  # created and host are the store's text: never markup
         table.add_row(
             "*" if info.name == current else "",
             info.id[:8],
-            _utc(info.created) if info.usable else "(not a usable key file)",
-            one_line(info.host),
+            escape(_utc(info.created)) if info.usable else "(not a usable key file)",
+            escape(one_line(info.host)),
         )
     Console(highlight=False).print(table)
     if unread:
