@@ -395,3 +395,26 @@ def test_recovery_when_the_configured_passphrase_file_is_lost(tmp_path: Path) ->
     )  # fmt: skip
     assert recovered.returncode == 0, recovered.stderr
     assert laptop.run("backup", **env).returncode == 0
+
+
+def test_a_planted_key_files_text_is_shown_as_text(tmp_path: Path) -> None:
+    laptop = Device(tmp_path / "laptop", (tmp_path / "store").as_uri())
+    old = laptop.passphrase_file("old.pass", OLD)
+    assert laptop.run("--passphrase-file", str(old), "backup").returncode == 0
+    planted = {
+        "version": 1,
+        "kdf": "argon2id",
+        "time_cost": 2,
+        "memory_cost_kib": 64 * 1024,
+        "parallelism": 2,
+        "salt": "c2FsdHNhbHRzYWx0c2FsdA==",
+        "nonce": "bm9uY2Vub25jZQ==",
+        "data": "ZGF0YQ==",
+        "created": "2026-01-01T00:00:00+00:00",
+        "hostname": "[red]evil[/red]\x1b[2J" + "x" * 500,
+    }
+    (tmp_path / "store" / "keys" / ("cd" * 16)).write_text(json.dumps(planted))
+    listed = laptop.run("--passphrase-file", str(old), "key", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "[red]evil[/red]" in listed.stdout and "\x1b" not in listed.stdout
+    assert "x" * 100 not in listed.stdout
