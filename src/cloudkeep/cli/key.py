@@ -5,7 +5,6 @@ passphrases and prints."""
 # No ``from __future__ import annotations``: Typer would compile every option's
 # annotation string again each time it builds the commands.
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -118,6 +117,8 @@ def key_list(ctx: typer.Context, json: JsonOption = False) -> None:
 
 
 def _utc(stamp: str) -> str:
+    from datetime import UTC, datetime
+
     try:
         return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     except ValueError:
@@ -206,6 +207,8 @@ def key_export(
 
 
 def _recovery_document(repository_id: str, store: str, lines: list[str]) -> str:
+    from datetime import UTC, datetime
+
     written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
