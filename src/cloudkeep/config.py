@@ -176,6 +176,35 @@ class Retention:
                     f"keep-within {self.within[:40]!r} is not a duration such as 30d, 2y6m or 12h"
                 )
 
+    @classmethod
+    def parse(cls, text: str) -> Retention:
+        """The policy ``str`` writes (``keep-daily 7, keep-within 30d``; ``keep-`` and the
+        commas optional, ``=`` allowed); ``keep everything`` (or ``all``) is no rule."""
+        words = text.replace(",", " ").replace("=", " ").lower().split()
+        if words in ([], ["keep", "everything"], ["everything"], ["all"]):
+            return cls()
+        if len(words) % 2:
+            raise ConfigurationError(
+                f"the retention {text[:60]!r} is not rules and numbers, e.g. "
+                "keep-daily 7, keep-weekly 4"
+            )
+        rules: dict[str, Any] = {}
+        names = {item.name for item in fields(cls)}
+        for rule, value in zip(words[::2], words[1::2], strict=True):
+            name = rule.removeprefix("keep-")
+            if name not in names or name in rules:
+                raise ConfigurationError(
+                    f"{rule[:20]!r} is not a retention rule (keep-last, -hourly, -daily, "
+                    "-weekly, -monthly, -yearly, -within), or it is given twice"
+                )
+            if name == "within":
+                rules[name] = value
+            elif value.isdigit():
+                rules[name] = int(value)
+            else:
+                raise ConfigurationError(f"keep-{name} {value[:20]!r} is not a whole number")
+        return cls(**rules)
+
     @property
     def within_parts(self) -> tuple[int, int, int, int] | None:
         """keep-within as (years, months, days, hours), or None when unset."""

@@ -44,6 +44,10 @@ class KeyMissing(CloudkeepError):
     """No passphrase or key file is available to open the repository."""
 
 
+class KeyRefused(UserError):
+    """A key change that would lock someone out (the last key, this device's own)."""
+
+
 class FormatTooNew(CloudkeepError):
     """The repository or a backup was written by a newer cloudkeep."""
 

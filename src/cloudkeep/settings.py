@@ -87,6 +87,9 @@ class Settings:
     passphrase_file: Path | None = None
     # The configuration file as read (schedule, retention, failure hooks).
     config: UserConfig = field(default_factory=UserConfig)
+    # Why the passphrase file cannot be read, when ``resolve`` was told to go on
+    # without it (setup and the key commands repair exactly that); raised when needed.
+    passphrase_problem: str | None = None
 
     @classmethod
     def resolve(
@@ -96,6 +99,7 @@ class Settings:
         passphrase_file: str | Path | None = None,
         device_name: str | None = None,
         environ: dict[str, str] | None = None,
+        passphrase_optional: bool = False,
     ) -> Settings:
         env = os.environ if environ is None else environ
         config_dir = Path(env.get("CLOUDKEEP_CONFIG_DIR") or _user_dir("config"))
@@ -111,12 +115,18 @@ class Settings:
         )
         passphrase = None
         passphrase_path = None
+        problem = None
         file_value = passphrase_file or env.get("CLOUDKEEP_PASSPHRASE_FILE")
         if not file_value and not env.get("CLOUDKEEP_PASSPHRASE"):
             file_value = config.passphrase_file
         if file_value:
             passphrase_path = Path(file_value).expanduser().absolute()
-            passphrase = _read_passphrase_file(passphrase_path)
+            try:
+                passphrase = _read_passphrase_file(passphrase_path)
+            except ConfigurationError as exc:
+                if not passphrase_optional:
+                    raise
+                problem = str(exc)
         elif env.get("CLOUDKEEP_PASSPHRASE"):
             passphrase = env["CLOUDKEEP_PASSPHRASE"]
         return cls(
@@ -139,6 +149,7 @@ class Settings:
             data_candidates=candidates,
             passphrase_file=passphrase_path,
             config=config,
+            passphrase_problem=problem,
         )
 
     @property

@@ -6,6 +6,7 @@ methods; all of them block, so the server runs them in worker threads.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -21,8 +22,10 @@ from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
     BackupNotFound,
     Busy,
+    ConfigurationError,
     DataInUse,
     KeyMissing,
+    KeyRefused,
     RepositoryChanged,
     RepositoryDamaged,
     RepositoryExists,
@@ -32,7 +35,7 @@ from cloudkeep.errors import (
 from cloudkeep.repository.trust import Joined, TrustStore
 from cloudkeep.repository.untrusted import shown
 from cloudkeep.settings import Settings, warn_if_exposed
-from cloudkeep.storage.base import ObjectNotFound, Storage
+from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError
 from cloudkeep.storage.limits import limit_concurrency, store_connections
 from cloudkeep.storage.url import open_store
 
@@ -46,9 +49,10 @@ if TYPE_CHECKING:
     from cloudkeep.backups.stats import StoreStats
     from cloudkeep.config import Retention
     from cloudkeep.repository.crypto import MasterKey
+    from cloudkeep.repository.keys import KeyInfo
     from cloudkeep.repository.repository import IndexRebuild, Repository
 
-__all__ = ["BackupInfo", "Progress", "Workspace"]
+__all__ = ["BackupInfo", "KeyChange", "NewPassphrase", "Progress", "Workspace", "save_passphrase"]
 log = logging.getLogger(__name__)
 
 
@@ -112,6 +116,8 @@ class Workspace:
 
     def _known_passphrase(self) -> str | None:
         """The passphrase given or in the default key file; None if there is neither."""
+        if self.settings.passphrase_problem:
+            raise ConfigurationError(self.settings.passphrase_problem)
         if self.settings.passphrase:
             if self.settings.passphrase_file is not None:
                 warn_if_exposed(self.settings.passphrase_file, self._notice)
@@ -594,3 +600,177 @@ class Workspace:
         from cloudkeep.backups.checker import Checker
 
         return Checker(self.repository(), progress, cancel).run(read_data)
+
+    # ----------------------------------------------------------- keys and setup
+    # What `cloudkeep setup` and `cloudkeep key` drive. Every key file is read and
+    # written by the repository; here the trust record and the local passphrase
+    # follow what changed in the store.
+    def probe_store(self) -> bool:
+        """Whether the store holds a repository, after listing it: a bad URL, missing
+        credentials or a forbidden or missing bucket fail here, within seconds."""
+        from cloudkeep.repository.repository import Repository
+        from cloudkeep.storage.retrying import RetryPolicy
+
+        policy = RetryPolicy.from_env()
+        quick = RetryPolicy(
+            attempts=min(policy.attempts, 3),
+            deadline_seconds=min(policy.deadline_seconds, PROBE_DEADLINE),
+        )
+        storage = open_store(self.settings.store, retry=quick)
+        next(iter(storage.list("keys/")), None)
+        try:
+            Repository.read_config(storage)
+        except RepositoryNotFound:
+            return False
+        return True
+
+    def set_up_repository(self) -> tuple[bool, str]:
+        """Join the store's repository or create it (trust on first use, as every
+        command); (whether it was created here, its id)."""
+        repo = self.repository(create=True)
+        return self._created_here, repo.config["id"]
+
+    def _key_repository(self) -> Repository:
+        """The repository opened with its key file named (trust checked and recorded)."""
+        with self._open_lock:
+            return self._open()
+
+    def list_keys(self) -> tuple[builtins.list[KeyInfo], int, str | None]:
+        """The key files, how many more were not read, and the one this device uses."""
+        repo = self._key_repository()
+        infos, unread = repo.list_keys()
+        return infos, unread, repo.key_file
+
+    def add_key(self, passphrase: str) -> str:
+        """A new key file for ``passphrase`` (this device keeps its own); its name."""
+        return self._key_repository().add_key(passphrase)
+
+    def remove_key(self, key_id: str) -> str:
+        """Remove the key file ``key_id`` names (a unique prefix); its name."""
+        repo = self._key_repository()
+        name = repo.find_key(key_id)
+        repo.remove_key(name, keeping=repo.key_file)
+        return name
+
+    def change_passphrase(self, new: NewPassphrase) -> KeyChange:
+        """``key passwd``: add a key file for the new passphrase, make this device use it
+        (trust record, local passphrase), then remove the old key file.
+
+        A crash or failure at any point leaves a key file that opens with the
+        passphrase this device has: the new one is written and read back before
+        anything local changes, and the old one goes last.
+        """
+        repo = self._key_repository()
+        old = repo.key_file
+        name = repo.add_key(new.text)
+        repo.key_file = name
+        self._joined(repo, created=False)
+        saved = self._adopt_passphrase(new)
+        left = ""
+        try:
+            repo.remove_key(old or "", keeping=name)
+        except (KeyRefused, Busy, StorageError) as exc:
+            left = f"{exc}"
+        return KeyChange(name, old, saved, left)
+
+    def recovery_text(self) -> tuple[str, builtins.list[str]]:
+        """(repository id, the numbered lines of its recovery text)."""
+        from cloudkeep.repository.keys import recovery_lines
+
+        repo = self._key_repository()
+        return repo.config["id"], recovery_lines(repo.key, repo.config["id"])
+
+    def recover(self, text: str, new: NewPassphrase) -> KeyChange:
+        """``key recover``: a new key file for ``new`` from a recovery text, once the text
+        is verified against the store's config (its id, key fingerprint and MAC)."""
+        from cloudkeep.repository.keys import RecoveryTextInvalid, parse_recovery_text
+        from cloudkeep.repository.repository import Repository
+
+        try:
+            recovery = parse_recovery_text(text)
+        except RecoveryTextInvalid as exc:
+            raise UserError(str(exc)) from None
+        config = Repository.read_config(self.storage)
+        if recovery.repository_id != config["id"]:
+            raise UserError(
+                f"this recovery text is for repository {recovery.repository_id[:12]}…, but "
+                f"the store {self.storage.describe()} holds {config['id'][:12]}…"
+            )
+        self._trust.check(
+            self._store_identity(), self.storage.describe(), config["id"], config["key"]
+        )
+        repo = Repository.unlock_with_key(self.storage, config, recovery.key)
+        name = repo.add_key(new.text)
+        repo.key_file = name
+        with self._open_lock:
+            self._joined(repo, created=False)
+        return KeyChange(name, None, self._adopt_passphrase(new), "")
+
+    def _adopt_passphrase(self, new: NewPassphrase) -> Path | None:
+        """Make the next runs of this device read the new passphrase, when they read it
+        from cloudkeep's own settings (the default key file or the configuration's
+        passphrase file): a typed one is saved to a new 0600 file in the config dir,
+        and the configuration names it when this store is the configured one.
+
+        None when the passphrase came from an option or the environment: the user
+        gives it, and must give the new one from now on. No passphrase file is ever
+        overwritten (another store may use it).
+        """
+        settings = self.settings
+        configured = settings.config.passphrase_file
+        own_file = settings.passphrase is None or (
+            configured is not None
+            and settings.passphrase_file == Path(configured).expanduser().absolute()
+        )
+        if not own_file:
+            return None
+        path = new.file or save_passphrase(settings.config_dir, new.text)
+        from cloudkeep.config import load_config, save_config
+        from cloudkeep.settings import default_store_dir
+
+        if settings.store == (settings.config.store or default_store_dir().as_uri()):
+            current = load_config(settings.config_dir)
+            save_config(settings.config_dir, current.with_changes(passphrase_file=str(path)))
+        return path
+
+
+#: Seconds ``probe_store`` tries a store before it says it cannot be reached.
+PROBE_DEADLINE = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class NewPassphrase:
+    """A new passphrase, and the file it was read from (None if it was typed)."""
+
+    text: str
+    file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """What ``change_passphrase`` or ``recover`` did."""
+
+    key_file: str  # the new key file, keys/<id>
+    old_key_file: str | None  # the one it replaces (passwd)
+    saved_to: Path | None  # the passphrase file this device reads from now, if it changed
+    not_removed: str  # why the old key file is still in the store ("" if it is not)
+
+
+def save_passphrase(config_dir: Path, passphrase: str) -> Path:
+    """``passphrase`` in a 0600 file of its own in ``config_dir``: the one that holds it
+    already, or a new ``passphrase[-N].key``; another file is never replaced."""
+    from cloudkeep.platform import write_private_file
+
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for number in range(1, 1000):
+        path = config_dir / ("passphrase.key" if number == 1 else f"passphrase-{number}.key")
+        try:
+            if path.read_text(encoding="utf-8").rstrip("\r\n") == passphrase:
+                return path
+            continue
+        except FileNotFoundError:
+            write_private_file(path, (passphrase + "\n").encode("utf-8"))
+            return path
+        except (OSError, UnicodeDecodeError):
+            continue
+    raise UserError(f"{config_dir} holds 999 passphrase files: remove the ones no store uses")

@@ -77,7 +77,11 @@ def main(
     """Keep a local database backed up to storage you own."""
     if ctx.invoked_subcommand == "demo":  # self-contained: reads none of the user's settings
         return
-    ctx.obj = Settings.resolve(data, store, passphrase_file, device_name)
+    # setup, config and key repair a lost passphrase file: they start without it.
+    repairing = ctx.invoked_subcommand in ("setup", "config", "key")
+    ctx.obj = Settings.resolve(
+        data, store, passphrase_file, device_name, passphrase_optional=repairing
+    )
 
 
 def workspace(ctx: typer.Context) -> "Workspace":

@@ -36,6 +36,7 @@ import zstandard
 from cloudkeep.errors import (
     FormatTooNew,
     KeyMissing,
+    KeyRefused,
     RepositoryChanged,
     RepositoryDamaged,
     RepositoryExists,
@@ -54,7 +55,10 @@ from cloudkeep.repository.frames import (
 from cloudkeep.repository.index import FrameBlobs, IndexFile, IndexFormatError, MasterIndex
 from cloudkeep.repository.keys import (
     MAX_KEY_FILE_BYTES,
+    MAX_KEY_FILES_LISTED,
     MAX_KEY_FILES_TRIED,
+    KeyInfo,
+    key_info,
     new_key_name,
     unwrap_key,
     wrap_key,
@@ -346,7 +350,10 @@ class Repository:
             if size <= MAX_KEY_FILE_BYTES
         }
         if not sizes:
-            raise KeyMissing(f"the repository at {storage.describe()} has no key files")
+            raise KeyMissing(
+                f"the repository at {storage.describe()} has no key files: with its "
+                "recovery text, 'cloudkeep key recover' writes a new one"
+            )
         names = sorted(sizes)
         if preferred_key_file in names:
             names.remove(preferred_key_file)
@@ -367,6 +374,121 @@ class Repository:
                 )
             return cls(storage, config, key, name)
         raise WrongPassphrase("wrong passphrase: no key of this repository opens with it")
+
+    @classmethod
+    def unlock_with_key(cls, storage: Storage, config: dict, key: MasterKey) -> Repository:
+        """Open ``config`` with a master key given whole (from a recovery text).
+
+        The key must be the one whose fingerprint the config names, and the config's
+        MAC must verify under it; ``WrongPassphrase`` or ``RepositoryDamaged``
+        otherwise. No key file is read: it opens a repository whose key files are gone.
+        """
+        if not hmac.compare_digest(key.fingerprint(), config["key"]):
+            raise WrongPassphrase(
+                f"this recovery text does not hold the key of the repository at "
+                f"{storage.describe()} (its key fingerprint is {config['key'][:12]}…)"
+            )
+        if not hmac.compare_digest(key.config_mac(canonical_config(config)), config["mac"]):
+            raise RepositoryDamaged(
+                f"the repository config at {storage.describe()} fails authentication "
+                "(it was modified): restore it from a copy, or back up into a new store"
+            )
+        return cls(storage, config, key, None)
+
+    # --------------------------------------------------------------------- keys
+    def list_keys(self) -> tuple[list[KeyInfo], int]:
+        """The key files (at most ``MAX_KEY_FILES_LISTED`` read, by name) and how many
+        more were listed but not read. Their fields are store input, shown only."""
+        sizes = {f"keys/{n}": size for n, size in list_names(self.storage, "keys").sizes.items()}
+        names = sorted(sizes)
+        if self.key_file in names:  # this device's key is always listed
+            names.remove(self.key_file)
+            names.insert(0, self.key_file)
+        infos = []
+        for name in names[:MAX_KEY_FILES_LISTED]:
+            document = None
+            if sizes[name] <= MAX_KEY_FILE_BYTES:
+                with contextlib.suppress(ObjectNotFound, RepositoryDamaged):
+                    document = read_bounded(
+                        self.storage, name, MAX_STORED_SIZE["keys"], sizes[name]
+                    )
+            infos.append(key_info(name, document))
+        infos.sort(key=lambda info: (info.created, info.name))
+        return infos, max(0, len(names) - MAX_KEY_FILES_LISTED)
+
+    def find_key(self, key_id: str) -> str:
+        """The key file whose id is or starts with ``key_id`` (at least 4 hex digits)."""
+        wanted = key_id.strip().lower()
+        if not 4 <= len(wanted) <= 32 or not _HEX.fullmatch(wanted):
+            raise KeyRefused(
+                f"{key_id[:40]!r} is not a key id: give 4 to 32 hex digits "
+                "(see 'cloudkeep key list')"
+            )
+        found = [n for n in list_names(self.storage, "keys").sizes if n.startswith(wanted)]
+        if not found:
+            raise KeyRefused(f"no key {wanted} in the repository (see 'cloudkeep key list')")
+        if len(found) > 1:
+            raise KeyRefused(f"{len(found)} keys start with {wanted}: give more of the id")
+        return f"keys/{found[0]}"
+
+    def add_key(self, passphrase: str) -> str:
+        """A new key file wrapping this repository's master key under ``passphrase``,
+        read back and opened before it counts; returns its name (``keys/<id>``).
+
+        Refused when the repository already has ``MAX_KEY_FILES_TRIED`` usable key
+        files: a device opening it tries no more, so a further one might never open.
+        """
+        infos, unread = self.list_keys()
+        usable = sum(info.usable for info in infos) + unread
+        if usable >= MAX_KEY_FILES_TRIED:
+            raise KeyRefused(
+                f"the repository has {usable} key files, the most a device tries when "
+                "opening it: remove one first (see 'cloudkeep key list')"
+            )
+        name = new_key_name()
+        self.storage.put(name, wrap_key(self.key, passphrase), create_only=True)
+        stored = read_bounded(self.storage, name, MAX_STORED_SIZE["keys"])
+        opened = unwrap_key(stored, passphrase)
+        if opened is None or opened.fingerprint() != self.config["key"]:
+            with contextlib.suppress(StorageError):
+                self.storage.delete(name)
+            raise RepositoryDamaged(
+                f"the new key file {name} did not read back as written: nothing was changed"
+            )
+        return name
+
+    def remove_key(self, name: str, keeping: str | None) -> None:
+        """Delete key file ``name`` under the exclusive lock, keeping ``keeping``: the key
+        file the caller holds and opened (or just wrote and verified).
+
+        Refused (``KeyRefused``) for ``keeping`` itself, the last key file, and when
+        ``keeping`` is gone from the store: two devices removing each other's key at
+        once would otherwise leave none. The lock makes removals one at a time.
+        """
+        from cloudkeep.repository.locks import LockTiming, RepositoryLock
+
+        timing = LockTiming.from_env()
+        lock = RepositoryLock(self, exclusive=True, purpose="key change", timing=timing)
+        with lock.acquire(timing.prune_wait):
+            names = {f"keys/{n}" for n in list_names(self.storage, "keys").sizes}
+            short = name.removeprefix("keys/")[:8]
+            if name not in names:
+                raise KeyRefused(f"no key {short} in the repository (see 'cloudkeep key list')")
+            if names == {name}:
+                raise KeyRefused(f"key {short} is the repository's last key: it stays")
+            if name == keeping:
+                raise KeyRefused(
+                    f"key {short} is the one this device opened the repository with: "
+                    "use 'cloudkeep key passwd' to change its passphrase"
+                )
+            if keeping is None or keeping not in names:
+                raise KeyRefused(
+                    "the key this device opened the repository with is no longer in the "
+                    "store (another device removed it): nothing was removed"
+                )
+            if not lock.held():
+                raise KeyRefused("the repository lock lapsed: nothing was removed, run again")
+            self.storage.delete(name)
 
     def ensure_key_current(self) -> None:
         """Refuse to publish unless the store's config still names this handle's key.
