@@ -173,7 +173,7 @@ def test_store_failures_are_one_line_and_save_nothing(tmp_path: Path, s3_server)
     assert "not set in the environment" in one_line_error(
         _setup(device, "--store", s3_server.url, "--credential", "AWS_SESSION_TOKEN", **env)
     )
-    for flags in (("--schedule", "every soon"), ("--keep-within", "soon"), ("--keep-last", "-1")):
+    for flags in (("--schedule", "every soon"), ("--keep-within", "soon"), ("--keep-last", "-2")):
         bad = _setup(device, "--store", s3_server.url_for("flags"), *flags, **env)
         assert "keep" in one_line_error(bad) or "duration" in bad.stderr
     _nothing_saved(device)

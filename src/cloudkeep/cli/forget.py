@@ -37,7 +37,7 @@ def parse_time(text: str) -> datetime:
         ) from None
 
 
-def _count(option: str, text: str | None) -> int:
+def keep_count(option: str, text: str | None) -> int:
     """A keep count: a whole number, or ``unlimited``."""
     from cloudkeep.config import MAX_KEEP, UNLIMITED
 
@@ -121,12 +121,12 @@ def forget(
 
     try:
         policy = Retention(
-            last=_count("--keep-last", keep_last),
-            hourly=_count("--keep-hourly", keep_hourly),
-            daily=_count("--keep-daily", keep_daily),
-            weekly=_count("--keep-weekly", keep_weekly),
-            monthly=_count("--keep-monthly", keep_monthly),
-            yearly=_count("--keep-yearly", keep_yearly),
+            last=keep_count("--keep-last", keep_last),
+            hourly=keep_count("--keep-hourly", keep_hourly),
+            daily=keep_count("--keep-daily", keep_daily),
+            weekly=keep_count("--keep-weekly", keep_weekly),
+            monthly=keep_count("--keep-monthly", keep_monthly),
+            yearly=keep_count("--keep-yearly", keep_yearly),
             within=keep_within.strip() if keep_within is not None else None,
         )
     except ConfigurationError as exc:

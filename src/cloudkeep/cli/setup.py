@@ -94,12 +94,24 @@ def setup(
         str | None,
         typer.Option(help="hourly, daily, 'every 30m', 'at 02:00,14:30' or off."),
     ] = None,
-    keep_last: Annotated[int | None, typer.Option(help="Keep the last N backups.")] = None,
-    keep_hourly: Annotated[int | None, typer.Option(help="Keep N hourly backups.")] = None,
-    keep_daily: Annotated[int | None, typer.Option(help="Keep N daily backups.")] = None,
-    keep_weekly: Annotated[int | None, typer.Option(help="Keep N weekly backups.")] = None,
-    keep_monthly: Annotated[int | None, typer.Option(help="Keep N monthly backups.")] = None,
-    keep_yearly: Annotated[int | None, typer.Option(help="Keep N yearly backups.")] = None,
+    keep_last: Annotated[
+        str | None, typer.Option(metavar="N", help="Keep the last N backups. (or unlimited).")
+    ] = None,
+    keep_hourly: Annotated[
+        str | None, typer.Option(metavar="N", help="Keep N hourly backups. (or unlimited).")
+    ] = None,
+    keep_daily: Annotated[
+        str | None, typer.Option(metavar="N", help="Keep N daily backups. (or unlimited).")
+    ] = None,
+    keep_weekly: Annotated[
+        str | None, typer.Option(metavar="N", help="Keep N weekly backups. (or unlimited).")
+    ] = None,
+    keep_monthly: Annotated[
+        str | None, typer.Option(metavar="N", help="Keep N monthly backups. (or unlimited).")
+    ] = None,
+    keep_yearly: Annotated[
+        str | None, typer.Option(metavar="N", help="Keep N yearly backups. (or unlimited).")
+    ] = None,
     keep_within: Annotated[
         str | None, typer.Option(help="Keep every backup within this time, e.g. 30d, 1y6m.")
     ] = None,
@@ -153,12 +165,14 @@ def setup(
         current.retention,
         first,
         {
-            "last": keep_last,
-            "hourly": keep_hourly,
-            "daily": keep_daily,
-            "weekly": keep_weekly,
-            "monthly": keep_monthly,
-            "yearly": keep_yearly,
+            **_counts(
+                last=keep_last,
+                hourly=keep_hourly,
+                daily=keep_daily,
+                weekly=keep_weekly,
+                monthly=keep_monthly,
+                yearly=keep_yearly,
+            ),
             "within": keep_within,
         },
     )
@@ -368,6 +382,16 @@ def _choose_schedule(
             return Schedule.parse(text)
         except UserError as exc:
             error(f"cloudkeep: error: {exc}")
+
+
+def _counts(**texts: str | None) -> dict[str, int | None]:
+    """The keep counts given as options (whole numbers or ``unlimited``); None if not."""
+    from cloudkeep.cli.forget import keep_count
+
+    return {
+        rule: None if text is None else keep_count(f"--keep-{rule}", text)
+        for rule, text in texts.items()
+    }
 
 
 def _choose_retention(
