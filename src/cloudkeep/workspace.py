@@ -276,6 +276,13 @@ class Workspace:
         archiver = Archiver(self.repository(), scratch, progress, cancel)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
+    def data_signature(self) -> str | None:
+        """The data folder's metadata signature (``sources.data_signature``): equal
+        signatures mean a new backup would hold nothing new; None when it cannot tell."""
+        from cloudkeep.backups.sources import data_signature
+
+        return data_signature(self.settings.data)
+
     def list(self) -> list[BackupInfo]:
         try:
             repo = self.repository()
