@@ -337,8 +337,11 @@ class Scheduler:
         hooks: FailureHooks | None = None,
         clock: Clock | None = None,
         backoff_base: float = BACKOFF_BASE,
+        store_shown: str | None = None,
     ) -> None:
         self._schedule = schedule
+        #: The store as messages show it (``Storage.describe()``).
+        self.store_shown = store_shown or store
         self.retention = retention or Retention()
         self._submit = submit
         self._active = active
@@ -399,8 +402,8 @@ class Scheduler:
         with self._lock:
             self._schedule = schedule
             self.status.schedule = str(schedule) if schedule else None
-            self._planned = None
-            self.status.next_run = None
+            self._planned = None if schedule is None else self._plan(schedule, self._clock.time())
+            self.status.next_run = None if self._planned is None else _utc(self._planned)
             self._save()
         self._wake.set()
 
@@ -625,6 +628,7 @@ def scheduler_for(
         device_name=settings.device_name,
         retention=config.retention,
         hooks=hooks,
+        store_shown=store,
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cloudkeep.cli import status  # noqa: F401  (registers commands)
 from cloudkeep.cli.app import DryRunOption, JsonOption, app, app_key, workspace
 from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
@@ -47,6 +47,8 @@ class _Model(BaseModel):
 
 class ScheduleSettings(_Model):
     """When the server backs up on its own (the configuration file's ``schedule``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     schedule: str | None = Field(
         description="hourly, daily, every <n>s|m|h|d, at HH:MM[,HH:MM...] (local time), "
@@ -87,6 +89,21 @@ class RetentionPolicy(_Model):
         pattern=RESTIC_DURATION_PATTERN,
         min_length=2,
     )
+
+    @field_validator(
+        "keep_last",
+        "keep_hourly",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "keep_yearly",
+        mode="before",
+    )
+    @classmethod
+    def _not_a_flag(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true would otherwise count as 1
+            raise ValueError("must be a whole number, not true or false")
+        return value
 
     @classmethod
     def of(cls, retention: Retention) -> RetentionPolicy:
@@ -178,7 +195,7 @@ async def status(service: Service, scheduler: SchedulerDep) -> Status:
     now = datetime.now(UTC)
     return Status(
         data=recorded.data,
-        store=recorded.store,
+        store=scheduler.store_shown,
         device_name=recorded.device_name,
         schedule=recorded.schedule,
         next_run=recorded.next_run,
