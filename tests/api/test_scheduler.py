@@ -243,6 +243,8 @@ def test_first_run_is_at_once_then_every_interval_with_jitter_in_bounds(
         clock.now += delay
         waited += delay
     assert HOUR <= waited <= HOUR + 600 + TICK
+    # The next slot follows the slot, not the jittered start: no drift.
+    assert scheduler.status.last_slot == slot + timedelta(hours=1)
 
 
 def test_a_suspend_past_many_slots_catches_up_once(

@@ -354,7 +354,8 @@ class Scheduler:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._planned: float | None = None
+        self._planned: float | None = None  # when the next run starts (jitter included)
+        self._slot = 0.0  # the schedule's slot that run serves
         self._last_heartbeat = float("-inf")
         self.running = False
         #: The hooks' threads of the last notification (tests join them).
@@ -402,8 +403,11 @@ class Scheduler:
         with self._lock:
             self._schedule = schedule
             self.status.schedule = str(schedule) if schedule else None
-            self._planned = None if schedule is None else self._plan(schedule, self._clock.time())
-            self.status.next_run = None if self._planned is None else _utc(self._planned)
+            self._planned = None
+            self.status.next_run = None
+            if schedule is not None:
+                self._slot, self._planned = self._plan(schedule, self._clock.time())
+                self.status.next_run = _utc(self._planned)
             self._save()
         self._wake.set()
 
@@ -437,12 +441,12 @@ class Scheduler:
             if self._schedule is None or self._stopping.is_set():
                 return TICK
             if self._planned is None:
-                self._planned = self._plan(self._schedule, now)
+                self._slot, self._planned = self._plan(self._schedule, now)
                 self.status.next_run = _utc(self._planned)
                 self._save()
             if now < self._planned:
                 return min(self._planned - now, TICK)
-            slot = self._planned
+            slot = self._slot
             self._planned = None
             self.running = True
         try:
@@ -452,10 +456,11 @@ class Scheduler:
                 self.running = False
         return 0.0
 
-    def _plan(self, schedule: Schedule, now: float) -> float:
-        """The next run's time: a retry after failures, else the regular slot plus a
-        random share of the jitter; an overdue run (nothing ran yet, the server was
-        off, the machine asleep) is now, once."""
+    def _plan(self, schedule: Schedule, now: float) -> tuple[float, float]:
+        """The next run's slot and its time: a retry after failures, else the regular
+        slot, run after a random share of the jitter; an overdue run (nothing ran yet,
+        the server was off, the machine asleep) is now, once. The next regular slot
+        follows the slot, not the jittered time, so jitter never drifts the cadence."""
         status = self.status
         last_run = _epoch(status.last_run_time)
         last_slot = _epoch(status.last_slot)
@@ -465,12 +470,11 @@ class Scheduler:
             due = retry_due(
                 schedule, status.consecutive_failures, last_run, self._clock, self._backoff_base
             )
-        else:
-            due = regular_due(schedule, last_slot, last_run, self._clock)
-            if due <= now:  # overdue (first run, server was off, machine asleep): now
-                return now
-            due += self._clock.random() * schedule.jitter.total_seconds()
-        return max(due, now)
+            return max(due, now), max(due, now)
+        due = regular_due(schedule, last_slot, last_run, self._clock)
+        if due <= now:  # overdue (first run, server was off, machine asleep): now
+            return now, now
+        return due, due + self._clock.random() * schedule.jitter.total_seconds()
 
     def _heartbeat(self, now: float, force: bool = False) -> None:
         if force or now - self._last_heartbeat >= HEARTBEAT_SECONDS:
@@ -578,7 +582,7 @@ class Scheduler:
             first = not status.failure_notified
             status.failure_notified = True
             self._record(slot, Outcome.FAILED, reason)
-            retry = self._plan(self._schedule, now) if self._schedule else None
+            retry = self._plan(self._schedule, now)[1] if self._schedule else None
             log.warning(
                 "scheduled backup failed (%d in a row): %s%s",
                 status.consecutive_failures,
