@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -519,3 +520,33 @@ def test_an_unreadable_data_folder_fails_the_run_not_the_scheduler(
     scheduler._signature = broken
     assert run_until_idle(scheduler, clock) == 1
     assert engine.backups == 1  # the backup itself judges (and reports) the data
+
+
+def test_a_second_server_stands_by_while_the_first_runs_the_schedule(
+    tmp_path: Path, jobs: JobManager, engine: Engine
+) -> None:
+    from cloudkeep.status import ScheduleStatus, save_status
+
+    clock = FakeClock()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        path = status_path(tmp_path / "cache", tmp_path / "data", "s3://bucket/x")
+        recorded = ScheduleStatus(
+            data=str(tmp_path / "data"),
+            store="s3://bucket/x",
+            server_pid=other.pid,
+            heartbeat=datetime.fromtimestamp(START, UTC),
+            last_good_id="0.1.0_7",
+        )
+        save_status(path, recorded)
+        scheduler = make_scheduler(tmp_path, jobs, every("1h", "0s"), clock)
+        assert scheduler.step() == TICK and engine.backups == 0
+        assert scheduler.standing_by == other.pid
+        assert load_status(path).server_pid == other.pid  # its record is left alone
+        assert scheduler.snapshot().last_good_id == "0.1.0_7"
+    finally:
+        other.kill()
+        other.wait()
+    assert run_until_idle(scheduler, clock) == 1 and engine.backups == 1
+    assert scheduler.standing_by is None
+    assert load_status(path).server_pid == os.getpid()

@@ -358,6 +358,8 @@ class Scheduler:
         self._slot = 0.0  # the schedule's slot that run serves
         self._last_heartbeat = float("-inf")
         self.running = False
+        #: The pid of another server that runs this schedule while this one waits.
+        self.standing_by: int | None = None
         #: The hooks' threads of the last notification (tests join them).
         self.hook_threads: list[threading.Thread] = []
         recorded = load_status(status_file)
@@ -373,8 +375,7 @@ class Scheduler:
     def start(self) -> None:
         """Start the thread (the first run is planned at once)."""
         with self._lock:
-            self.status.server_pid = os.getpid()
-            self._heartbeat(self._clock.time(), force=True)
+            self._claim(self._clock.time())
         self._thread = threading.Thread(target=self._loop, name="cloudkeep-scheduler", daemon=True)
         self._thread.start()
 
@@ -389,9 +390,10 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._lock:
-            self.status.server_pid = None
-            self.status.next_run = None
-            self._save()
+            if self.standing_by is None:  # the schedule's record is this server's to close
+                self.status.server_pid = None
+                self.status.next_run = None
+                self._save()
 
     # -- settings ----------------------------------------------------------------
     @property
@@ -416,9 +418,42 @@ class Scheduler:
             self.retention = retention
 
     def snapshot(self) -> ScheduleStatus:
-        """A copy of the current status (for the API)."""
+        """A copy of the current status (for the API): the other server's record while
+        this one stands by."""
         with self._lock:
+            if self.standing_by is not None:
+                return load_status(self._path)
             return replace(self.status)
+
+    def _claim(self, now: float) -> bool:
+        """Whether this server runs the schedule. Another live server already running
+        it for the same data folder and store (its pid and heartbeat in the status
+        file) keeps it, and this one stands by until that one stops."""
+        recorded = load_status(self._path)
+        other = recorded.server_pid
+        if other not in (None, os.getpid()) and recorded.server_running(_utc(now)):
+            if self.standing_by != other:
+                log.warning(
+                    "another server (pid %d) runs the scheduled backups of %s to %s; "
+                    "this one stands by until it stops",
+                    other,
+                    self.status.data,
+                    self.store_shown,
+                )
+            self.standing_by = other
+            return False
+        if self.standing_by is not None:  # it stopped: carry on from its record
+            log.info("the server with pid %d stopped; this one runs the schedule", self.standing_by)
+            if (recorded.data, recorded.store) == (self.status.data, self.status.store):
+                recorded.device_name = self.status.device_name
+                recorded.schedule = self.status.schedule
+                self.status = recorded
+            self.standing_by = None
+            self._planned = None
+        if other != os.getpid():
+            self.status.server_pid = os.getpid()
+            self._heartbeat(now, force=True)
+        return True
 
     # -- the loop ----------------------------------------------------------------
     def _loop(self) -> None:
@@ -437,8 +472,10 @@ class Scheduler:
         """Plan, or run when due; the seconds to wait before the next step."""
         now = self._clock.time()
         with self._lock:
+            if self._stopping.is_set() or not self._claim(now):
+                return TICK
             self._heartbeat(now)
-            if self._schedule is None or self._stopping.is_set():
+            if self._schedule is None:
                 return TICK
             if self._planned is None:
                 self._slot, self._planned = self._plan(self._schedule, now)
