@@ -181,10 +181,10 @@ def _print(report: dict[str, Any], recorded: "ScheduleStatus", now: datetime) ->
         )
         if last["source"] == "status":
             error = report["store_error"]
-            said = f": the store did not answer: {error}" if error else ""
+            said = f"; cannot list the store: {error}" if error else ""
             line += f" (from this device's status file{said})"
     elif report["store_error"]:
-        line = f"unknown: the store did not answer: {report['store_error']}"
+        line = f"unknown: cannot list the store: {report['store_error']}"
     else:
         line = "none yet"
     rows.append(("last backup", line))
