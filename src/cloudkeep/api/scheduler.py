@@ -648,8 +648,8 @@ def scheduler_for(
     store = _shown_store(service)
     data = str(settings.data)
     config = settings.config
-    # Store credentials the configuration file put into the environment: the
-    # failure command gets those only if the user's own environment had them.
+    # The store credentials of the configuration file are not the failure command's
+    # business (a variable holding the same value is taken to be the file's).
     hidden = frozenset(
         name for name, value in config.credentials.items() if os.environ.get(name) == value
     )
