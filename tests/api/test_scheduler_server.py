@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from api_helpers import ApiServer, StartServer, cli_env, make_big_db, make_notes_db
+import psutil
+from api_helpers import ApiServer, StartServer, cli_env, make_notes_db
 
 from cloudkeep.api.appkeys import create_app_key
 from cloudkeep.config import load_config
@@ -107,17 +108,28 @@ def test_unchanged_data_is_skipped_and_a_change_is_backed_up(start_server: Start
     assert "Traceback" not in server.log()
 
 
-def test_a_long_api_backup_is_joined_not_overlapped(start_server: StartServer) -> None:
+def _engine_process(server: ApiServer) -> psutil.Process:
+    """The server's engine (a spawned multiprocessing child), once it runs."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for child in psutil.Process(server.process.pid).children(recursive=True):
+            if "spawn_main" in " ".join(child.cmdline()):
+                return child
+        time.sleep(0.05)
+    raise AssertionError(f"the server has no engine process:\n{server.log()}")
+
+
+def test_a_running_api_backup_is_joined_not_overlapped(start_server: StartServer) -> None:
     server = start_server(notes=["seed"])  # no schedule yet
-    make_big_db(server.data_dir / "big.db", 48)
+    engine = _engine_process(server)
+    engine.suspend()  # the API's backup stays IN-PROGRESS for as long as the test needs
     events: list[dict[str, Any]] = []
 
     def create() -> None:
+        headers = {"Accept": "application/x-ndjson"}
         with (
             server.http() as http,
-            http.stream(
-                "POST", "/backups/create/streamed", headers={"Accept": "application/x-ndjson"}
-            ) as response,
+            http.stream("POST", "/backups/create/streamed", headers=headers) as response,
         ):
             for line in response.iter_lines():
                 if line.strip():
@@ -125,20 +137,28 @@ def test_a_long_api_backup_is_joined_not_overlapped(start_server: StartServer) -
 
     worker = threading.Thread(target=create)
     worker.start()
-    while not any(e["status"] == "IN-PROGRESS" for e in events):
-        assert worker.is_alive() or events, server.log()
-        time.sleep(0.05)
-    with server.http() as http:
-        put = http.put("/cloudkeep/schedule", json={"schedule": "every 1s", "jitter": "0s"})
-        assert put.status_code == 200, put.text
-        assert put.json()["schedule"] == "every 1s"
-    status = wait_for(server, lambda s: outcome(s) is not None, "the first scheduled run")
+    try:
+        while not any(e["status"] == "IN-PROGRESS" for e in events):
+            assert worker.is_alive(), server.log()
+            time.sleep(0.05)
+        with server.http() as http:
+            put = http.put("/cloudkeep/schedule", json={"schedule": "every 1s", "jitter": "0s"})
+            assert put.status_code == 200, put.text
+            wait_for(server, lambda s: s["running"], "a scheduled run")
+            for _ in range(10):  # runs are due every second: none is queued beside it
+                creations = http.get("/backups/streamed/progress").json()["backups"]
+                assert len(creations) == 1, creations
+                assert http.get("/cloudkeep/status").json()["running"] is True
+                time.sleep(0.2)
+    finally:
+        engine.resume()
     worker.join(WAIT)
     final = events[-1]
     assert final["status"] == "COMPLETED", final
     # The scheduled run waited for the API's backup and counted it as its own.
+    status = wait_for(server, lambda s: outcome(s) is not None, "the run's outcome")
     assert status["last_run"]["detail"] == f"backup {final['backup']['id']}", status
-    assert status["last_backup"] is not None
+    assert status["last_run"]["outcome"] == "backed_up"
 
 
 def test_schedule_and_retention_are_saved_and_validated(start_server: StartServer) -> None:
