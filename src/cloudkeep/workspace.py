@@ -297,6 +297,15 @@ class Workspace:
         archiver = Archiver(self.repository(), scratch, progress, cancel, time_us)
         return BackupInfo.of(archiver.run(data, self.settings.device_name))
 
+    def data_signature(self) -> str | None:
+        """The data folder's metadata signature (``sources.data_signature``): equal
+        signatures mean a new backup would hold nothing new; None when it cannot tell
+        (no data folder either: the backup then fails saying so)."""
+        from cloudkeep.backups.sources import data_signature
+
+        data = self.data_path("backing up")
+        return None if data is None else data_signature(data)
+
     def list(self, device: str | None = None) -> list[BackupInfo]:
         """Every readable backup (of ``device`` only, if given), newest first.
 

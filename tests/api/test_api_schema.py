@@ -16,8 +16,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 # Schema-valid requests refused on purpose: a Backup body naming another id than the
 # path (400: a confused client must not delete or restore the wrong backup), and a
-# plain GET on a WebSocket path that starts work (426: no work on a GET).
+# plain GET on a WebSocket path that starts work (426: no work on a GET), and a
+# schedule the pattern allows but the rules refuse (every 0s, a jitter over the interval).
 _REFUSED_ON_PURPOSE = {
+    "PUT /cloudkeep/schedule",
     "POST /backups/{backup}/delete",
     "POST /backup/{backup}/restore",
     "POST /backup/{backup}/restore/streamed",

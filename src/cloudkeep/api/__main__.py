@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="backups and restores allowed to wait; more are refused with 429 "
         "(default %(default)d)",
     )
+    parser.add_argument(
+        "--schedule",
+        help="back up on this schedule instead of the configuration file's: hourly, "
+        "daily, 'every 30m', 'at 02:00,14:30' or off",
+    )
     parser.add_argument("--log-level", default="info")
     return parser
 
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             max_queued_jobs=args.max_queued_jobs,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            schedule=args.schedule,
             announce=partial(print, flush=True),
         )
     except CloudkeepError as exc:

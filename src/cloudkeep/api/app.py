@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -20,10 +20,17 @@ from cloudkeep.api.appkeys import AppKeyVerifier
 from cloudkeep.api.docs import install_docs
 from cloudkeep.api.errors import CatchAllMiddleware, install_error_handlers
 from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
-from cloudkeep.api.routers import backup_router, backups_router, well_known_router
+from cloudkeep.api.routers import (
+    backup_router,
+    backups_router,
+    cloudkeep_router,
+    well_known_router,
+)
+from cloudkeep.api.scheduler import scheduler_for
 from cloudkeep.api.routers.stats import router as stats_router
 from cloudkeep.api.security import DEFAULT_MAX_BODY, GuardMiddleware, GuardPolicy
 from cloudkeep.api.service import BackupService
+from cloudkeep.config import Schedule
 from cloudkeep.settings import Settings
 from cloudkeep.wire import Backup, SeededBackup, WireModel
 
@@ -53,6 +60,7 @@ def create_app(
     jobs_in_subprocess: bool = True,
     max_queued_jobs: int = DEFAULT_MAX_QUEUED,
     tls: bool = False,
+    schedule: Schedule | Literal["config"] | None = "config",
 ) -> FastAPI:
     """Build the app.
 
@@ -63,6 +71,7 @@ def create_app(
     child process (simpler to debug; the event loop then shares the GIL with the job).
     ``max_queued_jobs`` bounds the backups and restores waiting to run (429 beyond);
     ``tls`` says the server speaks HTTPS (the Origin check then expects https).
+    ``schedule`` replaces the configuration's schedule of backups (None: none).
     """
     service = BackupService(
         settings,
@@ -71,12 +80,18 @@ def create_app(
         max_queued_jobs=max_queued_jobs,
     )
 
+    scheduler = scheduler_for(
+        service, settings, settings.config.schedule if schedule == "config" else schedule
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
+        scheduler.start()
         try:
             yield
         finally:
+            scheduler.stop()
             service.stop()
 
     app = FastAPI(
@@ -88,11 +103,13 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = service
+    app.state.scheduler = scheduler
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(backups_router)
     app.include_router(backup_router)
     app.include_router(well_known_router)
+    app.include_router(cloudkeep_router)
     app.include_router(stats_router)
     install_docs(app)
 
@@ -112,7 +129,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "HEAD", "POST"],
+            allow_methods=["GET", "HEAD", "POST", "PUT"],
             allow_headers=["Content-Type", "Accept", "X-Application-ID"],
         )
     app.add_middleware(GuardMiddleware, policy=policy)

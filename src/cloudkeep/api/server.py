@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import uvicorn
 
@@ -33,6 +34,7 @@ from cloudkeep.api.appkeys import AppKeyVerifier
 from cloudkeep.api.jobs import DEFAULT_MAX_QUEUED
 from cloudkeep.api.protocol import DEFAULT_REQUEST_TIMEOUT, protocol_for
 from cloudkeep.api.security import DEFAULT_MAX_BODY, is_loopback_name
+from cloudkeep.config import Schedule
 from cloudkeep.errors import ConfigurationError
 from cloudkeep.platform import raise_descriptor_limit
 from cloudkeep.settings import Settings, warn_if_exposed
@@ -191,6 +193,7 @@ def serve(
     max_queued_jobs: int = DEFAULT_MAX_QUEUED,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    schedule: str | None = None,
     announce: Callable[[str], None] = _announce,
 ) -> None:
     """Serve until interrupted (Ctrl-C cancels running jobs; nothing partial is left).
@@ -211,6 +214,9 @@ def serve(
     if max_queued_jobs < 1:
         raise ConfigurationError("--max-queued-jobs must be at least 1")
     tls = _check_tls(tls_cert, tls_key)
+    chosen: Schedule | Literal["config"] | None = "config"
+    if schedule is not None:
+        chosen = Schedule.parse(schedule)  # ConfigurationError: one line, exit 1
     if not loopback and not tls:
         _warn(
             f"warning: serving on {host} over plain HTTP: the application key (X-Application-ID) "
@@ -246,6 +252,7 @@ def serve(
         max_body=max_body,
         max_queued_jobs=max_queued_jobs,
         tls=tls,
+        schedule=chosen,
     )
     config = uvicorn.Config(
         app,
@@ -259,11 +266,20 @@ def serve(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
     )
-    server = _Server(config, on_exit=app.state.service.jobs.cancel_all)
+
+    def on_exit() -> None:
+        app.state.scheduler.halt()  # before the jobs: no new scheduled job after this
+        app.state.service.jobs.cancel_all()
+
+    server = _Server(config, on_exit=on_exit)
     # Keep the event loop responsive while a backup's Python code holds the GIL.
     sys.setswitchinterval(0.001)
     url = url_for(host, bound_port, tls)
     announce(f"cloudkeep API listening on {url} (docs: {url}/docs)")
+    active = app.state.scheduler.schedule
+    announce(
+        f"scheduled backups of {settings.data}: {active}" if active else "no scheduled backups"
+    )
     log.info("serving %s from %s", settings.data, url)
     try:
         server.run(sockets=[sock])

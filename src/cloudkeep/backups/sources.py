@@ -217,3 +217,64 @@ def scan(root: Path, warnings: list[str]) -> tuple[str, list[SourceItem]]:
         )
     ]
     return "folder", kept
+
+
+# A whole scheduled backup is skipped on the strength of this signature, so it vouches
+# only for entries older than the coarsest timestamps in use (HFS+ 1 s, FAT 2 s).
+SIGNATURE_RACY_NS = 2_000_000_000
+
+
+def data_signature(root: Path) -> str | None:
+    """A digest of the metadata of everything a backup of ``root`` reads: path, type,
+    mode, size, mtime_ns and inode of every entry, SQLite's ``-wal`` and ``-journal``
+    included. ``-shm`` is left out: readers write it and no backup holds it.
+
+    None when it cannot vouch for the content: an entry changed within
+    ``SIGNATURE_RACY_NS`` of the scan, or something could not be listed. Equal
+    signatures mean no backup would differ (as restic and git judge files).
+    """
+    import hashlib
+
+    scan_ns = time.time_ns()
+    digest = hashlib.blake2b(digest_size=20)
+
+    def add(path: Path, relative: str) -> bool:
+        info = path.lstat()
+        kind, mode = stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode)
+        if stat.S_ISDIR(info.st_mode):  # its entries speak for it (not its mtime, which
+            record = f"{relative}\0{kind}\0{mode}\n"  # a -journal's coming and going moves)
+        else:
+            if max(info.st_mtime_ns, info.st_ctime_ns) > scan_ns - SIGNATURE_RACY_NS:
+                return False
+            target = os.readlink(path) if stat.S_ISLNK(info.st_mode) else ""
+            record = (
+                f"{relative}\0{kind}\0{mode}\0{info.st_size}\0{info.st_mtime_ns}\0"
+                f"{info.st_ino}\0{target}\n"
+            )
+        digest.update(record.encode("utf-8", "surrogateescape"))
+        return True
+
+    try:
+        if root.is_file():
+            names = [root.name] + [
+                f"{root.name}{suffix}"
+                for suffix in COMPANION_SUFFIXES[::2]
+                if Path(f"{root}{suffix}").exists()
+            ]
+            return digest.hexdigest() if all(add(root.parent / n, n) for n in names) else None
+        if not root.is_dir():
+            return None
+        failed: list[OSError] = []
+        for folder, dirnames, filenames in os.walk(root, onerror=failed.append):
+            dirnames.sort()
+            here = Path(folder)
+            present = set(filenames)
+            for name in sorted(dirnames + filenames):
+                if RESTORE_MARKER in name or (name.endswith("-shm") and name[:-4] in present):
+                    continue
+                path = here / name
+                if not add(path, path.relative_to(root).as_posix()):
+                    return None
+        return None if failed else digest.hexdigest()
+    except OSError:  # changed or unreadable while scanned: back it up, the backup judges
+        return None

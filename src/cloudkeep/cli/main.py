@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudkeep.cli import demo, forget, service, setup  # noqa: F401  (registers commands)
+from cloudkeep.cli import demo, forget, service, setup, status  # noqa: F401  (registers commands)
 from cloudkeep.cli import key as _key_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli.app import DryRunOption, JsonOption, app, app_key, workspace
 from cloudkeep.cli.errors import exit_code_for
@@ -371,8 +371,15 @@ def serve(
     max_queued_jobs: Annotated[
         int, typer.Option(help="Backups and restores allowed to wait; more get 429.")
     ] = 16,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="Back up on this schedule instead of the configuration file's: hourly, "
+            "daily, 'every 30m', 'at 02:00,14:30' or off."
+        ),
+    ] = None,
 ) -> None:
-    """Run the Pieces OS Backups API server."""
+    """Run the Pieces OS Backups API server, and the scheduled backups."""
     from cloudkeep.api.server import serve as run_server
 
     run_server(
@@ -385,6 +392,7 @@ def serve(
         max_queued_jobs=max_queued_jobs,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        schedule=schedule,
     )
 
 

@@ -408,6 +408,9 @@ class OpenDALStorage:
             except StopIteration:
                 return
             except Exception as exc:
+                # The lister may only be dropped on this thread: the traceback keeps this
+                # frame's locals alive wherever the error is handled (or collected).
+                del entries
                 error = self._list_failed(exc, folder)
                 if error is None:
                     return
