@@ -274,3 +274,28 @@ def test_health_stays_fast_while_scheduled(start_server: StartServer) -> None:
     server.stop()  # SIGTERM: the scheduler stops with the server, which shuts down cleanly
     assert "Application shutdown complete" in server.log(), server.log()
     assert "scheduled backups of" in server.log() and "Traceback" not in server.log()
+
+
+def test_the_retention_policy_runs_after_each_scheduled_backup(start_server: StartServer) -> None:
+    """keep-last 2, set through the API: the store never holds more than two of this
+    device's backups once a scheduled backup and its forget are done."""
+    server = start_server(notes=["n0"], args=("--schedule", "every 1s"))
+    with server.http() as http:
+        assert http.put("/cloudkeep/retention", json={"keep_last": 2}).status_code == 200
+    made: set[str] = set()
+    for round_ in range(1, 5):
+        make_notes_db(server.db_path, [f"n{i}" for i in range(round_ + 1)])
+        status = wait_for(
+            server,
+            lambda s: (
+                (s["last_backup"] or {}).get("id") not in (None, *made)
+                and "retention policy" in ((s["last_run"] or {}).get("detail") or "")
+            ),
+            f"scheduled backup {round_} and its forget",
+        )
+        made.add(status["last_backup"]["id"])
+        assert len(backup_ids(server)) <= 2
+    stored = backup_ids(server)
+    assert len(stored) == 2 and status["last_backup"]["id"] in stored
+    assert "removed" in status["last_run"]["detail"]
+    assert "Traceback" not in server.log()

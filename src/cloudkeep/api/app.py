@@ -26,8 +26,8 @@ from cloudkeep.api.routers import (
     cloudkeep_router,
     well_known_router,
 )
-from cloudkeep.api.scheduler import scheduler_for
 from cloudkeep.api.routers.stats import router as stats_router
+from cloudkeep.api.scheduler import scheduler_for
 from cloudkeep.api.security import DEFAULT_MAX_BODY, GuardMiddleware, GuardPolicy
 from cloudkeep.api.service import BackupService
 from cloudkeep.config import Schedule

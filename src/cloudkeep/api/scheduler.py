@@ -45,7 +45,14 @@ from urllib.parse import urlsplit
 from cloudkeep import __version__
 from cloudkeep.config import OnFailure, Retention, Schedule
 from cloudkeep.errors import CloudkeepError, StoreUnreachable
-from cloudkeep.operations import Backup, Operation, OperationResult, Resource
+from cloudkeep.operations import (
+    Backup,
+    Forget,
+    ForgetResult,
+    Operation,
+    OperationResult,
+    Resource,
+)
 from cloudkeep.status import (
     HEARTBEAT_SECONDS,
     Outcome,
@@ -587,8 +594,7 @@ class Scheduler:
 
     def _after_backup(self, job: Job, slot: float, signature: str | None) -> None:
         """After a scheduled backup succeeded: record it (ending a run of failures,
-        which the webhook hears about). The configured retention policy
-        (``self.retention``) is to run from here."""
+        which the webhook hears about), then apply the retention policy."""
         now = self._clock.time()
         with self._lock:
             status = self.status
@@ -605,6 +611,36 @@ class Scheduler:
             log.info("scheduled backup %s done", job.backup.id)
             if recovered and self._hooks is not None:
                 self.hook_threads = self._hooks.recovered(job.backup.id, _utc(now), replace(status))
+        self._forget(f"backup {job.backup.id}")
+
+    def _forget(self, done: str) -> None:
+        """Apply the configured retention policy to this device's backups, pruning once
+        if it removed any (restic's ``forget --prune`` after each backup).
+
+        A failure is logged and shown in the last run's detail; the backup stays good.
+        """
+        from cloudkeep.api.jobs import Status
+        from cloudkeep.backups.retention import effective
+
+        policy = self.retention
+        if not effective(policy):
+            return
+        try:
+            job = self._submit(Forget(policy, prune=True, device=self.status.device_name))
+        except CloudkeepError as exc:  # the queue is full: the next run applies it
+            outcome = f"forget postponed: {exc}"
+        else:
+            if not self._wait_for(job):
+                return
+            result = job.result
+            if job.status is Status.COMPLETED and isinstance(result, ForgetResult):
+                outcome = _forgotten(result)
+            else:
+                outcome = f"forget failed: {job.reason or job.status.value}"
+                log.warning("the retention policy (%s) failed: %s", policy, job.reason)
+        with self._lock:
+            self.status.last_run_detail = one_line(f"{done}; {outcome}")
+            self._save()
 
     def _failed(self, slot: float, reason: str, *, store: bool) -> None:
         now = self._clock.time()
@@ -641,12 +677,27 @@ class Scheduler:
             self._save()
 
 
+def _forgotten(result: ForgetResult) -> str:
+    """What a forget after a backup did, in a few words."""
+    if not result.deleted:
+        return "the retention policy removed nothing"
+    removed = f"the retention policy removed {len(result.deleted)} backups"
+    if result.pruned is not None:
+        return f"{removed}, freed {result.pruned.bytes_freed:,} bytes"
+    if result.prune_postponed:
+        return f"{removed}; other clients held the repository: a later prune frees the space"
+    return removed
+
+
 def scheduler_for(
     service: BackupService, settings: Settings, schedule: Schedule | None
 ) -> Scheduler:
     """The scheduler of a server: its jobs, its data folder's signature, its status file."""
     store = _shown_store(service)
-    data = str(settings.data)
+    # Without a data folder yet, where Pieces OS will make it (looked for on each run).
+    candidates = settings.data_candidates
+    place = settings.data or (candidates[0].path if candidates else None)
+    data = str(place) if place is not None else "(no data folder)"
     config = settings.config
     # The store credentials of the configuration file are not the failure command's
     # business (a variable holding the same value is taken to be the file's).
@@ -663,7 +714,7 @@ def scheduler_for(
         submit=service.jobs.submit,
         active=service.jobs.active,
         signature=lambda: service.workspace().data_signature(),
-        status_file=status_path(settings.cache_dir, settings.data, settings.store),
+        status_file=status_path(settings.cache_dir, data, settings.store),
         data=data,
         store=settings.store,
         device_name=settings.device_name,
