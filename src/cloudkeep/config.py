@@ -251,6 +251,18 @@ class OnFailure:
                 )
 
 
+def masked_webhook(url: str) -> str:
+    """The webhook URL as shown and logged: scheme and host only (its path or query
+    is often the token that lets anyone post)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    hidden = "/********" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{hidden}"
+
+
 @dataclass(frozen=True)
 class UserConfig:
     """The configuration file's content; None or empty means "not configured"."""
@@ -295,8 +307,17 @@ class UserConfig:
         return document
 
     def shown(self) -> dict[str, Any]:
-        """``to_toml`` with every secret credential masked (for ``config show``)."""
+        """``to_toml`` with every secret masked (for ``config show``): the secret
+        credentials, the webhook's path and query (Slack's, Discord's... are its
+        token), the store URL's userinfo and secret query values."""
         document = self.to_toml()
+        if "store" in document:
+            from cloudkeep.storage.url import describe_store_url
+
+            document["store"] = describe_store_url(document["store"])
+        failure = document.get("on_failure", {})
+        if "webhook" in failure:
+            failure["webhook"] = masked_webhook(failure["webhook"])
         if "credentials" in document:
             document["credentials"] = {
                 name: value if name in NOT_SECRET else "********"

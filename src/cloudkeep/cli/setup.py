@@ -552,6 +552,10 @@ def _effective(ctx: typer.Context, settings: "Settings") -> dict[str, tuple[str,
     ):
         option = name.replace(" ", "_")
         value = str(getattr(settings, option))
+        if option == "store":  # no password or token a hand-written URL may hold
+            from cloudkeep.storage.url import describe_store_url
+
+            value = describe_store_url(value)
         source = _source(ctx, option, variable)
         found[name] = (value, source or ("file" if configured else default))
     found["passphrase"] = _passphrase_source(ctx, settings)
