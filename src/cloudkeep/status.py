@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cloudkeep.platform import process_alive, write_private_file
+from cloudkeep.platform import DataCandidate, process_alive, write_private_file
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -137,6 +137,13 @@ class ScheduleStatus:
             elif isinstance(value, str) or (value is None and default is None):
                 setattr(status, item.name, value)
         return status
+
+
+def scheduled_data(data: Path | None, candidates: tuple[DataCandidate, ...]) -> str:
+    """The data folder a server's schedule backs up, as its status file is named by:
+    the one set or found, else where Pieces OS will make it, else "(no data folder)"."""
+    place = data or (candidates[0].path if candidates else None)
+    return str(place) if place is not None else "(no data folder)"
 
 
 def status_path(cache_dir: Path, data: Path | str, store: str) -> Path:

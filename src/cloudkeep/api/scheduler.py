@@ -60,6 +60,7 @@ from cloudkeep.status import (
     load_status,
     one_line,
     save_status,
+    scheduled_data,
     status_path,
 )
 
@@ -695,9 +696,7 @@ def scheduler_for(
     """The scheduler of a server: its jobs, its data folder's signature, its status file."""
     store = _shown_store(service)
     # Without a data folder yet, where Pieces OS will make it (looked for on each run).
-    candidates = settings.data_candidates
-    place = settings.data or (candidates[0].path if candidates else None)
-    data = str(place) if place is not None else "(no data folder)"
+    data = scheduled_data(settings.data, settings.data_candidates)
     config = settings.config
     # The store credentials of the configuration file are not the failure command's
     # business (a variable holding the same value is taken to be the file's).
@@ -725,10 +724,12 @@ def scheduler_for(
 
 
 def _shown_store(service: BackupService) -> str:
-    """The store as messages show it (no secret); the URL without its query if it
-    cannot be opened yet."""
+    """The store as messages show it (no secret): the URL without userinfo or secret
+    query values when it cannot be opened yet (a password in it is why, and the
+    webhook's body and the command's environment carry this text off the machine)."""
     try:
         return service.workspace().storage.describe()
     except CloudkeepError:
-        parts = urlsplit(service.settings.store)
-        return parts._replace(query="", fragment="").geturl()
+        from cloudkeep.storage.url import describe_store_url
+
+        return describe_store_url(service.settings.store)

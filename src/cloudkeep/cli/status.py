@@ -69,18 +69,20 @@ def status(
 ) -> None:
     """The age of this device's last good backup, the next scheduled one, the last failure."""
     from cloudkeep.config import parse_duration
-    from cloudkeep.status import load_status, status_path
+    from cloudkeep.status import load_status, scheduled_data, status_path
 
     settings = ctx.obj
     limit = parse_duration(max_age, "--max-age") if max_age else None
-    recorded = load_status(status_path(settings.cache_dir, settings.data, settings.store))
+    # The server's name for it: no data folder yet is no error (nor a crash) here.
+    data = scheduled_data(settings.data, settings.data_candidates)
+    recorded = load_status(status_path(settings.cache_dir, data, settings.store))
     now = datetime.now(UTC)
     store_shown, listed, store_error = _from_store(ctx, offline)
     last = _last_backup(listed, recorded, now)
     running = recorded.server_running(now)
     schedule = recorded.schedule if running else _configured_schedule(settings)
     report: dict[str, Any] = {
-        "data": str(settings.data),
+        "data": data,
         "store": store_shown,
         "device_name": settings.device_name,
         "last_backup": last,
@@ -128,13 +130,14 @@ def _from_store(
     """The store as shown, this device's backups (id, time) in it, and why they could
     not be listed (None when they were, or ``offline``)."""
     from cloudkeep.errors import CloudkeepError
+    from cloudkeep.storage.url import describe_store_url
 
     settings = ctx.obj
+    shown = describe_store_url(settings.store)  # no password a hand-written URL holds
     if offline:
-        return settings.store, None, None
+        return shown, None, None
     os.environ.setdefault("CLOUDKEEP_STORE_RETRY_DEADLINE", _STATUS_RETRY_DEADLINE)
     os.environ.setdefault("CLOUDKEEP_STORE_RETRIES", _STATUS_RETRIES)
-    shown = settings.store
     try:
         ws = workspace(ctx)
         shown = ws.storage.describe()

@@ -1,0 +1,105 @@
+"""Review of issue 13 ("set and forget"): attacks on its new surfaces.
+
+What a user's own configuration may hold (a webhook URL that is a token, a store URL
+written with a password) never leaves through ``config show``, ``status`` or a
+failure hook's webhook body and environment; ``status`` on a machine without a data
+folder yet is an answer, not an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cloudkeep.api.scheduler import scheduler_for
+from cloudkeep.api.service import BackupService
+from cloudkeep.config import OnFailure, UserConfig, load_config
+from cloudkeep.settings import Settings
+
+PASSWORD = "hunter2-PASSWORD"
+TOKEN = "SLACK-TOKEN-5e3c"
+STORE = f"webdav://bob:{PASSWORD}@dav.example/backups"
+WEBHOOK = f"https://hooks.slack.example/services/T000/B000/{TOKEN}"
+
+
+def _cloudkeep(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
+    env.update(
+        HOME=str(home),
+        CLOUDKEEP_CONFIG_DIR=str(home / "config"),
+        CLOUDKEEP_CACHE_DIR=str(home / "cache"),
+        CLOUDKEEP_STORE_RETRY_DEADLINE="2",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "cloudkeep", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=home,
+    )
+
+
+def _hand_written_config(home: Path) -> None:
+    """A configuration a user wrote by hand: a password in the store URL, a Slack webhook."""
+    config = home / "config"
+    config.mkdir(parents=True)
+    (config / "config.toml").write_text(
+        f'store = "{STORE}?token=QUERY-{TOKEN}"\n[on_failure]\nwebhook = "{WEBHOOK}"\n'
+    )
+    os.chmod(config / "config.toml", 0o600)
+    assert load_config(config).on_failure.webhook == WEBHOOK
+
+
+def test_config_show_masks_the_webhook_token_and_the_store_password(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _hand_written_config(home)
+    for args in (("config", "show"), ("config", "show", "--json")):
+        done = _cloudkeep(home, *args)
+        assert done.returncode == 0, done.stderr
+        said = done.stdout + done.stderr
+        assert PASSWORD not in said and TOKEN not in said, said
+        assert "hooks.slack.example" in said and "dav.example/backups" in said
+    settings = json.loads(_cloudkeep(home, "config", "show", "--json").stdout)["settings"]
+    assert settings["on_failure"]["webhook"] == "https://hooks.slack.example/********"
+    # The file itself is untouched: the masking is only what is shown.
+    assert load_config(home / "config").on_failure.webhook == WEBHOOK
+
+
+def test_status_without_a_data_folder_answers_and_hides_the_store_password(
+    tmp_path: Path,
+) -> None:
+    """A new machine (no Pieces OS folder, none set) asking `status` was exit 70."""
+    home = tmp_path / "home"
+    _hand_written_config(home)
+    for args in (("status", "--offline"), ("status", "--json"), ("status",)):
+        done = _cloudkeep(home, *args)
+        assert done.returncode == 0, done.stderr
+        said = done.stdout + done.stderr
+        assert "internal error" not in said
+        assert PASSWORD not in said and TOKEN not in said, said
+    report = json.loads(_cloudkeep(home, "status", "--json", "--offline").stdout)
+    assert report["data"].endswith("production") and report["last_backup"] is None
+    limited = _cloudkeep(home, "status", "--offline", "--max-age", "1d")
+    assert limited.returncode == 4, limited.stderr
+
+
+def test_failure_hooks_never_carry_the_store_password(tmp_path: Path) -> None:
+    """A store URL that cannot be opened (a password in it is one reason) is what the
+    first failure's webhook body and command environment name: without the password."""
+    settings = Settings(
+        data=tmp_path / "data",
+        store=STORE,
+        config_dir=tmp_path / "config",
+        cache_dir=tmp_path / "cache",
+        device_name="laptop",
+        config=UserConfig(on_failure=OnFailure(command=("true",), webhook=WEBHOOK)),
+    )
+    scheduler = scheduler_for(BackupService(settings, jobs_in_subprocess=False), settings, None)
+    hooks = scheduler._hooks
+    assert hooks is not None
+    assert PASSWORD not in hooks.store and PASSWORD not in scheduler.store_shown
+    assert hooks.store == "webdav://dav.example/backups"
