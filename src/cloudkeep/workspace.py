@@ -767,9 +767,12 @@ class KeyChange:
 
 def save_passphrase(config_dir: Path, passphrase: str) -> Path:
     """``passphrase`` in a 0600 file of its own in ``config_dir``: the one that holds it
-    already, or a new ``passphrase[-N].key``; another file is never replaced."""
-    from cloudkeep.platform import write_private_file
+    already, or a new ``passphrase[-N].key``; another file is never replaced.
 
+    A new file is created exclusively (as the default key file is): two processes
+    saving passphrases at once (setup or key passwd for two stores) each get their
+    own file, where a replacing write lost one of them.
+    """
     config_dir.mkdir(parents=True, exist_ok=True)
     for number in range(1, 1000):
         path = config_dir / ("passphrase.key" if number == 1 else f"passphrase-{number}.key")
@@ -778,8 +781,16 @@ def save_passphrase(config_dir: Path, passphrase: str) -> Path:
                 return path
             continue
         except FileNotFoundError:
-            write_private_file(path, (passphrase + "\n").encode("utf-8"))
-            return path
+            pass
         except (OSError, UnicodeDecodeError):
             continue
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # made meanwhile by another process: never ours to replace
+            continue
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(passphrase + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return path
     raise UserError(f"{config_dir} holds 999 passphrase files: remove the ones no store uses")

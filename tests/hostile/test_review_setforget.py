@@ -103,3 +103,20 @@ def test_failure_hooks_never_carry_the_store_password(tmp_path: Path) -> None:
     assert hooks is not None
     assert PASSWORD not in hooks.store and PASSWORD not in scheduler.store_shown
     assert hooks.store == "webdav://dav.example/backups"
+
+
+def test_passphrase_files_saved_at_once_never_replace_each_other(tmp_path: Path) -> None:
+    """Two setups or key changes (two stores) saving typed passphrases at the same
+    moment: each ends in a file holding its own passphrase; none is overwritten."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloudkeep.workspace import save_passphrase
+
+    for round_number in range(10):
+        config_dir = tmp_path / f"config-{round_number}"
+        passphrases = [f"passphrase {round_number}-{n}" for n in range(6)]
+        with ThreadPoolExecutor(len(passphrases)) as pool:
+            paths = list(pool.map(save_passphrase, [config_dir] * len(passphrases), passphrases))
+        for text, path in zip(passphrases, paths, strict=True):
+            assert path.read_text(encoding="utf-8") == text + "\n"
+        assert len(set(paths)) == len(passphrases)
