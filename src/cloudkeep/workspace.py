@@ -771,8 +771,10 @@ def save_passphrase(config_dir: Path, passphrase: str) -> Path:
 
     A new file is created exclusively (as the default key file is): two processes
     saving passphrases at once (setup or key passwd for two stores) each get their
-    own file, where a replacing write lost one of them.
+    own file, where a replacing write lost one of them. The path is absolute: the
+    configuration names it, and is read from any working folder.
     """
+    config_dir = config_dir.absolute()
     config_dir.mkdir(parents=True, exist_ok=True)
     for number in range(1, 1000):
         path = config_dir / ("passphrase.key" if number == 1 else f"passphrase-{number}.key")

@@ -120,3 +120,38 @@ def test_passphrase_files_saved_at_once_never_replace_each_other(tmp_path: Path)
         for text, path in zip(passphrases, paths, strict=True):
             assert path.read_text(encoding="utf-8") == text + "\n"
         assert len(set(paths)) == len(passphrases)
+
+
+def test_a_typed_passphrase_saved_under_a_relative_config_dir_is_found_from_anywhere(
+    tmp_path: Path,
+) -> None:
+    """CLOUDKEEP_CONFIG_DIR=cfg: setup saved passphrase_file = "cfg/passphrase.key",
+    which every command run from another folder then could not find."""
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "notes.txt").write_text("notes")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
+    env.update(HOME=str(home), CLOUDKEEP_CACHE_DIR=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "cloudkeep"]
+    done = subprocess.run(
+        [*command, "setup", "--yes", "--data", "data", "--store", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        env={**env, "CLOUDKEEP_CONFIG_DIR": "cfg", "CLOUDKEEP_PASSPHRASE": "typed at setup"},
+        cwd=home,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    saved = load_config(home / "cfg").passphrase_file
+    assert saved is not None and Path(saved).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = subprocess.run(
+        [*command, "list"],
+        capture_output=True,
+        text=True,
+        env={**env, "CLOUDKEEP_CONFIG_DIR": str(home / "cfg")},
+        cwd=elsewhere,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
