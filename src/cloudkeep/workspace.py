@@ -669,6 +669,15 @@ class Workspace:
         passphrase this device has: the new one is written and read back before
         anything local changes, and the old one goes last.
         """
+        if self._own_passphrase() and not self._config_follows():
+            raise KeyRefused(
+                "this device reads the passphrase of "
+                f"{self.storage.describe()} from {self._passphrase_source()}, which names "
+                "no passphrase for this store (another store may use it): a new passphrase "
+                "would not be read, and the old one would no longer open it. Nothing was "
+                "changed; run 'cloudkeep setup' for this store first, or give the "
+                "passphrase with --passphrase-file"
+            )
         repo = self._key_repository()
         old = repo.key_file
         name = repo.add_key(new.text)
@@ -718,29 +727,44 @@ class Workspace:
     def _adopt_passphrase(self, new: NewPassphrase) -> Path | None:
         """Make the next runs of this device read the new passphrase, when they read it
         from cloudkeep's own settings (the default key file or the configuration's
-        passphrase file): a typed one is saved to a new 0600 file in the config dir,
-        and the configuration names it when this store is the configured one.
+        passphrase file) and this store is the configured one: a typed one is saved to
+        a new 0600 file in the config dir, and the configuration names it.
 
-        None when the passphrase came from an option or the environment: the user
-        gives it, and must give the new one from now on. No passphrase file is ever
-        overwritten (another store may use it).
+        None when the passphrase came from an option or the environment, or the store
+        is not the configured one (the configuration cannot name its passphrase): the
+        user must give the new one from now on. No passphrase file is ever overwritten
+        (another store may use it).
         """
         settings = self.settings
-        configured = settings.config.passphrase_file
-        own_file = settings.passphrase is None or (
-            configured is not None
-            and settings.passphrase_file == Path(configured).expanduser().absolute()
-        )
-        if not own_file:
+        if not (self._own_passphrase() and self._config_follows()):
             return None
         path = new.file or save_passphrase(settings.config_dir, new.text)
         from cloudkeep.config import load_config, save_config
+
+        current = load_config(settings.config_dir)
+        save_config(settings.config_dir, current.with_changes(passphrase_file=str(path)))
+        return path
+
+    def _own_passphrase(self) -> bool:
+        """Whether the passphrase comes from cloudkeep's own settings (the default key
+        file, or the configuration's passphrase file), not an option or the environment."""
+        settings = self.settings
+        configured = settings.config.passphrase_file
+        return settings.passphrase is None or (
+            configured is not None
+            and settings.passphrase_file == Path(configured).expanduser().absolute()
+        )
+
+    def _config_follows(self) -> bool:
+        """Whether the configuration file's passphrase is this store's (the configured
+        store, or the default one when none is configured)."""
         from cloudkeep.settings import default_store_dir
 
-        if settings.store == (settings.config.store or default_store_dir().as_uri()):
-            current = load_config(settings.config_dir)
-            save_config(settings.config_dir, current.with_changes(passphrase_file=str(path)))
-        return path
+        settings = self.settings
+        return settings.store == (settings.config.store or default_store_dir().as_uri())
+
+    def _passphrase_source(self) -> Path:
+        return self.settings.passphrase_file or self.settings.default_key_file
 
 
 #: Seconds ``probe_store`` tries a store before it says it cannot be reached.

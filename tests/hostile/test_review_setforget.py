@@ -155,3 +155,51 @@ def test_a_typed_passphrase_saved_under_a_relative_config_dir_is_found_from_anyw
         timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
+
+
+def test_passwd_never_strands_a_store_whose_passphrase_this_device_cannot_follow(
+    tmp_path: Path,
+) -> None:
+    """A store given by CLOUDKEEP_STORE (not the configured one) opened with the default
+    key file: passwd used to remove the old key, save the new passphrase where nothing
+    reads it and say "this device reads the passphrase from ... from now on"; the next
+    command failed with a wrong passphrase. It is refused before anything changes."""
+    home = tmp_path / "home"
+    data = home / "data"
+    data.mkdir(parents=True)
+    (data / "notes.txt").write_text("notes")
+    new_file = home / "new-passphrase"
+    new_file.write_text("the new passphrase of this store\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
+    env.update(
+        HOME=str(home),
+        CLOUDKEEP_CONFIG_DIR=str(home / "config"),
+        CLOUDKEEP_CACHE_DIR=str(home / "cache"),
+        CLOUDKEEP_DATA=str(data),
+        CLOUDKEEP_STORE=(tmp_path / "store").as_uri(),
+    )
+
+    def cloudkeep(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cloudkeep", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=home,
+            timeout=120,
+        )
+
+    assert cloudkeep("backup").returncode == 0
+    keys_before = sorted(p.name for p in (tmp_path / "store" / "keys").iterdir())
+    refused = cloudkeep("key", "passwd", "--new-passphrase-file", str(new_file))
+    assert refused.returncode == 1, refused.stderr
+    assert "Nothing was changed" in refused.stderr and "internal error" not in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "store" / "keys").iterdir()) == keys_before
+    assert not (home / "config" / "config.toml").exists()
+    listed = cloudkeep("list")
+    assert listed.returncode == 0, listed.stderr
+    # Once it is the configured store, passwd goes through and the next command opens it.
+    assert cloudkeep("setup", "--yes").returncode == 0
+    changed = cloudkeep("key", "passwd", "--new-passphrase-file", str(new_file))
+    assert changed.returncode == 0, changed.stderr
+    assert cloudkeep("list").returncode == 0

@@ -173,8 +173,9 @@ def _said_where(change: "KeyChange", new: "NewPassphrase") -> None:
         notice(f"this device reads the passphrase from {change.saved_to} from now on")
     else:
         notice(
-            "this device gave the passphrase by an option or the environment: "
-            "give the new one from now on"
+            "this device does not keep this store's passphrase (an option or the "
+            "environment gave it, or the store is not the configured one): give the new "
+            "one from now on"
         )
 
 
