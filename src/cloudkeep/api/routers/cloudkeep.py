@@ -7,7 +7,8 @@ at once. The same guard as every route applies (Host, Origin, application key).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -274,8 +275,9 @@ async def put_schedule(
     except ConfigurationError as exc:
         raise ApiError(422, f"Invalid schedule: {exc}.") from None
     config_dir = service.settings.config_dir
-    await run_in_threadpool(_save, config_dir, schedule=schedule)
-    scheduler.set_schedule(schedule)
+    await run_in_threadpool(
+        _save, config_dir, lambda: scheduler.set_schedule(schedule), schedule=schedule
+    )
     return _schedule_view(scheduler)
 
 
@@ -302,12 +304,23 @@ async def put_retention(
         retention = body.retention()
     except ConfigurationError as exc:
         raise ApiError(422, f"Invalid retention policy: {exc}.") from None
-    await run_in_threadpool(_save, service.settings.config_dir, retention=retention)
-    scheduler.set_retention(retention)
+    await run_in_threadpool(
+        _save,
+        service.settings.config_dir,
+        lambda: scheduler.set_retention(retention),
+        retention=retention,
+    )
     return RetentionPolicy.of(retention)
 
 
-def _save(config_dir: Path, **changes: object) -> None:
+#: One change of the configuration at a time: each re-reads the file, so a schedule
+#: and a retention change at once lost one of them (and the server used the other).
+_CHANGING = threading.Lock()
+
+
+def _save(config_dir: Path, apply: Callable[[], None], **changes: object) -> None:
     """Re-read the configuration file (it may have changed since the server started),
-    change only ``changes`` and write it back atomically."""
-    save_config(config_dir, load_config(config_dir).with_changes(**changes))
+    change only ``changes``, write it back atomically, then ``apply`` it to the server."""
+    with _CHANGING:
+        save_config(config_dir, load_config(config_dir).with_changes(**changes))
+        apply()
