@@ -243,11 +243,24 @@ class OnFailure:
     webhook: str | None = None
 
     def __post_init__(self) -> None:
+        # A NUL cannot be passed to a program: the hook would fail every time it runs.
+        if any("\0" in word for word in self.command):
+            raise ConfigurationError("on_failure.command holds a NUL character")
         if self.webhook is not None:
             parts = urlsplit(self.webhook)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            try:
+                parts.port  # noqa: B018  (raises for a port out of range)
+            except ValueError:
+                parts = parts._replace(scheme="")
+            # No space or control character: no request can be sent to such a URL.
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in self.webhook)
+            ):
                 raise ConfigurationError(
-                    f"the failure webhook {self.webhook[:80]!r} is not an http(s) URL"
+                    f"the failure webhook {masked_webhook(self.webhook)!r} is not an http(s) "
+                    "URL (spaces and control characters are written %20...)"
                 )
 
 

@@ -203,3 +203,38 @@ def test_passwd_never_strands_a_store_whose_passphrase_this_device_cannot_follow
     changed = cloudkeep("key", "passwd", "--new-passphrase-file", str(new_file))
     assert changed.returncode == 0, changed.stderr
     assert cloudkeep("list").returncode == 0
+
+
+def test_a_failure_hook_that_can_never_run_is_refused_when_the_file_is_read(
+    tmp_path: Path,
+) -> None:
+    """A NUL in a command word, a space or control character in the webhook URL, or a
+    port out of range: the hook raised in its thread (a traceback at each failure,
+    no warning logged) instead of the configuration being refused in one line."""
+    import pytest
+
+    from cloudkeep.errors import ConfigurationError
+
+    config = tmp_path / "config"
+    config.mkdir()
+    for table in (
+        'command = ["notify-send", "backup\\u0000failed"]',
+        f'webhook = "https://hooks.example/a b/{TOKEN}"',
+        f'webhook = "https://hooks.example/\\u0001/{TOKEN}"',
+        f'webhook = "https://hooks.example:99999/{TOKEN}"',
+    ):
+        (config / "config.toml").write_text(f"[on_failure]\n{table}\n")
+        with pytest.raises(ConfigurationError) as refused:
+            load_config(config)
+        assert "on_failure" in str(refused.value) or "webhook" in str(refused.value)
+        assert TOKEN not in str(refused.value)
+    home = tmp_path / "home"
+    home.mkdir()
+    store = tmp_path / "store"
+    given = _cloudkeep(
+        home,
+        *("setup", "--yes", "--data", str(home), "--store", str(store)),
+        *("--on-failure-webhook", "https://h/a b"),
+    )
+    assert given.returncode == 1 and "not an http(s) URL" in given.stderr, given.stderr
+    assert not (home / "config" / "config.toml").exists() and not (store / "config").exists()
