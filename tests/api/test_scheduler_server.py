@@ -187,7 +187,7 @@ def test_schedule_and_retention_are_saved_and_validated(start_server: StartServe
         put = http.put("/cloudkeep/retention", json=retention)
         assert put.status_code == 200, put.text
         assert http.get("/cloudkeep/retention").json()["keep_daily"] == 7
-        for bad_rule in ({"keep_last": -1}, {"keep_within": "3w"}, {"keep_hourly": True}):
+        for bad_rule in ({"keep_last": -2}, {"keep_within": "3w"}, {"keep_hourly": True}):
             assert http.put("/cloudkeep/retention", json=bad_rule).status_code == 422
     config = load_config(server.config_dir)
     assert str(config.schedule) == "at 02:00,14:30"

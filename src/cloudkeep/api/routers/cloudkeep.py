@@ -24,6 +24,7 @@ from cloudkeep.api.routers._responses import COMMON, errors
 from cloudkeep.api.scheduler import Scheduler
 from cloudkeep.config import (
     MAX_KEEP,
+    UNLIMITED,
     Retention,
     Schedule,
     format_duration,
@@ -74,16 +75,19 @@ class ScheduleView(_Model):
     next_run: datetime | None = Field(description="When the next scheduled backup runs (UTC).")
 
 
+_UNLIMITED_TOO = "How many to keep; -1 keeps every one (restic's unlimited, as in the file)."
+
+
 class RetentionPolicy(_Model):
     """Which backups ``forget`` keeps after each scheduled backup (restic's rules, per
     device and data folder); all zero and no ``keep_within`` keeps everything."""
 
-    keep_last: int = Field(0, ge=0, le=MAX_KEEP)
-    keep_hourly: int = Field(0, ge=0, le=MAX_KEEP)
-    keep_daily: int = Field(0, ge=0, le=MAX_KEEP)
-    keep_weekly: int = Field(0, ge=0, le=MAX_KEEP)
-    keep_monthly: int = Field(0, ge=0, le=MAX_KEEP)
-    keep_yearly: int = Field(0, ge=0, le=MAX_KEEP)
+    keep_last: int = Field(0, ge=UNLIMITED, le=MAX_KEEP, description=_UNLIMITED_TOO)
+    keep_hourly: int = Field(0, ge=UNLIMITED, le=MAX_KEEP, description=_UNLIMITED_TOO)
+    keep_daily: int = Field(0, ge=UNLIMITED, le=MAX_KEEP, description=_UNLIMITED_TOO)
+    keep_weekly: int = Field(0, ge=UNLIMITED, le=MAX_KEEP, description=_UNLIMITED_TOO)
+    keep_monthly: int = Field(0, ge=UNLIMITED, le=MAX_KEEP, description=_UNLIMITED_TOO)
+    keep_yearly: int = Field(0, ge=UNLIMITED, le=MAX_KEEP, description=_UNLIMITED_TOO)
     keep_within: str | None = Field(
         None,
         description="Keep every backup this recent: restic's duration, e.g. 30d, 1y6m, 12h.",
