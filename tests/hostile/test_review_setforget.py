@@ -63,9 +63,17 @@ def test_config_show_masks_the_webhook_token_and_the_store_password(tmp_path: Pa
         said = done.stdout + done.stderr
         assert PASSWORD not in said and TOKEN not in said, said
         assert "hooks.slack.example" in said and "dav.example/backups" in said
+    store = tmp_path / "store"
+    setup = _cloudkeep(
+        home,
+        *("--store", store.as_uri(), "setup", "--yes", "--data", str(home)),
+        *("--on-failure-webhook", WEBHOOK),
+    )
+    assert setup.returncode == 0, setup.stderr
+    assert TOKEN not in setup.stdout + setup.stderr and "hooks.slack.example" in setup.stdout
     settings = json.loads(_cloudkeep(home, "config", "show", "--json").stdout)["settings"]
     assert settings["on_failure"]["webhook"] == "https://hooks.slack.example/********"
-    # The file itself is untouched: the masking is only what is shown.
+    # The file holds it whole: the masking is only what is shown.
     assert load_config(home / "config").on_failure.webhook == WEBHOOK
 
 

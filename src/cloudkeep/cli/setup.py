@@ -470,8 +470,10 @@ def _summary(
         rows.append(("device name", config.device_name))
     if config.on_failure.command:
         rows.append(("on failure", " ".join(config.on_failure.command)))
-    if config.on_failure.webhook:
-        rows.append(("on failure", f"POST {config.on_failure.webhook}"))
+    if config.on_failure.webhook:  # its path is often the token: never printed whole
+        from cloudkeep.config import masked_webhook
+
+        rows.append(("on failure", f"POST {masked_webhook(config.on_failure.webhook)}"))
     if config.credentials:
         rows.append(("credentials", ", ".join(sorted(config.credentials))))
     print(f"saved {path}:")
