@@ -128,8 +128,9 @@ def _from_store(
     ctx: typer.Context, offline: bool
 ) -> tuple[str, list[tuple[str, datetime]] | None, str | None]:
     """The store as shown, this device's backups (id, time) in it, and why they could
-    not be listed (None when they were, or ``offline``)."""
-    from cloudkeep.errors import CloudkeepError
+    not be listed (None when they were, or ``offline``). A store without a repository
+    holds none yet (the first backup creates it)."""
+    from cloudkeep.errors import CloudkeepError, RepositoryNotFound
     from cloudkeep.storage.url import describe_store_url
 
     settings = ctx.obj
@@ -142,6 +143,8 @@ def _from_store(
         ws = workspace(ctx)
         shown = ws.storage.describe()
         infos = ws.list()
+    except RepositoryNotFound:
+        return shown, [], None
     except CloudkeepError as exc:
         return shown, None, one_line(str(exc) or type(exc).__name__)
     mine = [(i.id, i.created) for i in infos if i.device_name == settings.device_name]
