@@ -389,6 +389,17 @@ def _text(document: dict[str, Any], name: str) -> str | None:
     return value or None
 
 
+def _path(document: dict[str, Any], name: str) -> str | None:
+    """An absolute path (``~`` allowed): a relative one would name another file or
+    folder from each working folder (an in-place restore would replace that one)."""
+    value = _text(document, name)
+    if value is not None and not os.path.isabs(os.path.expanduser(value)):
+        raise ConfigurationError(
+            f"{name} must be an absolute path (or start with ~), not {value[:80]!r}"
+        )
+    return value
+
+
 def _table(document: dict[str, Any], name: str) -> dict[str, Any]:
     value = document.get(name, {})
     if not isinstance(value, dict):
@@ -405,9 +416,9 @@ def _from_toml(document: dict[str, Any]) -> UserConfig:
         Schedule.parse(schedule_text, _text(document, "schedule_jitter")) if schedule_text else None
     )
     return UserConfig(
-        data=_text(document, "data"),
+        data=_path(document, "data"),
         store=_text(document, "store"),
-        passphrase_file=_text(document, "passphrase_file"),
+        passphrase_file=_path(document, "passphrase_file"),
         device_name=_text(document, "device_name"),
         schedule=schedule,
         retention=_retention(_table(document, "retention")),

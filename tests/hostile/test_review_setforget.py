@@ -246,3 +246,24 @@ def test_a_failure_hook_that_can_never_run_is_refused_when_the_file_is_read(
     )
     assert given.returncode == 1 and "not an http(s) URL" in given.stderr, given.stderr
     assert not (home / "config" / "config.toml").exists() and not (store / "config").exists()
+
+
+def test_a_relative_data_folder_or_passphrase_file_in_the_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    """data = "Pieces" named ./Pieces of whatever folder a command ran in: an in-place
+    restore from another folder replaced a folder there that happened to bear the name."""
+    home = tmp_path / "home"
+    config = home / "config"
+    config.mkdir(parents=True)
+    bystander = home / "Pieces"
+    bystander.mkdir()
+    (bystander / "mine.txt").write_text("not the backed-up data")
+    for line in ('data = "Pieces"', 'passphrase_file = "cfg/passphrase.key"'):
+        (config / "config.toml").write_text(line + "\n")
+        done = _cloudkeep(home, "restore", "latest")
+        assert done.returncode == 1, done.stderr
+        assert "must be an absolute path" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert (bystander / "mine.txt").read_text() == "not the backed-up data"
+    (config / "config.toml").write_text('data = "~/Pieces"\n')
+    assert load_config(config).data == "~/Pieces"
