@@ -127,10 +127,13 @@ class ScheduleStatus:
                 setattr(status, item.name, _time(value))
             elif item.name == "last_run_outcome":
                 status.last_run_outcome = (
-                    Outcome(value) if value in Outcome._value2member_map_ else None
+                    Outcome(value)
+                    if isinstance(value, str) and value in Outcome._value2member_map_
+                    else None
                 )
             elif item.name in ("consecutive_failures", "server_pid"):
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                # At most a C int: a larger pid made os.kill raise OverflowError.
+                if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31:
                     setattr(status, item.name, value)
             elif item.name == "failure_notified":
                 status.failure_notified = value is True

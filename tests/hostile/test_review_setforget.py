@@ -267,3 +267,19 @@ def test_a_relative_data_folder_or_passphrase_file_in_the_file_is_refused(
     assert (bystander / "mine.txt").read_text() == "not the backed-up data"
     (config / "config.toml").write_text('data = "~/Pieces"\n')
     assert load_config(config).data == "~/Pieces"
+
+
+def test_a_damaged_status_file_is_read_as_no_status(tmp_path: Path) -> None:
+    """from_json promises tolerance: a list as the outcome or a pid beyond a C int made
+    `cloudkeep status` (and a starting server) fail with an internal error."""
+    from cloudkeep.status import STATUS_VERSION, ScheduleStatus
+
+    now = "2026-11-30T03:00:00+00:00"
+    for damaged in (
+        {"version": STATUS_VERSION, "last_run_outcome": ["failed"]},
+        {"version": STATUS_VERSION, "last_run_outcome": {"a": 1}},
+        {"version": STATUS_VERSION, "server_pid": 2**70, "heartbeat": now},
+    ):
+        status = ScheduleStatus.from_json(damaged)
+        assert status.last_run_outcome is None and status.server_pid is None
+        assert not status.server_running()
