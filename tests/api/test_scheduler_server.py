@@ -53,8 +53,10 @@ def outcome(status: dict[str, Any]) -> str | None:
 def test_unchanged_data_is_skipped_and_a_change_is_backed_up(start_server: StartServer) -> None:
     server = start_server(notes=["one"], args=("--schedule", "every 1s"))
     wait_for(server, lambda s: outcome(s) == "skipped", "a skipped run")
+    # Runs while the data was changed within the last 2 s back up (a signature that
+    # fresh vouches for nothing), so how many came first depends on the pace.
     stored = backup_ids(server)
-    assert 1 <= len(stored) <= 2  # the first signature may be too fresh to vouch for
+    assert stored
     # Several more runs, all skipped: no new backup.
     seen: set[str] = set()
     wait_for(
