@@ -67,7 +67,7 @@ def test_setup_for_scripts_saves_what_every_command_then_reads(tmp_path: Path) -
     assert config.data == str(laptop.data) and config.store == store
     assert config.passphrase_file is None and config.device_name == "work laptop"
     assert config.schedule == Schedule.parse("every 30m")
-    assert config.retention == Retention(hourly=24, daily=7, weekly=4, monthly=12, within="30d")
+    assert config.retention == Retention(daily=7, within="30d")  # the rules given, only
     assert config.on_failure == OnFailure(
         ("notify-send", "backup failed"), "https://hooks.example/cloudkeep"
     )
@@ -120,7 +120,7 @@ def test_setup_again_edits_the_configuration_and_joins(tmp_path: Path) -> None:
     edited = load_config(laptop.config)
     assert edited.data == first.data and edited.store == store
     assert edited.schedule is None
-    assert edited.retention == Retention(last=3, hourly=24, daily=7, weekly=4, monthly=12)
+    assert edited.retention == Retention(last=3)  # the rules given replace the policy
     kept = laptop.run("setup", "--yes", **env)
     assert kept.returncode == 0 and load_config(laptop.config) == edited
 

@@ -405,8 +405,8 @@ def _choose_retention(
         for name, value in flags.items()
         if value is not None
     }
-    if changes:
-        return replace(policy, **changes)
+    if changes:  # the rules given are the policy, as forget's flags are
+        return Retention(**changes)
     if not ask:
         return policy
     while True:
