@@ -61,6 +61,16 @@ MAX_KEEP = 1_000_000
 UNLIMITED = -1
 
 
+def parse_count(text: str, what: str) -> int:
+    """A keep count written as text: a whole number, or ``unlimited`` (``UNLIMITED``)."""
+    word = text.strip().lower()
+    if word == "unlimited":
+        return UNLIMITED
+    if not word.isdigit() or int(word) > MAX_KEEP:
+        raise ConfigurationError(f"{what} takes a whole number from 0 to {MAX_KEEP}, or unlimited")
+    return int(word)
+
+
 def parse_duration(text: str, what: str) -> timedelta:
     """``90s``, ``30m``, ``2h`` or ``1d`` as a timedelta; ConfigurationError naming ``what``."""
     match = _DURATION.fullmatch(text.strip().lower())
@@ -178,7 +188,7 @@ class Retention:
 
     @classmethod
     def parse(cls, text: str) -> Retention:
-        """The policy ``str`` writes (``keep-daily 7, keep-within 30d``; ``keep-`` and the
+        """The policy ``str`` writes (``keep-daily 7, keep-weekly unlimited``; ``keep-`` and the
         commas optional, ``=`` allowed); ``keep everything`` (or ``all``) is no rule."""
         words = text.replace(",", " ").replace("=", " ").lower().split()
         if words in ([], ["keep", "everything"], ["everything"], ["all"]):
@@ -197,12 +207,7 @@ class Retention:
                     f"{rule[:20]!r} is not a retention rule (keep-last, -hourly, -daily, "
                     "-weekly, -monthly, -yearly, -within), or it is given twice"
                 )
-            if name == "within":
-                rules[name] = value
-            elif value.isdigit():
-                rules[name] = int(value)
-            else:
-                raise ConfigurationError(f"keep-{name} {value[:20]!r} is not a whole number")
+            rules[name] = value if name == "within" else parse_count(value, f"keep-{name}")
         return cls(**rules)
 
     @property

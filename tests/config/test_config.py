@@ -154,3 +154,10 @@ def test_the_environment_wins_over_configured_credentials() -> None:
         UserConfig(credentials={"AWS_SECRET_ACCESS_KEY": "file", "AWS_ACCESS_KEY_ID": "id"}), env
     )
     assert env == {"AWS_SECRET_ACCESS_KEY": "mine", "AWS_ACCESS_KEY_ID": "id"}
+
+
+def test_a_policy_text_reads_back_with_unlimited_counts() -> None:
+    policy = Retention(daily=7, weekly=-1, within="30d")
+    assert Retention.parse(str(policy)) == policy
+    with pytest.raises(ConfigurationError, match="keep-daily takes a whole number"):
+        Retention.parse("keep-daily lots")

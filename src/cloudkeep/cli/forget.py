@@ -38,16 +38,10 @@ def parse_time(text: str) -> datetime:
 
 
 def keep_count(option: str, text: str | None) -> int:
-    """A keep count: a whole number, or ``unlimited``."""
-    from cloudkeep.config import MAX_KEEP, UNLIMITED
+    """A keep count option: a whole number, or ``unlimited``; 0 when not given."""
+    from cloudkeep.config import parse_count
 
-    if text is None:
-        return 0
-    if text.strip().lower() == "unlimited":
-        return UNLIMITED
-    if not text.strip().isdigit() or int(text) > MAX_KEEP:
-        raise UserError(f"{option} takes a whole number from 0 to {MAX_KEEP}, or unlimited")
-    return int(text)
+    return 0 if text is None else parse_count(text, option)
 
 
 @app.command(cls=FastCommand)
