@@ -7,11 +7,14 @@ cd "$(dirname "$0")/.."
 # Debian packages: `rclone serve webdav` for the WebDAV round trips, restic to compare
 # the retention policy with `restic forget`, and systemd for `systemd-analyze verify` of
 # the user unit `cloudkeep service install` writes (it installs cleanly in a container;
-# nothing of it runs there).
+# nothing of it runs there), sqldiff (sqlite3-tools) as the anchor of `cloudkeep diff`,
+# and chromium, the browser Playwright drives through the dashboard.
 missing=()
 command -v rclone >/dev/null 2>&1 || missing+=(rclone)
 command -v restic >/dev/null 2>&1 || missing+=(restic)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v sqldiff >/dev/null 2>&1 || missing+=(sqlite3-tools)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
