@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from cloudkeep.backups.stats import StoreStats
     from cloudkeep.config import Retention
     from cloudkeep.repository.crypto import MasterKey
+    from cloudkeep.repository.index import MasterIndex
     from cloudkeep.repository.keys import KeyInfo
     from cloudkeep.repository.repository import IndexRebuild, Repository
 
@@ -107,6 +108,8 @@ class Workspace:
         # Set when this workspace created the repository (it may lose a creation race).
         self._created_here = False
         self._said_found: Path | None = None
+        # The index ``reader`` loaded last, and the index files it was loaded from.
+        self._read_index: tuple[frozenset[str], MasterIndex] | None = None
 
     # ------------------------------------------------------------------ opening
     @property
@@ -389,7 +392,14 @@ class Workspace:
             repo = self.repository(opening=opening)
         timeout = LOCK_TIMEOUT_SECONDS if lock_timeout is None else lock_timeout
         with RepositoryLock(repo, exclusive=False, purpose="read").acquire(timeout):
-            repo.load_index()
+            # A server answers many reads: the index is loaded again only when its files
+            # changed (a backup added one, a prune rewrote them). Readers never change it.
+            names = frozenset(repo.list_files("index"))
+            known = self._read_index
+            if known is not None and known[0] == names:
+                repo.index = known[1]
+            else:
+                self._read_index = (names, repo.load_index())
             yield BackupReader(repo)
 
     def databases(self, backup_id: str) -> builtins.list[FileEntry]:

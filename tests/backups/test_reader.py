@@ -303,3 +303,22 @@ def test_workspace_reader_reads_a_backed_up_database_as_restored(tmp_path: Path)
             assert backup_file.read(4096, 8192) == expected[4096 : 4096 + 8192]
             assert b"".join(backup_file.stream()) == expected
         assert reader.fetched_bytes > 0
+
+
+def test_workspace_reader_loads_the_index_again_only_when_it_changed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(random.Random(2).randbytes(300_000))
+    settings = Settings.resolve(data=data, store=(tmp_path / "store").as_uri(), device_name="d")
+    workspace = Workspace(Settings(**{**settings.__dict__, "passphrase": PASSPHRASE}))
+    workspace.backup()
+    with workspace.reader() as first:
+        index = first._repo.index
+    with workspace.reader() as again:
+        assert again._repo.index is index  # same index files: not loaded again
+    (data / "b.bin").write_bytes(random.Random(3).randbytes(300_000))
+    newer = workspace.backup()
+    with workspace.reader() as after:
+        assert after._repo.index is not index
+        (entry,) = [e for e in workspace.manifest(newer.id).files if e.path == "b.bin"]
+        assert after.file(entry).read(0, 300_000) == (data / "b.bin").read_bytes()
