@@ -162,6 +162,44 @@ def lookup(cli: Cli, row_id: int, cache: Path) -> dict[str, Any]:
     }
 
 
+def phases(cli: Cli, row_id: int, cache: Path) -> dict[str, float]:
+    """Where a cold lookup's time goes, measured in this process (a fresh Workspace:
+    the key derived again, nothing of the repository in memory); then a second lookup
+    as a server answers it (``Workspace.database`` again: its lock, the manifest, the
+    chunk lists and pages fetched again; the key and the index kept)."""
+    saved = dict(os.environ)
+    os.environ.update(cli.env, CLOUDKEEP_CACHE_DIR=str(cache))
+    try:
+        from cloudkeep.settings import Settings
+        from cloudkeep.workspace import Workspace
+
+        ws = Workspace(Settings.resolve(data=str(cli.data), store=cli.store))
+        marks = [("start", time.perf_counter())]
+        ws.repository()  # the passphrase's key derived (Argon2id), the config read
+        marks.append(("unlock_s", time.perf_counter()))
+        backup_id = ws.resolve("latest")
+        marks.append(("resolve_latest_s", time.perf_counter()))
+        with ws.reader() as reader:
+            marks.append(("lock_and_index_s", time.perf_counter()))
+            entries = ws.manifest(backup_id).files
+            (entry,) = [e for e in entries if e.path == "snippets.db"]
+            from cloudkeep.backups.sql import Database
+
+            database = Database(reader, entry)
+            marks.append(("chunk_lists_and_header_s", time.perf_counter()))
+            database.query(QUERY.format(id=row_id))
+            marks.append(("query_s", time.perf_counter()))
+            database.close()
+        # As a server answers its next query: repository open, index in memory.
+        with ws.database(backup_id, "snippets.db") as database:
+            database.query(QUERY.format(id=row_id // 2 + 1))
+        marks.append(("next_query_in_a_server_s", time.perf_counter()))
+        return {name: at - marks[n][1] for n, (name, at) in enumerate(marks[1:])}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-mib", type=float, default=600)
@@ -193,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = random.Random(args.seed).sample(range(1, rows + 1), args.lookups)
         log(f"{args.lookups} cold lookups among {rows:,} rows")
         cold = [lookup(cli, row_id, cache) for row_id in ids]
+        breakdown = phases(cli, ids[-1], cache)
         fresh_cache = home / "fresh-cache"
         first = lookup(cli, ids[0], fresh_cache)
         restore = None
@@ -223,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             key: max(item[key] for item in cold)
             for key in ("wall_s", "command_s", "query_s", "fetched_bytes")
         },
+        "phases": breakdown,
         "fresh_cache": first,
         "restore": restore,
         "load_average": os.getloadavg(),

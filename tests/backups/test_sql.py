@@ -201,3 +201,19 @@ def test_choosing_the_database(backed: Backed) -> None:
         ws.database(backup_id, "notes.txt").__enter__()
     with pytest.raises(NotADatabase):
         ws.database(backup_id, "sub").__enter__()
+
+
+def test_text_that_is_not_utf8_is_a_clear_refusal(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "odd.db") as db:
+        db.execute("CREATE TABLE t(a)")
+        db.execute("INSERT INTO t VALUES (CAST(x'fffe41' AS TEXT))")
+    db.close()
+    settings = Settings.resolve(data=data, store=(tmp_path / "store").as_uri(), device_name="d")
+    ws = Workspace(Settings(**{**settings.__dict__, "passphrase": PASSPHRASE}))
+    backup_id = ws.backup().id
+    with ws.database(backup_id) as db:
+        with pytest.raises(QueryRefused, match="not valid UTF-8"):
+            db.query("SELECT a FROM t")
+        assert db.query("SELECT CAST(a AS BLOB) FROM t").rows == [(b"\xff\xfeA",)]

@@ -160,8 +160,8 @@ def test_the_vfs_opens_nothing_but_the_backed_up_file(victim: Victim, tmp_path: 
 
 
 # ------------------------------------------------------------- a key holder's data
-def attacker_repo(store: HostileStore) -> Repository:
-    repo = Repository.open(open_store(store.url), PASSPHRASE)
+def attacker_repo(store_url: str) -> Repository:
+    repo = Repository.open(open_store(store_url), PASSPHRASE)
     repo.load_index()
     return repo
 
@@ -207,7 +207,7 @@ def test_a_substituted_page_is_refused(
 ) -> None:  # type: ignore[no-untyped-def]
     victim = Victim(tmp_path, hostile_store.url, cli, guarded_home)
     real_id = victim.backup()
-    repo = attacker_repo(hostile_store)
+    repo = attacker_repo(hostile_store.url)
     manifest = Manifest.decode(repo.load_file("snapshots", real_id), real_id)
     (entry,) = [e for e in manifest.files if e.path == "notes.db"]
     chunks = sum(len(decode_chunk_list(repo.read_blob(bytes.fromhex(i)))) for i in entry.content)
@@ -229,10 +229,42 @@ def test_a_size_that_disagrees_with_the_chunks_is_refused(
 ) -> None:  # type: ignore[no-untyped-def]
     victim = Victim(tmp_path, hostile_store.url, cli, guarded_home)
     real_id = victim.backup()
-    repo = attacker_repo(hostile_store)
+    repo = attacker_repo(hostile_store.url)
     manifest = Manifest.decode(repo.load_file("snapshots", real_id), real_id)
     (entry,) = [e for e in manifest.files if e.path == "notes.db"]
     forged_id = plant(repo, manifest, [replace(entry, size=entry.size + delta)])
     done = victim.run("sql", forged_id, "SELECT count(*) FROM notes")
     assert_clean_failure(done, codes=(2,))
     assert "does not add up" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"plain text, not a database\n" * 300, "does not start with a SQLite header"),
+        (b"SQLite format 3\x00" + bytes(range(256)) * 31 + bytes(240), "malformed"),
+    ],
+    ids=["not sqlite", "a header over garbage"],
+)
+def test_a_key_holders_forged_database_is_refused_cleanly(
+    content: bytes, message: str, tmp_path: Path, guarded_home: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    victim = Victim(tmp_path, (tmp_path / "store").as_uri(), cli, guarded_home)
+    real_id = victim.backup()
+    repo = attacker_repo(victim.store_url)
+    manifest = Manifest.decode(repo.load_file("snapshots", real_id), real_id)
+    writer = repo.pack_writer()
+    blob_id = repo.blob_id(content)
+    writer.add(BlobType.DATA, blob_id, content)
+    raw = encode_chunk_list([(blob_id, len(content))])
+    list_id = repo.blob_id(raw)
+    writer.add(BlobType.TREE, list_id, raw)
+    writer.flush()
+    writer.close()
+    forged = FileEntry("notes.db", "file", size=len(content), sqlite=True, content=[list_id.hex()])
+    forged_id = plant(repo, manifest, [forged])
+    before = victim.local_state()
+    done = victim.run("sql", forged_id, "SELECT count(*) FROM notes")
+    assert_clean_failure(done, codes=(1,))
+    assert message in done.stderr, done.stderr
+    assert victim.local_state() == before

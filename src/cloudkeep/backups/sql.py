@@ -253,13 +253,22 @@ def open_database(reader: BackupReader, entry: FileEntry) -> apsw.Connection:
         )
     finally:
         vfs.forget(name)
-    connection.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
-    connection.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
-    connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
-    connection.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
-    connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
-    connection.execute("PRAGMA temp_store = MEMORY")  # sorts never spill to a temp file
-    connection.authorizer = _authorize
+    try:
+        connection.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+        connection.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        connection.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+        connection.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
+        connection.config(apsw.SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0)
+        connection.execute("PRAGMA temp_store = MEMORY")  # sorts never spill to a temp file
+        connection.authorizer = _authorize
+    except apsw.Error as exc:  # a header that says SQLite over pages that are not
+        connection.close()
+        raise NotADatabase(
+            f"{shown(entry.path)} does not open as a SQLite database: {exc}"
+        ) from None
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 
@@ -397,12 +406,15 @@ class Database:
                 raise QueryRefused(
                     f"{exc}: only reading is allowed (SELECT, and PRAGMAs that read)"
                 ) from None
-            except (apsw.SQLError, apsw.ReadOnlyError, apsw.CantOpenError, apsw.RangeError) as exc:
-                raise QueryRefused(str(exc)) from None
-            except (apsw.TooBigError, apsw.NoMemError, apsw.ConstraintError) as exc:
-                raise QueryRefused(str(exc)) from None
-            except apsw.CorruptError as exc:
+            except UnicodeDecodeError:
+                raise QueryRefused(
+                    "a text value of the result is not valid UTF-8: select it as "
+                    "CAST(column AS BLOB) or hex(column)"
+                ) from None
+            except (apsw.CorruptError, apsw.NotADBError) as exc:
                 raise QueryRefused(f"the backed-up database is malformed: {exc}") from None
+            except apsw.Error as exc:  # SQLite's own refusals: bad SQL, too big, no memory
+                raise QueryRefused(str(exc)) from None
             finally:
                 cursor.close(force=True)
         return QueryResult(
