@@ -76,6 +76,7 @@ def test_max_rows_cuts_the_result(sql) -> None:  # type: ignore[no-untyped-def]
         (("latest", "SELECT 1; SELECT 2"), "one statement at a time"),
         (("latest", "config/app.json", "SELECT 1"), "is not a SQLite database"),
         (("latest", "other.db", "SELECT 1"), "no database 'other.db'"),
+        (("latest", "snipets.db"), "no database 'snipets.db'"),  # a typo: not taken for SQL
         (("nope", "SELECT 1"), "no backup"),
     ],
 )

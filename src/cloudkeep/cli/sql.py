@@ -82,7 +82,7 @@ def sql(
     ws = workspace(ctx)
     started = time.monotonic()
     resolved = ws.resolve(backup_id, device)
-    if query is None and database is not None and not _is_path(ws, resolved, database):
+    if query is None and database is not None and not _names_a_database(ws, resolved, database):
         database, query = None, database  # `sql ID "SELECT ..."`: the one database
     with ws.database(resolved, database) as db:
         if query is None:
@@ -97,9 +97,13 @@ def sql(
             notice(_summary(db, result, total))
 
 
-def _is_path(ws: "Workspace", backup_id: str, text: str) -> bool:
-    """Whether ``text`` names an entry of the backup (else it is a query)."""
+def _names_a_database(ws: "Workspace", backup_id: str, text: str) -> bool:
+    """Whether the one argument after the id is the database (else it is a query): an
+    entry of the backup, or one word (no statement that reads is one word), so a
+    mistyped path is said to be missing rather than bad SQL."""
     wanted = text.strip().removeprefix("./").strip("/")
+    if not any(char.isspace() for char in wanted):
+        return True
     return any(entry.path == wanted for entry in ws.manifest(backup_id).files)
 
 
