@@ -105,6 +105,7 @@ class Cli:
         (home / "config").mkdir(parents=True, exist_ok=True)
         passphrase = home / "passphrase"
         passphrase.write_text(PASSPHRASE + "\n")
+        passphrase.chmod(0o600)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDKEEP_")}
         self.env.update(AWS, HOME=str(home), CLOUDKEEP_CONFIG_DIR=str(home / "config"))
         self.env["CLOUDKEEP_PASSPHRASE_FILE"] = str(passphrase)
