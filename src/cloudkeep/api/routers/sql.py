@@ -17,11 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.deps import BackupId, Service
 from cloudkeep.api.routers._responses import ENGINE, errors
+from cloudkeep.backups.sql import API_TIME_LIMIT, MAX_ROWS, json_value
 
 router = APIRouter(prefix="/cloudkeep/backups", tags=["cloudkeep"])
 
-#: Rows a query may ask for at most (``backups.sql.MAX_ROWS``).
-MAX_ROWS = 10_000
 #: Characters of a query's text.
 MAX_QUERY_CHARS = 100_000
 #: Seconds a query waits for a prune holding the repository before a 409.
@@ -92,7 +91,7 @@ async def databases(backup: BackupId, service: Service) -> Databases:
     summary="Query a database inside a backup, read-only, without restoring it",
     description="Pages are fetched from the store as the query reads them. 400 with "
     "SQLite's message for bad SQL, anything but reading, several statements, or a query "
-    "stopped at the time limit (10 s); 404 for an unknown backup or database.",
+    f"stopped at the time limit ({API_TIME_LIMIT:g} s); 404 for an unknown backup or database.",
     response_model=SqlResult,
     responses=errors(*ENGINE, 400, 404, 409, 422),
 )
@@ -101,8 +100,6 @@ async def query(backup: BackupId, body: SqlQuery, service: Service) -> SqlResult
 
 
 def _run(service: Service, backup: str, body: SqlQuery) -> SqlResult:
-    from cloudkeep.backups.sql import API_TIME_LIMIT, json_value
-
     workspace = service.workspace()
     with workspace.database(
         backup, body.database, largest=True, lock_timeout=LOCK_WAIT_SECONDS
