@@ -322,3 +322,29 @@ def test_workspace_reader_loads_the_index_again_only_when_it_changed(tmp_path: P
         assert after._repo.index is not index
         (entry,) = [e for e in workspace.manifest(newer.id).files if e.path == "b.bin"]
         assert after.file(entry).read(0, 300_000) == (data / "b.bin").read_bytes()
+
+
+def test_no_prune_removes_what_a_reader_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup deleted while its file is read: the prune that follows the delete is
+    postponed while the reader's shared lock is held, so the read completes."""
+    monkeypatch.setenv("CLOUDKEEP_LOCK_STALE_AFTER", "2")  # the prune waits 3 s at most
+    data = tmp_path / "data"
+    data.mkdir()
+    content = random.Random(4).randbytes(400_000)
+    (data / "a.bin").write_bytes(content)
+    settings = Settings.resolve(data=data, store=(tmp_path / "store").as_uri(), device_name="d")
+    workspace = Workspace(Settings(**{**settings.__dict__, "passphrase": PASSPHRASE}))
+    first = workspace.backup()
+    (data / "a.bin").unlink()
+    (data / "b.bin").write_bytes(random.Random(5).randbytes(1000))
+    workspace.backup()
+    with workspace.reader() as reader:
+        (entry,) = [e for e in workspace.manifest(first.id).files if e.path == "a.bin"]
+        backup_file = reader.file(entry)
+        assert workspace.delete(first.id) is None  # its prune postponed: we hold the lock
+        assert backup_file.read(0, len(content)) == content
+        assert b"".join(backup_file.stream()) == content
+    report = workspace.prune()
+    assert report.packs_deleted or report.bytes_freed
