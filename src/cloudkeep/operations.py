@@ -167,13 +167,16 @@ class Restore(Operation[RestoreResult]):
     """Restore a backup over the live data (``target`` None) or into ``target``.
 
     ``force`` restores in place even while another program holds a database open;
-    ``reuse_local`` takes the chunks the live data still holds instead of fetching them.
+    ``reuse_local`` takes the chunks the live data still holds instead of fetching them;
+    ``include`` restores only these paths of the backup (files or whole folders), in
+    place one entry at a time (empty: the whole backup).
     """
 
     backup_id: str
     target: Path | None = None
     force: bool = False
     reuse_local: bool = True
+    include: tuple[str, ...] = ()
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
     stream: ClassVar[Stream | None] = Stream.RESTORATIONS
@@ -188,6 +191,7 @@ class Restore(Operation[RestoreResult]):
             cancel=cancel,
             reuse_local=self.reuse_local,
             force=self.force,
+            include=self.include,
         )
         return RestoreResult(info=info)
 
