@@ -53,6 +53,8 @@ __all__ = [
     "Restore",
     "RestoreResult",
     "Stream",
+    "UndoRestore",
+    "UndoRestoreResult",
     "run",
 ]
 
@@ -194,6 +196,28 @@ class Restore(Operation[RestoreResult]):
             include=self.include,
         )
         return RestoreResult(info=info)
+
+
+@dataclass(frozen=True)
+class UndoRestoreResult(OperationResult):
+    """``kept``: where the state the undo took away is kept now (undo again to redo)."""
+
+    kept: str
+
+
+@dataclass(frozen=True)
+class UndoRestore(Operation[UndoRestoreResult]):
+    """Put back what the last in-place restore replaced (the whole data folder, or the
+    entries a restore of chosen paths replaced); ``force`` as for ``Restore``."""
+
+    force: bool = False
+
+    uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
+
+    def execute(
+        self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
+    ) -> UndoRestoreResult:
+        return UndoRestoreResult(kept=str(workspace.undo_restore(force=self.force)))
 
 
 # ----------------------------------------------------------------------- prune

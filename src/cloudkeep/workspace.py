@@ -564,6 +564,12 @@ class Workspace:
             self._ensure_not_in_use(live)
         return undo_restore(live)
 
+    def pending_undo(self) -> tuple[Path, str, str | None] | None:
+        """What ``undo_restore`` would put back (see ``in_place.pending_undo``)."""
+        from cloudkeep.backups.restore.in_place import pending_undo
+
+        return pending_undo(self.live_path())
+
     @staticmethod
     def _ensure_not_in_use(live: Path) -> None:
         from cloudkeep.backups.in_use import describe_users, users_of

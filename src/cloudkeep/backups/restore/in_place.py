@@ -125,3 +125,16 @@ def undo_restore(live: Path) -> Path:
         replace_single_file(keep, live, keep)
         return keep
     return swap_back(live)
+
+
+def pending_undo(live: Path) -> tuple[Path, str, str | None] | None:
+    """What ``undo_restore`` would put back: (where it is kept, ``"whole"`` or
+    ``"paths"``, the partial undo's state: restored, undone or restoring); None if
+    nothing."""
+    partial = UndoFolder(live)
+    if partial.exists():
+        return partial.folder, "paths", partial.state
+    keep = undo_path(live)
+    if keep.exists() and not keep.is_symlink():
+        return keep, "whole", None
+    return None
