@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from cloudkeep.backups.browse import Found, Listing
     from cloudkeep.backups.checker import CheckReport
     from cloudkeep.backups.forget import ForgetReport
-    from cloudkeep.backups.manifest import Manifest
+    from cloudkeep.backups.manifest import FileEntry, Manifest
     from cloudkeep.backups.prune import PruneReport
     from cloudkeep.backups.reader import BackupReader
     from cloudkeep.backups.stats import StoreStats
@@ -407,6 +407,35 @@ class Workspace:
                 reverse=True,
             )
         return find(manifests, pattern, kind, limit)
+
+    def dump(self, backup_id: str, path: str, out: BinaryIO, archive: str | None = None) -> int:
+        """Write the file ``path`` of a backup to ``out`` (bytes written), or with
+        ``archive="tar"`` that path and all beneath it as a tar stream (entries written).
+        Only those files' chunks are fetched, each blob verified."""
+        from cloudkeep.backups.dump import ARCHIVES, file_entry, write_file, write_tar
+
+        if archive is not None and archive not in ARCHIVES:
+            raise UserError(f"--archive is one of {', '.join(ARCHIVES)}, not {archive!r}")
+        with self.reader() as reader:
+            manifest = self.manifest(backup_id)
+            if archive is not None:
+                return write_tar(reader, manifest, path, out)
+            return write_file(reader, file_entry(manifest, path), out)
+
+    def file_entry(self, backup_id: str, path: str) -> FileEntry:
+        """The regular file ``path`` of a backup (see ``dump.file_entry``); manifest only."""
+        from cloudkeep.backups.dump import file_entry
+
+        return file_entry(self.manifest(backup_id), path)
+
+    def file_stream(self, backup_id: str, path: str) -> Iterator[bytes | memoryview]:
+        """The content of the file ``path`` of a backup, read as it is consumed (the
+        shared lock held until the stream ends or is closed)."""
+        from cloudkeep.backups.dump import file_entry
+
+        with self.reader() as reader:
+            entry = file_entry(self.manifest(backup_id), path)
+            yield from reader.file(entry).stream()
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[BackupReader]:

@@ -4,6 +4,7 @@ server process, store and SQLite data."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -131,3 +132,35 @@ def test_restore_requests_are_checked_before_queuing(start_server: StartServer) 
         assert http.post("/cloudkeep/backups/0.1.0_1/restore", json={}).status_code == 404
         nothing = http.post("/cloudkeep/restore/undo")
         assert nothing.status_code == 400 and "nothing to undo" in nothing.text
+
+
+def test_download_a_file(start_server: StartServer) -> None:
+    server = start_server(notes=["one"])
+    weird = 'we"ird;\u00e9t\u00e9\r\nname.bin'
+    content = os.urandom(3 * 1024 * 1024 + 17)
+    (server.data_dir / weird).write_bytes(content)
+    with server.http() as http:
+        backup_id = http.post("/backups/create").json()["id"]
+        url = f"/cloudkeep/backups/{backup_id}/file"
+        with http.stream("GET", url, params={"path": weird}) as answer:
+            assert answer.status_code == 200
+            body = b"".join(answer.iter_bytes())
+            headers = answer.headers
+        assert body == content
+        assert headers["content-type"] == "application/octet-stream"
+        assert headers["content-length"] == str(len(content))
+        disposition = headers["content-disposition"]
+        assert disposition.startswith('attachment; filename="we_ird__t___name.bin"')
+        assert "filename*=UTF-8''we%22ird%3B%C3%A9t%C3%A9%0D%0Aname.bin" in disposition
+        db = http.get(url, params={"path": "notes.db"})
+        assert db.status_code == 200 and db.content == server.db_path.read_bytes()
+
+        for path, status, text in (
+            ("../notes.db", 400, "'..' segment"),
+            ("a/../../notes.db", 400, "'..' segment"),
+            ("/", 400, "is a folder"),
+            ("nope.bin", 404, "not in backup"),
+        ):
+            refused = http.get(url, params={"path": path})
+            assert refused.status_code == status, (path, refused.text)
+            assert text in refused.text and refused.headers["content-type"].startswith("text/")

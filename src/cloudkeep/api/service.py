@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
     from cloudkeep.backups.browse import Found, Listing
+    from cloudkeep.backups.manifest import FileEntry
     from cloudkeep.settings import Settings
     from cloudkeep.workspace import BackupInfo, Workspace
 
@@ -317,6 +318,14 @@ class BackupService:
     async def ls(self, backup_id: str, path: str, recursive: bool) -> Listing:
         validate_id(backup_id)
         return await run_in_threadpool(self.workspace().ls, backup_id, path, recursive)
+
+    async def file_entry(self, backup_id: str, path: str) -> FileEntry:
+        validate_id(backup_id)
+        return await run_in_threadpool(self.workspace().file_entry, backup_id, path)
+
+    def file_stream(self, backup_id: str, path: str) -> Iterator[bytes | memoryview]:
+        """The file's bytes, fetched as they are consumed (iterate in a thread)."""
+        return self.workspace().file_stream(backup_id, path)
 
     async def find(
         self,

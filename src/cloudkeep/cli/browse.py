@@ -155,3 +155,40 @@ def find(
             print("  " + _line(entry, width))
     if truncated:
         notice(f"stopped after {limit:,} matches: --limit N shows more (0: all)")
+
+
+@app.command("dump", cls=FastCommand)
+def dump(
+    ctx: typer.Context,
+    backup_id: BackupArgument,
+    path: Annotated[
+        str, typer.Argument(metavar="PATH", help="A file of the backup (as 'ls' prints it).")
+    ],
+    device: LatestDeviceOption = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            metavar="tar",
+            help="Write PATH and everything beneath it (a folder, or '/' for all) as a tar stream.",
+        ),
+    ] = None,
+) -> None:
+    """Write a file of a backup to stdout, as it was backed up (restic's dump).
+
+    Only that file's chunks are fetched, every one verified; memory stays bounded
+    whatever its size: 'cloudkeep dump latest notes.db > notes.db'.
+    """
+    import os
+    import sys
+
+    ws = workspace(ctx)
+    resolved = ws.resolve(backup_id, device)
+    out = sys.stdout.buffer
+    try:
+        ws.dump(resolved, path, out, archive)
+        out.flush()
+    except BrokenPipeError:  # the reader left (| head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
