@@ -207,7 +207,8 @@ def select(manifest: Manifest, paths: Iterable[str]) -> tuple[Manifest, list[str
     Each path names a file, symlink or folder of the backup (a folder: its whole
     subtree); the folders leading to them come along (their entries, where the
     manifest has them), and so do the ``-wal``, ``-shm`` and ``-journal`` entries of a
-    file the backup holds (a database and its companions are one). ``EntryNotFound``
+    file the backup holds, and the database of such a companion (a database and its
+    companions are one). ``EntryNotFound``
     for a path the backup does not hold, ``UserError`` for one that is no safe
     relative path. The top ("" or "/") selects everything.
     """
@@ -229,7 +230,7 @@ def select(manifest: Manifest, paths: Iterable[str]) -> tuple[Manifest, list[str
         chosen.add(path)
         chosen.update(subtree)
         if entry is not None and entry.type == "file":
-            chosen.update(p for p in (path + s for s in COMPANION_SUFFIXES) if p in by_path)
+            chosen.update(_database_unit(path, by_path))
     for path in list(chosen):
         chosen.update(parent for parent in _parents(path) if parent in by_path)
     files = [entry for entry in manifest.files if entry.path in chosen]
@@ -239,6 +240,18 @@ def select(manifest: Manifest, paths: Iterable[str]) -> tuple[Manifest, list[str
         bytes=sum(entry.size for entry in files if entry.type == "file"),
     )
     return part, _outermost(roots)
+
+
+def _database_unit(path: str, by_path: dict[str, FileEntry]) -> list[str]:
+    """The files restored together with the file ``path``: a database and the ``-wal``,
+    ``-shm`` and ``-journal`` the backup holds beside it (naming either names all: a log
+    restored beside another database than its own would be replayed onto it)."""
+    base = path
+    for suffix in COMPANION_SUFFIXES:
+        if path.endswith(suffix) and by_path.get(path[: -len(suffix)]) is not None:
+            base = path[: -len(suffix)]
+    unit = [base, *(base + suffix for suffix in COMPANION_SUFFIXES)]
+    return [name for name in unit if name in by_path and by_path[name].type == "file"]
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
