@@ -60,6 +60,10 @@ class InvalidBackupId(BackupNotFound):
     """The id is not of the form version_timestamp (and so cannot exist)."""
 
 
+class EntryNotFound(UserError):
+    """A path that names no file, folder or symlink of the backup."""
+
+
 class AmbiguousBackupId(UserError):
     """A backup id prefix, or ``latest``, that names more than one backup."""
 

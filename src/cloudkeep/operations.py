@@ -53,6 +53,8 @@ __all__ = [
     "Restore",
     "RestoreResult",
     "Stream",
+    "UndoRestore",
+    "UndoRestoreResult",
     "run",
 ]
 
@@ -167,13 +169,16 @@ class Restore(Operation[RestoreResult]):
     """Restore a backup over the live data (``target`` None) or into ``target``.
 
     ``force`` restores in place even while another program holds a database open;
-    ``reuse_local`` takes the chunks the live data still holds instead of fetching them.
+    ``reuse_local`` takes the chunks the live data still holds instead of fetching them;
+    ``include`` restores only these paths of the backup (files or whole folders), in
+    place one entry at a time (empty: the whole backup).
     """
 
     backup_id: str
     target: Path | None = None
     force: bool = False
     reuse_local: bool = True
+    include: tuple[str, ...] = ()
 
     uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
     stream: ClassVar[Stream | None] = Stream.RESTORATIONS
@@ -188,8 +193,31 @@ class Restore(Operation[RestoreResult]):
             cancel=cancel,
             reuse_local=self.reuse_local,
             force=self.force,
+            include=self.include,
         )
         return RestoreResult(info=info)
+
+
+@dataclass(frozen=True)
+class UndoRestoreResult(OperationResult):
+    """``kept``: where the state the undo took away is kept now (undo again to redo)."""
+
+    kept: str
+
+
+@dataclass(frozen=True)
+class UndoRestore(Operation[UndoRestoreResult]):
+    """Put back what the last in-place restore replaced (the whole data folder, or the
+    entries a restore of chosen paths replaced); ``force`` as for ``Restore``."""
+
+    force: bool = False
+
+    uses: ClassVar[frozenset[Resource]] = frozenset({Resource.DATA})
+
+    def execute(
+        self, workspace: Workspace, progress: ProgressFn | None, cancel: threading.Event | None
+    ) -> UndoRestoreResult:
+        return UndoRestoreResult(kept=str(workspace.undo_restore(force=self.force)))
 
 
 # ----------------------------------------------------------------------- prune

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from cloudkeep.backups.progress import Progress, ProgressFn
 from cloudkeep.errors import (
@@ -42,6 +42,7 @@ from cloudkeep.storage.url import open_store
 # Imported where used: a CLI process runs one operation; a backup imports the
 # repository and the archiver while its key is derived (see ``_open_soon``).
 if TYPE_CHECKING:
+    from cloudkeep.backups.browse import Found, Listing
     from cloudkeep.backups.checker import CheckReport
     from cloudkeep.backups.forget import ForgetReport
     from cloudkeep.backups.manifest import FileEntry, Manifest
@@ -375,6 +376,71 @@ class Workspace:
     def get(self, backup_id: str) -> BackupInfo:
         return BackupInfo.of(self.manifest(backup_id))
 
+    # ----------------------------------------------------------------- browsing
+    def ls(self, backup_id: str, path: str = "", recursive: bool = False) -> Listing:
+        """The entries of the folder ``path`` of a backup (its subtree with ``recursive``);
+        ``EntryNotFound`` if the backup holds no such path. Reads the manifest only."""
+        from cloudkeep.backups.browse import list_entries
+
+        return list_entries(self.manifest(backup_id), path, recursive)
+
+    def find(
+        self,
+        pattern: str,
+        device: str | None = None,
+        backup_id: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> tuple[builtins.list[Found], bool]:
+        """The entries matching ``pattern`` (see ``browse.find``) in every backup (of
+        ``device``, or the one ``backup_id``), newest backup first; and whether ``limit``
+        cut the answer short. Manifests only (kept in the metadata cache)."""
+        from cloudkeep.backups.browse import find
+        from cloudkeep.backups.catalog import id_time
+
+        if backup_id is not None:
+            manifests: Sequence[Manifest] = [self.manifest(backup_id)]
+        else:
+            manifests = sorted(
+                (
+                    manifest
+                    for manifest in self._manifests(self.repository())
+                    if device is None or manifest.device_name == device
+                ),
+                key=lambda manifest: id_time(manifest.id),
+                reverse=True,
+            )
+        return find(manifests, pattern, kind, limit)
+
+    def dump(self, backup_id: str, path: str, out: BinaryIO, archive: str | None = None) -> int:
+        """Write the file ``path`` of a backup to ``out`` (bytes written), or with
+        ``archive="tar"`` that path and all beneath it as a tar stream (entries written).
+        Only those files' chunks are fetched, each blob verified."""
+        from cloudkeep.backups.dump import ARCHIVES, file_entry, write_file, write_tar
+
+        if archive is not None and archive not in ARCHIVES:
+            raise UserError(f"--archive is one of {', '.join(ARCHIVES)}, not {archive!r}")
+        with self.reader() as reader:
+            manifest = self.manifest(backup_id)
+            if archive is not None:
+                return write_tar(reader, manifest, path, out)
+            return write_file(reader, file_entry(manifest, path), out)
+
+    def file_entry(self, backup_id: str, path: str) -> FileEntry:
+        """The regular file ``path`` of a backup (see ``dump.file_entry``); manifest only."""
+        from cloudkeep.backups.dump import file_entry
+
+        return file_entry(self.manifest(backup_id), path)
+
+    def file_stream(self, backup_id: str, path: str) -> Iterator[bytes | memoryview]:
+        """The content of the file ``path`` of a backup, read as it is consumed (the
+        shared lock held until the stream ends or is closed)."""
+        from cloudkeep.backups.dump import file_entry
+
+        with self.reader() as reader:
+            entry = file_entry(self.manifest(backup_id), path)
+            yield from reader.file(entry).stream()
+
     @contextlib.contextmanager
     def reader(self, lock_timeout: float | None = None) -> Iterator[BackupReader]:
         """Read access to the backups' files (``backups.reader``) for the ``with``: the
@@ -438,9 +504,15 @@ class Workspace:
         cancel: threading.Event | None = None,
         reuse_local: bool = True,
         force: bool = False,
+        include: Sequence[str] = (),
     ) -> BackupInfo:
         """Restore a backup; ``reuse_local`` takes the chunks the live data still holds
         from it instead of the store (each checked against the backup's id for it).
+
+        ``include``: only these paths of the backup (files, or folders with all they
+        hold; see ``browse.select``) and the folders leading to them; in place each is
+        put at its place atomically, and what they replace is kept for undo in
+        ``<data>.cloudkeep-undo-files`` (see ``restore.partial``).
 
         In place, a data folder that another program holds open is refused
         (``DataInUse``) unless ``force``; what the restore replaces is kept at
@@ -453,6 +525,12 @@ class Workspace:
 
             repo = self.repository(opening=opening)
         manifest = self.manifest(backup_id, repo)
+        chosen = False
+        if include:
+            from cloudkeep.backups.browse import select
+
+            manifest, roots = select(manifest, include)
+            chosen = roots != [""] and manifest.kind == "folder"  # a file backup: all of it
         if target is None:
             live = self._restore_path(manifest)
         else:  # the live data only lends chunks; without any, all are fetched
@@ -478,9 +556,12 @@ class Workspace:
             guard()  # before anything is fetched; again just before the swap
         replaces = target is None and (live.exists() or live.is_symlink())
         restorer = Restorer(repo, progress, cancel, reuse_local=reuse_local)
-        restorer.run(manifest, live, target, before_swap=guard)
         undo = ""
-        if replaces:
+        if chosen and target is None:
+            undo = str(restorer.run_chosen(manifest, live, before_swap=guard))
+        else:
+            restorer.run(manifest, live, target, before_swap=guard)
+        if replaces and not chosen:
             from cloudkeep.backups.swap import undo_path
 
             undo = str(undo_path(live))
@@ -571,6 +652,12 @@ class Workspace:
         if not force and live.is_dir():
             self._ensure_not_in_use(live)
         return undo_restore(live)
+
+    def pending_undo(self) -> tuple[Path, str, str | None] | None:
+        """What ``undo_restore`` would put back (see ``in_place.pending_undo``)."""
+        from cloudkeep.backups.restore.in_place import pending_undo
+
+        return pending_undo(self.live_path())
 
     @staticmethod
     def _ensure_not_in_use(live: Path) -> None:

@@ -17,8 +17,13 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 # Schema-valid requests refused on purpose: a Backup body naming another id than the
 # path (400: a confused client must not delete or restore the wrong backup), and a
 # plain GET on a WebSocket path that starts work (426: no work on a GET), and a
-# schedule the pattern allows but the rules refuse (every 0s, a jitter over the interval).
+# schedule the pattern allows but the rules refuse (every 0s, a jitter over the interval),
+# paths a backup does not hold or that are no plain relative path ('..'), and an undo
+# with nothing to undo.
 _REFUSED_ON_PURPOSE = {
+    "GET /cloudkeep/backups/{backup}/files",
+    "POST /cloudkeep/backups/{backup}/restore",
+    "POST /cloudkeep/restore/undo",
     "PUT /cloudkeep/schedule",
     "POST /backups/{backup}/delete",
     "POST /backup/{backup}/restore",

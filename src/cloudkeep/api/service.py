@@ -15,6 +15,8 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +46,8 @@ from cloudkeep.operations import Operation, OperationResult, ProgressFn
 from cloudkeep.wire import Backup, backup_from_info, current_platform
 
 if TYPE_CHECKING:
+    from cloudkeep.backups.browse import Found, Listing
+    from cloudkeep.backups.manifest import FileEntry
     from cloudkeep.settings import Settings
     from cloudkeep.workspace import BackupInfo, Workspace
 
@@ -78,6 +82,11 @@ def _log_late_failure(backup_id: str) -> Listener:
             log.warning("prune after deleting %s failed: %s", backup_id, event.reason)
 
     return report
+
+
+def _taken(target: Path) -> bool:
+    """Whether ``target`` holds anything (a restore goes into a new or empty folder only)."""
+    return target.exists() and (not target.is_dir() or any(target.iterdir()))
 
 
 def _not_found(backup_id: str) -> ApiError:
@@ -258,6 +267,79 @@ class BackupService:
         """Check the backup exists (404 now rather than FAILED later), then queue."""
         backup = await self.get(backup_id)
         return self._submit(operations.Restore(backup_id), backup)
+
+    async def queue_restore(
+        self,
+        backup_id: str,
+        include: Sequence[str] = (),
+        target: Path | None = None,
+        force: bool = False,
+    ) -> Job:
+        """Queue a restore of the whole backup or of ``include`` (into ``target``, else in
+        place), answered at once: 404 now for an unknown backup or path, 400 for a bad
+        path or a target that is taken; its progress shows on the restorations stream."""
+        backup = await self.get(backup_id)
+        if include:
+            await run_in_threadpool(self._check_include, backup_id, include)
+        if target is not None and await run_in_threadpool(_taken, target):
+            raise ApiError(
+                400,
+                f"The restore target {target} exists and is not empty: choose a new or "
+                "empty folder.",
+            )
+        operation = operations.Restore(backup_id, target, force=force, include=tuple(include))
+        return self.jobs.submit(operation, subject=backup)
+
+    def _check_include(self, backup_id: str, include: Sequence[str]) -> None:
+        from cloudkeep.backups.browse import select
+
+        select(self.workspace().manifest(backup_id), include)
+
+    async def undo_restore(self, force: bool = False) -> str:
+        """Put back what the last in-place restore replaced (a job on the data, waited
+        for); where the state it took away is kept now."""
+        subscription = Subscription(asyncio.get_running_loop())
+        job = self.jobs.submit(operations.UndoRestore(force), listener=subscription.push)
+        try:
+            while (await subscription.get()).status not in TERMINAL:
+                pass
+        finally:
+            self.jobs.unlisten(job, subscription.push)
+        if isinstance(job.result, operations.UndoRestoreResult):
+            return job.result.kept
+        if job.error is not None:
+            raise job.error
+        raise ApiError(409 if job.status is Status.CANCELED else 500, job.reason or "Undo failed.")
+
+    async def pending_undo(self) -> tuple[Path, str, str | None] | None:
+        return await run_in_threadpool(self.workspace().pending_undo)
+
+    # -- browsing (reads: the engine in a thread, never a job) ---------------------
+    async def ls(self, backup_id: str, path: str, recursive: bool) -> Listing:
+        validate_id(backup_id)
+        return await run_in_threadpool(self.workspace().ls, backup_id, path, recursive)
+
+    async def file_entry(self, backup_id: str, path: str) -> FileEntry:
+        validate_id(backup_id)
+        return await run_in_threadpool(self.workspace().file_entry, backup_id, path)
+
+    def file_stream(self, backup_id: str, path: str) -> Iterator[bytes | memoryview]:
+        """The file's bytes, fetched as they are consumed (iterate in a thread)."""
+        return self.workspace().file_stream(backup_id, path)
+
+    async def find(
+        self,
+        pattern: str,
+        device: str | None,
+        backup_id: str | None,
+        kind: str | None,
+        limit: int | None,
+    ) -> tuple[list[Found], bool]:
+        if backup_id is not None:
+            validate_id(backup_id)
+        return await run_in_threadpool(
+            self.workspace().find, pattern, device, backup_id, kind, limit
+        )
 
     # -- job lookups -------------------------------------------------------------
     def creation_job(self, ident: str) -> Job | None:

@@ -10,6 +10,9 @@ renamed back), which is the best a filesystem without exchange allows.
 What a restore replaces is kept, by a rename (no copy), as the sibling
 ``<name>.cloudkeep-undo``: one generation, replaced by the next restore.
 ``swap_back`` exchanges it with the data again (undo; run again to redo).
+A restore of chosen paths keeps what it replaced, entry by entry, in
+``<name>.cloudkeep-undo-files`` instead (``restore.partial``); either restore
+discards the other's undo folder, so there is one undo at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from cloudkeep.platform import fsync_dir
 
 ASIDE_SUFFIX = ".cloudkeep-old"
 UNDO_SUFFIX = ".cloudkeep-undo"
+PARTIAL_UNDO_SUFFIX = ".cloudkeep-undo-files"
 
 
 def undo_path(live: Path) -> Path:
@@ -101,3 +105,8 @@ def remove_any(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def partial_undo_path(live: Path) -> Path:
+    """Where a restore of chosen paths keeps what it replaced (see ``restore.partial``)."""
+    return live.with_name(live.name + PARTIAL_UNDO_SUFFIX)

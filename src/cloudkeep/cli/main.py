@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cloudkeep.cli import browse as _browse_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli import demo, forget, service, setup, status  # noqa: F401  (registers commands)
 from cloudkeep.cli import key as _key_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli import sql as _sql_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli.app import DryRunOption, JsonOption, app, app_key, workspace
 from cloudkeep.cli.errors import exit_code_for
-from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar
+from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar, size_text
 from cloudkeep.cli.params import FastCommand
 from cloudkeep.errors import CloudkeepError
 from cloudkeep.platform import keep_freed_memory
@@ -117,8 +118,8 @@ def list_(ctx: typer.Context, device: DeviceOption = None, json: JsonOption = Fa
             # A backup's device and folder are a key holder's text: shown, never markup.
             Text(_cut(one_line(info.device_name), 100)),
             Text(_cut(one_line(info.source), 300)),
-            _size(info.bytes),
-            _size(info.added_bytes),
+            size_text(info.bytes),
+            size_text(info.added_bytes),
         )
     # A pipe gets whole lines (for grep and awk), not the 80 columns of no terminal.
     Console(highlight=False, width=None if sys.stdout.isatty() else 1000).print(table)
@@ -127,18 +128,6 @@ def list_(ctx: typer.Context, device: DeviceOption = None, json: JsonOption = Fa
 def _cut(text: str, limit: int) -> str:
     """At most ``limit`` characters: a longer text keeps its end (a path's telling part)."""
     return text if len(text) <= limit else "..." + text[-(limit - 3) :]
-
-
-def _size(count: int) -> str:
-    """Bytes in binary units, as restic lists them: ``512 B``, ``1.234 MiB``."""
-    if count < 1024:
-        return f"{count} B"
-    size = count / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.3f} {unit}"
-        size /= 1024
-    return f"{size:.3f} TiB"
 
 
 @app.command(cls=FastCommand)
@@ -185,6 +174,15 @@ def restore(
             help="Put back the data the last in-place restore replaced (again to redo).",
         ),
     ] = False,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            metavar="PATH",
+            help="Restore only this file or folder of the backup (as 'cloudkeep ls' "
+            "prints it); repeatable. In place, each file is replaced atomically.",
+        ),
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """Restore a backup into the live data path (atomically), or into --target.
@@ -193,14 +191,21 @@ def restore(
     taken from it; only the others are fetched from the store. What an in-place
     restore replaces is kept beside the data as <name>.cloudkeep-undo. Without a
     data path, a backup of a Pieces OS folder goes to this system's Pieces OS folder.
+
+    With --include, only those paths (and the folders leading to them) are
+    restored, fetching only their chunks; a database comes with its -wal/-shm as
+    backed up, and stale ones beside it are moved out with what it replaces
+    (kept in <name>.cloudkeep-undo-files for --undo).
     """
     from cloudkeep.errors import UserError
     from cloudkeep.operations import Restore, run
 
     ws = workspace(ctx)
     if undo:
-        if backup_id or target or fetch_all or json or device:
-            raise UserError("--undo takes no backup id, --target, --device, --fetch-all or --json")
+        if backup_id or target or fetch_all or json or device or include:
+            raise UserError(
+                "--undo takes no backup id, --target, --device, --include, --fetch-all or --json"
+            )
         kept = ws.undo_restore(force=force)
         print(f"put back the data the last restore replaced into {ws.data_path()}")
         notice(f"the restored data is now kept in {kept}; 'cloudkeep restore --undo' again redoes")
@@ -215,6 +220,7 @@ def restore(
         Path(target).absolute() if target else None,
         force=force,
         reuse_local=not fetch_all,
+        include=tuple(include or ()),
     )
     with progress_bar("restore") as progress:
         info = run(operation, ws, progress).info
@@ -232,9 +238,10 @@ def restore(
                 f"{info.fetched_bytes:,} from the store"
             )
     if info.undo_path:
+        what = "the entries it replaced are" if include else "the data it replaced is"
         notice(
-            f"the data it replaced is kept in {info.undo_path} until the next restore; "
-            "'cloudkeep restore --undo' puts it back"
+            f"{what} kept in {info.undo_path} until the next restore; "
+            f"'cloudkeep restore --undo' puts {'them' if include else 'it'} back"
         )
 
 

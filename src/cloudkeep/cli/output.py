@@ -79,6 +79,18 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[ProgressFn | None
         yield update
 
 
+def size_text(count: int) -> str:
+    """Bytes in binary units, as restic lists them: ``512 B``, ``1.234 MiB``."""
+    if count < 1024:
+        return f"{count} B"
+    size = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.3f} {unit}"
+        size /= 1024
+    return f"{size:.3f} TiB"
+
+
 def print_json(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()

@@ -19,6 +19,7 @@ _DESCRIPTIONS: dict[int, str] = {
     415: "A request body that is not JSON.",
     422: "A request body that is JSON but not the documented model.",
     426: "This path is a WebSocket: connect with a WebSocket client.",
+    429: "Too many jobs are waiting to run; retry after the Retry-After header's seconds.",
     500: "Internal error (a bug); the text carries a trace id found in the server log.",
     503: "The store could not be reached (network, credentials); retry later.",
     505: "The repository or the backup was written by a newer cloudkeep: update cloudkeep.",

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from cloudkeep import platform
+from cloudkeep.backups.restore.partial import UndoFolder, undo_partial
 from cloudkeep.backups.restore.write import create_with_mode
 from cloudkeep.backups.sources import is_sqlite
 from cloudkeep.backups.sqlite_capture import BUSY_TIMEOUT_SECONDS
@@ -113,10 +114,27 @@ def _sqlite_copy(source_path: Path, target_path: Path, scratch: bool = False) ->
 
 def undo_restore(live: Path) -> Path:
     """Put back what the last in-place restore of ``live`` replaced; returns the undo path,
-    which now holds the restored state (undo again to redo)."""
+    which now holds the restored state (undo again to redo). After a restore of chosen
+    paths, those entries are put back one by one (``partial.undo_partial``)."""
+    partial = UndoFolder(live)
+    if partial.exists():
+        return undo_partial(partial)
     keep = undo_path(live)
     recover(live)
     if keep.is_file() and not keep.is_symlink() and (live.is_file() or not live.exists()):
         replace_single_file(keep, live, keep)
         return keep
     return swap_back(live)
+
+
+def pending_undo(live: Path) -> tuple[Path, str, str | None] | None:
+    """What ``undo_restore`` would put back: (where it is kept, ``"whole"`` or
+    ``"paths"``, the partial undo's state: restored, undone or restoring); None if
+    nothing."""
+    partial = UndoFolder(live)
+    if partial.exists():
+        return partial.folder, "paths", partial.state
+    keep = undo_path(live)
+    if keep.exists() and not keep.is_symlink():
+        return keep, "whole", None
+    return None

@@ -29,6 +29,7 @@ from cloudkeep.backups.restore.in_place import (
     replace_single_file,
     staging_path,
 )
+from cloudkeep.backups.restore.partial import UndoFolder, place
 from cloudkeep.backups.restore.plan import (
     FIRST_BATCH_CHUNKS,
     SlicePlan,
@@ -51,7 +52,8 @@ from cloudkeep.backups.restore.write import (
     reserve,
     set_size,
 )
-from cloudkeep.backups.swap import replace_atomically, undo_path
+from cloudkeep.backups.sources import is_sqlite
+from cloudkeep.backups.swap import remove_any, replace_atomically, undo_path
 from cloudkeep.errors import UserError
 from cloudkeep.repository.repository import Repository
 
@@ -106,6 +108,8 @@ class Restorer:
             destination = live
         destination.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(destination)
+        if target is None:
+            UndoFolder(live).refuse_interrupted()
         self._live = LiveData(live, manifest.kind == "file") if self.reuse_local else None
         self.reused_bytes = self.fetched_bytes = 0
         self.warnings = []
@@ -134,6 +138,8 @@ class Restorer:
                         f"no room left to restore into {staging.parent}: {exc.strerror}"
                     ) from exc
             tracker.check_canceled()
+            if target is None:
+                UndoFolder(live).discard()  # one undo at a time: this restore's replaces it
             if manifest.kind == "file" and target is None:
                 replace_single_file(staging / manifest.files[0].path, live, undo_path(live))
                 shutil.rmtree(staging, ignore_errors=True)
@@ -146,6 +152,54 @@ class Restorer:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return destination
+
+    def run_chosen(
+        self, part: Manifest, live: Path, before_swap: Callable[[], None] | None = None
+    ) -> Path:
+        """Restore the entries of ``part`` (``browse.select``) in place, each put at its
+        place atomically (see ``partial``); returns the undo folder keeping what they
+        replaced. ``before_swap`` runs before the first entry is put in place."""
+        if part.kind != "folder":
+            raise UserError(f"backup {part.id} holds one file: restore it whole, without --include")
+        if live.is_symlink() or (live.exists() and not live.is_dir()):
+            raise UserError(f"the data path {live} is not a folder: restore with --target")
+        live.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(live)
+        undo = UndoFolder(live)
+        undo.refuse_interrupted()
+        self._live = LiveData(live, False) if self.reuse_local else None
+        self.reused_bytes = self.fetched_bytes = 0
+        self.warnings = []
+        staging = staging_path(live)
+        umask = platform.process_umask()
+        tracker = Tracker("restore", part.bytes, self.progress, self.cancel)
+        tracker.advance(0)
+        try:
+            staging.mkdir()
+            with gc_paused(), self._reader.opened():
+                try:
+                    self._materialize(part, staging, None, umask, tracker)
+                except OSError as exc:
+                    if not out_of_room(exc):
+                        raise
+                    raise UserError(
+                        f"no room left to restore into {staging.parent}: {exc.strerror}"
+                    ) from exc
+            self.fetched_bytes = part.bytes - self.reused_bytes
+            tracker.check_canceled()
+            if before_swap is not None:
+                before_swap()
+            databases = {
+                entry.path
+                for entry in part.files
+                if entry.type == "file" and (entry.sqlite or is_sqlite(staging / entry.path))
+            }
+            undo.discard()
+            remove_any(undo_path(live))  # one undo at a time: this restore's replaces it
+            place(part, staging, live, umask, databases)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return undo.folder
 
     def _materialize(
         self,
