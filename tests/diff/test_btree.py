@@ -91,13 +91,17 @@ def _check(path: Path) -> None:
     assert len(free) == header.freelist_count
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     sizes=st.lists(st.integers(0, 9000), min_size=1, max_size=300),
     page_size=st.sampled_from([512, 1024, 4096, 8192]),
     delete_share=st.floats(0, 0.8),
 )
-def test_tree_shape_matches_dbstat(tmp_path: Path, sizes: list[int], page_size: int, delete_share: float) -> None:
+def test_tree_shape_matches_dbstat(
+    tmp_path: Path, sizes: list[int], page_size: int, delete_share: float
+) -> None:
     path = tmp_path / f"db-{len(sizes)}-{page_size}.sqlite"
     path.unlink(missing_ok=True)
     rows = [(i * 7 + 1, bytes([i % 251]) * size) for i, size in enumerate(sizes)]

@@ -145,10 +145,7 @@ def interior_children(data: bytes, page: BtreePage) -> list[int]:
 
 def local_payload(kind: int, payload: int, usable: int) -> int:
     """How many payload bytes of a cell lie on its b-tree page (the rest overflows)."""
-    if kind == TABLE_LEAF:
-        most = usable - 35
-    else:
-        most = (usable - 12) * 64 // 255 - 23
+    most = usable - 35 if kind == TABLE_LEAF else (usable - 12) * 64 // 255 - 23
     if payload <= most:
         return payload
     least = (usable - 12) * 32 // 255 - 23
@@ -222,6 +219,26 @@ def lock_byte_page(page_size: int) -> int:
     return LOCK_BYTE_OFFSET // page_size + 1
 
 
+def _visit(children: list[tuple[int, int, int]], seen: set[int], page_count: int) -> None:
+    for child, _low, _high in children:
+        if not 0 < child <= page_count or child in seen:
+            raise MalformedPage(f"a b-tree points at page {child} twice or out of range")
+        seen.add(child)
+
+
+def _children(data: bytes, page: BtreePage, low: int, high: int) -> list[tuple[int, int, int]]:
+    """(child, low, high) of an interior page whose keys lie in ``(low, high]``."""
+    if not page.table:
+        return [(child, MIN_KEY - 1, MAX_KEY) for child in interior_children(data, page)]
+    children = []
+    previous = low
+    for child, key in table_interior_cells(data, page):
+        children.append((child, previous, min(key, high)))
+        previous = max(previous, min(key, high))
+    children.append((page.right_child, previous, high))
+    return children
+
+
 @dataclass(slots=True)
 class TreeShape:
     """One b-tree's pages: its interior pages and its leaves, with each leaf's key range
@@ -233,38 +250,50 @@ class TreeShape:
 
 
 def tree_shape(read_page: ReadPage, root: int, page_count: int) -> TreeShape:
-    """Walk a b-tree from ``root`` reading only its interior pages (and the root).
+    """Walk a b-tree from ``root`` reading only its interior pages (and one leaf).
 
-    A leaf's range comes from the separator keys above it, so a row whose key lies
-    in it can only be on that leaf. Cycles and pages shared between branches raise.
+    SQLite's b-trees are balanced (every leaf at the same depth), so once one child
+    of a level is a leaf, all of that level are: leaves are never read here. A
+    leaf's range comes from the separator keys above it, so a row whose key lies in
+    it can only be on that leaf. Cycles and pages shared between branches raise.
     """
     shape = TreeShape()
-    seen: set[int] = set()
-    stack: list[tuple[int, int, int, int]] = [(root, MIN_KEY - 1, MAX_KEY, 0)]
-    first = True
-    while stack:
-        pgno, low, high, depth = stack.pop()
-        if not 0 < pgno <= page_count or pgno in seen or depth > MAX_DEPTH:
-            raise MalformedPage(f"a b-tree points at page {pgno} twice or out of range")
-        seen.add(pgno)
-        data = read_page(pgno)
-        page = parse_page(data, pgno)
-        if first:
-            shape.table = page.table
-            first = False
-        elif page.table != shape.table:
-            raise MalformedPage(f"page {pgno} mixes table and index b-trees")
-        if not page.interior:
-            shape.leaves[pgno] = (low, high)
-            continue
-        shape.interior.add(pgno)
-        if page.table:
-            previous = low
-            for child, key in table_interior_cells(data, page):
-                stack.append((child, previous, min(key, high), depth + 1))
-                previous = max(previous, key)
-            stack.append((page.right_child, previous, high, depth + 1))
-        else:
-            for child in interior_children(data, page):
-                stack.append((child, MIN_KEY - 1, MAX_KEY, depth + 1))
-    return shape
+    seen = {root}
+    if not 0 < root <= page_count:
+        raise MalformedPage(f"a b-tree root is page {root}, past the end of the database")
+    data = read_page(root)
+    page = parse_page(data, root)
+    shape.table = page.table
+    if not page.interior:
+        shape.leaves[root] = (MIN_KEY - 1, MAX_KEY)
+        return shape
+    level = [(root, data, page, MIN_KEY - 1, MAX_KEY)]
+    for _depth in range(MAX_DEPTH):
+        children: list[tuple[int, int, int]] = []
+        for pgno, data, page, low, high in level:
+            shape.interior.add(pgno)
+            if page.table != shape.table:
+                raise MalformedPage(f"page {pgno} mixes table and index b-trees")
+            if page.table:
+                previous = low
+                for child, key in table_interior_cells(data, page):
+                    children.append((child, previous, min(key, high)))
+                    previous = max(previous, min(key, high))
+                children.append((page.right_child, previous, high))
+            else:
+                children.extend(
+                    (child, MIN_KEY - 1, MAX_KEY) for child in interior_children(data, page)
+                )
+        _visit(children, seen, page_count)
+        first = parse_page(read_page(children[0][0]), children[0][0])
+        if not first.interior:
+            shape.leaves.update((child, (low, high)) for child, low, high in children)
+            return shape
+        level = []
+        for child, low, high in children:
+            data = read_page(child)
+            page = parse_page(data, child)
+            if not page.interior:
+                raise MalformedPage(f"the b-tree's leaves are not all at one depth (page {child})")
+            level.append((child, data, page, low, high))
+    raise MalformedPage("a b-tree is deeper than any SQLite database")

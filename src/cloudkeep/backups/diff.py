@@ -1,0 +1,864 @@
+"""What changed between two backups: files from the manifests, rows of SQLite databases.
+
+Files are compared by their chunk-list ids: equal ids are equal content, so no
+file data is fetched for them. A database present in both backups is compared
+row by row through SQLite (keyed by rowid, or by primary key for WITHOUT ROWID
+tables, as ``sqldiff`` pairs rows), reading only what differs where the
+page-aligned chunks prove the rest identical (``plan_pages``):
+
+- a chunk with the same blob id at the same offset on both sides holds the same
+  pages, known from the chunk lists alone;
+- each b-tree is walked through its interior pages (on both sides) to find its
+  leaves and, for rowid tables, each leaf's key range;
+- a leaf of the same table on both sides whose page is identical holds the same
+  cells; the rows of every other leaf (either side) are compared, by querying
+  both databases for the key ranges of those leaves;
+- every page that differs must be a b-tree page, a freelist or pointer-map page,
+  or an overflow page of a row that is compared; one that is not (an overflow page
+  rewritten in place under an identical leaf) sends every table to a full
+  comparison. So does anything the structure walk cannot follow.
+
+The method taken is reported per database and per table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cloudkeep.backups import btree
+from cloudkeep.backups.manifest import FileEntry, Manifest
+
+if TYPE_CHECKING:
+    import apsw
+
+    from cloudkeep.backups.reader import BackupReader
+
+#: Rows listed per table with ``rows`` (the counts are always complete).
+DEFAULT_MAX_ROWS = 100
+#: Above this share of differing pages, walking the structure saves nothing.
+FULL_COMPARE_SHARE = 0.5
+#: Bytes of a blob shown in a listed row (hex).
+BLOB_PREVIEW = 16
+
+
+# ----------------------------------------------------------------------- files
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    path: str
+    type_a: str | None  # None: not in backup A
+    type_b: str | None
+    size_a: int = 0
+    size_b: int = 0
+    mode_a: int | None = None
+    mode_b: int | None = None
+    what: tuple[str, ...] = ()  # for a changed entry: content, type, mode, target
+
+    def to_json(self) -> dict[str, Any]:
+        if self.type_a is None:
+            return {"path": self.path, "type": self.type_b, "size": self.size_b}
+        if self.type_b is None:
+            return {"path": self.path, "type": self.type_a, "size": self.size_a}
+        return {
+            "path": self.path,
+            "size_a": self.size_a,
+            "size_b": self.size_b,
+            "type_a": self.type_a,
+            "type_b": self.type_b,
+            "mode_a": self.mode_a,
+            "mode_b": self.mode_b,
+            "changes": list(self.what),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FileDiff:
+    added: list[FileChange]
+    removed: list[FileChange]
+    changed: list[FileChange]
+
+
+def diff_files(a: Manifest, b: Manifest) -> FileDiff:
+    """Entries added, removed and changed from ``a`` to ``b`` (manifests only).
+
+    A file is changed when its content (chunk-list ids), type, permission bits or
+    link target differ; a new time alone is not a change, as in ``restic diff``.
+    """
+    old = {entry.path: entry for entry in a.files}
+    new = {entry.path: entry for entry in b.files}
+    added = [_one_side(new[path], False) for path in sorted(new.keys() - old.keys())]
+    removed = [_one_side(old[path], True) for path in sorted(old.keys() - new.keys())]
+    changed = []
+    for path in sorted(old.keys() & new.keys()):
+        before, after = old[path], new[path]
+        what = tuple(
+            name
+            for name, differs in (
+                ("type", before.type != after.type),
+                (
+                    "content",
+                    before.type == after.type == "file" and before.content != after.content,
+                ),
+                ("mode", before.mode != after.mode),
+                ("target", before.target != after.target),
+            )
+            if differs
+        )
+        if what:
+            changed.append(
+                FileChange(
+                    path,
+                    before.type,
+                    after.type,
+                    before.size,
+                    after.size,
+                    before.mode,
+                    after.mode,
+                    what,
+                )
+            )
+    return FileDiff(added, removed, changed)
+
+
+def _one_side(entry: FileEntry, in_a: bool) -> FileChange:
+    if in_a:
+        return FileChange(entry.path, entry.type, None, size_a=entry.size, mode_a=entry.mode)
+    return FileChange(entry.path, None, entry.type, size_b=entry.size, mode_b=entry.mode)
+
+
+# ------------------------------------------------------------------- databases
+@dataclass(slots=True)
+class DatabaseSide:
+    """One backed-up copy of a database: its chunks, random reads, a SQLite connection."""
+
+    size: int
+    chunks: Callable[[], list[tuple[int, int, bytes]]]
+    read: Callable[[int, int], bytes]
+    connect: Callable[[], apsw.Connection]
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    name: str
+    columns: tuple[str, ...]
+    without_rowid: bool
+    primary_key: tuple[str, ...]  # WITHOUT ROWID tables: the key columns in key order
+    root: int
+    sql: str
+
+
+@dataclass(slots=True)
+class RowSample:
+    """The rows themselves (with ``rows``), at most ``limit`` in all."""
+
+    limit: int
+    added: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False
+
+    def room(self) -> bool:
+        if len(self.added) + len(self.removed) + len(self.changed) < self.limit:
+            return True
+        self.truncated = True
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass(slots=True)
+class TableDiff:
+    name: str
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    schema: str = ""  # "", "added", "removed", "altered" (columns added), "incompatible"
+    method: str = "unchanged"  # unchanged | pages | full
+    ranges: int = 0  # key ranges compared (method "pages")
+    reason: str = ""  # why a full comparison
+    rows: RowSample | None = None
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.added or self.removed or self.changed or self.schema)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "schema": self.schema or None,
+            "method": self.method,
+        }
+        if self.method == "pages":
+            out["ranges"] = self.ranges
+        if self.reason:
+            out["reason"] = self.reason
+        if self.rows is not None:
+            out["rows"] = self.rows.to_json()
+        return out
+
+
+@dataclass(slots=True)
+class DatabaseDiff:
+    path: str
+    status: str  # changed | added | removed
+    tables: list[TableDiff] = field(default_factory=list)
+    schema: list[dict[str, str]] = field(default_factory=list)  # {name, type, change}
+    method: str = "pages"  # pages: only differing pages' rows compared; full
+    reason: str = ""
+    pages: int = 0  # pages of the larger side
+    pages_differing: int = 0
+
+    @property
+    def schema_changed(self) -> list[str]:
+        return [item["name"] for item in self.schema]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "status": self.status,
+            "tables": [table.to_json() for table in self.tables],
+            "schema_changed": self.schema_changed,
+            "schema": self.schema,
+            "method": self.method,
+            "reason": self.reason or None,
+            "pages": self.pages,
+            "pages_differing": self.pages_differing,
+        }
+
+
+@dataclass(slots=True)
+class BackupDiff:
+    a: str
+    b: str
+    files: FileDiff
+    databases: list[DatabaseDiff]
+    fetched_bytes: int = 0
+    elapsed_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "files": {
+                "added": [change.to_json() for change in self.files.added],
+                "removed": [change.to_json() for change in self.files.removed],
+                "changed": [change.to_json() for change in self.files.changed],
+            },
+            "databases": [database.to_json() for database in self.databases],
+            "fetched_bytes": self.fetched_bytes,
+            "elapsed_ms": round(self.elapsed_ms, 1),
+        }
+
+
+def diff_backups(
+    reader: BackupReader,
+    a: Manifest,
+    b: Manifest,
+    rows: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> BackupDiff:
+    """The difference from backup ``a`` to backup ``b`` (``reader``: their repository's).
+
+    Every SQLite database changed, added or removed is compared row by row; one
+    whose content lists are equal is not read at all.
+    """
+    from cloudkeep.backups.sql import open_database
+
+    started = time.perf_counter()
+    fetched = reader.fetched_bytes
+    files = diff_files(a, b)
+
+    def side(entry: FileEntry | None) -> DatabaseSide | None:
+        if entry is None or entry.type != "file" or not entry.sqlite:
+            return None
+        backup_file = reader.file(entry)
+        return DatabaseSide(
+            entry.size,
+            backup_file.chunks,
+            backup_file.read,
+            lambda: open_database(reader, entry),
+        )
+
+    old = {entry.path: entry for entry in a.files if entry.type == "file" and entry.sqlite}
+    new = {entry.path: entry for entry in b.files if entry.type == "file" and entry.sqlite}
+    databases = []
+    for path in sorted(old.keys() | new.keys()):
+        before, after = old.get(path), new.get(path)
+        if before is not None and after is not None and before.content == after.content:
+            continue
+        databases.append(diff_database(path, side(before), side(after), rows, max_rows))
+    return BackupDiff(
+        a.id,
+        b.id,
+        files,
+        databases,
+        reader.fetched_bytes - fetched,
+        (time.perf_counter() - started) * 1000,
+    )
+
+
+def diff_database(
+    path: str,
+    a: DatabaseSide | None,
+    b: DatabaseSide | None,
+    rows: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> DatabaseDiff:
+    """Row and schema differences of one database (None: absent from that backup)."""
+    status = "added" if a is None else "removed" if b is None else "changed"
+    result = DatabaseDiff(path, status)
+    conn_a = a.connect() if a is not None else None
+    conn_b = b.connect() if b is not None else None
+    try:
+        schema_a = _schema(conn_a) if conn_a is not None else {}
+        schema_b = _schema(conn_b) if conn_b is not None else {}
+        result.schema = _schema_changes(schema_a, schema_b)
+        tables_a = _tables(conn_a, schema_a) if conn_a is not None else {}
+        tables_b = _tables(conn_b, schema_b) if conn_b is not None else {}
+        plan: PagePlan | None = None
+        if a is not None and b is not None:
+            plan = plan_pages(a, b, tables_a, tables_b, _roots(schema_a), _roots(schema_b))
+            result.method, result.reason = plan.method, plan.reason
+            result.pages, result.pages_differing = plan.pages, plan.differing
+        else:
+            result.method, result.reason = "full", f"the database was {status}"
+        for name in sorted(tables_a.keys() | tables_b.keys(), key=str.lower):
+            table = _diff_table(
+                name, tables_a.get(name), tables_b.get(name), conn_a, conn_b, plan, rows, max_rows
+            )
+            if table.differs:
+                result.tables.append(table)
+    finally:
+        for conn in (conn_a, conn_b):
+            if conn is not None:
+                conn.close()
+    return result
+
+
+def _schema(conn: apsw.Connection) -> dict[str, tuple[str, str, int, str]]:
+    """name -> (type, table name, root page, sql) of every schema object."""
+    return {
+        name: (kind, table, root or 0, sql or "")
+        for kind, name, table, root, sql in conn.execute(
+            "SELECT type, name, tbl_name, rootpage, sql FROM sqlite_schema"
+        )
+    }
+
+
+def _schema_changes(
+    old: dict[str, tuple[str, str, int, str]], new: dict[str, tuple[str, str, int, str]]
+) -> list[dict[str, str]]:
+    changes = []
+    for name in sorted(old.keys() | new.keys(), key=str.lower):
+        before, after = old.get(name), new.get(name)
+        if before is None or after is None:
+            kind = (after or before or ("", "", 0, ""))[0]
+            changes.append(
+                {"name": name, "type": kind, "change": "added" if before is None else "removed"}
+            )
+        elif (before[0], before[3]) != (after[0], after[3]):
+            changes.append({"name": name, "type": after[0], "change": "altered"})
+    return changes
+
+
+def _tables(
+    conn: apsw.Connection, schema: dict[str, tuple[str, str, int, str]]
+) -> dict[str, _Table]:
+    """The ordinary tables (virtual tables hold no rows of their own; their shadow
+    tables are ordinary tables and compared, as sqldiff does)."""
+    flags = {
+        name: (kind, bool(without_rowid))
+        for name, kind, without_rowid in conn.execute(
+            "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'"
+        )
+    }
+    tables = {}
+    for name, (kind, _table, root, sql) in schema.items():
+        if kind != "table" or root <= 0 or name.lower().startswith("sqlite_"):
+            continue
+        info = list(conn.execute("SELECT name, pk FROM pragma_table_info(?)", (name,)))
+        without_rowid = flags.get(name, ("table", False))[1]
+        key = tuple(column for column, pk in sorted((r for r in info if r[1]), key=lambda r: r[1]))
+        tables[name] = _Table(
+            name, tuple(r[0] for r in info), without_rowid, key if without_rowid else (), root, sql
+        )
+    return tables
+
+
+# ----------------------------------------------------------------- page plan
+@dataclass(slots=True)
+class PagePlan:
+    """Which rows of each table must be compared: ``ranges[name]`` is a list of
+    inclusive rowid ranges, [] when the table's leaves are all identical, and a
+    table missing from it is compared in full (``full[name]`` says why)."""
+
+    method: str
+    reason: str = ""
+    pages: int = 0
+    differing: int = 0
+    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    full: dict[str, str] = field(default_factory=dict)
+
+
+def identical_pages(
+    chunks_a: Iterable[tuple[int, int, bytes]],
+    chunks_b: Iterable[tuple[int, int, bytes]],
+    page_size: int,
+) -> set[int]:
+    """Pages (numbered from 1) lying wholly in a chunk with the same blob id at the
+    same offset and length on both sides: their bytes are equal, unread."""
+    other = {offset: (length, blob) for offset, length, blob in chunks_b}
+    same: set[int] = set()
+    for offset, length, blob in chunks_a:
+        if other.get(offset) == (length, blob):
+            first = -(-offset // page_size)
+            stop = (offset + length) // page_size
+            same.update(range(first + 1, stop + 1))
+    return same
+
+
+class _Pages:
+    """Page reads of one side (``read_page(pgno)``)."""
+
+    def __init__(self, side: DatabaseSide, page_size: int) -> None:
+        self.side = side
+        self.page_size = page_size
+        self.count = side.size // page_size
+
+    def __call__(self, pgno: int) -> bytes:
+        if not 0 < pgno <= self.count:
+            raise btree.MalformedPage(f"page {pgno} lies past the end of the database")
+        return self.side.read((pgno - 1) * self.page_size, self.page_size)
+
+
+def plan_pages(
+    a: DatabaseSide,
+    b: DatabaseSide,
+    tables_a: dict[str, _Table],
+    tables_b: dict[str, _Table],
+    roots_a: set[int],
+    roots_b: set[int],
+) -> PagePlan:
+    """Decide which rows must be compared, from chunk lists and b-tree structure
+    (``roots_*``: every b-tree's root page on each side, from its sqlite_schema)."""
+    try:
+        header_a = btree.parse_header(a.read(0, btree.HEADER_SIZE))
+        header_b = btree.parse_header(b.read(0, btree.HEADER_SIZE))
+    except btree.MalformedPage as exc:
+        return _all_full(tables_a, tables_b, f"cannot read a database header ({exc})")
+    size = header_a.page_size
+    if (header_a.page_size, header_a.reserved, header_a.text_encoding) != (
+        header_b.page_size,
+        header_b.reserved,
+        header_b.text_encoding,
+    ):
+        return _all_full(tables_a, tables_b, "the page size or text encoding changed")
+    if a.size % size or b.size % size:
+        return _all_full(tables_a, tables_b, "a database is not a whole number of pages")
+    pages_a, pages_b = _Pages(a, size), _Pages(b, size)
+    total = max(pages_a.count, pages_b.count)
+    differing = set(range(1, total + 1)) - identical_pages(a.chunks(), b.chunks(), size)
+    if len(differing) > FULL_COMPARE_SHARE * total:
+        reason = f"{len(differing)} of {total} pages differ"
+        return _all_full(tables_a, tables_b, reason, total, len(differing))
+    try:
+        layout_a = _Layout.of(pages_a, header_a, roots_a)
+        layout_b = _Layout.of(pages_b, header_b, roots_b)
+        planner = _Planner(layout_a, layout_b, differing)
+        plan = PagePlan("pages", pages=total, differing=len(differing))
+        unstable = planner.leaves(tables_a, tables_b, plan)
+        for index, tables in ((0, tables_a), (1, tables_b)):
+            loose = planner.loose(index, tables, unstable)
+            if loose:
+                side = "first" if index == 0 else "second"
+                reason = (
+                    f"{loose} changed page(s) of the {side} backup are overflow pages "
+                    "of rows on unchanged pages"
+                )
+                return _all_full(tables_a, tables_b, reason, total, len(differing))
+    except btree.MalformedPage as exc:
+        reason = f"cannot follow the database's structure ({exc})"
+        return _all_full(tables_a, tables_b, reason, total, len(differing))
+    return plan
+
+
+class _Planner:
+    """Leaves to compare, and the check that every changed page is accounted for."""
+
+    def __init__(self, layout_a: _Layout, layout_b: _Layout, differing: set[int]) -> None:
+        self.layouts = (layout_a, layout_b)
+        self.differing = differing
+        self.equal: dict[int, bool] = {}
+
+    def changed(self, pgno: int) -> bool:
+        """Whether a page's bytes differ: unread when its chunk is the same on both
+        sides; read on both sides when its chunk differs (another page of the chunk
+        may be what changed)."""
+        if pgno not in self.differing:
+            return False
+        pages_a, pages_b = self.layouts[0].pages, self.layouts[1].pages
+        if pgno > pages_a.count or pgno > pages_b.count:
+            return True
+        if pgno not in self.equal:
+            self.equal[pgno] = pages_a(pgno) == pages_b(pgno)
+        return not self.equal[pgno]
+
+    def leaves(
+        self, tables_a: dict[str, _Table], tables_b: dict[str, _Table], plan: PagePlan
+    ) -> dict[str, tuple[list[int], list[int]]]:
+        """Each compared table's leaves (per side) that are not provably the same on
+        both sides: a leaf of that table on both sides, with the same bytes, is; its
+        rows are left out and the key ranges of all others go into ``plan``."""
+        unstable: dict[str, tuple[list[int], list[int]]] = {}
+        for name in tables_a.keys() & tables_b.keys():
+            table_a, table_b = tables_a[name], tables_b[name]
+            if not _compatible(table_a, table_b):
+                continue  # every row is reported on both sides
+            shape_a = self.layouts[0].trees[table_a.root]
+            shape_b = self.layouts[1].trees[table_b.root]
+            common = shape_a.leaves.keys() & shape_b.leaves.keys()
+            stable = {pgno for pgno in common if not self.changed(pgno)}
+            changed_a = [pgno for pgno in shape_a.leaves if pgno not in stable]
+            changed_b = [pgno for pgno in shape_b.leaves if pgno not in stable]
+            unstable[name] = (changed_a, changed_b)
+            if not (changed_a or changed_b):
+                plan.ranges[name] = []
+            elif table_a.without_rowid:
+                plan.full[name] = "a WITHOUT ROWID table's leaves changed (no rowid ranges)"
+            else:
+                plan.ranges[name] = _merge_ranges(
+                    [shape_a.leaves[p] for p in changed_a] + [shape_b.leaves[p] for p in changed_b]
+                )
+        return unstable
+
+    def loose(
+        self,
+        index: int,
+        tables: dict[str, _Table],
+        unstable: dict[str, tuple[list[int], list[int]]],
+    ) -> int:
+        """How many changed pages of one side are not accounted for.
+
+        A changed page that is not structure (b-tree, freelist, pointer map) is an
+        overflow page: harmless when its row is compared anyway, or when it belongs
+        to an index, an internal table or a table reported in full.
+        """
+        layout = self.layouts[index]
+        loose = {
+            pgno
+            for pgno in self.differing - layout.structure
+            if pgno <= layout.pages.count and self.changed(pgno)
+        }
+        if not loose:
+            return 0
+        owners = [pgno for name in unstable for pgno in unstable[name][index]]
+        compared = {tables[name].root for name in unstable}
+        for root in layout.trees.keys() - compared:
+            owners += sorted(pgno for pgno in layout.pages_of(root) if self.changed(pgno))
+        return len(loose - layout.overflow_of(owners, loose))
+
+
+def _all_full(
+    tables_a: dict[str, _Table],
+    tables_b: dict[str, _Table],
+    reason: str,
+    pages: int = 0,
+    differing: int = 0,
+) -> PagePlan:
+    plan = PagePlan("full", reason, pages, differing)
+    plan.full = dict.fromkeys(tables_a.keys() & tables_b.keys(), reason)
+    return plan
+
+
+def _merge_ranges(leaf_ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive, sorted, disjoint key ranges covering the leaves' ``(low, high]``."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted((low + 1, high) for low, high in leaf_ranges if low < high):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+@dataclass(slots=True)
+class _Layout:
+    """One side's page roles: each b-tree's shape, the freelist and the fixed pages."""
+
+    pages: _Pages
+    usable: int
+    trees: dict[int, btree.TreeShape]
+    structure: set[int]  # b-tree, freelist, pointer-map, lock-byte pages and page 1
+
+    @classmethod
+    def of(cls, pages: _Pages, header: btree.DatabaseHeader, roots: set[int]) -> _Layout:
+        """``roots``: every b-tree's root page (sqlite_schema's, page 1 included)."""
+        trees = {root: btree.tree_shape(pages, root, pages.count) for root in roots}
+        structure = {1}
+        for shape in trees.values():
+            structure |= shape.interior
+            structure |= shape.leaves.keys()
+        structure |= btree.freelist(pages, header, pages.count)
+        structure |= btree.pointer_map_pages(header, pages.count)
+        structure.add(btree.lock_byte_page(header.page_size))
+        return cls(pages, header.usable, trees, structure)
+
+    def pages_of(self, root: int) -> set[int]:
+        shape = self.trees[root]
+        return shape.interior | shape.leaves.keys()
+
+    def overflow_of(self, owners: Iterable[int], wanted: set[int]) -> set[int]:
+        """Which of ``wanted`` are overflow pages of cells on the pages ``owners``."""
+        found: set[int] = set()
+        for pgno in owners:
+            data = self.pages(pgno)
+            page = btree.parse_page(data, pgno)
+            for cell in page.cells:
+                first, spilled = btree.first_overflow(data, page.kind, cell, self.usable)
+                if first:
+                    chain = btree.overflow_chain(
+                        self.pages, first, spilled, self.usable, self.pages.count
+                    )
+                    found.update(pgno for pgno in chain if pgno in wanted)
+            if found >= wanted:
+                break
+        return found
+
+
+def _roots(schema: dict[str, tuple[str, str, int, str]]) -> set[int]:
+    """Every b-tree's root page: sqlite_schema's (page 1) and each table's and index's."""
+    return {1} | {root for _kind, _table, root, _sql in schema.values() if root > 0}
+
+
+# ------------------------------------------------------------------ row compare
+def _compatible(a: _Table, b: _Table) -> bool:
+    """Whether rows pair up as sqldiff pairs them: the same key, and B's columns are A's
+    with columns added at the end (ALTER TABLE ADD COLUMN; missing values are NULL)."""
+    if a.without_rowid != b.without_rowid:
+        return False
+    if [c.lower() for c in a.primary_key] != [c.lower() for c in b.primary_key]:
+        return False
+    head = [c.lower() for c in b.columns[: len(a.columns)]]
+    return len(b.columns) >= len(a.columns) and head == [c.lower() for c in a.columns]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _rowid_name(table: _Table) -> str | None:
+    """A name that reaches the rowid (a column may hide ``rowid`` itself)."""
+    taken = {column.lower() for column in table.columns}
+    return next((name for name in ("rowid", "_rowid_", "oid") if name not in taken), None)
+
+
+def _select(table: _Table, where: str = "") -> tuple[str, int]:
+    """A query returning (key..., columns...) ordered by key, and the key's width."""
+    columns = ", ".join(_quote(c) for c in table.columns)
+    if table.without_rowid:
+        key = ", ".join(_quote(c) for c in table.primary_key)
+        return f"SELECT {key}, {columns} FROM {_quote(table.name)}{where}", len(table.primary_key)
+    rowid = _rowid_name(table)
+    if rowid is None:
+        raise _Uncomparable("its columns hide rowid, _rowid_ and oid")
+    order = f" ORDER BY {rowid}"
+    return f"SELECT {rowid}, {columns} FROM {_quote(table.name)}{where}{order}", 1
+
+
+class _Uncomparable(Exception):
+    pass
+
+
+def _diff_table(
+    name: str,
+    a: _Table | None,
+    b: _Table | None,
+    conn_a: apsw.Connection | None,
+    conn_b: apsw.Connection | None,
+    plan: PagePlan | None,
+    rows: bool,
+    max_rows: int,
+) -> TableDiff:
+    result = TableDiff(name, rows=RowSample(max_rows) if rows else None)
+    if a is None or b is None or conn_a is None or conn_b is None or not _compatible(a, b):
+        # Added, removed, or rows that cannot pair: every row on each side counts.
+        result.method = "full"
+        result.schema = "added" if a is None else "removed" if b is None else "incompatible"
+        if a is not None and conn_a is not None:
+            result.removed = _each_row(conn_a, a, result, "removed")
+        if b is not None and conn_b is not None:
+            result.added = _each_row(conn_b, b, result, "added")
+        return result
+    if len(b.columns) > len(a.columns):
+        result.schema = "altered"
+    ranges = plan.ranges.get(name) if plan is not None else None
+    if ranges is None:
+        result.method = "full"
+        result.reason = plan.full.get(name, "") if plan is not None else ""
+        _compare(conn_a, conn_b, a, b, result, None)
+        return result
+    if ranges:
+        result.method, result.ranges = "pages", len(ranges)
+        _compare(conn_a, conn_b, a, b, result, ranges)
+    return result
+
+
+def _each_row(conn: apsw.Connection, table: _Table, result: TableDiff, kind: str) -> int:
+    """Count a side's rows (listing them while the sample has room)."""
+    if result.rows is None:
+        (count,) = next(iter(conn.execute(f"SELECT count(*) FROM {_quote(table.name)}")))
+        return int(count)
+    try:
+        query, width = _select(table)
+    except _Uncomparable:
+        query, width = f"SELECT NULL, * FROM {_quote(table.name)}", 1
+    count = 0
+    for row in conn.execute(query):
+        count += 1
+        if result.rows.room():
+            getattr(result.rows, kind).append(_listed(table, row, width))
+    return count
+
+
+def _compare(
+    conn_a: apsw.Connection,
+    conn_b: apsw.Connection,
+    a: _Table,
+    b: _Table,
+    result: TableDiff,
+    ranges: Sequence[tuple[int, int]] | None,
+) -> None:
+    """Pair rows by key (within ``ranges`` only, if given) and count the differences."""
+    try:
+        query_a, width = _select(a, "" if ranges is None else _between(a))
+        query_b, _ = _select(b, "" if ranges is None else _between(b))
+    except _Uncomparable as exc:
+        result.method, result.reason = "skipped", f"not compared: {exc}"
+        return
+    pad = (None,) * (len(b.columns) - len(a.columns))
+    spans: Iterable[tuple[int, int] | None] = [None] if ranges is None else ranges
+    for span in spans:
+        params = () if span is None else span
+        rows_a = (row + pad for row in conn_a.execute(query_a, params))
+        rows_b = conn_b.execute(query_b, params)
+        if a.without_rowid:
+            pairs = _pair_by_key(rows_a, rows_b, width)
+        else:
+            pairs = _merge_by_rowid(rows_a, rows_b)
+        for before, after in pairs:
+            if before is None and after is not None:
+                result.added += 1
+                if result.rows is not None and result.rows.room():
+                    result.rows.added.append(_listed(b, after, width))
+            elif after is None and before is not None:
+                result.removed += 1
+                if result.rows is not None and result.rows.room():
+                    result.rows.removed.append(_listed(a, before, width))
+            elif before is not None and after is not None and not _same(before, after):
+                result.changed += 1
+                if result.rows is not None and result.rows.room():
+                    result.rows.changed.append(_changed(b, before, after, width))
+
+
+def _between(table: _Table) -> str:
+    rowid = _rowid_name(table)
+    if rowid is None:
+        raise _Uncomparable("its columns hide rowid, _rowid_ and oid")
+    return f" WHERE {rowid} BETWEEN ? AND ?"
+
+
+Row = tuple[Any, ...]
+
+
+def _merge_by_rowid(
+    rows_a: Iterator[Row], rows_b: Iterable[Row]
+) -> Iterator[tuple[Row | None, Row | None]]:
+    """Pairs of rows with the same rowid (None where a side has none); both ordered."""
+    iter_b = iter(rows_b)
+    row_a = next(rows_a, None)
+    row_b = next(iter_b, None)
+    while row_a is not None or row_b is not None:
+        if row_b is None or (row_a is not None and row_a[0] < row_b[0]):
+            yield row_a, None
+            row_a = next(rows_a, None)
+        elif row_a is None or row_b[0] < row_a[0]:
+            yield None, row_b
+            row_b = next(iter_b, None)
+        else:
+            yield row_a, row_b
+            row_a, row_b = next(rows_a, None), next(iter_b, None)
+
+
+def _pair_by_key(
+    rows_a: Iterator[Row], rows_b: Iterable[Row], width: int
+) -> Iterator[tuple[Row | None, Row | None]]:
+    """Pairs of rows by primary key (WITHOUT ROWID tables: keys of any type and
+    collation, so a hash join, not a merge on Python's ordering)."""
+    side_a = {_key(row[:width]): row for row in rows_a}
+    for row_b in rows_b:
+        yield side_a.pop(_key(row_b[:width]), None), row_b
+    for row_a in side_a.values():
+        yield row_a, None
+
+
+def _key(values: Row) -> tuple[Any, ...]:
+    return tuple((type(value) is bytes, value) for value in values)
+
+
+def _same(before: Row, after: Row) -> bool:
+    """Equal values of equal storage class families (1 and 1.0 are equal, as
+    SQLite's IS says; '1' and 1, or text and blob, are not)."""
+    if len(before) != len(after):
+        return False
+    for x, y in zip(before, after, strict=True):
+        if x is None or y is None:
+            if x is not y:
+                return False
+        elif isinstance(x, str | bytes) or isinstance(y, str | bytes):
+            if type(x) is not type(y) or x != y:
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _listed(table: _Table, row: Row, width: int) -> dict[str, Any]:
+    values = row[width:]
+    return {
+        "key": _json_value(row[0]) if width == 1 else [_json_value(v) for v in row[:width]],
+        "values": {c: _json_value(v) for c, v in zip(table.columns, values, strict=False)},
+    }
+
+
+def _changed(table: _Table, before: Row, after: Row, width: int) -> dict[str, Any]:
+    key = before[0] if width == 1 else list(before[:width])
+    columns = {
+        column: {"a": _json_value(x), "b": _json_value(y)}
+        for column, x, y in zip(table.columns, before[width:], after[width:], strict=False)
+        if not _same((x,), (y,))
+    }
+    return {
+        "key": _json_value(key) if width == 1 else [_json_value(v) for v in key],
+        "columns": columns,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    """A SQLite value as JSON: blobs as their size and first bytes, non-finite reals as text."""
+    if isinstance(value, bytes):
+        return {"blob": len(value), "hex": value[:BLOB_PREVIEW].hex()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
