@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from cloudkeep.backups.forget import ForgetReport
     from cloudkeep.backups.manifest import Manifest
     from cloudkeep.backups.prune import PruneReport
+    from cloudkeep.backups.reader import BackupReader
     from cloudkeep.backups.stats import StoreStats
     from cloudkeep.config import Retention
     from cloudkeep.repository.crypto import MasterKey
@@ -369,6 +370,22 @@ class Workspace:
 
     def get(self, backup_id: str) -> BackupInfo:
         return BackupInfo.of(self.manifest(backup_id))
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[BackupReader]:
+        """Read access to the backups' files (``backups.reader``) for the ``with``: the
+        repository opened, a shared lock held as a restore holds it (no prune removes a
+        pack meanwhile) and the index loaded. Manifests: ``manifest(id)``."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
+            opening = self._open_soon(pool)
+            from cloudkeep.backups.reader import BackupReader  # while Argon2 runs
+            from cloudkeep.backups.restore.fetch import LOCK_TIMEOUT_SECONDS
+            from cloudkeep.repository.locks import RepositoryLock
+
+            repo = self.repository(opening=opening)
+        with RepositoryLock(repo, exclusive=False, purpose="read").acquire(LOCK_TIMEOUT_SECONDS):
+            repo.load_index()
+            yield BackupReader(repo)
 
     def restore(
         self,
