@@ -53,8 +53,13 @@ def sqldiff(a: Path, b: Path) -> dict[str, TableCounts]:
     """Per table, what sqldiff says changed from ``a`` to ``b`` (tables it leaves alone
     are absent). A table dropped and re-created counts every row on both sides."""
     run = subprocess.run([SQLDIFF, str(a), str(b)], capture_output=True, text=True, check=True)
+    return count_statements(run.stdout, a)
+
+
+def count_statements(output: str, a: Path) -> dict[str, TableCounts]:
+    """Per-table counts of sqldiff's ``output`` for the databases ``a`` → b."""
     tables: dict[str, TableCounts] = {}
-    for statement in statements(run.stdout):
+    for statement in statements(output):
         if _OTHER_SCHEMA.match(statement):
             continue  # indexes, views and triggers hold no rows
         match = _STATEMENT.match(statement)
