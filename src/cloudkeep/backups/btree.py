@@ -297,3 +297,72 @@ def tree_shape(read_page: ReadPage, root: int, page_count: int) -> TreeShape:
                 raise MalformedPage(f"the b-tree's leaves are not all at one depth (page {child})")
             level.append((child, data, page, low, high))
     raise MalformedPage("a b-tree is deeper than any SQLite database")
+
+
+_INT_SIZES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 6, 6: 8}
+_ENCODINGS = {1: "utf-8", 2: "utf-16-le", 3: "utf-16-be"}
+
+
+def record_prefix(
+    data: bytes, kind: int, cell: int, usable: int, count: int, encoding: int
+) -> tuple[object, ...] | None:
+    """The first ``count`` values of an index-format cell's record (a WITHOUT ROWID
+    table's primary key); None when they do not all lie on the page (overflow)."""
+    if kind not in (INDEX_LEAF, INDEX_INTERIOR):
+        raise MalformedPage("a record prefix is read from index b-tree cells only")
+    pos = cell + 4 if kind == INDEX_INTERIOR else cell
+    payload, pos = varint(data, pos)
+    local = local_payload(kind, payload, usable)
+    record = data[pos : pos + local]
+    if len(record) < local:
+        raise MalformedPage("a cell's payload runs past the end of its page")
+    try:
+        header_size, at = varint(record, 0)
+        types = []
+        while at < header_size and len(types) < count:
+            serial, at = varint(record, at)
+            types.append(serial)
+    except MalformedPage:
+        return None  # the record header itself overflows
+    if header_size > len(record):
+        return None
+    if len(types) < count:
+        raise MalformedPage("a record holds fewer values than its key")
+    values: list[object] = []
+    body = header_size
+    for serial in types:
+        size = _serial_size(serial)
+        if body + size > len(record):
+            return None
+        values.append(_serial_value(serial, record[body : body + size], encoding))
+        body += size
+    return tuple(values)
+
+
+def _serial_size(serial: int) -> int:
+    if serial in _INT_SIZES:
+        return _INT_SIZES[serial]
+    if serial == 7:
+        return 8
+    if serial in (0, 8, 9):
+        return 0
+    if serial >= 12:
+        return (serial - 12) // 2
+    raise MalformedPage(f"a record has the reserved serial type {serial}")
+
+
+def _serial_value(serial: int, raw: bytes, encoding: int) -> object:
+    if serial == 0:
+        return None
+    if serial in _INT_SIZES:
+        return int.from_bytes(raw, "big", signed=True)
+    if serial == 7:
+        return struct.unpack(">d", raw)[0]
+    if serial in (8, 9):
+        return serial - 8
+    if serial % 2:
+        try:
+            return raw.decode(_ENCODINGS.get(encoding, "utf-8"))
+        except UnicodeDecodeError:
+            raise MalformedPage("a text key is not valid in the database's encoding") from None
+    return raw

@@ -183,7 +183,8 @@ class TableDiff:
     changed: int = 0
     schema: str = ""  # "", "added", "removed", "altered" (columns added), "incompatible"
     method: str = "unchanged"  # unchanged | pages | full
-    ranges: int = 0  # key ranges compared (method "pages")
+    ranges: int = 0  # rowid ranges compared (method "pages")
+    keys: int = 0  # primary keys looked up (method "pages", WITHOUT ROWID tables)
     reason: str = ""  # why a full comparison
     rows: RowSample | None = None
 
@@ -201,7 +202,7 @@ class TableDiff:
             "method": self.method,
         }
         if self.method == "pages":
-            out["ranges"] = self.ranges
+            out["ranges" if self.ranges or not self.keys else "keys"] = self.ranges or self.keys
         if self.reason:
             out["reason"] = self.reason
         if self.rows is not None:
@@ -401,14 +402,16 @@ def _tables(
 @dataclass(slots=True)
 class PagePlan:
     """Which rows of each table must be compared: ``ranges[name]`` is a list of
-    inclusive rowid ranges, [] when the table's leaves are all identical, and a
-    table missing from it is compared in full (``full[name]`` says why)."""
+    inclusive rowid ranges, [] when the table's leaves are all identical;
+    ``keys[name]`` the primary keys of a WITHOUT ROWID table to look up; a table in
+    neither is compared in full (``full[name]`` says why)."""
 
     method: str
     reason: str = ""
     pages: int = 0
     differing: int = 0
     ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    keys: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # WITHOUT ROWID
     full: dict[str, str] = field(default_factory=dict)
 
 
@@ -476,7 +479,7 @@ def plan_pages(
     try:
         layout_a = _Layout.of(pages_a, header_a, roots_a)
         layout_b = _Layout.of(pages_b, header_b, roots_b)
-        planner = _Planner(layout_a, layout_b, differing)
+        planner = _Planner(layout_a, layout_b, differing, header_a.text_encoding)
         plan = PagePlan("pages", pages=total, differing=len(differing))
         unstable = planner.leaves(tables_a, tables_b, plan)
         for index, tables in ((0, tables_a), (1, tables_b)):
@@ -497,9 +500,12 @@ def plan_pages(
 class _Planner:
     """Leaves to compare, and the check that every changed page is accounted for."""
 
-    def __init__(self, layout_a: _Layout, layout_b: _Layout, differing: set[int]) -> None:
+    def __init__(
+        self, layout_a: _Layout, layout_b: _Layout, differing: set[int], encoding: int
+    ) -> None:
         self.layouts = (layout_a, layout_b)
         self.differing = differing
+        self.encoding = encoding
         self.equal: dict[int, bool] = {}
 
     def changed(self, pgno: int) -> bool:
@@ -518,9 +524,13 @@ class _Planner:
     def leaves(
         self, tables_a: dict[str, _Table], tables_b: dict[str, _Table], plan: PagePlan
     ) -> dict[str, tuple[list[int], list[int]]]:
-        """Each compared table's leaves (per side) that are not provably the same on
-        both sides: a leaf of that table on both sides, with the same bytes, is; its
-        rows are left out and the key ranges of all others go into ``plan``."""
+        """Each compared table's pages holding rows (per side) that are not provably the
+        same on both sides; the key ranges (or keys) of their rows go into ``plan``.
+
+        A page of that table on both sides with the same bytes holds the same cells.
+        Rows live on the leaves of a rowid table, but on every page of a WITHOUT
+        ROWID table (an index b-tree keeps entries on its interior pages too).
+        """
         unstable: dict[str, tuple[list[int], list[int]]] = {}
         for name in tables_a.keys() & tables_b.keys():
             table_a, table_b = tables_a[name], tables_b[name]
@@ -528,20 +538,45 @@ class _Planner:
                 continue  # every row is reported on both sides
             shape_a = self.layouts[0].trees[table_a.root]
             shape_b = self.layouts[1].trees[table_b.root]
-            common = shape_a.leaves.keys() & shape_b.leaves.keys()
-            stable = {pgno for pgno in common if not self.changed(pgno)}
-            changed_a = [pgno for pgno in shape_a.leaves if pgno not in stable]
-            changed_b = [pgno for pgno in shape_b.leaves if pgno not in stable]
+            rows_a, rows_b = set(shape_a.leaves), set(shape_b.leaves)
+            if table_a.without_rowid:
+                rows_a |= shape_a.interior
+                rows_b |= shape_b.interior
+            stable = {pgno for pgno in rows_a & rows_b if not self.changed(pgno)}
+            changed_a = sorted(rows_a - stable)
+            changed_b = sorted(rows_b - stable)
             unstable[name] = (changed_a, changed_b)
             if not (changed_a or changed_b):
                 plan.ranges[name] = []
             elif table_a.without_rowid:
-                plan.full[name] = "a WITHOUT ROWID table's leaves changed (no rowid ranges)"
+                keys = self.keys(changed_a, changed_b, len(table_a.primary_key))
+                if keys is None:
+                    plan.full[name] = "a changed page holds a primary key that overflows"
+                else:
+                    plan.keys[name] = keys
             else:
                 plan.ranges[name] = _merge_ranges(
                     [shape_a.leaves[p] for p in changed_a] + [shape_b.leaves[p] for p in changed_b]
                 )
         return unstable
+
+    def keys(
+        self, changed_a: list[int], changed_b: list[int], width: int
+    ) -> list[tuple[Any, ...]] | None:
+        """The primary keys on the given pages of a WITHOUT ROWID table, both sides;
+        None if one does not lie wholly on its page."""
+        found: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for index, pages in ((0, changed_a), (1, changed_b)):
+            read, usable = self.layouts[index].pages, self.layouts[index].usable
+            for pgno in pages:
+                data = read(pgno)
+                page = btree.parse_page(data, pgno)
+                for cell in page.cells:
+                    key = btree.record_prefix(data, page.kind, cell, usable, width, self.encoding)
+                    if key is None:
+                        return None
+                    found.setdefault(_key(key), key)
+        return list(found.values())
 
     def loose(
         self,
@@ -703,6 +738,11 @@ def _diff_table(
         return result
     if len(b.columns) > len(a.columns):
         result.schema = "altered"
+    if plan is not None and name in plan.keys:
+        keys = plan.keys[name]
+        result.method, result.keys = "pages", len(keys)
+        _compare_keys(conn_a, conn_b, a, b, result, keys)
+        return result
     ranges = plan.ranges.get(name) if plan is not None else None
     if ranges is None:
         result.method = "full"
@@ -757,19 +797,63 @@ def _compare(
             pairs = _pair_by_key(rows_a, rows_b, width)
         else:
             pairs = _merge_by_rowid(rows_a, rows_b)
-        for before, after in pairs:
-            if before is None and after is not None:
-                result.added += 1
-                if result.rows is not None and result.rows.room():
-                    result.rows.added.append(_listed(b, after, width))
-            elif after is None and before is not None:
-                result.removed += 1
-                if result.rows is not None and result.rows.room():
-                    result.rows.removed.append(_listed(a, before, width))
-            elif before is not None and after is not None and not _same(before, after):
-                result.changed += 1
-                if result.rows is not None and result.rows.room():
-                    result.rows.changed.append(_changed(b, before, after, width))
+        _count(pairs, a, b, result, width)
+
+
+def _compare_keys(
+    conn_a: apsw.Connection,
+    conn_b: apsw.Connection,
+    a: _Table,
+    b: _Table,
+    result: TableDiff,
+    keys: Sequence[tuple[Any, ...]],
+) -> None:
+    """Look each primary key up on both sides (a WITHOUT ROWID table) and count."""
+    width = len(a.primary_key)
+    match = " AND ".join(f"{_quote(column)} = ?" for column in a.primary_key)
+    query_a, _ = _select(a, f" WHERE {match}")
+    query_b, _ = _select(b, f" WHERE {match}")
+    pad = (None,) * (len(b.columns) - len(a.columns))
+
+    def pairs() -> Iterator[tuple[Row | None, Row | None]]:
+        seen: set[tuple[Any, ...]] = set()
+        for key in keys:
+            before = next(iter(conn_a.execute(query_a, key)), None)
+            after = next(iter(conn_b.execute(query_b, key)), None)
+            # A key found under a collation (NOCASE) may pair the same rows twice.
+            found = (
+                None if before is None else _key(before[:width]),
+                None if after is None else _key(after[:width]),
+            )
+            if found in seen:
+                continue
+            seen.add(found)
+            yield (None if before is None else before + pad), after
+
+    _count(pairs(), a, b, result, width)
+
+
+def _count(
+    pairs: Iterable[tuple[Row | None, Row | None]],
+    a: _Table,
+    b: _Table,
+    result: TableDiff,
+    width: int,
+) -> None:
+    rows = result.rows
+    for before, after in pairs:
+        if before is None and after is not None:
+            result.added += 1
+            if rows is not None and rows.room():
+                rows.added.append(_listed(b, after, width))
+        elif after is None and before is not None:
+            result.removed += 1
+            if rows is not None and rows.room():
+                rows.removed.append(_listed(a, before, width))
+        elif before is not None and after is not None and not _same(before, after):
+            result.changed += 1
+            if rows is not None and rows.room():
+                rows.changed.append(_changed(b, before, after, width))
 
 
 def _between(table: _Table) -> str:
