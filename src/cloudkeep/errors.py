@@ -94,3 +94,19 @@ class UnsafeBackup(RepositoryDamaged):
 
 class DataInUse(UserError):
     """The live data is open in another program: restoring over it would lose its writes."""
+
+
+class DatabaseNotFound(BackupNotFound):
+    """No such SQLite database in the backup (or several, and none was named)."""
+
+
+class NotADatabase(DatabaseNotFound):
+    """The path named in a backup is not a SQLite database."""
+
+
+class QueryRefused(UserError):
+    """A query that is not valid SQL, or that would do anything but read."""
+
+
+class QueryTimeout(QueryRefused):
+    """A query ran past its time limit and was stopped."""

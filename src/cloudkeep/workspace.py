@@ -45,9 +45,10 @@ if TYPE_CHECKING:
     from cloudkeep.backups.checker import CheckReport
     from cloudkeep.backups.diff import BackupDiff
     from cloudkeep.backups.forget import ForgetReport
-    from cloudkeep.backups.manifest import Manifest
+    from cloudkeep.backups.manifest import FileEntry, Manifest
     from cloudkeep.backups.prune import PruneReport
     from cloudkeep.backups.reader import BackupReader
+    from cloudkeep.backups.sql import Database
     from cloudkeep.backups.stats import StoreStats
     from cloudkeep.config import Retention
     from cloudkeep.repository.crypto import MasterKey
@@ -383,10 +384,13 @@ class Workspace:
             return diff_backups(reader, self.manifest(first), self.manifest(second), rows, max_rows)
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[BackupReader]:
+    def reader(self, lock_timeout: float | None = None) -> Iterator[BackupReader]:
         """Read access to the backups' files (``backups.reader``) for the ``with``: the
         repository opened, a shared lock held as a restore holds it (no prune removes a
-        pack meanwhile) and the index loaded. Manifests: ``manifest(id)``."""
+        pack meanwhile) and the index loaded. Load the manifests to read (``manifest``)
+        inside the ``with``: a backup deleted meanwhile keeps its packs until a prune.
+        ``Busy`` if a prune holds the repository past ``lock_timeout`` seconds (a
+        restore's wait by default)."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
             opening = self._open_soon(pool)
             from cloudkeep.backups.reader import BackupReader  # while Argon2 runs
@@ -394,9 +398,38 @@ class Workspace:
             from cloudkeep.repository.locks import RepositoryLock
 
             repo = self.repository(opening=opening)
-        with RepositoryLock(repo, exclusive=False, purpose="read").acquire(LOCK_TIMEOUT_SECONDS):
+        timeout = LOCK_TIMEOUT_SECONDS if lock_timeout is None else lock_timeout
+        with RepositoryLock(repo, exclusive=False, purpose="read").acquire(timeout):
             repo.load_index()
             yield BackupReader(repo)
+
+    def databases(self, backup_id: str) -> builtins.list[FileEntry]:
+        """The SQLite databases backup ``backup_id`` holds, largest first."""
+        from cloudkeep.backups.sql import databases
+
+        return databases(self.manifest(backup_id))
+
+    @contextlib.contextmanager
+    def database(
+        self,
+        backup_id: str,
+        path: str | None = None,
+        largest: bool = False,
+        lock_timeout: float | None = None,
+    ) -> Iterator[Database]:
+        """The database ``path`` of a backup open for read-only queries (``backups.sql``),
+        for the ``with``; without ``path`` the only one (the largest with ``largest``)."""
+        from cloudkeep.backups.sql import Database, choose_database
+
+        with self.reader(lock_timeout) as reader:
+            # Read under the lock: a backup deleted meanwhile keeps its packs until a
+            # prune, and no prune runs while the lock is held.
+            entry = choose_database(self.manifest(backup_id), path, largest)
+            database = Database(reader, entry)
+            try:
+                yield database
+            finally:
+                database.close()
 
     def restore(
         self,

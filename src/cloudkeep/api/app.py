@@ -27,6 +27,7 @@ from cloudkeep.api.routers import (
     well_known_router,
 )
 from cloudkeep.api.routers.diff import router as diff_router
+from cloudkeep.api.routers.sql import router as sql_router
 from cloudkeep.api.routers.stats import router as stats_router
 from cloudkeep.api.scheduler import scheduler_for
 from cloudkeep.api.security import DEFAULT_MAX_BODY, GuardMiddleware, GuardPolicy
@@ -113,6 +114,7 @@ def create_app(
     app.include_router(cloudkeep_router)
     app.include_router(stats_router)
     app.include_router(diff_router)
+    app.include_router(sql_router)
     install_docs(app)
 
     origins = list(allowed_origins)
