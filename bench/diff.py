@@ -64,10 +64,7 @@ class Cloudkeep:
         return Cmd([self.exe, *options, *args], env=self.env)
 
     def backup(self) -> str:
-        run_quiet(self.cmd("backup"))
-        listed = json.loads(run_quiet(self.cmd("list", "--json")).stdout)
-        items = listed if isinstance(listed, list) else next(iter(listed.values()))
-        return str(items[0]["id"])
+        return str(json.loads(run_quiet(self.cmd("backup", "--json")).stdout)["id"])
 
 
 def main() -> int:

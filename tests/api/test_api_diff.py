@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -56,15 +57,18 @@ def test_diff_route(start_server: StartServer) -> None:
         assert isinstance(report["fetched_bytes"], int) and report["elapsed_ms"] >= 0
         assert _without_timing(report) == _without_timing(_diff_cli(server, first, second))
 
+        common = len(os.path.commonprefix([first, second]))
+        ambiguous = http.get("/cloudkeep/diff", params={"a": first[:common], "b": second})
+        assert ambiguous.status_code == 400 and "give more of the id" in ambiguous.text
         with_rows = http.get(
-            "/cloudkeep/diff", params={"a": first[:10], "b": "latest", "rows": "true"}
+            "/cloudkeep/diff", params={"a": first[: common + 1], "b": "latest", "rows": "true"}
         ).json()
         rows = with_rows["databases"][0]["tables"][0]["rows"]
         assert rows["changed"] == [{"key": 2, "columns": {"body": {"a": "two", "b": "TWO"}}}]
         assert rows["added"] == [{"key": 4, "values": {"id": 4, "body": "four"}}]
         assert rows["removed"] == [] and rows["truncated"] is False
 
-        missing = http.get("/cloudkeep/diff", params={"a": first, "b": "0.1.0_1"})
+        missing = http.get("/cloudkeep/diff", params={"a": first, "b": "0.1.0_9"})
         assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/")
         assert http.get("/cloudkeep/diff", params={"a": first}).status_code == 422
         too_many = http.get("/cloudkeep/diff", params={"a": first, "b": second, "max_rows": -1})

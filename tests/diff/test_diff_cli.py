@@ -42,8 +42,7 @@ class Cli:
         return done
 
     def backup(self) -> str:
-        self.run("backup")
-        return str(json.loads(self.run("list", "--json").stdout)[0]["id"])
+        return str(json.loads(self.run("backup", "--json").stdout)["id"])
 
     def restored(self, backup: str) -> Path:
         target = self.root / f"restored-{backup}"
@@ -177,9 +176,10 @@ def test_rows_and_text_output(backups: tuple[Cli, str, str]) -> None:
     assert rows["added"][0]["values"]["title"] == "new"
     assert sorted(r["key"] for r in rows["removed"]) == [11, 12, 3000, 5010]
     tags = next(t for t in notes["tables"] if t["name"] == "tags")
-    assert tags["rows"]["changed"] == [{"key": ["t5"], "columns": {"n": {"a": 5, "b": -1}}}]
+    assert tags["rows"]["changed"] == [{"key": "t5", "columns": {"n": {"a": 5, "b": -1}}}]
 
-    text = cli.run("diff", first[:12], "latest", "--rows", "--max-rows", "2").stdout
+    common = len(os.path.commonprefix([first, second]))
+    text = cli.run("diff", first[: common + 1], "latest", "--rows", "--max-rows", "2").stdout
     assert f"{first} → {second}: 1 added, 2 removed, 4 changed" in text
     assert "+ new.db" in text and "- old.txt" in text and "M script.sh  mode 644 → 755" in text
     assert "notes: 1 added, 4 removed, 4 changed" in text
