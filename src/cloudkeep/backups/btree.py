@@ -318,7 +318,7 @@ def record_prefix(
         raise MalformedPage("a cell's payload runs past the end of its page")
     try:
         header_size, at = varint(record, 0)
-        types = []
+        types: list[int] = []
         while at < header_size and len(types) < count:
             serial, at = varint(record, at)
             types.append(serial)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ROWS = 100
 #: Above this share of differing pages, walking the structure saves nothing.
 FULL_COMPARE_SHARE = 0.5
+#: Pages the plan keeps in memory (both sides together).
+PAGE_MEMORY_BYTES = 128 * 1024 * 1024
 #: Bytes of a blob shown in a listed row (hex).
 BLOB_PREVIEW = 16
 
@@ -433,17 +436,33 @@ def identical_pages(
 
 
 class _Pages:
-    """Page reads of one side (``read_page(pgno)``)."""
+    """Page reads of one side (``read_page(pgno)``), remembered up to a budget: the
+    plan reads a page several times (structure, comparison with the other side,
+    overflow chains), and a reader's cache keeps whole frames, which a sparse read
+    of many frames evicts before the page is wanted again. A page the other side
+    holds identically (``twin``, ``same``) is taken from the other side's memory."""
 
-    def __init__(self, side: DatabaseSide, page_size: int) -> None:
+    def __init__(self, side: DatabaseSide, page_size: int, budget: int) -> None:
         self.side = side
         self.page_size = page_size
         self.count = side.size // page_size
+        self.memo: OrderedDict[int, bytes] = OrderedDict()
+        self.room = budget // page_size
+        self.twin: _Pages | None = None
+        self.same: Callable[[int], bool] = lambda pgno: False
 
     def __call__(self, pgno: int) -> bytes:
         if not 0 < pgno <= self.count:
             raise btree.MalformedPage(f"page {pgno} lies past the end of the database")
-        return self.side.read((pgno - 1) * self.page_size, self.page_size)
+        data = self.memo.get(pgno)
+        if data is None and self.twin is not None and self.same(pgno):
+            data = self.twin.memo.get(pgno)
+        if data is None:
+            data = self.side.read((pgno - 1) * self.page_size, self.page_size)
+            self.memo[pgno] = data
+            if len(self.memo) > self.room:
+                self.memo.popitem(last=False)
+        return data
 
 
 def plan_pages(
@@ -470,9 +489,13 @@ def plan_pages(
         return _all_full(tables_a, tables_b, "the page size or text encoding changed")
     if a.size % size or b.size % size:
         return _all_full(tables_a, tables_b, "a database is not a whole number of pages")
-    pages_a, pages_b = _Pages(a, size), _Pages(b, size)
+    pages_a = _Pages(a, size, PAGE_MEMORY_BYTES // 2)
+    pages_b = _Pages(b, size, PAGE_MEMORY_BYTES // 2)
     total = max(pages_a.count, pages_b.count)
-    differing = set(range(1, total + 1)) - identical_pages(a.chunks(), b.chunks(), size)
+    same = identical_pages(a.chunks(), b.chunks(), size)
+    differing = set(range(1, total + 1)) - same
+    pages_a.twin, pages_b.twin = pages_b, pages_a
+    pages_a.same = pages_b.same = same.__contains__
     if len(differing) > FULL_COMPARE_SHARE * total:
         reason = f"{len(differing)} of {total} pages differ"
         return _all_full(tables_a, tables_b, reason, total, len(differing))
