@@ -338,12 +338,32 @@ def diff_database(
             result.pages, result.pages_differing = plan.pages, plan.differing
         else:
             result.method, result.reason = "full", f"the database was {status}"
-        for name in sorted(tables_a.keys() | tables_b.keys(), key=str.lower):
-            table = _diff_table(
+        names = sorted(tables_a.keys() | tables_b.keys(), key=str.lower)
+        result.tables = [
+            _diff_table(
                 name, tables_a.get(name), tables_b.get(name), conn_a, conn_b, plan, rows, max_rows
             )
-            if table.differs:
-                result.tables.append(table)
+            for name in names
+        ]
+        reason = plan.unaccounted(tables_a, tables_b) if plan is not None else ""
+        if reason and plan is not None:
+            # A changed page may hold data of a row on an unchanged page: compare anew.
+            plan = _all_full(tables_a, tables_b, reason, plan.pages, plan.differing)
+            result.method, result.reason = plan.method, plan.reason
+            result.tables = [
+                _diff_table(
+                    name,
+                    tables_a.get(name),
+                    tables_b.get(name),
+                    conn_a,
+                    conn_b,
+                    plan,
+                    rows,
+                    max_rows,
+                )
+                for name in names
+            ]
+        result.tables = [table for table in result.tables if table.differs]
     finally:
         for conn in (conn_a, conn_b):
             if conn is not None:
@@ -404,18 +424,39 @@ def _tables(
 # ----------------------------------------------------------------- page plan
 @dataclass(slots=True)
 class PagePlan:
-    """Which rows of each table must be compared: ``ranges[name]`` is a list of
-    inclusive rowid ranges, [] when the table's leaves are all identical;
-    ``keys[name]`` the primary keys of a WITHOUT ROWID table to look up; a table in
-    neither is compared in full (``full[name]`` says why)."""
+    """Which rows of each table must be compared: ``ranges[name]`` lists a rowid
+    table's candidate leaves (each side's leaves not provably unchanged; [] when
+    there are none), compared range by range as they are confirmed
+    (``_compare_leaves``); ``keys[name]`` the primary keys of a WITHOUT ROWID table
+    to look up; a table in neither is compared in full (``full[name]`` says why)."""
 
     method: str
     reason: str = ""
     pages: int = 0
     differing: int = 0
-    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    ranges: dict[str, list[_Candidate]] = field(default_factory=dict)
     keys: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # WITHOUT ROWID
     full: dict[str, str] = field(default_factory=dict)
+    planner: _Planner | None = None
+
+    def unaccounted(self, tables_a: dict[str, _Table], tables_b: dict[str, _Table]) -> str:
+        """Why the comparison made may have missed a change ("" if it did not): once
+        every compared row's overflow pages are known, each changed page must be
+        accounted for (see ``_Planner.loose``)."""
+        if self.planner is None:
+            return ""
+        try:
+            for index, tables in ((0, tables_a), (1, tables_b)):
+                loose = self.planner.loose(index, tables)
+                if loose:
+                    side = "first" if index == 0 else "second"
+                    return (
+                        f"{loose} changed page(s) of the {side} backup are overflow pages "
+                        "of rows on unchanged pages"
+                    )
+        except btree.MalformedPage as exc:
+            return f"cannot follow the database's structure ({exc})"
+        return ""
 
 
 def identical_pages(
@@ -503,17 +544,8 @@ def plan_pages(
         layout_a = _Layout.of(pages_a, header_a, roots_a)
         layout_b = _Layout.of(pages_b, header_b, roots_b)
         planner = _Planner(layout_a, layout_b, differing, header_a.text_encoding)
-        plan = PagePlan("pages", pages=total, differing=len(differing))
-        unstable = planner.leaves(tables_a, tables_b, plan)
-        for index, tables in ((0, tables_a), (1, tables_b)):
-            loose = planner.loose(index, tables, unstable)
-            if loose:
-                side = "first" if index == 0 else "second"
-                reason = (
-                    f"{loose} changed page(s) of the {side} backup are overflow pages "
-                    "of rows on unchanged pages"
-                )
-                return _all_full(tables_a, tables_b, reason, total, len(differing))
+        plan = PagePlan("pages", pages=total, differing=len(differing), planner=planner)
+        planner.leaves(tables_a, tables_b, plan)
     except btree.MalformedPage as exc:
         reason = f"cannot follow the database's structure ({exc})"
         return _all_full(tables_a, tables_b, reason, total, len(differing))
@@ -530,6 +562,8 @@ class _Planner:
         self.differing = differing
         self.encoding = encoding
         self.equal: dict[int, bool] = {}
+        self.compared: set[str] = set()  # tables whose rows pair (both sides)
+        self.accounted: tuple[set[int], set[int]] = (set(), set())  # overflow of compared rows
 
     def changed(self, pgno: int) -> bool:
         """Whether a page's bytes differ: unread when its chunk is the same on both
@@ -546,42 +580,50 @@ class _Planner:
 
     def leaves(
         self, tables_a: dict[str, _Table], tables_b: dict[str, _Table], plan: PagePlan
-    ) -> dict[str, tuple[list[int], list[int]]]:
-        """Each compared table's pages holding rows (per side) that are not provably the
-        same on both sides; the key ranges (or keys) of their rows go into ``plan``.
+    ) -> None:
+        """Each compared table's pages holding rows that may differ, into ``plan``.
 
         A page of that table on both sides with the same bytes holds the same cells.
-        Rows live on the leaves of a rowid table, but on every page of a WITHOUT
-        ROWID table (an index b-tree keeps entries on its interior pages too).
+        Rows live on the leaves of a rowid table: its leaves in differing chunks or
+        on one side only are candidates, confirmed later, next to their comparison
+        (so their pages are read once). A WITHOUT ROWID table keeps entries on its
+        interior pages too: those pages are settled here and their keys listed.
         """
-        unstable: dict[str, tuple[list[int], list[int]]] = {}
         for name in tables_a.keys() & tables_b.keys():
             table_a, table_b = tables_a[name], tables_b[name]
             if not _compatible(table_a, table_b):
                 continue  # every row is reported on both sides
+            self.compared.add(name)
             shape_a = self.layouts[0].trees[table_a.root]
             shape_b = self.layouts[1].trees[table_b.root]
-            rows_a, rows_b = set(shape_a.leaves), set(shape_b.leaves)
-            if table_a.without_rowid:
-                rows_a |= shape_a.interior
-                rows_b |= shape_b.interior
+            if not table_a.without_rowid:
+                common = shape_a.leaves.keys() & shape_b.leaves.keys()
+                plan.ranges[name] = [
+                    _Candidate(low, high, index, pgno, pgno in common)
+                    for index, shape in ((0, shape_a), (1, shape_b))
+                    for pgno, (low, high) in shape.leaves.items()
+                    if pgno in self.differing or pgno not in common
+                ]
+                continue
+            rows_a = set(shape_a.leaves) | shape_a.interior
+            rows_b = set(shape_b.leaves) | shape_b.interior
             stable = {pgno for pgno in rows_a & rows_b if not self.changed(pgno)}
             changed_a = sorted(rows_a - stable)
             changed_b = sorted(rows_b - stable)
-            unstable[name] = (changed_a, changed_b)
-            if not (changed_a or changed_b):
-                plan.ranges[name] = []
-            elif table_a.without_rowid:
-                keys = self.keys(changed_a, changed_b, len(table_a.primary_key))
-                if keys is None:
-                    plan.full[name] = "a changed page holds a primary key that overflows"
-                else:
-                    plan.keys[name] = keys
+            for pgno in changed_a:
+                self.settle(0, pgno)
+            for pgno in changed_b:
+                self.settle(1, pgno)
+            keys = self.keys(changed_a, changed_b, len(table_a.primary_key))
+            if keys is None:
+                plan.full[name] = "a changed page holds a primary key that overflows"
             else:
-                plan.ranges[name] = _merge_ranges(
-                    [shape_a.leaves[p] for p in changed_a] + [shape_b.leaves[p] for p in changed_b]
-                )
-        return unstable
+                plan.keys[name] = keys
+
+    def settle(self, index: int, pgno: int) -> None:
+        """Note the overflow pages of the cells of a page whose rows are compared."""
+        layout = self.layouts[index]
+        self.accounted[index].update(layout.overflow_of([pgno]))
 
     def keys(
         self, changed_a: list[int], changed_b: list[int], width: int
@@ -601,31 +643,38 @@ class _Planner:
                     found.setdefault(_key(key), key)
         return list(found.values())
 
-    def loose(
-        self,
-        index: int,
-        tables: dict[str, _Table],
-        unstable: dict[str, tuple[list[int], list[int]]],
-    ) -> int:
+    def loose(self, index: int, tables: dict[str, _Table]) -> int:
         """How many changed pages of one side are not accounted for.
 
         A changed page that is not structure (b-tree, freelist, pointer map) is an
-        overflow page: harmless when its row is compared anyway, or when it belongs
-        to an index, an internal table or a table reported in full.
+        overflow page: harmless when its row was compared, or when it belongs to an
+        index, an internal table or a table reported in full.
         """
         layout = self.layouts[index]
         loose = {
             pgno
-            for pgno in self.differing - layout.structure
+            for pgno in self.differing - layout.structure - self.accounted[index]
             if pgno <= layout.pages.count and self.changed(pgno)
         }
         if not loose:
             return 0
-        owners = [pgno for name in unstable for pgno in unstable[name][index]]
-        compared = {tables[name].root for name in unstable}
+        compared = {tables[name].root for name in self.compared}
+        owners = []
         for root in layout.trees.keys() - compared:
             owners += sorted(pgno for pgno in layout.pages_of(root) if self.changed(pgno))
-        return len(loose - layout.overflow_of(owners, loose))
+        return len(loose - layout.overflow_of(owners))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Candidate:
+    """A leaf of a rowid table (on side ``index``) whose rows may differ: keys in
+    ``(low, high]``; ``common``: a leaf of the table on both sides."""
+
+    low: int
+    high: int
+    index: int
+    pgno: int
+    common: bool
 
 
 def _all_full(
@@ -638,17 +687,6 @@ def _all_full(
     plan = PagePlan("full", reason, pages, differing)
     plan.full = dict.fromkeys(tables_a.keys() & tables_b.keys(), reason)
     return plan
-
-
-def _merge_ranges(leaf_ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Inclusive, sorted, disjoint key ranges covering the leaves' ``(low, high]``."""
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted((low + 1, high) for low, high in leaf_ranges if low < high):
-        if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
-        else:
-            merged.append((low, high))
-    return merged
 
 
 @dataclass(slots=True)
@@ -677,8 +715,8 @@ class _Layout:
         shape = self.trees[root]
         return shape.interior | shape.leaves.keys()
 
-    def overflow_of(self, owners: Iterable[int], wanted: set[int]) -> set[int]:
-        """Which of ``wanted`` are overflow pages of cells on the pages ``owners``."""
+    def overflow_of(self, owners: Iterable[int]) -> set[int]:
+        """The overflow pages of the cells on the pages ``owners``."""
         found: set[int] = set()
         for pgno in owners:
             data = self.pages(pgno)
@@ -686,12 +724,11 @@ class _Layout:
             for cell in page.cells:
                 first, spilled = btree.first_overflow(data, page.kind, cell, self.usable)
                 if first:
-                    chain = btree.overflow_chain(
-                        self.pages, first, spilled, self.usable, self.pages.count
+                    found.update(
+                        btree.overflow_chain(
+                            self.pages, first, spilled, self.usable, self.pages.count
+                        )
                     )
-                    found.update(pgno for pgno in chain if pgno in wanted)
-            if found >= wanted:
-                break
         return found
 
 
@@ -766,16 +803,49 @@ def _diff_table(
         result.method, result.keys = "pages", len(keys)
         _compare_keys(conn_a, conn_b, a, b, result, keys)
         return result
-    ranges = plan.ranges.get(name) if plan is not None else None
-    if ranges is None:
+    candidates = plan.ranges.get(name) if plan is not None else None
+    if candidates is None or plan is None or plan.planner is None:
         result.method = "full"
         result.reason = plan.full.get(name, "") if plan is not None else ""
         _compare(conn_a, conn_b, a, b, result, None)
         return result
-    if ranges:
-        result.method, result.ranges = "pages", len(ranges)
-        _compare(conn_a, conn_b, a, b, result, ranges)
+    _compare_leaves(conn_a, conn_b, a, b, result, plan.planner, candidates)
     return result
+
+
+def _compare_leaves(
+    conn_a: apsw.Connection,
+    conn_b: apsw.Connection,
+    a: _Table,
+    b: _Table,
+    result: TableDiff,
+    planner: _Planner,
+    candidates: list[_Candidate],
+) -> None:
+    """Compare the rows of the candidate leaves that differ, in key order: a leaf of
+    the table on both sides with the same bytes is passed over; the others' key
+    ranges are merged and compared as soon as each merged range is complete, while
+    their pages are still in the reader's cache."""
+    pending: list[int] | None = None  # [low, high] inclusive
+    for candidate in sorted(candidates):
+        if candidate.common and not planner.changed(candidate.pgno):
+            continue
+        planner.settle(candidate.index, candidate.pgno)
+        low, high = candidate.low + 1, candidate.high
+        if low > high:
+            continue  # an empty range holds no row
+        if pending is not None and low <= pending[1] + 1:
+            pending[1] = max(pending[1], high)
+            continue
+        if pending is not None:
+            _compare(conn_a, conn_b, a, b, result, [(pending[0], pending[1])])
+            result.ranges += 1
+        pending = [low, high]
+    if pending is not None:
+        _compare(conn_a, conn_b, a, b, result, [(pending[0], pending[1])])
+        result.ranges += 1
+    if result.ranges:
+        result.method = "pages"
 
 
 def _each_row(conn: apsw.Connection, table: _Table, result: TableDiff, kind: str) -> int:
