@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +56,7 @@ def test_diff_route(start_server: StartServer) -> None:
         assert isinstance(report["fetched_bytes"], int) and report["elapsed_ms"] >= 0
         assert _without_timing(report) == _without_timing(_diff_cli(server, first, second))
 
-        common = len(os.path.commonprefix([first, second]))
+        common = next(i for i, (x, y) in enumerate(zip(first, second, strict=True)) if x != y)
         ambiguous = http.get("/cloudkeep/diff", params={"a": first[:common], "b": second})
         assert ambiguous.status_code == 400 and "give more of the id" in ambiguous.text
         with_rows = http.get(

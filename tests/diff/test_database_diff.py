@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -328,3 +329,22 @@ def test_record_prefix_reads_every_key(tmp_path: Path) -> None:
             keys.add(key)
     assert shape.interior  # entries on interior pages are read too
     assert keys == {(b, a, c) for a, b, c, _ in expected}
+
+
+def test_a_damaged_page_is_an_error_not_a_wrong_answer(tmp_path: Path) -> None:
+    """Store data is untrusted: a b-tree page that does not parse sends the plan to a
+    full comparison, where SQLite itself refuses the damaged database."""
+
+    def change(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE notes SET title = 'x' WHERE id = 1")
+
+    a, b = _pair(tmp_path, _notes(), change)
+    conn = sqlite3.connect(b)
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_schema WHERE name = 'notes'").fetchone()
+    conn.close()
+    data = bytearray(b.read_bytes())
+    size = btree.parse_header(bytes(data[:100])).page_size
+    data[(root - 1) * size] = 0x42  # not a b-tree page type
+    b.write_bytes(bytes(data))
+    with pytest.raises(apsw.Error):
+        _diff(a, b)

@@ -178,7 +178,7 @@ def test_rows_and_text_output(backups: tuple[Cli, str, str]) -> None:
     tags = next(t for t in notes["tables"] if t["name"] == "tags")
     assert tags["rows"]["changed"] == [{"key": "t5", "columns": {"n": {"a": 5, "b": -1}}}]
 
-    common = len(os.path.commonprefix([first, second]))
+    common = next(i for i, (x, y) in enumerate(zip(first, second, strict=True)) if x != y)
     text = cli.run("diff", first[: common + 1], "latest", "--rows", "--max-rows", "2").stdout
     assert f"{first} → {second}: 1 added, 2 removed, 4 changed" in text
     assert "+ new.db" in text and "- old.txt" in text and "M script.sh  mode 644 → 755" in text

@@ -84,7 +84,8 @@ def _changed_file(change: "FileChange") -> str:
 
 def _print_database(database: "DatabaseDiff") -> None:
     how = (
-        f"{database.pages_differing:,} of {database.pages:,} pages differ, only their rows read"
+        f"{database.pages_differing:,} of {database.pages:,} pages in changed chunks, "
+        "only their rows read"
         if database.method == "pages"
         else f"compared in full: {database.reason}"
     )
