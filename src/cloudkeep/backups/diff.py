@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from cloudkeep.backups import btree
 from cloudkeep.backups.manifest import FileEntry, Manifest
+from cloudkeep.errors import NotADatabase, RepositoryDamaged
+from cloudkeep.repository.untrusted import shown
 
 if TYPE_CHECKING:
     import apsw
@@ -278,6 +280,8 @@ def diff_backups(
     Every SQLite database changed, added or removed is compared row by row; one
     whose content lists are equal is not read at all.
     """
+    import apsw
+
     from cloudkeep.backups.sql import open_database
 
     started = time.perf_counter()
@@ -302,7 +306,14 @@ def diff_backups(
         before, after = old.get(path), new.get(path)
         if before is not None and after is not None and before.content == after.content:
             continue
-        databases.append(diff_database(path, side(before), side(after), rows, max_rows))
+        try:
+            databases.append(diff_database(path, side(before), side(after), rows, max_rows))
+        except (apsw.Error, NotADatabase) as exc:
+            where = a.id if after is None else b.id if before is None else f"{a.id} or {b.id}"
+            raise RepositoryDamaged(
+                f"the database {shown(path)} of backup {where} does not read as SQLite "
+                f"({shown(str(exc))}): the backup is damaged"
+            ) from None
     return BackupDiff(
         a.id,
         b.id,
