@@ -45,7 +45,7 @@ DEFAULT_MAX_ROWS = 100
 #: Above this share of differing pages, walking the structure saves nothing.
 FULL_COMPARE_SHARE = 0.5
 #: Pages the plan keeps in memory (both sides together).
-PAGE_MEMORY_BYTES = 128 * 1024 * 1024
+PAGE_MEMORY_BYTES = 32 * 1024 * 1024
 #: Bytes of a blob shown in a listed row (hex).
 BLOB_PREVIEW = 16
 
