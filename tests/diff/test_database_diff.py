@@ -139,21 +139,26 @@ def test_schema_changes(tmp_path: Path) -> None:
     def change(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE plain ADD COLUMN c")
         conn.execute("UPDATE plain SET c = 1 WHERE a < 3")
+        # A default is read on B's unchanged pages too: every row changed, as sqldiff says.
+        conn.execute("ALTER TABLE notes ADD COLUMN d DEFAULT 7")
         conn.execute("CREATE TABLE fresh(x)")
         conn.execute("INSERT INTO fresh VALUES (1), (2)")
         conn.execute("DROP TABLE tags")
         conn.execute("CREATE INDEX plain_b ON plain(b)")
 
-    a, b = _pair(tmp_path, _notes(rows=100), change)
+    a, b = _pair(tmp_path, _notes(rows=3000), change)
     result = _diff(a, b)
     _agree(a, b, result)
     assert {c["name"]: c["change"] for c in result.schema} == {
         "fresh": "added",
+        "notes": "altered",
         "plain": "altered",
         "plain_b": "added",
         "tags": "removed",
     }
-    assert set(result.schema_changed) == {"fresh", "plain", "plain_b", "tags"}
+    assert set(result.schema_changed) == {"fresh", "notes", "plain", "plain_b", "tags"}
+    notes = next(t for t in result.tables if t.name == "notes")
+    assert (notes.changed, notes.method, notes.reason) == (3000, "full", "columns were added")
 
 
 def test_incompatible_schema(tmp_path: Path) -> None:

@@ -13,10 +13,17 @@ page-aligned chunks prove the rest identical (``plan_pages``):
 - a leaf of the same table on both sides whose page is identical holds the same
   cells; the rows of every other leaf (either side) are compared, by querying
   both databases for the key ranges of those leaves;
-- every page that differs must be a b-tree page, a freelist or pointer-map page,
-  or an overflow page of a row that is compared; one that is not (an overflow page
+- a WITHOUT ROWID table (an index b-tree) keeps rows on its interior pages too:
+  the primary keys on each of its pages that differ are looked up on both sides;
+- candidate leaves are confirmed, their overflow chains walked and their key
+  ranges compared together, in key order, so the reader's cache still holds the
+  pages SQLite reads;
+- every page that differs must then be accounted for: a b-tree page, a freelist
+  or pointer-map page, or an overflow page of a row that was compared (or of an
+  index, or of a table compared in full). One that is not (an overflow page
   rewritten in place under an identical leaf) sends every table to a full
-  comparison. So does anything the structure walk cannot follow.
+  comparison; so does anything the structure walk cannot follow, a page-size
+  change, or more than half the pages differing (a VACUUM).
 
 The method taken is reported per database and per table.
 """
@@ -604,6 +611,10 @@ class _Planner:
             table_a, table_b = tables_a[name], tables_b[name]
             if not _compatible(table_a, table_b):
                 continue  # every row is reported on both sides
+            if len(table_b.columns) > len(table_a.columns):
+                # Rows on unchanged pages read the added columns' defaults in B only.
+                plan.full[name] = "columns were added"
+                continue
             self.compared.add(name)
             shape_a = self.layouts[0].trees[table_a.root]
             shape_b = self.layouts[1].trees[table_b.root]
