@@ -305,8 +305,9 @@ def test_without_rowid_tables(
     a, b = _pair(tmp_path, build, change)
     result = _diff(a, b)
     _agree(a, b, result)
-    for table in result.tables:
-        assert table.method == "pages" or "overflow" in table.reason, table
+    if result.pages_differing <= result.pages / 2:  # else a full comparison, on purpose
+        for table in result.tables:
+            assert table.method == "pages" or "overflow" in table.reason, table
 
 
 def test_record_prefix_reads_every_key(tmp_path: Path) -> None:

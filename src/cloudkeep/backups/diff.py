@@ -895,7 +895,20 @@ def _compare(
     result: TableDiff,
     ranges: Sequence[tuple[int, int]] | None,
 ) -> None:
-    """Pair rows by key (within ``ranges`` only, if given) and count the differences."""
+    """Pair rows by key (within rowid ``ranges`` only, if given) and count the differences.
+
+    A WITHOUT ROWID table's rows pair as SQLite's ``=`` pairs its keys (collations
+    such as NOCASE included, as sqldiff pairs them): every key of both sides is
+    looked up on both sides."""
+    if a.without_rowid:
+        key = ", ".join(_quote(column) for column in a.primary_key)
+        keys = [
+            tuple(row)
+            for conn in (conn_a, conn_b)
+            for row in conn.execute(f"SELECT {key} FROM {_quote(a.name)}")
+        ]
+        _compare_keys(conn_a, conn_b, a, b, result, keys)
+        return
     try:
         query_a, width = _select(a, "" if ranges is None else _between(a))
         query_b, _ = _select(b, "" if ranges is None else _between(b))
@@ -907,12 +920,7 @@ def _compare(
     for span in spans:
         params = () if span is None else span
         rows_a = (row + pad for row in conn_a.execute(query_a, params))
-        rows_b = conn_b.execute(query_b, params)
-        if a.without_rowid:
-            pairs = _pair_by_key(rows_a, rows_b, width)
-        else:
-            pairs = _merge_by_rowid(rows_a, rows_b)
-        _count(pairs, a, b, result, width)
+        _count(_merge_by_rowid(rows_a, conn_b.execute(query_b, params)), a, b, result, width)
 
 
 def _compare_keys(
@@ -998,18 +1006,6 @@ def _merge_by_rowid(
         else:
             yield row_a, row_b
             row_a, row_b = next(rows_a, None), next(iter_b, None)
-
-
-def _pair_by_key(
-    rows_a: Iterator[Row], rows_b: Iterable[Row], width: int
-) -> Iterator[tuple[Row | None, Row | None]]:
-    """Pairs of rows by primary key (WITHOUT ROWID tables: keys of any type and
-    collation, so a hash join, not a merge on Python's ordering)."""
-    side_a = {_key(row[:width]): row for row in rows_a}
-    for row_b in rows_b:
-        yield side_a.pop(_key(row_b[:width]), None), row_b
-    for row_a in side_a.values():
-        yield row_a, None
 
 
 def _key(values: Row) -> tuple[Any, ...]:
