@@ -44,6 +44,7 @@ from cloudkeep.storage.url import open_store
 if TYPE_CHECKING:
     from cloudkeep.backups.browse import Found, Listing
     from cloudkeep.backups.checker import CheckReport
+    from cloudkeep.backups.diff import BackupDiff
     from cloudkeep.backups.forget import ForgetReport
     from cloudkeep.backups.manifest import FileEntry, Manifest
     from cloudkeep.backups.prune import PruneReport
@@ -440,6 +441,16 @@ class Workspace:
         with self.reader() as reader:
             entry = file_entry(self.manifest(backup_id), path)
             yield from reader.file(entry).stream()
+
+    def diff(self, a: str, b: str, rows: bool = False, max_rows: int = 100) -> BackupDiff:
+        """What changed from backup ``a`` to backup ``b`` (ids, prefixes or ``latest``):
+        files from the manifests, SQLite rows fetching only what differs (see
+        ``backups.diff``); ``rows`` lists up to ``max_rows`` rows per table."""
+        from cloudkeep.backups.diff import diff_backups
+
+        first, second = self.resolve(a), self.resolve(b)
+        with self.reader() as reader:
+            return diff_backups(reader, self.manifest(first), self.manifest(second), rows, max_rows)
 
     @contextlib.contextmanager
     def reader(self, lock_timeout: float | None = None) -> Iterator[BackupReader]:

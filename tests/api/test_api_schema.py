@@ -18,12 +18,14 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 # path (400: a confused client must not delete or restore the wrong backup), and a
 # plain GET on a WebSocket path that starts work (426: no work on a GET), and a
 # schedule the pattern allows but the rules refuse (every 0s, a jitter over the interval),
-# paths a backup does not hold or that are no plain relative path ('..'), and an undo
-# with nothing to undo.
+# paths a backup does not hold or that are no plain relative path ('..'), an undo
+# with nothing to undo, and a diff of backups named by a prefix that begins several ids
+# (400: ambiguous).
 _REFUSED_ON_PURPOSE = {
     "GET /cloudkeep/backups/{backup}/files",
     "POST /cloudkeep/backups/{backup}/restore",
     "POST /cloudkeep/restore/undo",
+    "GET /cloudkeep/diff",
     "PUT /cloudkeep/schedule",
     "POST /backups/{backup}/delete",
     "POST /backup/{backup}/restore",

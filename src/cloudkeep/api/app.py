@@ -27,6 +27,7 @@ from cloudkeep.api.routers import (
     well_known_router,
 )
 from cloudkeep.api.routers.browse import router as browse_router
+from cloudkeep.api.routers.diff import router as diff_router
 from cloudkeep.api.routers.sql import router as sql_router
 from cloudkeep.api.routers.stats import router as stats_router
 from cloudkeep.api.scheduler import scheduler_for
@@ -113,6 +114,7 @@ def create_app(
     app.include_router(well_known_router)
     app.include_router(cloudkeep_router)
     app.include_router(stats_router)
+    app.include_router(diff_router)
     app.include_router(sql_router)
     app.include_router(browse_router)
     install_docs(app)

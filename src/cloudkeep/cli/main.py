@@ -18,6 +18,7 @@ import typer
 
 from cloudkeep.cli import browse as _browse_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli import demo, forget, service, setup, status  # noqa: F401  (registers commands)
+from cloudkeep.cli import diff as _diff_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli import key as _key_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli import sql as _sql_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli.app import DryRunOption, JsonOption, app, app_key, workspace
