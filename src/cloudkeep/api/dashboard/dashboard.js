@@ -9,6 +9,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const state = {
   appKey: sessionStorage.getItem(KEY_STORAGE) || "",
   backups: [], // GET /cloudkeep/backups, newest first
+  backupsSignature: null, // the last answer as text: a re-render only when it changed
   stats: null,
   status: null,
   files: { backup: "", path: "" },
@@ -260,6 +261,9 @@ function renderBackups() {
 async function loadBackups() {
   try {
     const answer = await api("/cloudkeep/backups");
+    const signature = JSON.stringify(answer.backups);
+    if (signature === state.backupsSignature) return; // unchanged: keep the focus where it is
+    state.backupsSignature = signature;
     state.backups = answer.backups;
     renderBackups();
   } catch (error) {
@@ -552,7 +556,7 @@ async function showFiles(id, path) {
         actions.append(el("button", { type: "button", class: "link", "aria-label": `Query ${entry.name}`, onclick: () => queryDatabase(id, entry.path) }, "Query"));
       }
     }
-    actions.append(el("button", { type: "button", class: "link", "aria-label": `Add ${entry.name} to the restore`, onclick: () => prepareRestore(id, [entry.path]) }, "Add to restore"));
+    actions.append(el("button", { type: "button", class: "link", "aria-label": `Add to restore: ${entry.name}`, onclick: () => prepareRestore(id, [entry.path]) }, "Add to restore"));
     rows.append(
       el(
         "tr",
@@ -729,6 +733,12 @@ async function runQuery(event) {
 // ---------------------------------------------------------------- charts
 const CHART = { width: 480, height: 220, left: 64, right: 14, top: 12, bottom: 34 };
 
+/** The drawing's width in CSS pixels, so that its text keeps its size on any window. */
+function svgWidth(svg, fallback) {
+  const width = Math.round(svg.getBoundingClientRect().width);
+  return width >= 200 ? width : fallback;
+}
+
 function scale(domainMin, domainMax, rangeMin, rangeMax) {
   const span = domainMax - domainMin || 1;
   return (value) => rangeMin + ((value - domainMin) / span) * (rangeMax - rangeMin);
@@ -739,8 +749,8 @@ function niceTicks(max, count = 4) {
   const raw = max / count;
   const power = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
-  const ticks = [];
-  for (let t = 0; t <= max * 1.0001; t += step) ticks.push(t);
+  const ticks = [0];
+  while (ticks.at(-1) < max) ticks.push(ticks.at(-1) + step); // the top tick is at or above max
   return ticks;
 }
 
@@ -785,8 +795,8 @@ function drawTimeline() {
   }
   const devices = [...new Set(backups.map((b) => b.device_name))];
   const laneHeight = 34;
-  const width = 720;
-  const left = 120;
+  const width = svgWidth(svg, 720);
+  const left = Math.min(120, Math.round(width * 0.25));
   const right = 16;
   const height = devices.length * laneHeight + 34;
   svg.replaceChildren();
@@ -800,7 +810,8 @@ function drawTimeline() {
   devices.forEach((device, lane) => {
     const cy = lane * laneHeight + laneHeight / 2 + 4;
     svg.append(svgEl("line", { class: "gridline", x1: left, x2: width - right, y1: cy, y2: cy }));
-    const label = device.length > 16 ? `${device.slice(0, 15)}…` : device;
+    const room = Math.max(4, Math.floor((left - 12) / 7));
+    const label = device.length > room ? `${device.slice(0, room - 1)}…` : device;
     svg.append(svgEl("text", { x: left - 8, y: cy + 4, "text-anchor": "end" }, label));
   });
   backups.forEach((b) => {
@@ -813,8 +824,9 @@ function drawTimeline() {
   });
   const axisY = height - 22;
   svg.append(svgEl("line", { class: "axis", x1: left, x2: width - right, y1: axisY, y2: axisY }));
-  svg.append(svgEl("text", { x: left, y: axisY + 16, "text-anchor": "start" }, formatTime(first)));
-  if (last !== first) svg.append(svgEl("text", { x: width - right, y: axisY + 16, "text-anchor": "end" }, formatTime(last)));
+  const compact = (t) => new Date(t).toLocaleString(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+  svg.append(svgEl("text", { x: left, y: axisY + 16, "text-anchor": "start" }, compact(first)));
+  if (last !== first) svg.append(svgEl("text", { x: width - right, y: axisY + 16, "text-anchor": "end" }, compact(last)));
 }
 
 function drawCharts() {
@@ -826,6 +838,7 @@ function drawCharts() {
     summary.textContent = `The store holds ${formatBytes(stats.store_bytes)} for ${stats.backups} backup${stats.backups === 1 ? "" : "s"} of ${formatBytes(stats.logical_bytes)} in all: dedup ratio ${ratio}.`;
   }
   const svgs = ["chart-store", "chart-added", "chart-dedup"].map($);
+  CHART.width = svgWidth(svgs[0], 480);
   if (!backups.length) {
     for (const svg of svgs) emptyChart(svg, "No backups yet");
     return;
@@ -990,6 +1003,14 @@ function start() {
       loadBackups();
     }
   }, 60000);
+  let drawnWidth = document.documentElement.clientWidth;
+  new ResizeObserver(() => {
+    const width = document.documentElement.clientWidth;
+    if (Math.abs(width - drawnWidth) < 16) return;
+    drawnWidth = width;
+    drawTimeline();
+    drawCharts();
+  }).observe(document.documentElement);
   loadAll();
   watchProgress();
 }
