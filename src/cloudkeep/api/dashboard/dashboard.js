@@ -296,10 +296,12 @@ function setProgress(prefix, percentage, text) {
 
 function backUpNow() {
   const button = $("backup-now");
+  const cancel = $("backup-cancel");
   button.disabled = true;
   setOutcome("backup-outcome", "Starting the backup…");
   setProgress("backup", 0, "Starting…");
   let finished = false;
+  let heard = false;
   const socket = openSocket("/backups/create/streamed/websocket");
   socket.addEventListener("message", (event) => {
     let progress;
@@ -308,7 +310,13 @@ function backUpNow() {
     } catch {
       return;
     }
-    if (progress.backup && progress.backup.id) state.ownJobs.add(progress.backup.id);
+    heard = true;
+    if (progress.status === "INITIALIZED" && progress.backup && progress.backup.id) {
+      const job = progress.backup.id; // the creation job's id, until the backup has its own
+      state.ownJobs.add(job);
+      cancel.onclick = () => cancelJob(`/backup/${encodeURIComponent(job)}/creation/cancel`, "backup-outcome", "the backup");
+      cancel.hidden = false;
+    }
     const percentage = progress.percentage ?? 0;
     if (progress.status === "COMPLETED") {
       finished = true;
@@ -332,14 +340,28 @@ function backUpNow() {
   });
   socket.addEventListener("close", (event) => {
     button.disabled = false;
+    cancel.hidden = true;
     if (finished) return;
     if (event.code === 1013) {
       setOutcome("backup-outcome", `The server is busy: ${event.reason || "too many jobs queued"}. Try again shortly.`, "error");
+    } else if (!heard) {
+      $("backup-progress-box").hidden = true;
+      setOutcome("backup-outcome", "The server did not start a backup: it refused the connection (its queue of jobs may be full, or the application key was refused). Try again shortly.", "error");
+      checkAccess();
     } else {
       setOutcome("backup-outcome", "The connection to the server closed before the backup ended (a backup already started goes on in the server).", "error");
       checkAccess();
     }
   });
+}
+
+async function cancelJob(path, outcome, what) {
+  try {
+    await api(path, { method: "POST" });
+    setOutcome(outcome, `Canceling ${what}…`);
+  } catch (error) {
+    setOutcome(outcome, describe(error, `cancel ${what}`), "error");
+  }
 }
 
 /** After a refused socket (browsers hide why): a 401 on a plain request asks for the key. */
@@ -409,6 +431,9 @@ async function startRestore(force) {
     setOutcome("restore-outcome", describe(error, "restore"), "error");
     return;
   }
+  const cancel = $("restore-cancel");
+  cancel.onclick = () => cancelJob(`/backup/${encodeURIComponent(id)}/restoration/cancel`, "restore-outcome", "the restore");
+  cancel.hidden = false;
   followRestore(id);
 }
 
@@ -436,9 +461,13 @@ async function followRestore(id) {
       return;
     }
     if (status.value === "FAILED" || status.value === "CANCELED") {
-      const reason = status.reason || (status.value === "CANCELED" ? "canceled" : "no reason given");
       finishRestore();
       setProgress("restore", status.percentage ?? 0, status.value === "FAILED" ? "Failed" : "Canceled");
+      if (status.value === "CANCELED") {
+        setOutcome("restore-outcome", `The restore of ${id} was canceled.`, "error");
+        return;
+      }
+      const reason = status.reason || "no reason given";
       setOutcome("restore-outcome", `The restore failed: ${reason}`, "error");
       if (/in use/i.test(reason)) {
         const force = $("restore-force");
@@ -453,6 +482,7 @@ async function followRestore(id) {
 function finishRestore() {
   state.restore = null;
   $("restore-submit").disabled = false;
+  $("restore-cancel").hidden = true;
 }
 
 /** Where the replaced data is kept, when the server says (a restore's or undo's answer). */
