@@ -14,6 +14,7 @@ const state = {
   status: null,
   files: { backup: "", path: "" },
   restore: null, // {backup, body}
+  authorized: false, // an API call succeeded with the key we hold (or none was needed)
   ownJobs: new Set(), // creation jobs started by "Back up now" (their own socket follows them)
   watchedJob: null, // a creation started elsewhere, shown on the bar
 };
@@ -111,8 +112,15 @@ async function request(path, { method = "GET", body } = {}) {
   const response = await fetch(path, init);
   if (!response.ok) {
     const text = (await response.text()).trim() || response.statusText;
-    if (response.status === 401) askForKey(text);
+    if (response.status === 401) {
+      state.authorized = false;
+      askForKey(text);
+    }
     throw new HttpError(response.status, text);
+  }
+  if (!state.authorized) {
+    state.authorized = true;
+    if (!progressSocket) watchProgress(); // only once the key (if any) is known to work
   }
   return response;
 }
@@ -206,8 +214,9 @@ function backupLabel(backup) {
   return `${formatTime(backup.created)} · ${backup.device_name} · ${formatBytes(backup.bytes)}`;
 }
 
-function fillBackupSelect(select, { placeholder, chosen } = {}) {
-  const previous = chosen ?? select.value;
+/** Refill a backup choice: what the user chose stays chosen, else ``fallback`` (the newest). */
+function fillBackupSelect(select, { placeholder, fallback } = {}) {
+  const previous = select.dataset.chosen ? select.value : fallback;
   select.replaceChildren();
   if (placeholder) select.append(el("option", { value: "" }, placeholder));
   for (const backup of state.backups) {
@@ -248,12 +257,11 @@ function renderBackups() {
       ),
     );
   }
-  fillBackupSelect($("restore-backup"));
-  fillBackupSelect($("files-backup"));
-  fillBackupSelect($("query-backup"));
-  const older = state.backups[1] ? state.backups[1].id : state.backups[0]?.id;
-  fillBackupSelect($("compare-a"), { chosen: $("compare-a").value || older });
-  fillBackupSelect($("compare-b"), { chosen: $("compare-b").value || state.backups[0]?.id });
+  const newest = state.backups[0]?.id;
+  const older = state.backups[1] ? state.backups[1].id : newest;
+  for (const id of ["restore-backup", "files-backup", "query-backup"]) fillBackupSelect($(id), { fallback: newest });
+  fillBackupSelect($("compare-a"), { fallback: older });
+  fillBackupSelect($("compare-b"), { fallback: newest });
   drawTimeline();
   drawCharts();
 }
@@ -400,8 +408,14 @@ function confirmDelete(backup) {
 }
 
 // ---------------------------------------------------------------- restore
+/** Choose ``id`` in a backup select, as the user would. */
+function choose(select, id) {
+  select.value = id;
+  select.dataset.chosen = "1";
+}
+
 function prepareRestore(id, paths) {
-  $("restore-backup").value = id;
+  choose($("restore-backup"), id);
   if (paths) {
     const current = $("restore-paths").value.split("\n").map((p) => p.trim()).filter(Boolean);
     for (const path of paths) if (!current.includes(path)) current.push(path);
@@ -422,8 +436,9 @@ async function startRestore(force) {
   setOutcome("restore-outcome", `Restoring ${id}${paths.length ? ` (${paths.length} path${paths.length === 1 ? "" : "s"})` : ""}${target ? ` into ${target}` : " in place"}…`);
   setProgress("restore", 0, "Queued");
   state.restore = { backup: id, body };
+  let queued;
   try {
-    await api(`/cloudkeep/backups/${encodeURIComponent(id)}/restore`, { method: "POST", body });
+    queued = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/restore`, { method: "POST", body });
   } catch (error) {
     state.restore = null;
     $("restore-submit").disabled = false;
@@ -431,20 +446,21 @@ async function startRestore(force) {
     setOutcome("restore-outcome", describe(error, "restore"), "error");
     return;
   }
+  const job = (queued && queued.job) || id; // the restoration's job id when the server gives it
   const cancel = $("restore-cancel");
-  cancel.onclick = () => cancelJob(`/backup/${encodeURIComponent(id)}/restoration/cancel`, "restore-outcome", "the restore");
+  cancel.onclick = () => cancelJob(`/backup/${encodeURIComponent(job)}/restoration/cancel`, "restore-outcome", "the restore");
   cancel.hidden = false;
-  followRestore(id);
+  followRestore(id, job);
 }
 
 /** Poll the outcome; the progress socket moves the bar meanwhile. */
-async function followRestore(id) {
+async function followRestore(id, job) {
   for (;;) {
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await new Promise((resolve) => setTimeout(resolve, 700));
     if (!state.restore || state.restore.backup !== id) return;
     let status;
     try {
-      status = await api(`/backup/${encodeURIComponent(id)}/restoration/status`);
+      status = await api(`/backup/${encodeURIComponent(job)}/restoration/status`);
     } catch (error) {
       finishRestore();
       setOutcome("restore-outcome", describe(error, "follow the restore"), "error");
@@ -457,7 +473,7 @@ async function followRestore(id) {
       finishRestore();
       setProgress("restore", 100, "Done");
       setOutcome("restore-outcome", `Restored ${id}.`, "ok");
-      showUndo(status);
+      loadUndo();
       return;
     }
     if (status.value === "FAILED" || status.value === "CANCELED") {
@@ -485,25 +501,45 @@ function finishRestore() {
   $("restore-cancel").hidden = true;
 }
 
-/** Where the replaced data is kept, when the server says (a restore's or undo's answer). */
-function showUndo(answer) {
-  const path = answer && answer.undo_path;
-  $("undo-info").textContent = path
-    ? `What the last in-place restore replaced is kept in ${path}; “Undo last restore” puts it back.`
-    : "An in-place restore keeps what it replaced; “Undo last restore” puts it back.";
+/** What "Undo last restore" would put back (GET /cloudkeep/restore/undo). */
+async function loadUndo() {
+  try {
+    showUndo(await api("/cloudkeep/restore/undo"));
+  } catch (error) {
+    $("undo-info").textContent = describe(error, "read what an undo would put back");
+  }
 }
 
-async function undoRestore() {
+function showUndo(undo) {
+  const info = $("undo-info");
+  const path = undo && undo.undo_path;
+  if (!path) {
+    info.textContent = "Nothing to undo: no in-place restore has replaced data on this machine yet. An in-place restore keeps what it replaces, and “Undo last restore” puts it back.";
+  } else if (undo.state === "undone") {
+    info.textContent = `The last restore was undone; what it had restored is kept in ${path}, and “Undo last restore” again puts it back (a redo).`;
+  } else if (undo.state === "restoring") {
+    info.textContent = `A restore was interrupted; “Undo last restore” takes back what it had done (what it replaced is kept in ${path}).`;
+  } else {
+    const what = undo.kind === "paths" ? "The last restore of chosen paths" : "The last in-place restore";
+    info.textContent = `${what} kept what it replaced in ${path}; “Undo last restore” puts it back.`;
+  }
+}
+
+async function undoRestore(force) {
   const button = $("undo-restore");
   button.disabled = true;
+  $("undo-force").hidden = true;
   setOutcome("undo-outcome", "Putting back what the last restore replaced…");
   try {
-    const answer = await api("/cloudkeep/restore/undo", { method: "POST" });
-    const where = answer && (answer.restored_to || answer.undo_path || answer.path);
-    setOutcome("undo-outcome", where ? `Undone: ${where} is back as it was.` : "Undone: the data is back as it was before the restore.", "ok");
-    showUndo(null);
+    const after = await api("/cloudkeep/restore/undo", { method: "POST", body: { force } });
+    setOutcome("undo-outcome", after && after.state === "restored" ? "Redone: the restored data is back in place." : "Undone: the data is back as it was before the restore.", "ok");
+    showUndo(after);
   } catch (error) {
     setOutcome("undo-outcome", describe(error, "undo the last restore"), "error");
+    if (error instanceof HttpError && error.status === 409) {
+      $("undo-force").hidden = false;
+      $("undo-force").focus();
+    }
   } finally {
     button.disabled = false;
   }
@@ -514,11 +550,14 @@ let progressSocket = null;
 let progressRetry = 1000;
 
 function watchProgress() {
-  progressSocket = openSocket("/backups/streamed/progress");
-  progressSocket.addEventListener("open", () => {
+  const socket = openSocket("/backups/streamed/progress");
+  progressSocket = socket;
+  let opened = false;
+  socket.addEventListener("open", () => {
+    opened = true;
     progressRetry = 1000;
   });
-  progressSocket.addEventListener("message", (event) => {
+  socket.addEventListener("message", (event) => {
     let all;
     try {
       all = JSON.parse(event.data);
@@ -546,15 +585,19 @@ function watchProgress() {
       }
     }
   });
-  progressSocket.addEventListener("close", () => {
-    setTimeout(watchProgress, progressRetry);
+  socket.addEventListener("close", () => {
+    progressSocket = null;
+    if (!opened && !state.authorized) return; // reopened by the next call that succeeds
+    setTimeout(() => {
+      if (!progressSocket) watchProgress();
+    }, progressRetry);
     progressRetry = Math.min(progressRetry * 2, 30000);
   });
 }
 
 // ---------------------------------------------------------------- files
 function browseBackup(id) {
-  $("files-backup").value = id;
+  choose($("files-backup"), id);
   showFiles(id, "");
   $("files-heading").scrollIntoView({ block: "start" });
   $("files-backup").focus();
@@ -636,15 +679,29 @@ async function download(id, entry) {
 }
 
 // ---------------------------------------------------------------- compare
-/** A row of a diff as one line: values as text, objects as "name: value" pairs. */
-function rowText(row) {
-  if (row === null || row === undefined) return "NULL";
-  if (Array.isArray(row)) return row.map(rowText).join(" | ");
-  if (typeof row === "object") {
-    if (row.blob !== undefined && Object.keys(row).length === 1) return `(blob, ${formatBytes(row.blob)})`;
-    return Object.entries(row).map(([name, value]) => `${name}: ${typeof value === "object" && value !== null ? `{${rowText(value)}}` : rowText(value)}`).join(", ");
+/** A value of a row as text: NULL, blobs as their size (and first bytes). */
+function valueText(value) {
+  if (value === null || value === undefined) return "NULL";
+  if (typeof value === "object" && value.blob !== undefined) {
+    return `(blob, ${formatBytes(value.blob)}${value.hex ? `: ${value.hex}…` : ""})`;
   }
-  return String(row);
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+/** A row of a diff as one line: `key 7: id = 7, body = …`, or for a changed row the
+ * columns that differ, `key 7: body: old → new`. */
+function rowText(row) {
+  if (row === null || typeof row !== "object") return valueText(row);
+  const key = row.key !== undefined ? `key ${valueText(row.key)}: ` : "";
+  if (row.columns && typeof row.columns === "object") {
+    const changes = Object.entries(row.columns).map(([name, sides]) => `${name}: ${valueText(sides && sides.a)} → ${valueText(sides && sides.b)}`);
+    return key + changes.join("; ");
+  }
+  if (row.values && typeof row.values === "object") {
+    return key + Object.entries(row.values).map(([name, value]) => `${name} = ${valueText(value)}`).join(", ");
+  }
+  return valueText(row);
 }
 
 function renderDiff(diff) {
@@ -679,6 +736,7 @@ function renderDiff(diff) {
       for (const r of t.rows.added || []) rows.append(el("li", { class: "added" }, `+ ${rowText(r)}`));
       for (const r of t.rows.removed || []) rows.append(el("li", { class: "removed" }, `− ${rowText(r)}`));
       for (const r of t.rows.changed || []) rows.append(el("li", { class: "changed" }, `~ ${rowText(r)}`));
+      if (t.rows.truncated) rows.append(el("li", {}, "… more rows differ than are listed here"));
       if (rows.childElementCount) out.append(el("h4", {}, `Rows of ${t.name}`), rows);
     }
   }
@@ -720,7 +778,7 @@ async function loadDatabases(chosen) {
 }
 
 function queryDatabase(id, path) {
-  $("query-backup").value = id;
+  choose($("query-backup"), id);
   loadDatabases(path);
   $("query-heading").scrollIntoView({ block: "start" });
   $("query-text").focus();
@@ -997,6 +1055,7 @@ function loadAll() {
     loadDatabases();
   });
   loadSettings();
+  loadUndo();
 }
 
 function start() {
@@ -1016,7 +1075,13 @@ function start() {
     startRestore(false);
   });
   $("restore-force").addEventListener("click", () => startRestore(true));
-  $("undo-restore").addEventListener("click", undoRestore);
+  $("undo-restore").addEventListener("click", () => undoRestore(false));
+  $("undo-force").addEventListener("click", () => undoRestore(true));
+  for (const id of ["restore-backup", "files-backup", "query-backup", "compare-a", "compare-b"]) {
+    $(id).addEventListener("change", (event) => {
+      event.target.dataset.chosen = "1";
+    });
+  }
   $("files-form").addEventListener("submit", (event) => {
     event.preventDefault();
     showFiles($("files-backup").value, "");
@@ -1042,7 +1107,6 @@ function start() {
     drawCharts();
   }).observe(document.documentElement);
   loadAll();
-  watchProgress();
 }
 
 start();
