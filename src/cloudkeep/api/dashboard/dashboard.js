@@ -10,6 +10,8 @@ const state = {
   appKey: sessionStorage.getItem(KEY_STORAGE) || "",
   backups: [], // GET /cloudkeep/backups, newest first
   backupsSignature: null, // the last answer as text: a re-render only when it changed
+  showAllBackups: false,
+  labels: [], // backupLabel of each backup, for the five backup choices
   stats: null,
   status: null,
   files: { backup: "", path: "" },
@@ -66,10 +68,15 @@ function formatDuration(seconds) {
   return `${Math.floor(h / 24)} days ${h % 24} h`;
 }
 
+// Built once: toLocaleString with options builds a formatter per call (seconds for 10,000 backups).
+const DATE_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const SHORT_DATE = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+const COMPACT_TIME = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+
 function formatTime(value) {
   const date = value instanceof Date ? value : new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  return DATE_TIME.format(date);
 }
 
 function setOutcome(id, text, kind = "") {
@@ -214,16 +221,47 @@ function backupLabel(backup) {
   return `${formatTime(backup.created)} · ${backup.device_name} · ${formatBytes(backup.bytes)}`;
 }
 
-/** Refill a backup choice: what the user chose stays chosen, else ``fallback`` (the newest). */
-function fillBackupSelect(select, { placeholder, fallback } = {}) {
-  const previous = select.dataset.chosen ? select.value : fallback;
+const EAGER_OPTIONS = 500; // beyond, a choice gets its options when first used
+
+/** Refill a backup choice: what the user chose stays chosen, else ``fallback`` (the newest).
+ * Thousands of options in five choices cost seconds of layout, so a long list is filled
+ * when the choice first gets focus (or a pointer): until then it holds the current one. */
+function fillBackupSelect(select, { fallback } = {}) {
+  const wanted = select.dataset.chosen ? select.value : fallback;
+  const index = state.backups.findIndex((b) => b.id === wanted);
   select.replaceChildren();
-  if (placeholder) select.append(el("option", { value: "" }, placeholder));
-  for (const backup of state.backups) {
-    select.append(el("option", { value: backup.id }, backupLabel(backup)));
+  if (state.backups.length > EAGER_OPTIONS) {
+    const current = index >= 0 ? index : 0;
+    if (state.backups.length) select.append(backupOption(current));
+    select.dataset.pending = "1";
+    return;
   }
-  if (previous && state.backups.some((b) => b.id === previous)) select.value = previous;
+  delete select.dataset.pending;
+  const options = document.createDocumentFragment();
+  state.backups.forEach((_, i) => options.append(backupOption(i)));
+  select.append(options);
+  if (index >= 0) select.value = wanted;
 }
+
+function backupOption(index) {
+  const option = document.createElement("option");
+  option.value = state.backups[index].id;
+  option.textContent = state.labels[index];
+  return option;
+}
+
+/** A long choice's options, added when the user first reaches it. */
+function fillPending(select) {
+  if (!select.dataset.pending) return;
+  delete select.dataset.pending;
+  const value = select.value;
+  const options = document.createDocumentFragment();
+  state.backups.forEach((_, i) => options.append(backupOption(i)));
+  select.replaceChildren(options);
+  select.value = value;
+}
+
+const TABLE_ROWS = 100; // the table's first rows; "Show all" for the rest (the charts take all)
 
 function renderBackups() {
   const rows = $("backup-rows");
@@ -231,7 +269,11 @@ function renderBackups() {
   if (state.backups.length === 0) {
     rows.append(el("tr", {}, el("td", { colspan: 7 }, "No backups yet: press “Back up now”.")));
   }
-  for (const backup of state.backups) {
+  const shown = state.showAllBackups ? state.backups : state.backups.slice(0, TABLE_ROWS);
+  const more = $("backups-more");
+  more.hidden = shown.length === state.backups.length;
+  more.textContent = `Show all ${state.backups.length} backups`;
+  for (const backup of shown) {
     const name = `${formatTime(backup.created)} on ${backup.device_name}`;
     rows.append(
       el(
@@ -257,13 +299,16 @@ function renderBackups() {
       ),
     );
   }
+  // Drawn before the choices are filled: measuring a drawing's width lays out the page,
+  // and thousands of new options make that layout slow.
+  drawTimeline();
+  drawCharts();
+  state.labels = state.backups.map(backupLabel);
   const newest = state.backups[0]?.id;
   const older = state.backups[1] ? state.backups[1].id : newest;
   for (const id of ["restore-backup", "files-backup", "query-backup"]) fillBackupSelect($(id), { fallback: newest });
   fillBackupSelect($("compare-a"), { fallback: older });
   fillBackupSelect($("compare-b"), { fallback: newest });
-  drawTimeline();
-  drawCharts();
 }
 
 async function loadBackups() {
@@ -410,6 +455,7 @@ function confirmDelete(backup) {
 // ---------------------------------------------------------------- restore
 /** Choose ``id`` in a backup select, as the user would. */
 function choose(select, id) {
+  fillPending(select);
   select.value = id;
   select.dataset.chosen = "1";
 }
@@ -865,7 +911,7 @@ function chartFrame(svg, { yMax, yTicks, yFormat, xLabels }) {
 }
 
 function shortDate(value) {
-  return new Date(value).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+  return SHORT_DATE.format(new Date(value));
 }
 
 function emptyChart(svg, text) {
@@ -912,7 +958,7 @@ function drawTimeline() {
   });
   const axisY = height - 22;
   svg.append(svgEl("line", { class: "axis", x1: left, x2: width - right, y1: axisY, y2: axisY }));
-  const compact = (t) => new Date(t).toLocaleString(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+  const compact = (t) => COMPACT_TIME.format(new Date(t));
   svg.append(svgEl("text", { x: left, y: axisY + 16, "text-anchor": "start" }, compact(first)));
   if (last !== first) svg.append(svgEl("text", { x: width - right, y: axisY + 16, "text-anchor": "end" }, compact(last)));
 }
@@ -947,7 +993,9 @@ function drawCharts() {
   const yStore = chartFrame(svgs[0], { yMax: storeTicks.at(-1) || storeMax, yTicks: storeTicks, yFormat: formatBytes, xLabels });
   const points = cumulative.map((v, i) => `${xAt(i)},${yStore(v)}`).join(" ");
   svgs[0].append(svgEl("polyline", { class: "line", points }));
+  const dots = slot >= 6; // one dot per backup while they stay apart; the line alone beyond
   cumulative.forEach((v, i) => {
+    if (!dots) return;
     const c = svgEl("circle", { class: "dot s0", cx: xAt(i), cy: yStore(v), r: 3 });
     c.append(svgEl("title", {}, `${formatTime(backups[i].created)}: ${formatBytes(v)} uploaded so far`));
     svgs[0].append(c);
@@ -962,13 +1010,30 @@ function drawCharts() {
   const addedMax = Math.max(...backups.map((b) => b.added_bytes), 1);
   const addedTicks = byteTicks(addedMax);
   const yAdded = chartFrame(svgs[1], { yMax: addedTicks.at(-1) || addedMax, yTicks: addedTicks, yFormat: formatBytes, xLabels });
-  const barWidth = Math.max(1, Math.min(28, slot * 0.7));
-  backups.forEach((b, i) => {
-    const top = yAdded(b.added_bytes);
-    const bar = svgEl("rect", { class: "bar", x: xAt(i) - barWidth / 2, y: top, width: barWidth, height: Math.max(0, yAdded(0) - top) });
-    bar.append(svgEl("title", {}, `${formatTime(b.created)} · ${b.device_name}: added ${formatBytes(b.added_bytes)}`));
-    svgs[1].append(bar);
-  });
+  if (slot >= 2) {
+    const barWidth = Math.min(28, slot * 0.7);
+    backups.forEach((b, i) => {
+      const top = yAdded(b.added_bytes);
+      const bar = svgEl("rect", { class: "bar", x: xAt(i) - barWidth / 2, y: top, width: barWidth, height: Math.max(0, yAdded(0) - top) });
+      bar.append(svgEl("title", {}, `${formatTime(b.created)} · ${b.device_name}: added ${formatBytes(b.added_bytes)}`));
+      svgs[1].append(bar);
+    });
+  } else {
+    // More backups than pixels: one bar per 2 px, as high as the most any of them added.
+    const columns = new Map();
+    backups.forEach((b, i) => {
+      const column = Math.floor((xAt(i) - left) / 2);
+      const seen = columns.get(column);
+      if (!seen) columns.set(column, { max: b.added_bytes, first: b, last: b, count: 1 });
+      else Object.assign(seen, { max: Math.max(seen.max, b.added_bytes), last: b, count: seen.count + 1 });
+    });
+    for (const [column, c] of columns) {
+      const top = yAdded(c.max);
+      const bar = svgEl("rect", { class: "bar", x: left + column * 2, y: top, width: 1.6, height: Math.max(0, yAdded(0) - top) });
+      bar.append(svgEl("title", {}, `${c.count} backups, ${formatTime(c.first.created)} to ${formatTime(c.last.created)}: up to ${formatBytes(c.max)} added`));
+      svgs[1].append(bar);
+    }
+  }
 
   // Dedup ratio after each backup: logical bytes so far / bytes uploaded so far.
   let logical = 0;
@@ -985,7 +1050,7 @@ function drawCharts() {
   const ratioPoints = ratios.map((r, i) => (r === null ? null : `${xAt(i)},${yRatio(r)}`)).filter(Boolean).join(" ");
   svgs[2].append(svgEl("polyline", { class: "line", points: ratioPoints }));
   ratios.forEach((r, i) => {
-    if (r === null) return;
+    if (r === null || !dots) return;
     const c = svgEl("circle", { class: "dot s0", cx: xAt(i), cy: yRatio(r), r: 3 });
     c.append(svgEl("title", {}, `${formatTime(backups[i].created)}: ${r.toFixed(2)}×`));
     svgs[2].append(c);
@@ -1070,6 +1135,11 @@ function start() {
     if (progressSocket) progressSocket.close();
   });
   $("backup-now").addEventListener("click", backUpNow);
+  $("backups-more").addEventListener("click", () => {
+    state.showAllBackups = true;
+    renderBackups();
+    $("backup-rows").rows[TABLE_ROWS]?.querySelector("button")?.focus();
+  });
   $("restore-form").addEventListener("submit", (event) => {
     event.preventDefault();
     startRestore(false);
@@ -1081,6 +1151,7 @@ function start() {
     $(id).addEventListener("change", (event) => {
       event.target.dataset.chosen = "1";
     });
+    for (const type of ["focus", "pointerdown"]) $(id).addEventListener(type, (event) => fillPending(event.target));
   }
   $("files-form").addEventListener("submit", (event) => {
     event.preventDefault();
