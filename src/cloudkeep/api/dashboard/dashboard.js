@@ -649,14 +649,19 @@ function browseBackup(id) {
   $("files-backup").focus();
 }
 
+let filesAsked = 0; // only the latest listing asked for is shown
+
 async function showFiles(id, path) {
   state.files = { backup: id, path };
+  const asked = ++filesAsked;
   renderCrumbs();
   setOutcome("files-outcome", "Loading…");
   let answer;
   try {
     answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/files?path=${encodeURIComponent(path)}`);
+    if (asked !== filesAsked) return;
   } catch (error) {
+    if (asked !== filesAsked) return;
     $("files-table").hidden = true;
     setOutcome("files-outcome", describe(error, "list the files"), "error");
     return;
@@ -791,6 +796,8 @@ function renderDiff(diff) {
   }
 }
 
+let compareAsked = 0; // only the latest comparison asked for is shown
+
 async function compare(event) {
   event.preventDefault();
   const a = $("compare-a").value;
@@ -798,29 +805,45 @@ async function compare(event) {
   const rows = $("compare-rows").checked;
   setOutcome("compare-outcome", "Comparing…");
   $("compare-result").replaceChildren();
+  const asked = ++compareAsked;
   try {
     const diff = await api(`/cloudkeep/diff?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}${rows ? "&rows=true" : ""}`);
+    if (asked !== compareAsked) return;
     renderDiff(diff);
     setOutcome("compare-outcome", `Compared in ${Math.round(diff.elapsed_ms ?? 0)} ms, ${formatBytes(diff.fetched_bytes ?? 0)} fetched from the store.`, "ok");
   } catch (error) {
+    if (asked !== compareAsked) return;
     setOutcome("compare-outcome", describe(error, "compare the backups"), "error");
   }
 }
 
 // ---------------------------------------------------------------- query
+let databasesAsked = 0; // answers of an older question are dropped (they can come late)
+
+/** The databases of the chosen backup; the chosen database stays chosen if it is there. */
 async function loadDatabases(chosen) {
   const id = $("query-backup").value;
   const select = $("query-database");
-  select.replaceChildren();
-  if (!id) return;
-  try {
-    const answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/databases`);
-    for (const db of answer.databases) select.append(el("option", { value: db.path }, `${db.path} (${formatBytes(db.size)})`));
-    if (chosen) select.value = chosen;
-    if (!answer.databases.length) setOutcome("query-outcome", "This backup holds no SQLite database.");
-  } catch (error) {
-    setOutcome("query-outcome", describe(error, "list the databases"), "error");
+  const keep = chosen || select.value;
+  const asked = ++databasesAsked;
+  if (!id) {
+    select.replaceChildren();
+    return;
   }
+  let answer;
+  try {
+    answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/databases`);
+  } catch (error) {
+    if (asked !== databasesAsked) return;
+    select.replaceChildren();
+    setOutcome("query-outcome", describe(error, "list the databases"), "error");
+    return;
+  }
+  if (asked !== databasesAsked) return;
+  const current = chosen || select.value || keep; // a choice made while the list was coming
+  select.replaceChildren(...answer.databases.map((db) => el("option", { value: db.path }, `${db.path} (${formatBytes(db.size)})`)));
+  if (answer.databases.some((db) => db.path === current)) select.value = current;
+  if (!answer.databases.length) setOutcome("query-outcome", "This backup holds no SQLite database.");
 }
 
 function queryDatabase(id, path) {
@@ -836,6 +859,8 @@ function cellText(value) {
   return String(value);
 }
 
+let queryAsked = 0; // only the latest query's answer is shown
+
 async function runQuery(event) {
   event.preventDefault();
   const id = $("query-backup").value;
@@ -848,12 +873,14 @@ async function runQuery(event) {
   const out = $("query-result");
   out.replaceChildren();
   let answer;
+  const asked = ++queryAsked;
   try {
     answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/sql`, { method: "POST", body });
   } catch (error) {
-    setOutcome("query-outcome", describe(error, "run the query"), "error");
+    if (asked === queryAsked) setOutcome("query-outcome", describe(error, "run the query"), "error");
     return;
   }
+  if (asked !== queryAsked) return;
   const table = el("table", {}, el("caption", {}, `Result of the query on ${body.database || "the backup's database"}`));
   table.append(el("thead", {}, el("tr", {}, answer.columns.map((c) => el("th", { scope: "col" }, String(c))))));
   const tbody = el("tbody");
