@@ -27,6 +27,7 @@ from cloudkeep.api.routers import (
     well_known_router,
 )
 from cloudkeep.api.routers.browse import router as browse_router
+from cloudkeep.api.routers.dashboard import router as dashboard_router
 from cloudkeep.api.routers.diff import router as diff_router
 from cloudkeep.api.routers.sql import router as sql_router
 from cloudkeep.api.routers.stats import router as stats_router
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(diff_router)
     app.include_router(sql_router)
     app.include_router(browse_router)
+    app.include_router(dashboard_router)
     install_docs(app)
 
     origins = list(allowed_origins)
