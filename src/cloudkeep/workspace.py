@@ -77,6 +77,8 @@ class BackupInfo:
     source: str = ""
     # Set by a restore: the folder (or file) it restored into.
     restored_to: str = ""
+    # How many entries (files, folders, links) the backup holds.
+    files: int = 0
 
     @classmethod
     def of(cls, manifest: Manifest) -> BackupInfo:
@@ -91,6 +93,7 @@ class BackupInfo:
             warnings=tuple(manifest.warnings),
             added_bytes=manifest.added_bytes,
             source=manifest.source,
+            files=len(manifest.files),
         )
 
 

@@ -26,6 +26,7 @@ from cloudkeep.api.routers import (
     cloudkeep_router,
     well_known_router,
 )
+from cloudkeep.api.routers.dashboard import router as dashboard_router
 from cloudkeep.api.routers.stats import router as stats_router
 from cloudkeep.api.scheduler import scheduler_for
 from cloudkeep.api.security import DEFAULT_MAX_BODY, GuardMiddleware, GuardPolicy
@@ -111,6 +112,7 @@ def create_app(
     app.include_router(well_known_router)
     app.include_router(cloudkeep_router)
     app.include_router(stats_router)
+    app.include_router(dashboard_router)
     install_docs(app)
 
     origins = list(allowed_origins)

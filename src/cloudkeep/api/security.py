@@ -9,6 +9,7 @@ clients (SDKs, curl) send no ``Origin`` and a loopback ``Host``, so they pass.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -22,6 +23,8 @@ from cloudkeep.errors import ConfigurationError
 __all__ = [
     "APP_KEY_HEADER",
     "DEFAULT_MAX_BODY",
+    "KEY_SUBPROTOCOL_PREFIX",
+    "SUBPROTOCOL",
     "BodyTooLarge",
     "GuardMiddleware",
     "GuardPolicy",
@@ -31,9 +34,11 @@ __all__ = [
 
 APP_KEY_HEADER = "x-application-id"
 DEFAULT_MAX_BODY = 1024 * 1024
-# Reachable without an app key: discovery (the SDK wrapper probes health) and the docs.
+# Reachable without an app key: discovery (the SDK wrapper probes health), the docs and
+# the dashboard's page (it holds no secret; every API call it makes needs the key).
 OPEN_PATHS = frozenset(
     {
+        "/",
         "/.well-known/health",
         "/.well-known/version",
         "/docs",
@@ -44,6 +49,14 @@ OPEN_PATHS = frozenset(
 )
 # The docs pages' scripts and styles (see docs.py).
 OPEN_PREFIX = "/docs/assets/"
+# The dashboard's script and styles: one file name, no folders, no dot segments.
+OPEN_DASHBOARD_ASSET = re.compile(r"/dashboard/[A-Za-z0-9][A-Za-z0-9_-]*\.[a-z]{1,8}")
+
+# Browsers cannot set headers on a WebSocket: the key may come as a subprotocol
+# ``cloudkeep.key.<key>`` (app keys are URL-safe base64, valid protocol tokens). The
+# page also offers ``cloudkeep``, which the server answers, so the key is not echoed.
+SUBPROTOCOL = "cloudkeep"
+KEY_SUBPROTOCOL_PREFIX = "cloudkeep.key."
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -99,7 +112,11 @@ class GuardPolicy:
 
     def is_open(self, path: str) -> bool:
         """Reachable without an application key (no dot segments under the assets)."""
-        return path in self.open_paths or (path.startswith(OPEN_PREFIX) and ".." not in path)
+        return (
+            path in self.open_paths
+            or (path.startswith(OPEN_PREFIX) and ".." not in path)
+            or OPEN_DASHBOARD_ASSET.fullmatch(path) is not None
+        )
 
     @staticmethod
     def normalize_origins(origins: Iterable[str]) -> frozenset[str]:
@@ -179,12 +196,18 @@ class GuardMiddleware:
             and scope["method"] == "OPTIONS"
             and "access-control-request-method" in headers
         )
+        presented = headers.get(APP_KEY_HEADER)
+        offered: list[str] = []
+        if scope["type"] == "websocket":
+            offered = _offered_subprotocols(headers)
+            if presented is None:
+                presented = _key_from_subprotocols(offered)
         try:
             refused = (
                 policy.verifier is not None
                 and not is_preflight
                 and not policy.is_open(scope["path"])
-                and not policy.verifier.verify(headers.get(APP_KEY_HEADER))
+                and not policy.verifier.verify(presented)
             )
         except ConfigurationError as exc:  # a damaged key file: nobody is let in
             await _deny(scope, send, 511, f"{exc}\n")  # ConfigurationError's status
@@ -200,7 +223,7 @@ class GuardMiddleware:
             )
             return
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _answering_subprotocol(send, offered))
             return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > policy.max_body):
@@ -237,6 +260,41 @@ class GuardMiddleware:
             if started:
                 raise
             await _deny(scope, send, 413, f"Request body too large: the limit is {limit} bytes.\n")
+
+
+def _offered_subprotocols(headers: Headers) -> list[str]:
+    return [
+        item.strip()
+        for value in headers.getlist("sec-websocket-protocol")
+        for item in value.split(",")
+        if item.strip()
+    ]
+
+
+def _key_from_subprotocols(offered: list[str]) -> str | None:
+    for item in offered:
+        if item.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return item[len(KEY_SUBPROTOCOL_PREFIX) :]
+    return None
+
+
+def _answering_subprotocol(send: Send, offered: list[str]) -> Send:
+    """Accept with ``cloudkeep`` when the client offered our protocols: a browser fails a
+    socket whose offered protocols get no answer. The key protocol is answered only
+    when it is all the client offered."""
+    if SUBPROTOCOL in offered:
+        chosen: str | None = SUBPROTOCOL
+    else:
+        chosen = next((p for p in offered if p.startswith(KEY_SUBPROTOCOL_PREFIX)), None)
+    if chosen is None:
+        return send
+
+    async def accepting(message: Message) -> None:
+        if message["type"] == "websocket.accept" and not message.get("subprotocol"):
+            message = {**message, "subprotocol": chosen}
+        await send(message)
+
+    return accepting
 
 
 async def _deny(scope: Scope, send: Send, status: int, text: str) -> None:

@@ -99,6 +99,9 @@ class BackupService:
         self._workspace: Workspace | None = None
         self._workspace_lock = threading.Lock()
         self.cache = BackupListCache(self._load_list, ttl=list_ttl)
+        # The engine's BackupInfo of every backup the cache lists (sizes, bytes added,
+        # entries: the dashboard's timeline), kept in step with the cache.
+        self._details: dict[str, BackupInfo] = {}
         run: Runner = self._run_here
         self._process_engine: ProcessEngine | None = None
         if jobs_in_subprocess:
@@ -137,9 +140,11 @@ class BackupService:
         if listed is not None:
             for warning in listed.warnings:
                 log.warning("backup %s: %s", listed.id, warning)
+            self._details[listed.id] = listed
             self.cache.add(backup_from_info(listed))
         for backup_id in result.unlisted:
             self.cache.remove(backup_id)
+            self._details.pop(backup_id, None)
 
     def _device_name(self) -> str:
         name: Any = getattr(self.settings, "device_name", None)
@@ -150,7 +155,9 @@ class BackupService:
         return socket.gethostname()
 
     def _load_list(self) -> list[Backup]:
-        return [backup_from_info(info) for info in self.workspace().list()]
+        infos = self.workspace().list()
+        self._details.update((info.id, info) for info in infos)
+        return [backup_from_info(info) for info in infos]
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -173,6 +180,16 @@ class BackupService:
                 self.cache.refresh_in_background()
             return listing.body
         return (await run_in_threadpool(self.cache.load)).body
+
+    async def details(self) -> list[BackupInfo]:
+        """The listed backups' BackupInfo, newest first, from the same cache as ``list_body``."""
+        listing = self.cache.peek()
+        if listing is None:
+            listing = await run_in_threadpool(self.cache.load)
+        elif not self.cache.is_fresh():
+            self.cache.refresh_in_background()
+        details = self._details
+        return [details[b.id] for b in listing.entries if b.id in details]
 
     async def get(self, backup_id: str) -> Backup:
         """A stored backup (cache first, then the store: it may come from another process)."""
