@@ -46,8 +46,9 @@ def notes_on_disk(path: Path) -> list[str]:
         return [row[0] for row in db.execute("SELECT body FROM notes ORDER BY id")]
 
 
-def fill_data_folder(data: Path) -> None:
-    """Two WAL-mode databases (one of a few MiB of random blobs) and plain files."""
+def fill_data_folder(data: Path, *, hostile: bool = True) -> None:
+    """Two WAL-mode databases (one of a few MiB of random blobs) and plain files, one of
+    them named as HTML (``hostile``)."""
     data.mkdir(parents=True, exist_ok=True)
     write_notes(data / "notes.db", NOTES)
     make_big_db(data / "big.db", BIG_DB_MIB)
@@ -55,7 +56,8 @@ def fill_data_folder(data: Path) -> None:
     (data / "docs").mkdir()
     (data / "docs" / "readme.txt").write_text("The data folder of the browser tests.\n")
     (data / "docs" / "report.bin").write_bytes(os.urandom(300 * 1024))
-    (data / HOSTILE_NAME).write_text("a file whose name is HTML\n")
+    if hostile:
+        (data / HOSTILE_NAME).write_text("a file whose name is HTML\n")
 
 
 @dataclass
@@ -82,6 +84,13 @@ class Site:
             response = http.post("/backups/create")
             assert response.status_code == 200, response.text
             return str(response.json()["id"])
+
+    def backups(self) -> list[dict[str, Any]]:
+        """The dashboard's rich list (``GET /cloudkeep/backups``), newest first."""
+        with self.server.http(headers=self._headers()) as http:
+            response = http.get("/cloudkeep/backups")
+            assert response.status_code == 200, response.text
+            return list(response.json()["backups"])
 
     def backup_ids(self) -> list[str]:
         """Every backup's id, newest first."""
