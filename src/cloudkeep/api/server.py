@@ -275,7 +275,7 @@ def serve(
     # Keep the event loop responsive while a backup's Python code holds the GIL.
     sys.setswitchinterval(0.001)
     url = url_for(host, bound_port, tls)
-    announce(f"cloudkeep API listening on {url} (docs: {url}/docs)")
+    announce(f"cloudkeep API listening on {url} (dashboard: {url}/, docs: {url}/docs)")
     active = app.state.scheduler.schedule
     announce(
         f"scheduled backups of {settings.data}: {active}" if active else "no scheduled backups"

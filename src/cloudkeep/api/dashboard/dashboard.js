@@ -13,6 +13,8 @@ const state = {
   status: null,
   files: { backup: "", path: "" },
   restore: null, // {backup, body}
+  ownJobs: new Set(), // creation jobs started by "Back up now" (their own socket follows them)
+  watchedJob: null, // a creation started elsewhere, shown on the bar
 };
 
 // ---------------------------------------------------------------- helpers
@@ -225,15 +227,15 @@ function renderBackups() {
       el(
         "tr",
         { "data-backup": backup.id },
-        el("td", {}, el("time", { datetime: backup.created, title: backup.id }, formatTime(backup.created))),
-        el("td", {}, backup.device_name),
-        el("td", { class: "num" }, formatBytes(backup.bytes)),
-        el("td", { class: "num" }, formatBytes(backup.added_bytes)),
-        el("td", { class: "num" }, String(backup.files)),
-        el("td", {}, backup.warnings ? `${backup.warnings}` : "–"),
+        el("td", { "data-label": "Created" }, el("time", { datetime: backup.created, title: backup.id }, formatTime(backup.created))),
+        el("td", { "data-label": "Device" }, backup.device_name),
+        el("td", { class: "num", "data-label": "Size" }, formatBytes(backup.bytes)),
+        el("td", { class: "num", "data-label": "Added" }, formatBytes(backup.added_bytes)),
+        el("td", { class: "num", "data-label": "Files" }, String(backup.files)),
+        el("td", { "data-label": "Warnings" }, backup.warnings ? `${backup.warnings}` : "–"),
         el(
           "td",
-          {},
+          { "data-label": "Actions" },
           el(
             "div",
             { class: "actions" },
@@ -302,14 +304,14 @@ function backUpNow() {
     } catch {
       return;
     }
+    if (progress.backup && progress.backup.id) state.ownJobs.add(progress.backup.id);
     const percentage = progress.percentage ?? 0;
     if (progress.status === "COMPLETED") {
       finished = true;
       setProgress("backup", 100, "Done");
-      const made = state.backups.length;
       const backup = progress.backup;
       setOutcome("backup-outcome", backup ? `Backup completed: ${formatBytes(backup.bytes)} (${backup.id}).` : "Backup completed.", "ok");
-      refreshAfterChange(made);
+      refreshAfterChange();
     } else if (progress.status === "FAILED") {
       finished = true;
       setProgress("backup", percentage, "Failed");
@@ -346,9 +348,10 @@ async function checkAccess() {
 }
 
 function refreshAfterChange() {
-  loadBackups();
   loadStatus();
-  loadStats();
+  loadBackups().then(() => {
+    if (state.backups.length) loadStats();
+  });
 }
 
 // ---------------------------------------------------------------- delete
@@ -494,10 +497,19 @@ function watchProgress() {
       const percentage = progress.percentage ?? 0;
       setProgress("restore", percentage, `${Math.floor(percentage)} %`);
     }
-    const creating = (all.backups || []).find((p) => !TERMINAL.has(p.status));
-    if (creating && !$("backup-now").disabled) {
-      // A backup started elsewhere (the schedule, the CLI through this server).
-      setProgress("backup", creating.percentage ?? 0, `Scheduled backup: ${Math.floor(creating.percentage ?? 0)} %`);
+    // A backup started elsewhere (the schedule, another client of this server).
+    for (const progress of all.backups || []) {
+      const id = progress.backup && progress.backup.id;
+      if (!id || state.ownJobs.has(id) || $("backup-now").disabled) continue;
+      if (!TERMINAL.has(progress.status)) {
+        state.watchedJob = id;
+        const percentage = progress.percentage ?? 0;
+        setProgress("backup", percentage, `Another backup: ${Math.floor(percentage)} %`);
+      } else if (state.watchedJob === id) {
+        state.watchedJob = null;
+        setProgress("backup", progress.status === "COMPLETED" ? 100 : progress.percentage ?? 0, progress.status === "COMPLETED" ? "Another backup: done" : "Another backup: failed");
+        refreshAfterChange();
+      }
     }
   });
   progressSocket.addEventListener("close", () => {
@@ -545,10 +557,10 @@ async function showFiles(id, path) {
       el(
         "tr",
         {},
-        el("td", { class: "mono" }, nameCell),
-        el("td", { class: "num" }, entry.type === "dir" ? "–" : formatBytes(entry.size)),
-        el("td", {}, entry.mtime ? formatTime(entry.mtime) : "–"),
-        el("td", {}, actions),
+        el("td", { class: "mono", "data-label": "Name" }, nameCell),
+        el("td", { class: "num", "data-label": "Size" }, entry.type === "dir" ? "–" : formatBytes(entry.size)),
+        el("td", { "data-label": "Modified" }, entry.mtime ? formatTime(entry.mtime) : "–"),
+        el("td", { "data-label": "Actions" }, actions),
       ),
     );
   }
@@ -590,10 +602,15 @@ async function download(id, entry) {
 }
 
 // ---------------------------------------------------------------- compare
+/** A row of a diff as one line: values as text, objects as "name: value" pairs. */
 function rowText(row) {
-  if (row === null || row === undefined) return "";
-  if (typeof row !== "object") return String(row);
-  return JSON.stringify(row);
+  if (row === null || row === undefined) return "NULL";
+  if (Array.isArray(row)) return row.map(rowText).join(" | ");
+  if (typeof row === "object") {
+    if (row.blob !== undefined && Object.keys(row).length === 1) return `(blob, ${formatBytes(row.blob)})`;
+    return Object.entries(row).map(([name, value]) => `${name}: ${typeof value === "object" && value !== null ? `{${rowText(value)}}` : rowText(value)}`).join(", ");
+  }
+  return String(row);
 }
 
 function renderDiff(diff) {
@@ -931,8 +948,11 @@ async function saveRetention(event) {
 function loadAll() {
   // In parallel: the page's structure is already painted.
   loadStatus();
-  loadBackups().then(() => loadDatabases());
-  loadStats();
+  loadBackups().then(() => {
+    if (!state.backups.length) return; // an empty store has no figures yet (511)
+    loadStats();
+    loadDatabases();
+  });
   loadSettings();
 }
 
