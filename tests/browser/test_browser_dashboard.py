@@ -21,6 +21,7 @@ from browser_helpers import (
     progress_seen,
     record_progress,
     region,
+    rewrite_big_db,
 )
 from playwright.sync_api import Page, expect
 
@@ -36,6 +37,7 @@ def back_up_now(page: Page, site: Site, *, keyboard: bool = False) -> str:
     """Start a backup with "Back up now" (clicked, or Enter on the focused button), wait for
     the end; check that the bar moved and that the new backup is listed; its id."""
     before = site.backup_ids()
+    rewrite_big_db(site.data)
     bar = page.get_by_role("progressbar", name="Backup progress", include_hidden=True)
     record_progress(bar)
     if keyboard:

@@ -11,7 +11,16 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from browser_helpers import NOTES, OpenPage, Site, StartSite, open_dashboard, region
+from browser_helpers import (
+    NOTES,
+    OpenPage,
+    Site,
+    StartSite,
+    choose_database,
+    open_dashboard,
+    open_dashboard_for_queries,
+    region,
+)
 from playwright.sync_api import expect
 
 
@@ -77,12 +86,9 @@ def test_compare_two_backups_shows_the_row_changes(site: Site, open_page: OpenPa
 
 def test_query_a_database_in_a_backup(site: Site, open_page: OpenPage) -> None:
     page, watch = open_page(site)
-    open_dashboard(page)
+    open_dashboard_for_queries(page)
     query = region(page, "Query a database")
-    query.get_by_label("Backup").select_option(site.backup_ids()[-1])
-    database = query.get_by_label("Database")
-    expect(database.get_by_role("option", name="notes.db", exact=False)).to_be_attached()
-    database.select_option("notes.db")
+    choose_database(page, site.backup_ids()[-1], "notes.db")
     query.get_by_label("SQL query (read-only)").fill(
         "SELECT id, body FROM notes WHERE id IN (1, 7) ORDER BY id"
     )

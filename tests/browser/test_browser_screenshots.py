@@ -27,8 +27,10 @@ from browser_helpers import (
     Site,
     StartSite,
     backup_rows,
+    choose_database,
     fill_data_folder,
     open_dashboard,
+    open_dashboard_for_queries,
     region,
     write_notes,
 )
@@ -126,7 +128,7 @@ def save(target: Page | Locator, path: Path) -> None:
 
 def test_screenshots_of_the_dashboard(site: Site, open_page: OpenPage, shots: Path) -> None:
     page, _ = open_page(site, viewport=WIDE, color_scheme="light")
-    open_dashboard(page)
+    open_dashboard_for_queries(page)
     expect(backup_rows(page)).to_have_count(9)
     page.get_by_role("button", name="Back up now").click()
     status = region(page, "Status")
@@ -158,8 +160,7 @@ def test_screenshots_of_the_dashboard(site: Site, open_page: OpenPage, shots: Pa
     save(compare, shots / "compare.png")
 
     query = region(page, "Query a database")
-    query.get_by_label("Backup").select_option(desktop[0])
-    query.get_by_label("Database").select_option("notes.db")
+    choose_database(page, desktop[0], "notes.db")
     query.get_by_label("SQL query (read-only)").fill(
         "SELECT id, body FROM notes WHERE body LIKE '%git%' ORDER BY id"
     )
