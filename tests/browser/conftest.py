@@ -3,7 +3,7 @@
 Fixtures:
 
 ``browser``
-    One headless chromium per session, ``/usr/bin/chromium`` (no browser download; the
+    One headless chromium per module, ``/usr/bin/chromium`` (no browser download; the
     tests skip, saying so, when it is not installed). Playwright gives it a fresh
     temporary user-data dir; HOME and the XDG folders point into a tmp folder. The flags
     keep it off the network: with background networking on, a closed machine logs a
@@ -60,8 +60,10 @@ CHROMIUM_ARGS = [
 ACTION_TIMEOUT_MS = 30_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """Per module: Playwright's sync API runs an event loop in this thread while it is
+    started, and tests after the browser's (``asyncio.run``) need the thread without one."""
     if not CHROMIUM.is_file():
         pytest.skip(
             f"Debian's chromium is not installed at {CHROMIUM} "
