@@ -9,10 +9,14 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const state = {
   appKey: sessionStorage.getItem(KEY_STORAGE) || "",
   backups: [], // GET /cloudkeep/backups, newest first
+  backupsSignature: null, // the last answer as text: a re-render only when it changed
+  showAllBackups: false,
+  labels: [], // backupLabel of each backup, for the five backup choices
   stats: null,
   status: null,
   files: { backup: "", path: "" },
   restore: null, // {backup, body}
+  authorized: false, // an API call succeeded with the key we hold (or none was needed)
   ownJobs: new Set(), // creation jobs started by "Back up now" (their own socket follows them)
   watchedJob: null, // a creation started elsewhere, shown on the bar
 };
@@ -64,10 +68,15 @@ function formatDuration(seconds) {
   return `${Math.floor(h / 24)} days ${h % 24} h`;
 }
 
+// Built once: toLocaleString with options builds a formatter per call (seconds for 10,000 backups).
+const DATE_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const SHORT_DATE = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+const COMPACT_TIME = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit" });
+
 function formatTime(value) {
   const date = value instanceof Date ? value : new Date(value);
   if (Number.isNaN(date.getTime())) return String(value);
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  return DATE_TIME.format(date);
 }
 
 function setOutcome(id, text, kind = "") {
@@ -110,8 +119,15 @@ async function request(path, { method = "GET", body } = {}) {
   const response = await fetch(path, init);
   if (!response.ok) {
     const text = (await response.text()).trim() || response.statusText;
-    if (response.status === 401) askForKey(text);
+    if (response.status === 401) {
+      state.authorized = false;
+      askForKey(text);
+    }
     throw new HttpError(response.status, text);
+  }
+  if (!state.authorized) {
+    state.authorized = true;
+    if (!progressSocket) watchProgress(); // only once the key (if any) is known to work
   }
   return response;
 }
@@ -205,15 +221,47 @@ function backupLabel(backup) {
   return `${formatTime(backup.created)} · ${backup.device_name} · ${formatBytes(backup.bytes)}`;
 }
 
-function fillBackupSelect(select, { placeholder, chosen } = {}) {
-  const previous = chosen ?? select.value;
+const EAGER_OPTIONS = 500; // beyond, a choice gets its options when first used
+
+/** Refill a backup choice: what the user chose stays chosen, else ``fallback`` (the newest).
+ * Thousands of options in five choices cost seconds of layout, so a long list is filled
+ * when the choice first gets focus (or a pointer): until then it holds the current one. */
+function fillBackupSelect(select, { fallback } = {}) {
+  const wanted = select.dataset.chosen ? select.value : fallback;
+  const index = state.backups.findIndex((b) => b.id === wanted);
   select.replaceChildren();
-  if (placeholder) select.append(el("option", { value: "" }, placeholder));
-  for (const backup of state.backups) {
-    select.append(el("option", { value: backup.id }, backupLabel(backup)));
+  if (state.backups.length > EAGER_OPTIONS) {
+    const current = index >= 0 ? index : 0;
+    if (state.backups.length) select.append(backupOption(current));
+    select.dataset.pending = "1";
+    return;
   }
-  if (previous && state.backups.some((b) => b.id === previous)) select.value = previous;
+  delete select.dataset.pending;
+  const options = document.createDocumentFragment();
+  state.backups.forEach((_, i) => options.append(backupOption(i)));
+  select.append(options);
+  if (index >= 0) select.value = wanted;
 }
+
+function backupOption(index) {
+  const option = document.createElement("option");
+  option.value = state.backups[index].id;
+  option.textContent = state.labels[index];
+  return option;
+}
+
+/** A long choice's options, added when the user first reaches it. */
+function fillPending(select) {
+  if (!select.dataset.pending) return;
+  delete select.dataset.pending;
+  const value = select.value;
+  const options = document.createDocumentFragment();
+  state.backups.forEach((_, i) => options.append(backupOption(i)));
+  select.replaceChildren(options);
+  select.value = value;
+}
+
+const TABLE_ROWS = 100; // the table's first rows; "Show all" for the rest (the charts take all)
 
 function renderBackups() {
   const rows = $("backup-rows");
@@ -221,7 +269,11 @@ function renderBackups() {
   if (state.backups.length === 0) {
     rows.append(el("tr", {}, el("td", { colspan: 7 }, "No backups yet: press “Back up now”.")));
   }
-  for (const backup of state.backups) {
+  const shown = state.showAllBackups ? state.backups : state.backups.slice(0, TABLE_ROWS);
+  const more = $("backups-more");
+  more.hidden = shown.length === state.backups.length;
+  more.textContent = `Show all ${state.backups.length} backups`;
+  for (const backup of shown) {
     const name = `${formatTime(backup.created)} on ${backup.device_name}`;
     rows.append(
       el(
@@ -247,19 +299,24 @@ function renderBackups() {
       ),
     );
   }
-  fillBackupSelect($("restore-backup"));
-  fillBackupSelect($("files-backup"));
-  fillBackupSelect($("query-backup"));
-  const older = state.backups[1] ? state.backups[1].id : state.backups[0]?.id;
-  fillBackupSelect($("compare-a"), { chosen: $("compare-a").value || older });
-  fillBackupSelect($("compare-b"), { chosen: $("compare-b").value || state.backups[0]?.id });
+  // Drawn before the choices are filled: measuring a drawing's width lays out the page,
+  // and thousands of new options make that layout slow.
   drawTimeline();
   drawCharts();
+  state.labels = state.backups.map(backupLabel);
+  const newest = state.backups[0]?.id;
+  const older = state.backups[1] ? state.backups[1].id : newest;
+  for (const id of ["restore-backup", "files-backup", "query-backup"]) fillBackupSelect($(id), { fallback: newest });
+  fillBackupSelect($("compare-a"), { fallback: older });
+  fillBackupSelect($("compare-b"), { fallback: newest });
 }
 
 async function loadBackups() {
   try {
     const answer = await api("/cloudkeep/backups");
+    const signature = JSON.stringify(answer.backups);
+    if (signature === state.backupsSignature) return; // unchanged: keep the focus where it is
+    state.backupsSignature = signature;
     state.backups = answer.backups;
     renderBackups();
   } catch (error) {
@@ -292,10 +349,12 @@ function setProgress(prefix, percentage, text) {
 
 function backUpNow() {
   const button = $("backup-now");
+  const cancel = $("backup-cancel");
   button.disabled = true;
   setOutcome("backup-outcome", "Starting the backup…");
   setProgress("backup", 0, "Starting…");
   let finished = false;
+  let heard = false;
   const socket = openSocket("/backups/create/streamed/websocket");
   socket.addEventListener("message", (event) => {
     let progress;
@@ -304,7 +363,13 @@ function backUpNow() {
     } catch {
       return;
     }
-    if (progress.backup && progress.backup.id) state.ownJobs.add(progress.backup.id);
+    heard = true;
+    if (progress.status === "INITIALIZED" && progress.backup && progress.backup.id) {
+      const job = progress.backup.id; // the creation job's id, until the backup has its own
+      state.ownJobs.add(job);
+      cancel.onclick = () => cancelJob(`/backup/${encodeURIComponent(job)}/creation/cancel`, "backup-outcome", "the backup");
+      cancel.hidden = false;
+    }
     const percentage = progress.percentage ?? 0;
     if (progress.status === "COMPLETED") {
       finished = true;
@@ -328,14 +393,28 @@ function backUpNow() {
   });
   socket.addEventListener("close", (event) => {
     button.disabled = false;
+    cancel.hidden = true;
     if (finished) return;
     if (event.code === 1013) {
       setOutcome("backup-outcome", `The server is busy: ${event.reason || "too many jobs queued"}. Try again shortly.`, "error");
+    } else if (!heard) {
+      $("backup-progress-box").hidden = true;
+      setOutcome("backup-outcome", "The server did not start a backup: it refused the connection (its queue of jobs may be full, or the application key was refused). Try again shortly.", "error");
+      checkAccess();
     } else {
       setOutcome("backup-outcome", "The connection to the server closed before the backup ended (a backup already started goes on in the server).", "error");
       checkAccess();
     }
   });
+}
+
+async function cancelJob(path, outcome, what) {
+  try {
+    await api(path, { method: "POST" });
+    setOutcome(outcome, `Canceling ${what}…`);
+  } catch (error) {
+    setOutcome(outcome, describe(error, `cancel ${what}`), "error");
+  }
 }
 
 /** After a refused socket (browsers hide why): a 401 on a plain request asks for the key. */
@@ -374,8 +453,15 @@ function confirmDelete(backup) {
 }
 
 // ---------------------------------------------------------------- restore
+/** Choose ``id`` in a backup select, as the user would. */
+function choose(select, id) {
+  fillPending(select);
+  select.value = id;
+  select.dataset.chosen = "1";
+}
+
 function prepareRestore(id, paths) {
-  $("restore-backup").value = id;
+  choose($("restore-backup"), id);
   if (paths) {
     const current = $("restore-paths").value.split("\n").map((p) => p.trim()).filter(Boolean);
     for (const path of paths) if (!current.includes(path)) current.push(path);
@@ -396,8 +482,9 @@ async function startRestore(force) {
   setOutcome("restore-outcome", `Restoring ${id}${paths.length ? ` (${paths.length} path${paths.length === 1 ? "" : "s"})` : ""}${target ? ` into ${target}` : " in place"}…`);
   setProgress("restore", 0, "Queued");
   state.restore = { backup: id, body };
+  let queued;
   try {
-    await api(`/cloudkeep/backups/${encodeURIComponent(id)}/restore`, { method: "POST", body });
+    queued = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/restore`, { method: "POST", body });
   } catch (error) {
     state.restore = null;
     $("restore-submit").disabled = false;
@@ -405,17 +492,21 @@ async function startRestore(force) {
     setOutcome("restore-outcome", describe(error, "restore"), "error");
     return;
   }
-  followRestore(id);
+  const job = (queued && queued.job) || id; // the restoration's job id when the server gives it
+  const cancel = $("restore-cancel");
+  cancel.onclick = () => cancelJob(`/backup/${encodeURIComponent(job)}/restoration/cancel`, "restore-outcome", "the restore");
+  cancel.hidden = false;
+  followRestore(id, job);
 }
 
 /** Poll the outcome; the progress socket moves the bar meanwhile. */
-async function followRestore(id) {
+async function followRestore(id, job) {
   for (;;) {
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await new Promise((resolve) => setTimeout(resolve, 700));
     if (!state.restore || state.restore.backup !== id) return;
     let status;
     try {
-      status = await api(`/backup/${encodeURIComponent(id)}/restoration/status`);
+      status = await api(`/backup/${encodeURIComponent(job)}/restoration/status`);
     } catch (error) {
       finishRestore();
       setOutcome("restore-outcome", describe(error, "follow the restore"), "error");
@@ -428,13 +519,17 @@ async function followRestore(id) {
       finishRestore();
       setProgress("restore", 100, "Done");
       setOutcome("restore-outcome", `Restored ${id}.`, "ok");
-      showUndo(status);
+      loadUndo();
       return;
     }
     if (status.value === "FAILED" || status.value === "CANCELED") {
-      const reason = status.reason || (status.value === "CANCELED" ? "canceled" : "no reason given");
       finishRestore();
       setProgress("restore", status.percentage ?? 0, status.value === "FAILED" ? "Failed" : "Canceled");
+      if (status.value === "CANCELED") {
+        setOutcome("restore-outcome", `The restore of ${id} was canceled.`, "error");
+        return;
+      }
+      const reason = status.reason || "no reason given";
       setOutcome("restore-outcome", `The restore failed: ${reason}`, "error");
       if (/in use/i.test(reason)) {
         const force = $("restore-force");
@@ -449,27 +544,48 @@ async function followRestore(id) {
 function finishRestore() {
   state.restore = null;
   $("restore-submit").disabled = false;
+  $("restore-cancel").hidden = true;
 }
 
-/** Where the replaced data is kept, when the server says (a restore's or undo's answer). */
-function showUndo(answer) {
-  const path = answer && answer.undo_path;
-  $("undo-info").textContent = path
-    ? `What the last in-place restore replaced is kept in ${path}; “Undo last restore” puts it back.`
-    : "An in-place restore keeps what it replaced; “Undo last restore” puts it back.";
+/** What "Undo last restore" would put back (GET /cloudkeep/restore/undo). */
+async function loadUndo() {
+  try {
+    showUndo(await api("/cloudkeep/restore/undo"));
+  } catch (error) {
+    $("undo-info").textContent = describe(error, "read what an undo would put back");
+  }
 }
 
-async function undoRestore() {
+function showUndo(undo) {
+  const info = $("undo-info");
+  const path = undo && undo.undo_path;
+  if (!path) {
+    info.textContent = "Nothing to undo: no in-place restore has replaced data on this machine yet. An in-place restore keeps what it replaces, and “Undo last restore” puts it back.";
+  } else if (undo.state === "undone") {
+    info.textContent = `The last restore was undone; what it had restored is kept in ${path}, and “Undo last restore” again puts it back (a redo).`;
+  } else if (undo.state === "restoring") {
+    info.textContent = `A restore was interrupted; “Undo last restore” takes back what it had done (what it replaced is kept in ${path}).`;
+  } else {
+    const what = undo.kind === "paths" ? "The last restore of chosen paths" : "The last in-place restore";
+    info.textContent = `${what} kept what it replaced in ${path}; “Undo last restore” puts it back.`;
+  }
+}
+
+async function undoRestore(force) {
   const button = $("undo-restore");
   button.disabled = true;
+  $("undo-force").hidden = true;
   setOutcome("undo-outcome", "Putting back what the last restore replaced…");
   try {
-    const answer = await api("/cloudkeep/restore/undo", { method: "POST" });
-    const where = answer && (answer.restored_to || answer.undo_path || answer.path);
-    setOutcome("undo-outcome", where ? `Undone: ${where} is back as it was.` : "Undone: the data is back as it was before the restore.", "ok");
-    showUndo(null);
+    const after = await api("/cloudkeep/restore/undo", { method: "POST", body: { force } });
+    setOutcome("undo-outcome", after && after.state === "restored" ? "Redone: the restored data is back in place." : "Undone: the data is back as it was before the restore.", "ok");
+    showUndo(after);
   } catch (error) {
     setOutcome("undo-outcome", describe(error, "undo the last restore"), "error");
+    if (error instanceof HttpError && error.status === 409) {
+      $("undo-force").hidden = false;
+      $("undo-force").focus();
+    }
   } finally {
     button.disabled = false;
   }
@@ -480,11 +596,14 @@ let progressSocket = null;
 let progressRetry = 1000;
 
 function watchProgress() {
-  progressSocket = openSocket("/backups/streamed/progress");
-  progressSocket.addEventListener("open", () => {
+  const socket = openSocket("/backups/streamed/progress");
+  progressSocket = socket;
+  let opened = false;
+  socket.addEventListener("open", () => {
+    opened = true;
     progressRetry = 1000;
   });
-  progressSocket.addEventListener("message", (event) => {
+  socket.addEventListener("message", (event) => {
     let all;
     try {
       all = JSON.parse(event.data);
@@ -512,28 +631,37 @@ function watchProgress() {
       }
     }
   });
-  progressSocket.addEventListener("close", () => {
-    setTimeout(watchProgress, progressRetry);
+  socket.addEventListener("close", () => {
+    progressSocket = null;
+    if (!opened && !state.authorized) return; // reopened by the next call that succeeds
+    setTimeout(() => {
+      if (!progressSocket) watchProgress();
+    }, progressRetry);
     progressRetry = Math.min(progressRetry * 2, 30000);
   });
 }
 
 // ---------------------------------------------------------------- files
 function browseBackup(id) {
-  $("files-backup").value = id;
+  choose($("files-backup"), id);
   showFiles(id, "");
   $("files-heading").scrollIntoView({ block: "start" });
   $("files-backup").focus();
 }
 
+let filesAsked = 0; // only the latest listing asked for is shown
+
 async function showFiles(id, path) {
   state.files = { backup: id, path };
+  const asked = ++filesAsked;
   renderCrumbs();
   setOutcome("files-outcome", "Loading…");
   let answer;
   try {
     answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/files?path=${encodeURIComponent(path)}`);
+    if (asked !== filesAsked) return;
   } catch (error) {
+    if (asked !== filesAsked) return;
     $("files-table").hidden = true;
     setOutcome("files-outcome", describe(error, "list the files"), "error");
     return;
@@ -552,7 +680,7 @@ async function showFiles(id, path) {
         actions.append(el("button", { type: "button", class: "link", "aria-label": `Query ${entry.name}`, onclick: () => queryDatabase(id, entry.path) }, "Query"));
       }
     }
-    actions.append(el("button", { type: "button", class: "link", "aria-label": `Add ${entry.name} to the restore`, onclick: () => prepareRestore(id, [entry.path]) }, "Add to restore"));
+    actions.append(el("button", { type: "button", class: "link", "aria-label": `Add to restore: ${entry.name}`, onclick: () => prepareRestore(id, [entry.path]) }, "Add to restore"));
     rows.append(
       el(
         "tr",
@@ -602,15 +730,29 @@ async function download(id, entry) {
 }
 
 // ---------------------------------------------------------------- compare
-/** A row of a diff as one line: values as text, objects as "name: value" pairs. */
-function rowText(row) {
-  if (row === null || row === undefined) return "NULL";
-  if (Array.isArray(row)) return row.map(rowText).join(" | ");
-  if (typeof row === "object") {
-    if (row.blob !== undefined && Object.keys(row).length === 1) return `(blob, ${formatBytes(row.blob)})`;
-    return Object.entries(row).map(([name, value]) => `${name}: ${typeof value === "object" && value !== null ? `{${rowText(value)}}` : rowText(value)}`).join(", ");
+/** A value of a row as text: NULL, blobs as their size (and first bytes). */
+function valueText(value) {
+  if (value === null || value === undefined) return "NULL";
+  if (typeof value === "object" && value.blob !== undefined) {
+    return `(blob, ${formatBytes(value.blob)}${value.hex ? `: ${value.hex}…` : ""})`;
   }
-  return String(row);
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+/** A row of a diff as one line: `key 7: id = 7, body = …`, or for a changed row the
+ * columns that differ, `key 7: body: old → new`. */
+function rowText(row) {
+  if (row === null || typeof row !== "object") return valueText(row);
+  const key = row.key !== undefined ? `key ${valueText(row.key)}: ` : "";
+  if (row.columns && typeof row.columns === "object") {
+    const changes = Object.entries(row.columns).map(([name, sides]) => `${name}: ${valueText(sides && sides.a)} → ${valueText(sides && sides.b)}`);
+    return key + changes.join("; ");
+  }
+  if (row.values && typeof row.values === "object") {
+    return key + Object.entries(row.values).map(([name, value]) => `${name} = ${valueText(value)}`).join(", ");
+  }
+  return valueText(row);
 }
 
 function renderDiff(diff) {
@@ -645,6 +787,7 @@ function renderDiff(diff) {
       for (const r of t.rows.added || []) rows.append(el("li", { class: "added" }, `+ ${rowText(r)}`));
       for (const r of t.rows.removed || []) rows.append(el("li", { class: "removed" }, `− ${rowText(r)}`));
       for (const r of t.rows.changed || []) rows.append(el("li", { class: "changed" }, `~ ${rowText(r)}`));
+      if (t.rows.truncated) rows.append(el("li", {}, "… more rows differ than are listed here"));
       if (rows.childElementCount) out.append(el("h4", {}, `Rows of ${t.name}`), rows);
     }
   }
@@ -653,6 +796,8 @@ function renderDiff(diff) {
   }
 }
 
+let compareAsked = 0; // only the latest comparison asked for is shown
+
 async function compare(event) {
   event.preventDefault();
   const a = $("compare-a").value;
@@ -660,33 +805,49 @@ async function compare(event) {
   const rows = $("compare-rows").checked;
   setOutcome("compare-outcome", "Comparing…");
   $("compare-result").replaceChildren();
+  const asked = ++compareAsked;
   try {
     const diff = await api(`/cloudkeep/diff?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}${rows ? "&rows=true" : ""}`);
+    if (asked !== compareAsked) return;
     renderDiff(diff);
     setOutcome("compare-outcome", `Compared in ${Math.round(diff.elapsed_ms ?? 0)} ms, ${formatBytes(diff.fetched_bytes ?? 0)} fetched from the store.`, "ok");
   } catch (error) {
+    if (asked !== compareAsked) return;
     setOutcome("compare-outcome", describe(error, "compare the backups"), "error");
   }
 }
 
 // ---------------------------------------------------------------- query
+let databasesAsked = 0; // answers of an older question are dropped (they can come late)
+
+/** The databases of the chosen backup; the chosen database stays chosen if it is there. */
 async function loadDatabases(chosen) {
   const id = $("query-backup").value;
   const select = $("query-database");
-  select.replaceChildren();
-  if (!id) return;
-  try {
-    const answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/databases`);
-    for (const db of answer.databases) select.append(el("option", { value: db.path }, `${db.path} (${formatBytes(db.size)})`));
-    if (chosen) select.value = chosen;
-    if (!answer.databases.length) setOutcome("query-outcome", "This backup holds no SQLite database.");
-  } catch (error) {
-    setOutcome("query-outcome", describe(error, "list the databases"), "error");
+  const keep = chosen || select.value;
+  const asked = ++databasesAsked;
+  if (!id) {
+    select.replaceChildren();
+    return;
   }
+  let answer;
+  try {
+    answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/databases`);
+  } catch (error) {
+    if (asked !== databasesAsked) return;
+    select.replaceChildren();
+    setOutcome("query-outcome", describe(error, "list the databases"), "error");
+    return;
+  }
+  if (asked !== databasesAsked) return;
+  const current = chosen || select.value || keep; // a choice made while the list was coming
+  select.replaceChildren(...answer.databases.map((db) => el("option", { value: db.path }, `${db.path} (${formatBytes(db.size)})`)));
+  if (answer.databases.some((db) => db.path === current)) select.value = current;
+  if (!answer.databases.length) setOutcome("query-outcome", "This backup holds no SQLite database.");
 }
 
 function queryDatabase(id, path) {
-  $("query-backup").value = id;
+  choose($("query-backup"), id);
   loadDatabases(path);
   $("query-heading").scrollIntoView({ block: "start" });
   $("query-text").focus();
@@ -697,6 +858,8 @@ function cellText(value) {
   if (typeof value === "object") return value.blob !== undefined ? `(blob, ${formatBytes(value.blob)})` : JSON.stringify(value);
   return String(value);
 }
+
+let queryAsked = 0; // only the latest query's answer is shown
 
 async function runQuery(event) {
   event.preventDefault();
@@ -710,12 +873,14 @@ async function runQuery(event) {
   const out = $("query-result");
   out.replaceChildren();
   let answer;
+  const asked = ++queryAsked;
   try {
     answer = await api(`/cloudkeep/backups/${encodeURIComponent(id)}/sql`, { method: "POST", body });
   } catch (error) {
-    setOutcome("query-outcome", describe(error, "run the query"), "error");
+    if (asked === queryAsked) setOutcome("query-outcome", describe(error, "run the query"), "error");
     return;
   }
+  if (asked !== queryAsked) return;
   const table = el("table", {}, el("caption", {}, `Result of the query on ${body.database || "the backup's database"}`));
   table.append(el("thead", {}, el("tr", {}, answer.columns.map((c) => el("th", { scope: "col" }, String(c))))));
   const tbody = el("tbody");
@@ -729,6 +894,12 @@ async function runQuery(event) {
 // ---------------------------------------------------------------- charts
 const CHART = { width: 480, height: 220, left: 64, right: 14, top: 12, bottom: 34 };
 
+/** The drawing's width in CSS pixels, so that its text keeps its size on any window. */
+function svgWidth(svg, fallback) {
+  const width = Math.round(svg.getBoundingClientRect().width);
+  return width >= 200 ? width : fallback;
+}
+
 function scale(domainMin, domainMax, rangeMin, rangeMax) {
   const span = domainMax - domainMin || 1;
   return (value) => rangeMin + ((value - domainMin) / span) * (rangeMax - rangeMin);
@@ -739,8 +910,8 @@ function niceTicks(max, count = 4) {
   const raw = max / count;
   const power = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
-  const ticks = [];
-  for (let t = 0; t <= max * 1.0001; t += step) ticks.push(t);
+  const ticks = [0];
+  while (ticks.at(-1) < max) ticks.push(ticks.at(-1) + step); // the top tick is at or above max
   return ticks;
 }
 
@@ -767,7 +938,7 @@ function chartFrame(svg, { yMax, yTicks, yFormat, xLabels }) {
 }
 
 function shortDate(value) {
-  return new Date(value).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+  return SHORT_DATE.format(new Date(value));
 }
 
 function emptyChart(svg, text) {
@@ -785,8 +956,8 @@ function drawTimeline() {
   }
   const devices = [...new Set(backups.map((b) => b.device_name))];
   const laneHeight = 34;
-  const width = 720;
-  const left = 120;
+  const width = svgWidth(svg, 720);
+  const left = Math.min(120, Math.round(width * 0.25));
   const right = 16;
   const height = devices.length * laneHeight + 34;
   svg.replaceChildren();
@@ -800,7 +971,8 @@ function drawTimeline() {
   devices.forEach((device, lane) => {
     const cy = lane * laneHeight + laneHeight / 2 + 4;
     svg.append(svgEl("line", { class: "gridline", x1: left, x2: width - right, y1: cy, y2: cy }));
-    const label = device.length > 16 ? `${device.slice(0, 15)}…` : device;
+    const room = Math.max(4, Math.floor((left - 12) / 7));
+    const label = device.length > room ? `${device.slice(0, room - 1)}…` : device;
     svg.append(svgEl("text", { x: left - 8, y: cy + 4, "text-anchor": "end" }, label));
   });
   backups.forEach((b) => {
@@ -813,8 +985,9 @@ function drawTimeline() {
   });
   const axisY = height - 22;
   svg.append(svgEl("line", { class: "axis", x1: left, x2: width - right, y1: axisY, y2: axisY }));
-  svg.append(svgEl("text", { x: left, y: axisY + 16, "text-anchor": "start" }, formatTime(first)));
-  if (last !== first) svg.append(svgEl("text", { x: width - right, y: axisY + 16, "text-anchor": "end" }, formatTime(last)));
+  const compact = (t) => COMPACT_TIME.format(new Date(t));
+  svg.append(svgEl("text", { x: left, y: axisY + 16, "text-anchor": "start" }, compact(first)));
+  if (last !== first) svg.append(svgEl("text", { x: width - right, y: axisY + 16, "text-anchor": "end" }, compact(last)));
 }
 
 function drawCharts() {
@@ -826,6 +999,7 @@ function drawCharts() {
     summary.textContent = `The store holds ${formatBytes(stats.store_bytes)} for ${stats.backups} backup${stats.backups === 1 ? "" : "s"} of ${formatBytes(stats.logical_bytes)} in all: dedup ratio ${ratio}.`;
   }
   const svgs = ["chart-store", "chart-added", "chart-dedup"].map($);
+  CHART.width = svgWidth(svgs[0], 480);
   if (!backups.length) {
     for (const svg of svgs) emptyChart(svg, "No backups yet");
     return;
@@ -846,7 +1020,9 @@ function drawCharts() {
   const yStore = chartFrame(svgs[0], { yMax: storeTicks.at(-1) || storeMax, yTicks: storeTicks, yFormat: formatBytes, xLabels });
   const points = cumulative.map((v, i) => `${xAt(i)},${yStore(v)}`).join(" ");
   svgs[0].append(svgEl("polyline", { class: "line", points }));
+  const dots = slot >= 6; // one dot per backup while they stay apart; the line alone beyond
   cumulative.forEach((v, i) => {
+    if (!dots) return;
     const c = svgEl("circle", { class: "dot s0", cx: xAt(i), cy: yStore(v), r: 3 });
     c.append(svgEl("title", {}, `${formatTime(backups[i].created)}: ${formatBytes(v)} uploaded so far`));
     svgs[0].append(c);
@@ -861,13 +1037,30 @@ function drawCharts() {
   const addedMax = Math.max(...backups.map((b) => b.added_bytes), 1);
   const addedTicks = byteTicks(addedMax);
   const yAdded = chartFrame(svgs[1], { yMax: addedTicks.at(-1) || addedMax, yTicks: addedTicks, yFormat: formatBytes, xLabels });
-  const barWidth = Math.max(1, Math.min(28, slot * 0.7));
-  backups.forEach((b, i) => {
-    const top = yAdded(b.added_bytes);
-    const bar = svgEl("rect", { class: "bar", x: xAt(i) - barWidth / 2, y: top, width: barWidth, height: Math.max(0, yAdded(0) - top) });
-    bar.append(svgEl("title", {}, `${formatTime(b.created)} · ${b.device_name}: added ${formatBytes(b.added_bytes)}`));
-    svgs[1].append(bar);
-  });
+  if (slot >= 2) {
+    const barWidth = Math.min(28, slot * 0.7);
+    backups.forEach((b, i) => {
+      const top = yAdded(b.added_bytes);
+      const bar = svgEl("rect", { class: "bar", x: xAt(i) - barWidth / 2, y: top, width: barWidth, height: Math.max(0, yAdded(0) - top) });
+      bar.append(svgEl("title", {}, `${formatTime(b.created)} · ${b.device_name}: added ${formatBytes(b.added_bytes)}`));
+      svgs[1].append(bar);
+    });
+  } else {
+    // More backups than pixels: one bar per 2 px, as high as the most any of them added.
+    const columns = new Map();
+    backups.forEach((b, i) => {
+      const column = Math.floor((xAt(i) - left) / 2);
+      const seen = columns.get(column);
+      if (!seen) columns.set(column, { max: b.added_bytes, first: b, last: b, count: 1 });
+      else Object.assign(seen, { max: Math.max(seen.max, b.added_bytes), last: b, count: seen.count + 1 });
+    });
+    for (const [column, c] of columns) {
+      const top = yAdded(c.max);
+      const bar = svgEl("rect", { class: "bar", x: left + column * 2, y: top, width: 1.6, height: Math.max(0, yAdded(0) - top) });
+      bar.append(svgEl("title", {}, `${c.count} backups, ${formatTime(c.first.created)} to ${formatTime(c.last.created)}: up to ${formatBytes(c.max)} added`));
+      svgs[1].append(bar);
+    }
+  }
 
   // Dedup ratio after each backup: logical bytes so far / bytes uploaded so far.
   let logical = 0;
@@ -884,7 +1077,7 @@ function drawCharts() {
   const ratioPoints = ratios.map((r, i) => (r === null ? null : `${xAt(i)},${yRatio(r)}`)).filter(Boolean).join(" ");
   svgs[2].append(svgEl("polyline", { class: "line", points: ratioPoints }));
   ratios.forEach((r, i) => {
-    if (r === null) return;
+    if (r === null || !dots) return;
     const c = svgEl("circle", { class: "dot s0", cx: xAt(i), cy: yRatio(r), r: 3 });
     c.append(svgEl("title", {}, `${formatTime(backups[i].created)}: ${r.toFixed(2)}×`));
     svgs[2].append(c);
@@ -954,6 +1147,7 @@ function loadAll() {
     loadDatabases();
   });
   loadSettings();
+  loadUndo();
 }
 
 function start() {
@@ -968,12 +1162,24 @@ function start() {
     if (progressSocket) progressSocket.close();
   });
   $("backup-now").addEventListener("click", backUpNow);
+  $("backups-more").addEventListener("click", () => {
+    state.showAllBackups = true;
+    renderBackups();
+    $("backup-rows").rows[TABLE_ROWS]?.querySelector("button")?.focus();
+  });
   $("restore-form").addEventListener("submit", (event) => {
     event.preventDefault();
     startRestore(false);
   });
   $("restore-force").addEventListener("click", () => startRestore(true));
-  $("undo-restore").addEventListener("click", undoRestore);
+  $("undo-restore").addEventListener("click", () => undoRestore(false));
+  $("undo-force").addEventListener("click", () => undoRestore(true));
+  for (const id of ["restore-backup", "files-backup", "query-backup", "compare-a", "compare-b"]) {
+    $(id).addEventListener("change", (event) => {
+      event.target.dataset.chosen = "1";
+    });
+    for (const type of ["focus", "pointerdown"]) $(id).addEventListener(type, (event) => fillPending(event.target));
+  }
   $("files-form").addEventListener("submit", (event) => {
     event.preventDefault();
     showFiles($("files-backup").value, "");
@@ -990,8 +1196,15 @@ function start() {
       loadBackups();
     }
   }, 60000);
+  let drawnWidth = document.documentElement.clientWidth;
+  new ResizeObserver(() => {
+    const width = document.documentElement.clientWidth;
+    if (Math.abs(width - drawnWidth) < 16) return;
+    drawnWidth = width;
+    drawTimeline();
+    drawCharts();
+  }).observe(document.documentElement);
   loadAll();
-  watchProgress();
 }
 
 start();

@@ -111,7 +111,7 @@ def _csp(request: Request) -> str:
         scheme = "wss" if request.url.scheme == "https" else "ws"
         sockets = f" {scheme}://{netloc}"
     return (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
         f"connect-src 'self'{sockets}; object-src 'none'; base-uri 'none'; "
         "form-action 'self'; frame-ancestors 'none'"
     )
