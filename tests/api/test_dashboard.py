@@ -222,3 +222,16 @@ def test_timeline_lists_every_backup_with_its_figures(start_server: StartServer)
         listed = http.get("/cloudkeep/backups").json()["backups"]
         assert [b["id"] for b in listed] == [second["id"]]
         assert "/cloudkeep/backups" in http.get("/openapi.json").json()["paths"]
+
+
+def test_timeline_of_a_store_listed_at_start(start_server: StartServer) -> None:
+    """Backups the server did not make come from its listing of the store."""
+    first = start_server(notes=NOTES)
+    with first.http() as http:
+        made = http.post("/backups/create").json()
+    first.stop()
+    again = start_server(root=first.root)
+    with again.http() as http:
+        listed = http.get("/cloudkeep/backups").json()["backups"]
+    assert [b["id"] for b in listed] == [made["id"]]
+    assert listed[0]["added_bytes"] > 0 and listed[0]["files"] >= 1
