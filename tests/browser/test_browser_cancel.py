@@ -77,6 +77,9 @@ def test_cancel_a_running_backup(site: Site, open_page: OpenPage, gate: PackGate
     before = site.backup_ids()
     page, _ = open_page(site)
     open_dashboard(page)
+    # The page's own first calls (status, stats: they take a lock in the store too) are
+    # over before the gate closes: only the backup's lock is held.
+    page.wait_for_load_state("networkidle")
     status = region(page, "Status")
     rewrite_big_db(site.data)
     gate.closed.set()
@@ -84,7 +87,10 @@ def test_cancel_a_running_backup(site: Site, open_page: OpenPage, gate: PackGate
         page.get_by_role("button", name="Back up now").click()
         assert gate.held.wait(HOLD_SECONDS), "the backup took no lock"
         cancel = status.get_by_role("button", name="Cancel backup")
-        with page.expect_response(lambda r: r.url.endswith("/creation/cancel")) as answer:
+        # The server answers once the engine noticed, or after 5 s (it cannot while held).
+        with page.expect_response(
+            lambda r: r.url.endswith("/creation/cancel"), timeout=HOLD_SECONDS * 1000
+        ) as answer:
             cancel.click()
         assert answer.value.ok, answer.value.status
     finally:
