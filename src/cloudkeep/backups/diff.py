@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudkeep.backups import btree
 from cloudkeep.backups.manifest import FileEntry, Manifest
-from cloudkeep.errors import NotADatabase, RepositoryDamaged
+from cloudkeep.errors import NotADatabase, RepositoryDamaged, UserError
 from cloudkeep.repository.untrusted import shown
 
 if TYPE_CHECKING:
@@ -320,6 +320,13 @@ def diff_backups(
             raise RepositoryDamaged(
                 f"the database {shown(path)} of backup {where} does not read as SQLite "
                 f"({shown(str(exc))}): the backup is damaged"
+            ) from None
+        except UnicodeDecodeError:  # SQLite keeps text bytes as written; Python decodes them
+            where = a.id if after is None else b.id if before is None else f"{a.id} or {b.id}"
+            raise UserError(
+                f"the database {shown(path)} of backup {where} holds text that is not valid "
+                "UTF-8: its rows cannot be compared (cloudkeep sql can read it as "
+                "hex(column) or CAST(column AS BLOB))"
             ) from None
     return BackupDiff(
         a.id,
