@@ -41,3 +41,30 @@ def test_diff_of_a_database_holding_text_that_is_not_utf8_fails_cleanly(
         assert "not valid UTF-8" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
     assert json.loads(victim.run("diff", first, first, "--json").stdout)["databases"] == []
+
+
+def test_a_query_of_large_blobs_is_held_to_the_result_bound(
+    tmp_path: Path,
+    guarded_home: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    """A blob counted only as the part shown (48 bytes) let a result keep 500 rows of
+    256 MiB blobs in memory (the API's default max_rows): the server ran out of
+    memory. Blobs now count in full, and SQLite's own heap has a ceiling."""
+    victim = Victim(tmp_path, _store(tmp_path), cli, guarded_home)
+    with closing(sqlite3.connect(victim.data / "app.db", isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    backup_id = victim.backup()
+    many_rows = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20) "
+        "SELECT zeroblob(20000000) FROM c"
+    )
+    done = victim.run("sql", backup_id, "app.db", many_rows, "--json")
+    assert done.code == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["truncated"] and len(result["rows"]) == 1
+    assert result["rows"][0] == [{"blob": 20_000_000, "hex": "00" * 32}]
+    one_wide_row = "SELECT " + ", ".join(["zeroblob(250000000)"] * 6)
+    refused = victim.run("sql", backup_id, "app.db", one_wide_row)
+    assert_clean_failure(refused, codes=(1,))
+    assert "out of memory" in refused.stderr
