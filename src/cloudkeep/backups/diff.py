@@ -364,13 +364,23 @@ def diff_database(
         else:
             result.method, result.reason = "full", f"the database was {status}"
         names = sorted(tables_a.keys() | tables_b.keys(), key=str.lower)
-        result.tables = [
-            _diff_table(
-                name, tables_a.get(name), tables_b.get(name), conn_a, conn_b, plan, rows, max_rows
-            )
-            for name in names
-        ]
-        reason = plan.unaccounted(tables_a, tables_b) if plan is not None else ""
+        try:
+            result.tables = [
+                _diff_table(
+                    name,
+                    tables_a.get(name),
+                    tables_b.get(name),
+                    conn_a,
+                    conn_b,
+                    plan,
+                    rows,
+                    max_rows,
+                )
+                for name in names
+            ]
+            reason = plan.unaccounted(tables_a, tables_b) if plan is not None else ""
+        except btree.MalformedPage as exc:  # a compared leaf's overflow chains
+            reason = f"cannot follow the database's structure ({exc})"
         if reason and plan is not None:
             # A changed page may hold data of a row on an unchanged page: compare anew.
             plan = _all_full(tables_a, tables_b, reason, plan.pages, plan.differing)
@@ -726,6 +736,12 @@ class _Layout:
     usable: int
     trees: dict[int, btree.TreeShape]
     structure: set[int]  # b-tree, freelist, pointer-map, lock-byte pages and page 1
+    # Overflow pages found so far, by the page whose cells own them: a page's chains are
+    # followed once, and an overflow page is one cell's only (a page named by two
+    # chains, or twice by one, is malformed). So all chains together read each page
+    # at most once: crafted cells cannot make the plan cost cells x pages.
+    chains: dict[int, set[int]] = field(default_factory=dict)
+    claimed: set[int] = field(default_factory=set)
 
     @classmethod
     def of(cls, pages: _Pages, header: btree.DatabaseHeader, roots: set[int]) -> _Layout:
@@ -748,17 +764,27 @@ class _Layout:
         """The overflow pages of the cells on the pages ``owners``."""
         found: set[int] = set()
         for pgno in owners:
-            data = self.pages(pgno)
-            page = btree.parse_page(data, pgno)
-            for cell in page.cells:
-                first, spilled = btree.first_overflow(data, page.kind, cell, self.usable)
-                if first:
-                    found.update(
-                        btree.overflow_chain(
-                            self.pages, first, spilled, self.usable, self.pages.count
-                        )
-                    )
+            if pgno not in self.chains:
+                self.chains[pgno] = self._chains(pgno)
+            found |= self.chains[pgno]
         return found
+
+    def _chains(self, pgno: int) -> set[int]:
+        data = self.pages(pgno)
+        page = btree.parse_page(data, pgno)
+        owned: set[int] = set()
+        for cell in page.cells:
+            first, spilled = btree.first_overflow(data, page.kind, cell, self.usable)
+            if not first:
+                continue
+            for overflow in btree.overflow_chain(
+                self.pages, first, spilled, self.usable, self.pages.count
+            ):
+                if overflow in owned or overflow in self.claimed:
+                    raise btree.MalformedPage(f"overflow page {overflow} is in two chains")
+                owned.add(overflow)
+        self.claimed |= owned
+        return owned
 
 
 def _roots(schema: dict[str, tuple[str, str, int, str]]) -> set[int]:
