@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -68,3 +69,53 @@ def test_a_query_of_large_blobs_is_held_to_the_result_bound(
     refused = victim.run("sql", backup_id, "app.db", one_wide_row)
     assert_clean_failure(refused, codes=(1,))
     assert "out of memory" in refused.stderr
+
+
+def _wal_of(base: Path, work: Path) -> bytes:
+    """A write-ahead log adding the row 'forged' to a copy of the database ``base``."""
+    copy = work / "forge.db"
+    shutil.copyfile(base, copy)
+    conn = sqlite3.connect(copy, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("INSERT INTO t VALUES ('forged')")
+        return (work / "forge.db-wal").read_bytes()  # before close checkpoints it
+    finally:
+        conn.close()
+
+
+def test_a_log_without_its_database_is_not_restored_beside_a_live_one(
+    tmp_path: Path,
+    guarded_home: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    """A backup holding ``sub/notes.db-wal`` but not ``sub/notes.db`` (a key holder's
+    forgery, or a stale log backed up alone): restoring ``sub`` in place put the log
+    beside the live ``notes.db``, and SQLite replayed it onto that database on its next
+    open (a forged row in the user's data). Now refused before anything is fetched."""
+    victim = Victim(tmp_path, _store(tmp_path), cli, guarded_home)
+    work = tmp_path / "work"
+    work.mkdir()
+    base = work / "notes.db"
+    with closing(sqlite3.connect(base, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t(v TEXT)")
+        conn.execute("INSERT INTO t VALUES ('mine')")
+    sub = victim.data / "sub"
+    sub.mkdir()
+    (sub / "notes.db-wal").write_bytes(_wal_of(base, work))
+    (sub / "readme.txt").write_text("hello")
+    backup_id = victim.backup()
+    (sub / "notes.db-wal").unlink()
+    shutil.copyfile(base, sub / "notes.db")
+    for include in ("sub", "sub/notes.db-wal"):
+        refused = victim.run("restore", backup_id, "--include", include, "--force")
+        assert_clean_failure(refused, codes=(1,))
+        assert "does not hold its database 'sub/notes.db'" in refused.stderr
+        assert not (sub / "notes.db-wal").exists()
+    with closing(sqlite3.connect(sub / "notes.db")) as conn:
+        assert conn.execute("SELECT v FROM t").fetchall() == [("mine",)]
+    target = tmp_path / "elsewhere"
+    done = victim.run("restore", backup_id, "--include", "sub", "--target", str(target))
+    assert done.code == 0, done.stderr
+    assert (target / "sub" / "notes.db-wal").is_file()
