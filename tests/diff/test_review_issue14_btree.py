@@ -114,3 +114,28 @@ def test_a_malformed_chain_of_a_compared_leaf_is_no_uncaught_error(tmp_path: Pat
     _craft_leaf(b, leaf, btree.TABLE_LEAF, leaf + 1, cells=2)
     with pytest.raises(apsw.Error):
         diff_database("db", local_side(a), local_side(b))
+
+
+def test_listed_rows_are_held_to_a_byte_budget(tmp_path: Path) -> None:
+    """Attack: a key holder's table of large text values (1 MiB each here; zeros store
+    in a few bytes) listed with rows: every listed row was kept whole, max_rows per
+    table (10,000 in the API) times every table: the server ran out of memory. The
+    listing of one diff now stops at MAX_LISTED_BYTES, all tables together."""
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    with closing(sqlite3.connect(a, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    shutil.copyfile(a, b)
+    with closing(sqlite3.connect(b, isolation_level=None)) as conn:
+        for name in ("t", "u"):
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {name}(id INTEGER PRIMARY KEY, v TEXT)")
+            conn.execute(
+                f"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 40) "
+                f"INSERT INTO {name} SELECT x, printf('%.*c', 1048576, 'a') FROM c"
+            )
+    result = diff_database("db", local_side(a), local_side(b), rows=True, max_rows=10_000)
+    listed = {table.name: table for table in result.tables}
+    assert {name: listed[name].added for name in ("t", "u")} == {"t": 40, "u": 40}
+    samples = [listed[name].rows for name in ("t", "u")]
+    assert all(sample is not None and sample.truncated for sample in samples)
+    kept = sum(len(sample.added) for sample in samples if sample is not None)
+    assert kept * 1_048_576 <= diff_module.MAX_LISTED_BYTES + 1_048_576
