@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tests.hostile.conftest import HostileStore, assert_clean_failure
 from tests.hostile.test_restore_escape import Victim
+from tests.hostile.test_server import StartServer
+from tests.hostile.test_server import start_server as start_server  # the fixture
 
 
 def _store(tmp_path: Path) -> HostileStore:
@@ -119,3 +121,46 @@ def test_a_log_without_its_database_is_not_restored_beside_a_live_one(
     done = victim.run("restore", backup_id, "--include", "sub", "--target", str(target))
     assert done.code == 0, done.stderr
     assert (target / "sub" / "notes.db-wal").is_file()
+
+
+def test_queries_sqlite_cannot_take_are_refused_not_crashes(
+    tmp_path: Path,
+    guarded_home: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    """A NUL (apsw: ValueError) or a lone surrogate (UnicodeEncodeError: bytes of a
+    command line that are not UTF-8) in a query escaped as a traceback, exit 70."""
+    victim = Victim(tmp_path, _store(tmp_path), cli, guarded_home)
+    with closing(sqlite3.connect(victim.data / "app.db", isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)")
+    backup_id = victim.run("backup", "--json")
+    assert backup_id.code == 0, backup_id.stderr
+    refused = victim.run("sql", json.loads(backup_id.stdout)["id"], "app.db", "SELECT '\udcff'")
+    assert_clean_failure(refused, codes=(1,))
+    assert "not valid Unicode text" in refused.stderr
+
+
+def test_the_api_refuses_odd_text_in_queries_and_paths(
+    start_server: StartServer, guarded_home: Path
+) -> None:
+    server = start_server()
+    with server.http() as http:
+        created = http.post("/backups/create")
+        assert created.status_code == 200, created.text
+        backup_id = created.json()["id"]
+        for query in ("SELECT 1\\u0000; SELECT 2", "SELECT '\\ud800'"):
+            answer = http.post(
+                f"/cloudkeep/backups/{backup_id}/sql",
+                content=f'{{"query": "{query}"}}'.encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert answer.status_code in (400, 422), (query, answer.status_code, answer.text)
+        for route, params in (
+            (f"/cloudkeep/backups/{backup_id}/files", "path=%ff%fe"),
+            (f"/cloudkeep/backups/{backup_id}/file", "path=%ed%a0%80"),
+            ("/cloudkeep/find", "pattern=%ff*"),
+            ("/cloudkeep/diff", f"a={backup_id}&b=%ff"),
+        ):
+            answer = http.get(f"{route}?{params}")
+            assert answer.status_code < 500, (route, answer.status_code, answer.text)
+    assert "Traceback" not in server.stderr()

@@ -343,6 +343,22 @@ def _cost(value: object) -> int:
     return 8
 
 
+def _check_text(sql: str, bindings: tuple[Any, ...] | dict[str, Any] | None) -> None:
+    """``QueryRefused`` for text SQLite cannot take: apsw raises ValueError for a NUL
+    and UnicodeEncodeError for a lone surrogate (undecodable bytes of a command line,
+    ``\\ud800`` in JSON)."""
+    values = bindings.values() if isinstance(bindings, dict) else bindings or ()
+    for text in (sql, *(value for value in values if isinstance(value, str))):
+        if "\0" in text and text is sql:
+            raise QueryRefused("a query cannot hold a NUL character")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise QueryRefused(
+                "the query or a parameter is not valid Unicode text (a lone surrogate)"
+            ) from None
+
+
 class Database:
     """A backed-up database open for queries (``open_database``), and its reader."""
 
@@ -371,6 +387,7 @@ class Database:
         """
         if max_rows < 0:
             raise QueryRefused("the row limit is a number of rows, at least 0")
+        _check_text(sql, bindings)
         started = time.monotonic()
         fetched = self.reader.fetched_bytes
         statements = 0
