@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from contextlib import closing
@@ -163,4 +164,40 @@ def test_the_api_refuses_odd_text_in_queries_and_paths(
         ):
             answer = http.get(f"{route}?{params}")
             assert answer.status_code < 500, (route, answer.status_code, answer.text)
+    assert "Traceback" not in server.stderr()
+
+
+def test_names_that_are_not_utf8_reach_the_api_as_json(
+    start_server: StartServer, guarded_home: Path, tmp_path: Path
+) -> None:
+    """A file name that is not UTF-8 (a Linux name, kept as Python keeps it: lone
+    surrogates) is backed up as it is; every route showing backup paths must answer
+    it as JSON, as the backups list does, never 500 (a response model rendered by
+    Starlette encodes strictly)."""
+    server = start_server()
+    data = tmp_path / "server-0" / "data"
+    assert (data / "notes.db").is_file()
+    with server.http() as http:
+        first = http.post("/backups/create").json()["id"]
+        (data / os.fsdecode(b"\xff-odd.txt")).write_bytes(b"odd")
+        second = http.post("/backups/create").json()["id"]
+        answer = http.get("/cloudkeep/diff", params={"a": first, "b": second})
+        assert answer.status_code == 200, answer.text
+        assert [c["path"] for c in answer.json()["files"]["added"]] == ["\\udcff-odd.txt"]
+        listed = http.get(f"/cloudkeep/backups/{second}/files")
+        assert listed.status_code == 200, listed.text
+        found = http.get("/cloudkeep/find", params={"pattern": "*odd*"})
+        assert found.status_code == 200, found.text
+        name = os.fsdecode(b"\xff-odd.db")
+        with closing(sqlite3.connect(data / name, isolation_level=None)) as conn:
+            conn.execute("CREATE TABLE t(v)")
+        third = http.post("/backups/create").json()["id"]
+        databases = http.get(f"/cloudkeep/backups/{third}/databases")
+        assert databases.status_code == 200, databases.text
+        assert "\\udcff-odd.db" in [d["path"] for d in databases.json()["databases"]]
+        queried = http.post(
+            f"/cloudkeep/backups/{third}/sql",
+            json={"database": "notes.db", "query": "SELECT 1"},
+        )
+        assert queried.status_code == 200, queried.text
     assert "Traceback" not in server.stderr()
