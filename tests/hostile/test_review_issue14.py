@@ -6,8 +6,12 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from tests.hostile.conftest import HostileStore, assert_clean_failure
 from tests.hostile.test_restore_escape import Victim
@@ -201,3 +205,39 @@ def test_names_that_are_not_utf8_reach_the_api_as_json(
         )
         assert queried.status_code == 200, queried.text
     assert "Traceback" not in server.stderr()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal")
+def test_dump_does_not_write_a_backups_bytes_to_a_terminal(
+    tmp_path: Path,
+    guarded_home: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    """A key holder's file holding terminal escape sequences (OSC 52 sets the
+    clipboard; older terminals ran more) was written to the user's terminal by
+    ``cloudkeep dump ID FILE``. Refused, as restic's dump refuses."""
+    import pty
+
+    victim = Victim(tmp_path, _store(tmp_path), cli, guarded_home)
+    (victim.data / "evil.txt").write_bytes(b"\x1b]52;c;ZWNobyBwd25lZA==\x07")
+    backup_id = victim.backup()
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudkeep", "--data", str(victim.data), "--store",
+             victim.store.url, "dump", backup_id, "evil.txt"],
+            stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        os.set_blocking(leader, False)
+        try:
+            shown = os.read(leader, 4096)
+        except (BlockingIOError, OSError):
+            shown = b""
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert done.returncode == 1, done.stderr
+    assert b"stdout is a terminal" in done.stderr and b"\x1b]52" not in shown
+    piped = victim.run("dump", backup_id, "evil.txt")
+    assert piped.code == 0 and piped.stdout.startswith("\x1b]52")
