@@ -241,3 +241,25 @@ def test_dump_does_not_write_a_backups_bytes_to_a_terminal(
     assert b"stdout is a terminal" in done.stderr and b"\x1b]52" not in shown
     piped = victim.run("dump", backup_id, "evil.txt")
     assert piped.code == 0 and piped.stdout.startswith("\x1b]52")
+
+
+def test_find_patterns_with_many_wildcards_end(
+    tmp_path: Path,
+    guarded_home: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    """A pattern of many stars (or many ``**``) became a regular expression whose
+    backtracking grew as the name's length to the number of stars: ``find`` (and GET
+    /cloudkeep/find, a server thread nobody can stop) ran for hours on one long
+    name. Wildcards now match at their first place, atomically, as fnmatch's do."""
+    victim = Victim(tmp_path, _store(tmp_path), cli, guarded_home)
+    deep = victim.data / "/".join(["a"] * 60)
+    deep.mkdir(parents=True)
+    (deep / ("a" * 200)).write_text("x")
+    backup_id = victim.backup()
+    for pattern in ("**/" + "*a" * 20 + "*c", "a/" + "**/a/" * 12 + "**/c", "**/[!b]*a*a*a*a*a*a"):
+        found = victim.run("find", pattern, "--json")
+        assert found.code == 0, found.stderr
+        matches = json.loads(found.stdout)["matches"]
+        assert len(matches) == (1 if pattern.startswith("**/[!b]") else 0), pattern
+        assert all(match["backup"] == backup_id for match in matches)
