@@ -161,44 +161,67 @@ def _name_pattern(pattern: str) -> re.Pattern[str]:
 
 def _path_pattern(pattern: str) -> re.Pattern[str]:
     """``pattern`` over whole paths: ``*`` and ``?`` never match a '/', a ``**`` segment
-    matches any number of folders (none included)."""
-    segments = pattern.split("/")
+    matches any number of folders (none included).
+
+    No backtracking grows with the number of wildcards (a pattern of many stars took
+    hours on a long name): as ``fnmatch`` does, what lies between two wildcards is
+    matched at its first place in an atomic group, which is always a right place
+    since the wildcard after it can take anything the first place leaves."""
+    segments: list[str] = []
+    for segment in pattern.split("/"):
+        if not (segment == "**" and segments and segments[-1] == "**"):
+            segments.append(segment)
     parts: list[str] = []
-    for number, segment in enumerate(segments):
-        last = number == len(segments) - 1
-        if segment == "**":
-            parts.append(".*" if last else "(?:[^/]*/)*")
-        else:
+    index = 0
+    while index < len(segments):
+        segment = segments[index]
+        last = index == len(segments) - 1
+        index += 1
+        if segment != "**":
             parts.append(_segment(segment) + ("" if last else "/"))
+        elif last:
+            parts.append(".*")
+        elif "**" in segments[index:]:  # folders up to the next '**': the first that fit
+            stop = segments.index("**", index)
+            names = "".join(_segment(name) + "/" for name in segments[index:stop])
+            parts.append(f"(?>(?:[^/]*/)*?{names})")
+            index = stop
+        else:
+            parts.append("(?:[^/]*/)*")
     return re.compile("".join(parts) + r"\Z", re.DOTALL)
 
 
 def _segment(segment: str) -> str:
     """One name of a shell pattern as a regular expression that stays within the name."""
-    out: list[str] = []
+    chunks: list[list[str]] = [[]]  # what lies between the stars
     index = 0
     while index < len(segment):
         char = segment[index]
         index += 1
         if char == "*":
-            out.append("[^/]*")
+            if chunks[-1] or len(chunks) == 1:
+                chunks.append([])
         elif char == "?":
-            out.append("[^/]")
+            chunks[-1].append("[^/]")
         elif char == "[":
             close = segment.find("]", index + 1 if segment[index : index + 1] in "!]" else index)
             if close < 0:
-                out.append(re.escape(char))
+                chunks[-1].append(re.escape(char))
                 continue
             body = segment[index:close].replace("\\", "\\\\").replace("[", "\\[")
             if body.startswith("!"):
-                body = "^" + body[1:]
+                body = "^/" + body[1:]  # a class never matches the '/' between names
             elif body.startswith("^"):
                 body = "\\" + body
-            out.append(f"[{body}]")
+            chunks[-1].append(f"[{body}]")
             index = close + 1
         else:
-            out.append(re.escape(char))
-    return "".join(out)
+            chunks[-1].append(re.escape(char))
+    out = "".join(chunks[0])
+    for number, chunk in enumerate(chunks[1:], 1):
+        text = "".join(chunk)
+        out += f"[^/]*{text}" if number == len(chunks) - 1 else f"(?>[^/]*?{text})"
+    return out
 
 
 def select(manifest: Manifest, paths: Iterable[str]) -> tuple[Manifest, list[str]]:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudkeep.backups import btree
 from cloudkeep.backups.manifest import FileEntry, Manifest
-from cloudkeep.errors import NotADatabase, RepositoryDamaged
+from cloudkeep.errors import NotADatabase, RepositoryDamaged, UserError
 from cloudkeep.repository.untrusted import shown
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 #: Rows listed per table with ``rows`` (the counts are always complete).
 DEFAULT_MAX_ROWS = 100
+#: Bytes of row values one diff lists at most (``rows``), all its tables together: a
+#: table's listing stops there (``truncated``), however large its values.
+MAX_LISTED_BYTES = 16 * 1024 * 1024
 #: Above this share of differing pages, walking the structure saves nothing.
 FULL_COMPARE_SHARE = 0.5
 #: Pages the plan keeps in memory (both sides together).
@@ -162,21 +165,34 @@ class _Table:
     sql: str
 
 
+class ListingBudget:
+    """Bytes of values one diff may still list (shared by its tables)."""
+
+    def __init__(self, left: int = MAX_LISTED_BYTES) -> None:
+        self.left = left
+
+
 @dataclass(slots=True)
 class RowSample:
-    """The rows themselves (with ``rows``), at most ``limit`` in all."""
+    """The rows themselves (with ``rows``), at most ``limit`` in all, within ``budget``."""
 
     limit: int
+    budget: ListingBudget = field(default_factory=ListingBudget)
     added: list[dict[str, Any]] = field(default_factory=list)
     removed: list[dict[str, Any]] = field(default_factory=list)
     changed: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False
 
     def room(self) -> bool:
-        if len(self.added) + len(self.removed) + len(self.changed) < self.limit:
+        listed = len(self.added) + len(self.removed) + len(self.changed)
+        if listed < self.limit and self.budget.left > 0:
             return True
         self.truncated = True
         return False
+
+    def keep(self, kind: str, row: dict[str, Any]) -> None:
+        getattr(self, kind).append(row)
+        self.budget.left -= _weight(row)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -309,17 +325,25 @@ def diff_backups(
     old = {entry.path: entry for entry in a.files if entry.type == "file" and entry.sqlite}
     new = {entry.path: entry for entry in b.files if entry.type == "file" and entry.sqlite}
     databases = []
+    budget = ListingBudget()
     for path in sorted(old.keys() | new.keys()):
         before, after = old.get(path), new.get(path)
         if before is not None and after is not None and before.content == after.content:
             continue
         try:
-            databases.append(diff_database(path, side(before), side(after), rows, max_rows))
+            databases.append(diff_database(path, side(before), side(after), rows, max_rows, budget))
         except (apsw.Error, NotADatabase) as exc:
             where = a.id if after is None else b.id if before is None else f"{a.id} or {b.id}"
             raise RepositoryDamaged(
                 f"the database {shown(path)} of backup {where} does not read as SQLite "
                 f"({shown(str(exc))}): the backup is damaged"
+            ) from None
+        except UnicodeDecodeError:  # SQLite keeps text bytes as written; Python decodes them
+            where = a.id if after is None else b.id if before is None else f"{a.id} or {b.id}"
+            raise UserError(
+                f"the database {shown(path)} of backup {where} holds text that is not valid "
+                "UTF-8: its rows cannot be compared (cloudkeep sql can read it as "
+                "hex(column) or CAST(column AS BLOB))"
             ) from None
     return BackupDiff(
         a.id,
@@ -337,8 +361,12 @@ def diff_database(
     b: DatabaseSide | None,
     rows: bool = False,
     max_rows: int = DEFAULT_MAX_ROWS,
+    budget: ListingBudget | None = None,
 ) -> DatabaseDiff:
-    """Row and schema differences of one database (None: absent from that backup)."""
+    """Row and schema differences of one database (None: absent from that backup);
+    ``budget``: the bytes of rows still to list, shared by the databases of a diff."""
+    budget = budget if budget is not None else ListingBudget()
+    left = budget.left
     status = "added" if a is None else "removed" if b is None else "changed"
     result = DatabaseDiff(path, status)
     conn_a = a.connect() if a is not None else None
@@ -357,16 +385,28 @@ def diff_database(
         else:
             result.method, result.reason = "full", f"the database was {status}"
         names = sorted(tables_a.keys() | tables_b.keys(), key=str.lower)
-        result.tables = [
-            _diff_table(
-                name, tables_a.get(name), tables_b.get(name), conn_a, conn_b, plan, rows, max_rows
-            )
-            for name in names
-        ]
-        reason = plan.unaccounted(tables_a, tables_b) if plan is not None else ""
+        try:
+            result.tables = [
+                _diff_table(
+                    name,
+                    tables_a.get(name),
+                    tables_b.get(name),
+                    conn_a,
+                    conn_b,
+                    plan,
+                    rows,
+                    max_rows,
+                    budget,
+                )
+                for name in names
+            ]
+            reason = plan.unaccounted(tables_a, tables_b) if plan is not None else ""
+        except btree.MalformedPage as exc:  # a compared leaf's overflow chains
+            reason = f"cannot follow the database's structure ({exc})"
         if reason and plan is not None:
             # A changed page may hold data of a row on an unchanged page: compare anew.
             plan = _all_full(tables_a, tables_b, reason, plan.pages, plan.differing)
+            budget.left = left  # the first comparison's listing is dropped
             result.method, result.reason = plan.method, plan.reason
             result.tables = [
                 _diff_table(
@@ -378,6 +418,7 @@ def diff_database(
                     plan,
                     rows,
                     max_rows,
+                    budget,
                 )
                 for name in names
             ]
@@ -719,6 +760,12 @@ class _Layout:
     usable: int
     trees: dict[int, btree.TreeShape]
     structure: set[int]  # b-tree, freelist, pointer-map, lock-byte pages and page 1
+    # Overflow pages found so far, by the page whose cells own them: a page's chains are
+    # followed once, and an overflow page is one cell's only (a page named by two
+    # chains, or twice by one, is malformed). So all chains together read each page
+    # at most once: crafted cells cannot make the plan cost cells x pages.
+    chains: dict[int, set[int]] = field(default_factory=dict)
+    claimed: set[int] = field(default_factory=set)
 
     @classmethod
     def of(cls, pages: _Pages, header: btree.DatabaseHeader, roots: set[int]) -> _Layout:
@@ -741,17 +788,27 @@ class _Layout:
         """The overflow pages of the cells on the pages ``owners``."""
         found: set[int] = set()
         for pgno in owners:
-            data = self.pages(pgno)
-            page = btree.parse_page(data, pgno)
-            for cell in page.cells:
-                first, spilled = btree.first_overflow(data, page.kind, cell, self.usable)
-                if first:
-                    found.update(
-                        btree.overflow_chain(
-                            self.pages, first, spilled, self.usable, self.pages.count
-                        )
-                    )
+            if pgno not in self.chains:
+                self.chains[pgno] = self._chains(pgno)
+            found |= self.chains[pgno]
         return found
+
+    def _chains(self, pgno: int) -> set[int]:
+        data = self.pages(pgno)
+        page = btree.parse_page(data, pgno)
+        owned: set[int] = set()
+        for cell in page.cells:
+            first, spilled = btree.first_overflow(data, page.kind, cell, self.usable)
+            if not first:
+                continue
+            for overflow in btree.overflow_chain(
+                self.pages, first, spilled, self.usable, self.pages.count
+            ):
+                if overflow in owned or overflow in self.claimed:
+                    raise btree.MalformedPage(f"overflow page {overflow} is in two chains")
+                owned.add(overflow)
+        self.claimed |= owned
+        return owned
 
 
 def _roots(schema: dict[str, tuple[str, str, int, str]]) -> set[int]:
@@ -807,8 +864,9 @@ def _diff_table(
     plan: PagePlan | None,
     rows: bool,
     max_rows: int,
+    budget: ListingBudget,
 ) -> TableDiff:
-    result = TableDiff(name, rows=RowSample(max_rows) if rows else None)
+    result = TableDiff(name, rows=RowSample(max_rows, budget) if rows else None)
     if a is None or b is None or conn_a is None or conn_b is None or not _compatible(a, b):
         # Added, removed, or rows that cannot pair: every row on each side counts.
         result.method = "full"
@@ -883,7 +941,7 @@ def _each_row(conn: apsw.Connection, table: _Table, result: TableDiff, kind: str
     for row in conn.execute(query):
         count += 1
         if result.rows.room():
-            getattr(result.rows, kind).append(_listed(table, row, width))
+            result.rows.keep(kind, _listed(table, row, width))
     return count
 
 
@@ -968,15 +1026,15 @@ def _count(
         if before is None and after is not None:
             result.added += 1
             if rows is not None and rows.room():
-                rows.added.append(_listed(b, after, width))
+                rows.keep("added", _listed(b, after, width))
         elif after is None and before is not None:
             result.removed += 1
             if rows is not None and rows.room():
-                rows.removed.append(_listed(a, before, width))
+                rows.keep("removed", _listed(a, before, width))
         elif before is not None and after is not None and not _same(before, after):
             result.changed += 1
             if rows is not None and rows.room():
-                rows.changed.append(_changed(b, before, after, width))
+                rows.keep("changed", _changed(b, before, after, width))
 
 
 def _between(table: _Table) -> str:
@@ -1048,6 +1106,15 @@ def _changed(table: _Table, before: Row, after: Row, width: int) -> dict[str, An
         "key": _json_value(key) if width == 1 else [_json_value(v) for v in key],
         "columns": columns,
     }
+
+
+def _weight(value: Any) -> int:
+    """About the bytes a listed row holds (its text in full, a blob as its preview)."""
+    if isinstance(value, dict):
+        return sum(len(key) + _weight(item) for key, item in value.items())
+    if isinstance(value, list):
+        return sum(_weight(item) for item in value)
+    return len(value) if isinstance(value, str) else 8
 
 
 def _json_value(value: Any) -> Any:

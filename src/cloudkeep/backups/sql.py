@@ -51,8 +51,12 @@ CLI_TIME_LIMIT = 30.0
 API_TIME_LIMIT = 10.0
 #: Rows a result holds at most unless the caller asks for fewer (API and shell).
 MAX_ROWS = 10_000
-#: Bytes of values a result holds at most (a blob counts as the part shown).
+#: Bytes of values a result holds at most (blobs in full: a row keeps them whole).
 MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: Bytes SQLite (apsw's own library) may allocate in this process at most: a row of
+#: many large values (``zeroblob``, ``randomblob``, a backup's blobs) fails with
+#: "out of memory" instead of exhausting the server's memory.
+MAX_SQLITE_HEAP = 1024 * 1024 * 1024
 #: Largest string or blob a statement may make (SQLITE_LIMIT_LENGTH).
 MAX_VALUE_BYTES = 256 * 1024 * 1024
 #: Bytes of a blob shown (as hex) in a result.
@@ -201,6 +205,7 @@ def _the_vfs() -> _BackupVFS:
     global _vfs
     with _vfs_lock:
         if _vfs is None:
+            apsw.hard_heap_limit(MAX_SQLITE_HEAP)
             _vfs = _BackupVFS()
         return _vfs
 
@@ -331,12 +336,27 @@ def json_value(value: object) -> object:
 
 
 def _cost(value: object) -> int:
-    """What a value adds to a result's bytes (a blob: the part shown)."""
-    if isinstance(value, str):
+    """What a value adds to a result's memory (a blob in full, though only its start
+    is shown: the row holds all of it)."""
+    if isinstance(value, str | bytes):
         return len(value)
-    if isinstance(value, bytes):
-        return min(len(value), BLOB_PREFIX_BYTES) + 16
     return 8
+
+
+def _check_text(sql: str, bindings: tuple[Any, ...] | dict[str, Any] | None) -> None:
+    """``QueryRefused`` for text SQLite cannot take: apsw raises ValueError for a NUL
+    and UnicodeEncodeError for a lone surrogate (undecodable bytes of a command line,
+    ``\\ud800`` in JSON)."""
+    values = bindings.values() if isinstance(bindings, dict) else bindings or ()
+    for text in (sql, *(value for value in values if isinstance(value, str))):
+        if "\0" in text and text is sql:
+            raise QueryRefused("a query cannot hold a NUL character")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise QueryRefused(
+                "the query or a parameter is not valid Unicode text (a lone surrogate)"
+            ) from None
 
 
 class Database:
@@ -367,6 +387,7 @@ class Database:
         """
         if max_rows < 0:
             raise QueryRefused("the row limit is a number of rows, at least 0")
+        _check_text(sql, bindings)
         started = time.monotonic()
         fetched = self.reader.fetched_bytes
         statements = 0

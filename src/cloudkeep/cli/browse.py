@@ -182,6 +182,10 @@ def dump(
     import os
     import sys
 
+    from cloudkeep.errors import UserError
+
+    if sys.stdout.isatty():  # a backup's bytes would reach the terminal as its commands
+        raise UserError("stdout is a terminal: redirect it ('> FILE' or '| tar tvf -')")
     ws = workspace(ctx)
     resolved = ws.resolve(backup_id, device)
     out = sys.stdout.buffer

@@ -52,3 +52,16 @@ def streamed_content(schema_ref: str) -> dict[str, Any]:
             "example": 'event: progress\ndata: {"status":"IN-PROGRESS","percentage":12.5}\n\n',
         },
     }
+
+
+def json_safe(document: Any) -> Any:
+    """``document`` with every string JSON can carry: a backup's paths keep a name that is
+    not UTF-8 as lone surrogates, which a response model's strict encoding refuses (a
+    500); they are shown escaped (``\\udcff``), as the timeline shows store text."""
+    if isinstance(document, str):
+        return document.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(document, dict):
+        return {json_safe(key): json_safe(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [json_safe(value) for value in document]
+    return document

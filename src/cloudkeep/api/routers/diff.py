@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.deps import Service
-from cloudkeep.api.routers._responses import ENGINE, errors
+from cloudkeep.api.routers._responses import ENGINE, errors, json_safe
 
 router = APIRouter(tags=["cloudkeep"])
 
@@ -130,4 +130,4 @@ async def diff(
     result = await run_in_threadpool(
         lambda: service.workspace().diff(a, b, rows=rows, max_rows=max_rows)
     )
-    return result.to_json()
+    return json_safe(result.to_json())

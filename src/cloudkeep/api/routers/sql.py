@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.deps import BackupId, Service
-from cloudkeep.api.routers._responses import ENGINE, errors
+from cloudkeep.api.routers._responses import ENGINE, errors, json_safe
 from cloudkeep.backups.sql import API_TIME_LIMIT, MAX_ROWS, json_value
 
 router = APIRouter(prefix="/cloudkeep/backups", tags=["cloudkeep"])
@@ -81,7 +81,7 @@ class SqlResult(BaseModel):
 async def databases(backup: BackupId, service: Service) -> Databases:
     entries = await run_in_threadpool(lambda: service.workspace().databases(backup))
     return Databases(
-        databases=[DatabaseFile(path=entry.path, size=entry.size) for entry in entries]
+        databases=[DatabaseFile(path=json_safe(entry.path), size=entry.size) for entry in entries]
     )
 
 
@@ -106,7 +106,7 @@ def _run(service: Service, backup: str, body: SqlQuery) -> SqlResult:
     ) as db:
         result = db.query(body.query, max_rows=body.max_rows, time_limit=API_TIME_LIMIT)
         return SqlResult(
-            database=db.entry.path,
+            database=json_safe(db.entry.path),
             columns=result.columns,
             rows=[[json_value(value) for value in row] for row in result.rows],
             truncated=result.truncated,

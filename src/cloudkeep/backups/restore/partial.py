@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cloudkeep import platform
 from cloudkeep.backups.manifest import FileEntry, Manifest
-from cloudkeep.backups.sources import COMPANION_SUFFIXES
+from cloudkeep.backups.sources import COMPANION_SUFFIXES, is_sqlite
 from cloudkeep.backups.swap import fsync_dir, partial_undo_path, remove_any
 from cloudkeep.errors import UserError
 
@@ -212,6 +212,22 @@ def _copy_kept(source: Path, kept: Path) -> None:
         out.flush()
         os.fsync(out.fileno())
     shutil.copystat(source, kept, follow_symlinks=False)
+
+
+def refuse_orphan_logs(part: Manifest, live: Path) -> None:
+    """A ``-wal``, ``-shm`` or ``-journal`` restored in place without its database, beside
+    a live database of that name, would be replayed onto it by SQLite: a forged log (a
+    key holder's backup) would rewrite the live database's pages."""
+    chosen = {entry.path for entry in part.files}
+    for path in sorted(chosen):
+        for suffix in COMPANION_SUFFIXES:
+            base = path.removesuffix(suffix)
+            if base != path and base and base not in chosen and is_sqlite(live / base):
+                raise UserError(
+                    f"cannot restore {path!r} in place: the backup does not hold its "
+                    f"database {base!r}, and SQLite would apply it to the live one; "
+                    "restore it with --target instead"
+                )
 
 
 def _depth(path: str) -> tuple[int, str]:

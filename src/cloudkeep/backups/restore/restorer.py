@@ -29,7 +29,7 @@ from cloudkeep.backups.restore.in_place import (
     replace_single_file,
     staging_path,
 )
-from cloudkeep.backups.restore.partial import UndoFolder, place
+from cloudkeep.backups.restore.partial import UndoFolder, place, refuse_orphan_logs
 from cloudkeep.backups.restore.plan import (
     FIRST_BATCH_CHUNKS,
     SlicePlan,
@@ -163,6 +163,7 @@ class Restorer:
             raise UserError(f"backup {part.id} holds one file: restore it whole, without --include")
         if live.is_symlink() or (live.exists() and not live.is_dir()):
             raise UserError(f"the data path {live} is not a folder: restore with --target")
+        refuse_orphan_logs(part, live)
         live.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(live)
         undo = UndoFolder(live)
