@@ -185,7 +185,9 @@ def _shell(ws: "Workspace", backup_id: str, db: "Database", max_rows: int, timeo
     failed = False
     for kind, text in _inputs(interactive):
         if kind == "unfinished":
-            error("error: the last statement has no ending ';' and was not run")
+            error(
+                "error: the last statement is incomplete (an open quote or comment) and was not run"
+            )
             failed = True
             break
         command = text.split(maxsplit=1)
@@ -208,7 +210,8 @@ def _shell(ws: "Workspace", backup_id: str, db: "Database", max_rows: int, timeo
 
 def _inputs(interactive: bool) -> "Iterator[tuple[str, str]]":
     """("dot", a dot command) and ("sql", a complete statement) as they are read; at the
-    end of input, ("unfinished", text) if a statement was left without its ';'."""
+    end of input, a last statement without its ';' as ("sql", ...), or ("unfinished",
+    text) if it cannot be completed (an open quote or comment)."""
     import apsw
 
     if interactive:
@@ -227,7 +230,11 @@ def _inputs(interactive: bool) -> "Iterator[tuple[str, str]]":
             buffer = ""
             continue
         if line is None:
-            if buffer.strip():
+            # A last statement without its ';' runs, as sqlite3 runs it; an open quote
+            # or comment still cannot be completed.
+            if buffer.strip() and apsw.complete(buffer + ";"):
+                yield from (("sql", statement) for statement in _split(buffer + ";"))
+            elif buffer.strip():
                 yield "unfinished", buffer
             return
         if not buffer and line.strip().startswith("."):
