@@ -445,13 +445,21 @@ class Workspace:
             entry = file_entry(self.manifest(backup_id), path)
             yield from reader.file(entry).stream()
 
-    def diff(self, a: str, b: str, rows: bool = False, max_rows: int = 100) -> BackupDiff:
-        """What changed from backup ``a`` to backup ``b`` (ids, prefixes or ``latest``):
-        files from the manifests, SQLite rows fetching only what differs (see
-        ``backups.diff``); ``rows`` lists up to ``max_rows`` rows per table."""
+    def diff(
+        self, a: str, b: str, rows: bool = False, max_rows: int = 100, device: str | None = None
+    ) -> BackupDiff:
+        """What changed from backup ``a`` to backup ``b`` (ids, prefixes or ``latest``,
+        of ``device`` if given): files from the manifests, SQLite rows fetching only what
+        differs (see ``backups.diff``); ``rows`` lists up to ``max_rows`` rows per table."""
+        from cloudkeep.backups.catalog import LATEST
         from cloudkeep.backups.diff import diff_backups
 
-        first, second = self.resolve(a), self.resolve(b)
+        if device is not None and LATEST not in (a, b):
+            raise UserError(
+                "--device chooses among the backups for 'latest'; an id names one backup"
+            )
+        first = self.resolve(a, device if a == LATEST else None)
+        second = self.resolve(b, device if b == LATEST else None)
         with self.reader() as reader:
             return diff_backups(reader, self.manifest(first), self.manifest(second), rows, max_rows)
 

@@ -201,3 +201,26 @@ def test_bad_ids(backups: tuple[Cli, str, str]) -> None:
     assert "no backup" in missing.stderr
     negative = cli.run("diff", first, first, "--max-rows", "-1", check=False)
     assert negative.returncode != 0 and "--max-rows" in negative.stderr
+
+
+def test_latest_of_another_device(backups: tuple[Cli, str, str], tmp_path: Path) -> None:
+    """``diff ID latest --device NAME`` compares with another device's newest backup, as
+    ``ls``/``sql``/``restore`` take ``--device``; with two ids ``--device`` is refused."""
+    cli, _first, second = backups
+    other = tmp_path / "desktop"
+    _sql(other / "notes.db", "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT)")
+    env = {**cli.env, "CLOUDKEEP_DEVICE_NAME": "desktop"}
+    made = subprocess.run(
+        [sys.executable, "-m", "cloudkeep", "--data", str(other), "--store", cli.store,
+         "backup", "--json"],
+        env=env, capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    desktop = json.loads(made.stdout)["id"]
+    report = json.loads(cli.run("diff", second, "latest", "--device", "desktop", "--json").stdout)
+    assert (report["a"], report["b"]) == (second, desktop)
+    assert "notes.db" in [change["path"] for change in report["files"]["changed"]]
+    refused = cli.run("diff", second, desktop, "--device", "desktop", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "cloudkeep: error: --device chooses among the backups for 'latest'; an id names one backup"
+    ]
