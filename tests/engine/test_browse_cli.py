@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -169,6 +170,32 @@ def test_dump(two_backups: tuple[list[str], str, list[str]], data_dir: Path, cli
     head.stdout.close()
     assert head.wait(timeout=60) == 0
     assert head.stderr is not None and b"error" not in head.stderr.read()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is POSIX's")
+def test_dump_refuses_a_terminal(two_backups: tuple[list[str], str, list[str]]) -> None:
+    """A database's bytes on a terminal garble it: dump asks for a redirection (restic's
+    rule), one line, exit 1, nothing written."""
+    import pty
+
+    args, _, _ = two_backups
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudkeep", *args, "dump", "latest", "config/app.json"],
+            stdout=follower, stderr=subprocess.PIPE, env={**os.environ, **ENV}, timeout=120,
+        )  # fmt: skip
+        os.close(follower)
+        written = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal is drained
+            written = os.read(leader, 4096)
+    finally:
+        os.close(leader)
+    assert done.returncode == 1 and written == b""
+    assert done.stderr.decode().splitlines() == [
+        "cloudkeep: error: dump writes a file's bytes to standard output, which is a "
+        "terminal: redirect it ('> FILE') or pipe it ('| less')"
+    ]
 
 
 def test_dump_fetches_only_that_files_chunks(data_dir: Path, tmp_path: Path) -> None:

@@ -182,6 +182,13 @@ def dump(
     import os
     import sys
 
+    from cloudkeep.errors import UserError
+
+    if sys.stdout.isatty():  # as restic: a database's bytes would garble the terminal
+        raise UserError(
+            "dump writes a file's bytes to standard output, which is a terminal: "
+            "redirect it ('> FILE') or pipe it ('| less')"
+        )
     ws = workspace(ctx)
     resolved = ws.resolve(backup_id, device)
     out = sys.stdout.buffer
