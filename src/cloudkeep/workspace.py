@@ -428,7 +428,8 @@ class Workspace:
             manifest = self.manifest(backup_id)
             if archive is not None:
                 return write_tar(reader, manifest, path, out)
-            return write_file(reader, file_entry(manifest, path), out)
+            folder_hint = ": give a file, or --archive tar for a folder"
+            return write_file(reader, file_entry(manifest, path, folder_hint), out)
 
     def file_entry(self, backup_id: str, path: str) -> FileEntry:
         """The regular file ``path`` of a backup (see ``dump.file_entry``); manifest only."""

@@ -164,3 +164,4 @@ def test_download_a_file(start_server: StartServer) -> None:
             refused = http.get(url, params={"path": path})
             assert refused.status_code == status, (path, refused.text)
             assert text in refused.text and refused.headers["content-type"].startswith("text/")
+            assert "--archive" not in refused.text  # the CLI's option means nothing here

@@ -153,7 +153,8 @@ def test_dump(two_backups: tuple[list[str], str, list[str]], data_dir: Path, cli
         assert extracted is not None and extracted.read() == b'{"theme": "light"}'
 
     for path, message in (
-        ("config", "is a folder"),
+        ("config", "is a folder of backup"),
+        ("config", "or --archive tar for a folder"),
         ("config/link", "is a symlink to 'app.json'"),
         ("nope", "is not in backup"),
         ("../x", "not a path inside a backup"),
