@@ -155,6 +155,16 @@ def test_a_last_statement_without_its_semicolon_runs(sql, data_dir: Path, tmp_pa
     assert done.stdout.split() == ["answer", "42"] and not done.stderr.strip()
 
 
+def test_a_dot_command_after_blank_lines_is_a_dot_command(
+    sql, data_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An empty line at the prompt starts no statement: '.tables' after it was sent to
+    SQLite as SQL ('near ".": syntax error')."""
+    done = shell(data_dir, tmp_path, "\n  \n.tables\n\n.quit\n")
+    assert done.code == 0, done.stderr
+    assert "snippets" in done.stdout.split() and not done.stderr.strip()
+
+
 def test_quit_ends_the_shell(sql, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     done = shell(data_dir, tmp_path, "SELECT 1;\n.quit\nSELEC 2;\n")
     assert done.code == 0 and not done.stderr.strip()

@@ -230,21 +230,33 @@ def _inputs(interactive: bool) -> "Iterator[tuple[str, str]]":
             buffer = ""
             continue
         if line is None:
-            # A last statement without its ';' runs, as sqlite3 runs it; an open quote
-            # or comment still cannot be completed.
-            if buffer.strip() and apsw.complete(buffer + ";"):
-                yield from (("sql", statement) for statement in _split(buffer + ";"))
-            elif buffer.strip():
-                yield "unfinished", buffer
+            yield from _last(buffer)
             return
-        if not buffer and line.strip().startswith("."):
-            yield "dot", line.strip()
-            continue
+        if not buffer.strip():  # blank lines before a statement: still at its start
+            buffer = ""
+            if line.strip().startswith("."):
+                yield "dot", line.strip()
+                continue
+            if not line.strip():
+                continue
         buffer += line + "\n"
         if apsw.complete(buffer):
             for statement in _split(buffer):
                 yield "sql", statement
             buffer = ""
+
+
+def _last(buffer: str) -> "Iterator[tuple[str, str]]":
+    """The text left at the end of input: a last statement without its ';' runs, as
+    sqlite3 runs it; an open quote or comment cannot be completed ("unfinished")."""
+    import apsw
+
+    if not buffer.strip():
+        return
+    if apsw.complete(buffer + ";"):
+        yield from (("sql", statement) for statement in _split(buffer + ";"))
+    else:
+        yield "unfinished", buffer
 
 
 def _split(text: str) -> "Iterator[str]":
