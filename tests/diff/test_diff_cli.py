@@ -137,7 +137,12 @@ def test_diff_agrees_with_sqldiff_on_the_restored_backups(backups: tuple[Cli, st
     changed = {f["path"]: f for f in files["changed"]}
     assert changed["readme.txt"]["size_a"] == 6 and changed["readme.txt"]["size_b"] == 15
     assert changed["script.sh"]["changes"] == ["mode"]
-    assert (changed["script.sh"]["mode_a"], changed["script.sh"]["mode_b"]) == (0o644, 0o755)
+    assert (changed["script.sh"]["mode_a"], changed["script.sh"]["mode_b"]) == (
+        "-rw-r--r--",
+        "-rwxr-xr-x",
+    )
+    listed = json.loads(cli.run("ls", second, "script.sh", "--json").stdout)["entries"]
+    assert listed[0]["mode"] == changed["script.sh"]["mode_b"]  # one way to write a mode
 
     old, new = cli.restored(first), cli.restored(second)
     empty = cli.root / "empty.db"
