@@ -400,15 +400,18 @@ class Workspace:
         ``device``, or the one ``backup_id``), newest backup first; and whether ``limit``
         cut the answer short. Manifests only (kept in the metadata cache)."""
         from cloudkeep.backups.browse import find
-        from cloudkeep.backups.catalog import id_time
+        from cloudkeep.backups.catalog import choose_latest, id_time
 
         if backup_id is not None:
             manifests: Sequence[Manifest] = [self.manifest(backup_id)]
         else:
+            every = self._manifests(self.repository())
+            if device is not None:  # a device with no backups is an error naming the others
+                choose_latest(every, self.settings.device_name, device)
             manifests = sorted(
                 (
                     manifest
-                    for manifest in self._manifests(self.repository())
+                    for manifest in every
                     if device is None or manifest.device_name == device
                 ),
                 key=lambda manifest: id_time(manifest.id),

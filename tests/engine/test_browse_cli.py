@@ -118,6 +118,13 @@ def test_find(two_backups: tuple[list[str], str, list[str]], cli) -> None:  # ty
     assert len([line for line in cut.stdout.splitlines() if line.startswith("  ")]) == 2
     none = cli(*args, "find", "*.nothing", env=ENV)
     assert none.code == 0 and "no entry matches" in none.stdout
+    nobody = cli(*args, "find", "*", "--device", "lapto", env=ENV)
+    assert nobody.code == 1 and nobody.stdout == ""
+    assert nobody.stderr.splitlines() == [
+        "cloudkeep: error: no backup of device 'lapto' (devices: 'desktop', 'laptop')"
+    ]
+    one = cli(*args, "find", "*", "--limit", "1", env=ENV)
+    assert "stopped after 1 match: --limit N" in one.stderr
     bad = cli(*args, "find", "*", "--type", "fifo", env=ENV)
     assert bad.code == 1 and "--type is one of file, dir, symlink" in bad.stderr
     assert "holds a '/'" in cli("find", "--help").stdout

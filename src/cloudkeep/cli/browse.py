@@ -154,7 +154,8 @@ def find(
         for entry in group.entries:
             print("  " + _line(entry, width))
     if truncated:
-        notice(f"stopped after {limit:,} matches: --limit N shows more (0: all)")
+        matches = "match" if limit == 1 else "matches"
+        notice(f"stopped after {limit:,} {matches}: --limit N shows more (0: all)")
 
 
 @app.command("dump", cls=FastCommand)
