@@ -550,7 +550,7 @@ class Workspace:
             from cloudkeep.backups.restore.restorer import Restorer  # while Argon2 runs
 
             repo = self.repository(opening=opening)
-        manifest = self.manifest(backup_id, repo)
+        manifest = whole = self.manifest(backup_id, repo)
         chosen = False
         if include:
             from cloudkeep.backups.browse import select
@@ -592,7 +592,7 @@ class Workspace:
 
             undo = str(undo_path(live))
         return replace(
-            BackupInfo.of(manifest),
+            BackupInfo.of(whole),  # the backup as listed, not the part restored
             reused_bytes=restorer.reused_bytes,
             fetched_bytes=restorer.fetched_bytes,
             undo_path=undo,

@@ -253,6 +253,14 @@ def test_restore_include_through_the_cli(
     undone = cli(*args, "restore", "--undo", env=ENV)
     assert undone.code == 0, undone.stderr
     assert (data_dir / "config" / "app.json").read_text() == '{"theme": "light"}'
+    # --json prints the backup as 'list --json' does: its size, not the part restored.
+    picked = cli(*args, "restore", first, "--include", "config/app.json", "--target",
+                 str(tmp_path / "picked-json"), "--json", env=ENV)  # fmt: skip
+    assert picked.code == 0, picked.stderr
+    listed = {
+        b["id"]: b for b in json.loads(cli(*args, "list", "--json", env=ENV).stdout)["iterable"]
+    }
+    assert json.loads(picked.stdout)["bytes"] == listed[first]["bytes"] > 1000
     missing = cli(*args, "restore", first, "--include", "config/nope", env=ENV)
     assert missing.code == 1 and "'config/nope' is not in backup" in missing.stderr
     refused = cli(*args, "restore", "--undo", "--include", "x", env=ENV)
