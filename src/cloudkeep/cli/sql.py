@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cloudkeep.cli.app import JsonOption, app, workspace
-from cloudkeep.cli.output import error, notice, one_line, print_json
+from cloudkeep.cli.output import error, notice, one_line, print_json, size_text
 from cloudkeep.cli.params import FastCommand
 
 if TYPE_CHECKING:
@@ -291,10 +291,12 @@ def _dot(ws: "Workspace", backup_id: str, db: "Database", command: str, arg: str
     elif command == ".schema":
         for statement in db.schema(arg):
             print(_lines(statement) + ";")
-    elif command == ".databases":
-        for entry in ws.databases(backup_id):
+    elif command == ".databases":  # as 'cloudkeep ls': the size, then the path
+        entries = ws.databases(backup_id)
+        width = max((len(size_text(entry.size)) for entry in entries), default=0)
+        for entry in entries:
             mark = "*" if entry.path == db.entry.path else " "
-            print(f"{mark} {one_line(entry.path)}  {entry.size:,} bytes")
+            print(one_line(f"{mark} {size_text(entry.size):>{width}}  {entry.path}"))
     else:
         from cloudkeep.errors import QueryRefused
 
