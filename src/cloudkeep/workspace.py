@@ -400,15 +400,18 @@ class Workspace:
         ``device``, or the one ``backup_id``), newest backup first; and whether ``limit``
         cut the answer short. Manifests only (kept in the metadata cache)."""
         from cloudkeep.backups.browse import find
-        from cloudkeep.backups.catalog import id_time
+        from cloudkeep.backups.catalog import choose_latest, id_time
 
         if backup_id is not None:
             manifests: Sequence[Manifest] = [self.manifest(backup_id)]
         else:
+            every = self._manifests(self.repository())
+            if device is not None:  # a device with no backups is an error naming the others
+                choose_latest(every, self.settings.device_name, device)
             manifests = sorted(
                 (
                     manifest
-                    for manifest in self._manifests(self.repository())
+                    for manifest in every
                     if device is None or manifest.device_name == device
                 ),
                 key=lambda manifest: id_time(manifest.id),
@@ -428,7 +431,8 @@ class Workspace:
             manifest = self.manifest(backup_id)
             if archive is not None:
                 return write_tar(reader, manifest, path, out)
-            return write_file(reader, file_entry(manifest, path), out)
+            folder_hint = ": give a file, or --archive tar for a folder"
+            return write_file(reader, file_entry(manifest, path, folder_hint), out)
 
     def file_entry(self, backup_id: str, path: str) -> FileEntry:
         """The regular file ``path`` of a backup (see ``dump.file_entry``); manifest only."""
@@ -445,13 +449,21 @@ class Workspace:
             entry = file_entry(self.manifest(backup_id), path)
             yield from reader.file(entry).stream()
 
-    def diff(self, a: str, b: str, rows: bool = False, max_rows: int = 100) -> BackupDiff:
-        """What changed from backup ``a`` to backup ``b`` (ids, prefixes or ``latest``):
-        files from the manifests, SQLite rows fetching only what differs (see
-        ``backups.diff``); ``rows`` lists up to ``max_rows`` rows per table."""
+    def diff(
+        self, a: str, b: str, rows: bool = False, max_rows: int = 100, device: str | None = None
+    ) -> BackupDiff:
+        """What changed from backup ``a`` to backup ``b`` (ids, prefixes or ``latest``,
+        of ``device`` if given): files from the manifests, SQLite rows fetching only what
+        differs (see ``backups.diff``); ``rows`` lists up to ``max_rows`` rows per table."""
+        from cloudkeep.backups.catalog import LATEST
         from cloudkeep.backups.diff import diff_backups
 
-        first, second = self.resolve(a), self.resolve(b)
+        if device is not None and LATEST not in (a, b):
+            raise UserError(
+                "--device chooses among the backups for 'latest'; an id names one backup"
+            )
+        first = self.resolve(a, device if a == LATEST else None)
+        second = self.resolve(b, device if b == LATEST else None)
         with self.reader() as reader:
             return diff_backups(reader, self.manifest(first), self.manifest(second), rows, max_rows)
 
@@ -538,7 +550,7 @@ class Workspace:
             from cloudkeep.backups.restore.restorer import Restorer  # while Argon2 runs
 
             repo = self.repository(opening=opening)
-        manifest = self.manifest(backup_id, repo)
+        manifest = whole = self.manifest(backup_id, repo)
         chosen = False
         if include:
             from cloudkeep.backups.browse import select
@@ -580,7 +592,7 @@ class Workspace:
 
             undo = str(undo_path(live))
         return replace(
-            BackupInfo.of(manifest),
+            BackupInfo.of(whole),  # the backup as listed, not the part restored
             reused_bytes=restorer.reused_bytes,
             fetched_bytes=restorer.fetched_bytes,
             undo_path=undo,

@@ -71,7 +71,8 @@ def test_files_and_find(start_server: StartServer) -> None:
         limited = http.get("/cloudkeep/find", params={"pattern": "*", "limit": 1}).json()
         assert len(limited["matches"]) == 1 and limited["truncated"] is True
         other = http.get("/cloudkeep/find", params={"pattern": "*", "device": "elsewhere"})
-        assert other.json()["matches"] == []
+        assert other.status_code == 404  # a mistyped device is said, not an empty answer
+        assert other.text.strip() == "no backup of device 'elsewhere' (devices: 'api-test-device')"
         assert http.get("/cloudkeep/find", params={"pattern": "*", "type": "x"}).status_code == 422
 
 
@@ -164,3 +165,4 @@ def test_download_a_file(start_server: StartServer) -> None:
             refused = http.get(url, params={"path": path})
             assert refused.status_code == status, (path, refused.text)
             assert text in refused.text and refused.headers["content-type"].startswith("text/")
+            assert "--archive" not in refused.text  # the CLI's option means nothing here

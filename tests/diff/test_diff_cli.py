@@ -137,7 +137,12 @@ def test_diff_agrees_with_sqldiff_on_the_restored_backups(backups: tuple[Cli, st
     changed = {f["path"]: f for f in files["changed"]}
     assert changed["readme.txt"]["size_a"] == 6 and changed["readme.txt"]["size_b"] == 15
     assert changed["script.sh"]["changes"] == ["mode"]
-    assert (changed["script.sh"]["mode_a"], changed["script.sh"]["mode_b"]) == (0o644, 0o755)
+    assert (changed["script.sh"]["mode_a"], changed["script.sh"]["mode_b"]) == (
+        "-rw-r--r--",
+        "-rwxr-xr-x",
+    )
+    listed = json.loads(cli.run("ls", second, "script.sh", "--json").stdout)["entries"]
+    assert listed[0]["mode"] == changed["script.sh"]["mode_b"]  # one way to write a mode
 
     old, new = cli.restored(first), cli.restored(second)
     empty = cli.root / "empty.db"
@@ -201,3 +206,26 @@ def test_bad_ids(backups: tuple[Cli, str, str]) -> None:
     assert "no backup" in missing.stderr
     negative = cli.run("diff", first, first, "--max-rows", "-1", check=False)
     assert negative.returncode != 0 and "--max-rows" in negative.stderr
+
+
+def test_latest_of_another_device(backups: tuple[Cli, str, str], tmp_path: Path) -> None:
+    """``diff ID latest --device NAME`` compares with another device's newest backup, as
+    ``ls``/``sql``/``restore`` take ``--device``; with two ids ``--device`` is refused."""
+    cli, _first, second = backups
+    other = tmp_path / "desktop"
+    _sql(other / "notes.db", "CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT)")
+    env = {**cli.env, "CLOUDKEEP_DEVICE_NAME": "desktop"}
+    made = subprocess.run(
+        [sys.executable, "-m", "cloudkeep", "--data", str(other), "--store", cli.store,
+         "backup", "--json"],
+        env=env, capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    desktop = json.loads(made.stdout)["id"]
+    report = json.loads(cli.run("diff", second, "latest", "--device", "desktop", "--json").stdout)
+    assert (report["a"], report["b"]) == (second, desktop)
+    assert "notes.db" in [change["path"] for change in report["files"]["changed"]]
+    refused = cli.run("diff", second, desktop, "--device", "desktop", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "cloudkeep: error: --device chooses among the backups for 'latest'; an id names one backup"
+    ]

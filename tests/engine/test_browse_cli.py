@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -117,6 +118,13 @@ def test_find(two_backups: tuple[list[str], str, list[str]], cli) -> None:  # ty
     assert len([line for line in cut.stdout.splitlines() if line.startswith("  ")]) == 2
     none = cli(*args, "find", "*.nothing", env=ENV)
     assert none.code == 0 and "no entry matches" in none.stdout
+    nobody = cli(*args, "find", "*", "--device", "lapto", env=ENV)
+    assert nobody.code == 1 and nobody.stdout == ""
+    assert nobody.stderr.splitlines() == [
+        "cloudkeep: error: no backup of device 'lapto' (devices: 'desktop', 'laptop')"
+    ]
+    one = cli(*args, "find", "*", "--limit", "1", env=ENV)
+    assert "stopped after 1 match: --limit N" in one.stderr
     bad = cli(*args, "find", "*", "--type", "fifo", env=ENV)
     assert bad.code == 1 and "--type is one of file, dir, symlink" in bad.stderr
     assert "holds a '/'" in cli("find", "--help").stdout
@@ -152,7 +160,8 @@ def test_dump(two_backups: tuple[list[str], str, list[str]], data_dir: Path, cli
         assert extracted is not None and extracted.read() == b'{"theme": "light"}'
 
     for path, message in (
-        ("config", "is a folder"),
+        ("config", "is a folder of backup"),
+        ("config", "or --archive tar for a folder"),
         ("config/link", "is a symlink to 'app.json'"),
         ("nope", "is not in backup"),
         ("../x", "not a path inside a backup"),
@@ -169,6 +178,32 @@ def test_dump(two_backups: tuple[list[str], str, list[str]], data_dir: Path, cli
     head.stdout.close()
     assert head.wait(timeout=60) == 0
     assert head.stderr is not None and b"error" not in head.stderr.read()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is POSIX's")
+def test_dump_refuses_a_terminal(two_backups: tuple[list[str], str, list[str]]) -> None:
+    """A database's bytes on a terminal garble it: dump asks for a redirection (restic's
+    rule), one line, exit 1, nothing written."""
+    import pty
+
+    args, _, _ = two_backups
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cloudkeep", *args, "dump", "latest", "config/app.json"],
+            stdout=follower, stderr=subprocess.PIPE, env={**os.environ, **ENV}, timeout=120,
+        )  # fmt: skip
+        os.close(follower)
+        written = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal is drained
+            written = os.read(leader, 4096)
+    finally:
+        os.close(leader)
+    assert done.returncode == 1 and written == b""
+    assert done.stderr.decode().splitlines() == [
+        "cloudkeep: error: dump writes a file's bytes to standard output, and stdout is a "
+        "terminal: redirect it ('> FILE') or pipe it ('| less')"
+    ]
 
 
 def test_dump_fetches_only_that_files_chunks(data_dir: Path, tmp_path: Path) -> None:
@@ -218,6 +253,14 @@ def test_restore_include_through_the_cli(
     undone = cli(*args, "restore", "--undo", env=ENV)
     assert undone.code == 0, undone.stderr
     assert (data_dir / "config" / "app.json").read_text() == '{"theme": "light"}'
+    # --json prints the backup as 'list --json' does: its size, not the part restored.
+    picked = cli(*args, "restore", first, "--include", "config/app.json", "--target",
+                 str(tmp_path / "picked-json"), "--json", env=ENV)  # fmt: skip
+    assert picked.code == 0, picked.stderr
+    listed = {
+        b["id"]: b for b in json.loads(cli(*args, "list", "--json", env=ENV).stdout)["iterable"]
+    }
+    assert json.loads(picked.stdout)["bytes"] == listed[first]["bytes"] > 1000
     missing = cli(*args, "restore", first, "--include", "config/nope", env=ENV)
     assert missing.code == 1 and "'config/nope' is not in backup" in missing.stderr
     refused = cli(*args, "restore", "--undo", "--include", "x", env=ENV)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def test_the_shell_reads_statements_and_dot_commands_from_a_pipe(
     assert "300" in out
     assert "\nsnippets\n" in out
     assert "CREATE TABLE snippets(id INTEGER PRIMARY KEY" in out
-    assert "* snippets.db" in out
+    # .databases as 'ls' prints sizes (human, aligned), the open one marked
+    assert re.search(r"^\* +\d[\d.]* (B|KiB|MiB)  snippets\.db$", out, re.MULTILINE), out
     assert "a;b" in out and "42" in out
     assert ".schema [TABLE]" in out
     assert not done.stderr.strip()
@@ -138,14 +140,31 @@ def test_the_shell_reports_errors_and_goes_on(sql, data_dir: Path, tmp_path: Pat
     done = shell(
         data_dir,
         tmp_path,
-        "SELEC 1;\nINSERT INTO snippets(body) VALUES ('x');\n.frobnicate\nSELECT 7;\nSELECT 8",
+        "SELEC 1;\nINSERT INTO snippets(body) VALUES ('x');\n.frobnicate\nSELECT 7;\nSELECT 'open",
     )
     assert done.code == 1
-    assert "7" in done.stdout and "8" not in done.stdout
+    assert "7" in done.stdout and "open" not in done.stdout
     errors = done.stderr.strip().splitlines()
     assert len(errors) == 4, errors
     assert "syntax error" in errors[0] and "only reading" in errors[1]
-    assert "unknown command .frobnicate" in errors[2] and "no ending ';'" in errors[3]
+    assert "unknown command .frobnicate" in errors[2] and "incomplete" in errors[3]
+
+
+def test_a_last_statement_without_its_semicolon_runs(sql, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``echo "SELECT ..." | cloudkeep sql`` answers, as sqlite3 does; blank lines are ignored."""
+    done = shell(data_dir, tmp_path, "\n\nSELECT 6 * 7 AS answer\n\n")
+    assert done.code == 0, done.stderr
+    assert done.stdout.split() == ["answer", "42"] and not done.stderr.strip()
+
+
+def test_a_dot_command_after_blank_lines_is_a_dot_command(
+    sql, data_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An empty line at the prompt starts no statement: '.tables' after it was sent to
+    SQLite as SQL ('near ".": syntax error')."""
+    done = shell(data_dir, tmp_path, "\n  \n.tables\n\n.quit\n")
+    assert done.code == 0, done.stderr
+    assert "snippets" in done.stdout.split() and not done.stderr.strip()
 
 
 def test_quit_ends_the_shell(sql, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -31,6 +31,7 @@ The method taken is reported per database and per table.
 from __future__ import annotations
 
 import math
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -61,6 +62,14 @@ BLOB_PREVIEW = 16
 
 
 # ----------------------------------------------------------------------- files
+_TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
+
+
+def _mode_text(kind: str, mode: int | None) -> str:
+    """A mode as ``ls -l`` (and ``cloudkeep ls --json``, ``GET .../files``) write it."""
+    return stat.filemode(_TYPE_BITS.get(kind, 0) | (mode or 0))
+
+
 @dataclass(frozen=True, slots=True)
 class FileChange:
     path: str
@@ -83,8 +92,8 @@ class FileChange:
             "size_b": self.size_b,
             "type_a": self.type_a,
             "type_b": self.type_b,
-            "mode_a": self.mode_a,
-            "mode_b": self.mode_b,
+            "mode_a": _mode_text(self.type_a, self.mode_a),
+            "mode_b": _mode_text(self.type_b, self.mode_b),
             "changes": list(self.what),
         }
 

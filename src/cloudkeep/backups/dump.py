@@ -20,9 +20,10 @@ ARCHIVES = ("tar",)
 _READ_BYTES = 1024 * 1024
 
 
-def file_entry(manifest: Manifest, path: str) -> FileEntry:
+def file_entry(manifest: Manifest, path: str, folder_hint: str = "") -> FileEntry:
     """The regular file ``path`` of the backup: ``EntryNotFound`` if it holds none,
-    ``UserError`` for a folder or a symlink (they have no bytes of their own)."""
+    ``UserError`` for a folder or a symlink (they have no bytes of their own); a folder's
+    message ends with ``folder_hint`` (the front end's way to get one)."""
     listing = list_entries(manifest, path)
     path = listing.path
     if len(listing.entries) == 1 and listing.entries[0].path == path:
@@ -30,9 +31,7 @@ def file_entry(manifest: Manifest, path: str) -> FileEntry:
         if entry.type == "file":
             return entry
         raise UserError(f"{path!r} is a symlink to {entry.target!r} in backup {manifest.id}")
-    raise UserError(
-        f"{path or '/'!r} is a folder of backup {manifest.id}: give a file, or --archive tar"
-    )
+    raise UserError(f"{path or '/'!r} is a folder of backup {manifest.id}, not a file{folder_hint}")
 
 
 def write_file(reader: BackupReader, entry: FileEntry, out: BinaryIO) -> int:

@@ -154,7 +154,8 @@ def find(
         for entry in group.entries:
             print("  " + _line(entry, width))
     if truncated:
-        notice(f"stopped after {limit:,} matches: --limit N shows more (0: all)")
+        matches = "match" if limit == 1 else "matches"
+        notice(f"stopped after {limit:,} {matches}: --limit N shows more (0: all)")
 
 
 @app.command("dump", cls=FastCommand)
@@ -184,8 +185,11 @@ def dump(
 
     from cloudkeep.errors import UserError
 
-    if sys.stdout.isatty():  # a backup's bytes would reach the terminal as its commands
-        raise UserError("stdout is a terminal: redirect it ('> FILE' or '| tar tvf -')")
+    if sys.stdout.isatty():  # as restic: a backup's bytes would reach the terminal as commands
+        raise UserError(
+            "dump writes a file's bytes to standard output, and stdout is a terminal: "
+            "redirect it ('> FILE') or pipe it ('| less')"
+        )
     ws = workspace(ctx)
     resolved = ws.resolve(backup_id, device)
     out = sys.stdout.buffer

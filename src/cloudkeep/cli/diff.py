@@ -21,8 +21,27 @@ SHOWN_VALUE = 60
 @app.command(cls=FastCommand)
 def diff(
     ctx: typer.Context,
-    a: Annotated[str, typer.Argument(help="The first backup: an id, a prefix, or latest.")],
-    b: Annotated[str, typer.Argument(help="The second backup: an id, a prefix, or latest.")],
+    a: Annotated[
+        str,
+        typer.Argument(
+            metavar="A", help="The first backup: its id, a unique beginning of it, or 'latest'."
+        ),
+    ],
+    b: Annotated[
+        str,
+        typer.Argument(
+            metavar="B", help="The second backup: its id, a unique beginning of it, or 'latest'."
+        ),
+    ],
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            metavar="NAME",
+            help="With 'latest' (as A, B or both): the newest backup of this device "
+            "(default: this device's, or the only device's).",
+        ),
+    ] = None,
     rows: Annotated[
         bool, typer.Option("--rows", help="List the rows added, removed and changed.")
     ] = False,
@@ -39,7 +58,7 @@ def diff(
     only where its pages differ (the method taken is shown)."""
     if max_rows < 0:
         raise UserError("--max-rows must be 0 or more")
-    result = workspace(ctx).diff(a, b, rows=rows, max_rows=max_rows)
+    result = workspace(ctx).diff(a, b, rows=rows, max_rows=max_rows, device=device)
     if json:
         import json as json_text
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cloudkeep.cli.app import JsonOption, app, workspace
-from cloudkeep.cli.output import error, notice, one_line, print_json
+from cloudkeep.cli.output import error, notice, one_line, print_json, size_text
 from cloudkeep.cli.params import FastCommand
 
 if TYPE_CHECKING:
@@ -185,7 +185,9 @@ def _shell(ws: "Workspace", backup_id: str, db: "Database", max_rows: int, timeo
     failed = False
     for kind, text in _inputs(interactive):
         if kind == "unfinished":
-            error("error: the last statement has no ending ';' and was not run")
+            error(
+                "error: the last statement is incomplete (an open quote or comment) and was not run"
+            )
             failed = True
             break
         command = text.split(maxsplit=1)
@@ -208,7 +210,8 @@ def _shell(ws: "Workspace", backup_id: str, db: "Database", max_rows: int, timeo
 
 def _inputs(interactive: bool) -> "Iterator[tuple[str, str]]":
     """("dot", a dot command) and ("sql", a complete statement) as they are read; at the
-    end of input, ("unfinished", text) if a statement was left without its ';'."""
+    end of input, a last statement without its ';' as ("sql", ...), or ("unfinished",
+    text) if it cannot be completed (an open quote or comment)."""
     import apsw
 
     if interactive:
@@ -227,17 +230,33 @@ def _inputs(interactive: bool) -> "Iterator[tuple[str, str]]":
             buffer = ""
             continue
         if line is None:
-            if buffer.strip():
-                yield "unfinished", buffer
+            yield from _last(buffer)
             return
-        if not buffer and line.strip().startswith("."):
-            yield "dot", line.strip()
-            continue
+        if not buffer.strip():  # blank lines before a statement: still at its start
+            buffer = ""
+            if line.strip().startswith("."):
+                yield "dot", line.strip()
+                continue
+            if not line.strip():
+                continue
         buffer += line + "\n"
         if apsw.complete(buffer):
             for statement in _split(buffer):
                 yield "sql", statement
             buffer = ""
+
+
+def _last(buffer: str) -> "Iterator[tuple[str, str]]":
+    """The text left at the end of input: a last statement without its ';' runs, as
+    sqlite3 runs it; an open quote or comment cannot be completed ("unfinished")."""
+    import apsw
+
+    if not buffer.strip():
+        return
+    if apsw.complete(buffer + ";"):
+        yield from (("sql", statement) for statement in _split(buffer + ";"))
+    else:
+        yield "unfinished", buffer
 
 
 def _split(text: str) -> "Iterator[str]":
@@ -272,10 +291,12 @@ def _dot(ws: "Workspace", backup_id: str, db: "Database", command: str, arg: str
     elif command == ".schema":
         for statement in db.schema(arg):
             print(_lines(statement) + ";")
-    elif command == ".databases":
-        for entry in ws.databases(backup_id):
+    elif command == ".databases":  # as 'cloudkeep ls': the size, then the path
+        entries = ws.databases(backup_id)
+        width = max((len(size_text(entry.size)) for entry in entries), default=0)
+        for entry in entries:
             mark = "*" if entry.path == db.entry.path else " "
-            print(f"{mark} {one_line(entry.path)}  {entry.size:,} bytes")
+            print(one_line(f"{mark} {size_text(entry.size):>{width}}  {entry.path}"))
     else:
         from cloudkeep.errors import QueryRefused
 

@@ -304,8 +304,13 @@ function renderBackups() {
   drawTimeline();
   drawCharts();
   state.labels = state.backups.map(backupLabel);
-  const newest = state.backups[0]?.id;
-  const older = state.backups[1] ? state.backups[1].id : newest;
+  // As `latest` on the command line: this device's backups first, so a restore in place
+  // does not default to another device's data, nor a comparison to two devices.
+  const device = state.status?.device_name;
+  const own = state.backups.filter((b) => b.device_name === device);
+  const chosen = own.length ? own : state.backups;
+  const newest = chosen[0]?.id;
+  const older = chosen[1] ? chosen[1].id : newest;
   for (const id of ["restore-backup", "files-backup", "query-backup"]) fillBackupSelect($(id), { fallback: newest });
   fillBackupSelect($("compare-a"), { fallback: older });
   fillBackupSelect($("compare-b"), { fallback: newest });
@@ -427,8 +432,8 @@ async function checkAccess() {
 }
 
 function refreshAfterChange() {
-  loadStatus();
-  loadBackups().then(() => {
+  // The status first (a few ms): it names this device, whose newest backup the choices take.
+  loadStatus().then(loadBackups).then(() => {
     if (state.backups.length) loadStats();
   });
 }
@@ -1139,9 +1144,9 @@ async function saveRetention(event) {
 
 // ---------------------------------------------------------------- start
 function loadAll() {
-  // In parallel: the page's structure is already painted.
-  loadStatus();
-  loadBackups().then(() => {
+  // In parallel (the page's structure is already painted), but the status before the
+  // backups (a few ms): it names this device, whose newest backup the choices take.
+  loadStatus().then(loadBackups).then(() => {
     if (!state.backups.length) return; // an empty store has no figures yet (511)
     loadStats();
     loadDatabases();

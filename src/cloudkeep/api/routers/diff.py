@@ -35,8 +35,9 @@ class FileChanged(BaseModel):
     size_b: int
     type_a: str
     type_b: str
-    mode_a: int
-    mode_b: int
+    #: Type and permissions as ``ls -l`` writes them ("-rw-r--r--"), as the files route.
+    mode_a: str
+    mode_b: str
     #: What differs: content, type, mode, target.
     changes: list[str]
 
