@@ -45,6 +45,16 @@ def fill_restore_form(page: Page, backup: str, paths: list[str], target: Path | 
     backups.get_by_label("Paths to restore, one per line").fill("\n".join(paths))
     backups.get_by_label("Restore into this folder").fill(str(target) if target else "")
     backups.get_by_role("button", name="Restore", exact=True).click()
+    if target is None:
+        confirm_in_place(page)
+
+
+def confirm_in_place(page: Page) -> None:
+    """An in-place restore asks first, naming the data folder; only "Restore over the
+    data" starts it."""
+    dialog = page.get_by_role("dialog", name="Restore over the data folder?")
+    expect(dialog).to_contain_text("Undo last restore")
+    dialog.get_by_role("button", name="Restore over the data").click()
 
 
 def test_restore_chosen_paths_into_a_folder(
@@ -92,6 +102,7 @@ def test_restore_in_place_waits_for_the_app_to_stop_and_can_be_undone(
     assert notes_on_disk(database) == [*changed, "written while the app runs"]
 
     backups.get_by_role("button", name="Restore", exact=True).click()
+    confirm_in_place(page)
     expect(backups.get_by_text(f"Restored {backup}.")).to_be_visible()
     assert notes_on_disk(database) == NOTES
     assert (site.data / "docs" / "readme.txt").is_file()

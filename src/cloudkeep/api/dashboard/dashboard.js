@@ -476,6 +476,29 @@ function prepareRestore(id, paths) {
   $("restore-backup").focus();
 }
 
+/** An in-place restore replaces the live data: asked first, as a delete is (a restore into
+ * a folder of the user's choice needs no question). */
+function confirmRestore() {
+  const id = $("restore-backup").value;
+  if (!id) return;
+  if ($("restore-target").value.trim()) {
+    startRestore(false);
+    return;
+  }
+  const backup = state.backups.find((item) => item.id === id);
+  const paths = $("restore-paths").value.split("\n").map((p) => p.trim()).filter(Boolean);
+  const what = paths.length ? `${paths.length} chosen path${paths.length === 1 ? "" : "s"} of the backup` : "the whole backup";
+  const of = backup ? ` of ${formatTime(backup.created)} on ${backup.device_name}` : ` ${id}`;
+  const folder = state.status?.data ? ` ${state.status.data}` : "";
+  const dialog = $("restore-dialog");
+  $("restore-dialog-text").textContent = `Restore ${what}${of} over the data folder${folder}? What it replaces is kept, and "Undo last restore" puts it back.`;
+  dialog.returnValue = "";
+  dialog.onclose = () => {
+    if (dialog.returnValue === "restore") startRestore(false);
+  };
+  dialog.showModal();
+}
+
 async function startRestore(force) {
   const id = $("restore-backup").value;
   if (!id) return;
@@ -1174,7 +1197,7 @@ function start() {
   });
   $("restore-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    startRestore(false);
+    confirmRestore();
   });
   $("restore-force").addEventListener("click", () => startRestore(true));
   $("undo-restore").addEventListener("click", () => undoRestore(false));
