@@ -394,8 +394,9 @@ def diff_database(
         else:
             result.method, result.reason = "full", f"the database was {status}"
         names = sorted(tables_a.keys() | tables_b.keys(), key=str.lower)
-        try:
-            result.tables = [
+
+        def compare(plan: PagePlan | None) -> list[TableDiff]:
+            return [
                 _diff_table(
                     name,
                     tables_a.get(name),
@@ -409,6 +410,9 @@ def diff_database(
                 )
                 for name in names
             ]
+
+        try:
+            result.tables = compare(plan)
             reason = plan.unaccounted(tables_a, tables_b) if plan is not None else ""
         except btree.MalformedPage as exc:  # a compared leaf's overflow chains
             reason = f"cannot follow the database's structure ({exc})"
@@ -417,20 +421,7 @@ def diff_database(
             plan = _all_full(tables_a, tables_b, reason, plan.pages, plan.differing)
             budget.left = left  # the first comparison's listing is dropped
             result.method, result.reason = plan.method, plan.reason
-            result.tables = [
-                _diff_table(
-                    name,
-                    tables_a.get(name),
-                    tables_b.get(name),
-                    conn_a,
-                    conn_b,
-                    plan,
-                    rows,
-                    max_rows,
-                    budget,
-                )
-                for name in names
-            ]
+            result.tables = compare(plan)
         result.tables = [table for table in result.tables if table.differs]
     finally:
         for conn in (conn_a, conn_b):

@@ -124,19 +124,11 @@ class Restorer:
         tracker.advance(0)
         try:
             staging.mkdir()
-            with gc_paused(), self._reader.opened():
-                try:
-                    self._materialize(manifest, staging, root_mode, umask, tracker)
-                    self.fetched_bytes = (
-                        sum(entry.size for entry in manifest.files if entry.type == "file")
-                        - self.reused_bytes
-                    )
-                except OSError as exc:
-                    if not out_of_room(exc):
-                        raise
-                    raise UserError(
-                        f"no room left to restore into {staging.parent}: {exc.strerror}"
-                    ) from exc
+            self._fill(manifest, staging, root_mode, umask, tracker)
+            self.fetched_bytes = (
+                sum(entry.size for entry in manifest.files if entry.type == "file")
+                - self.reused_bytes
+            )
             tracker.check_canceled()
             if target is None:
                 UndoFolder(live).discard()  # one undo at a time: this restore's replaces it
@@ -177,15 +169,7 @@ class Restorer:
         tracker.advance(0)
         try:
             staging.mkdir()
-            with gc_paused(), self._reader.opened():
-                try:
-                    self._materialize(part, staging, None, umask, tracker)
-                except OSError as exc:
-                    if not out_of_room(exc):
-                        raise
-                    raise UserError(
-                        f"no room left to restore into {staging.parent}: {exc.strerror}"
-                    ) from exc
+            self._fill(part, staging, None, umask, tracker)
             self.fetched_bytes = part.bytes - self.reused_bytes
             tracker.check_canceled()
             if before_swap is not None:
@@ -201,6 +185,26 @@ class Restorer:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return undo.folder
+
+    def _fill(
+        self,
+        manifest: Manifest,
+        staging: Path,
+        root_mode: int | None,
+        umask: int,
+        tracker: Tracker,
+    ) -> None:
+        """Create the entries of ``manifest`` in ``staging`` under a shared repository
+        lock; a full disk is one line naming where."""
+        with gc_paused(), self._reader.opened():
+            try:
+                self._materialize(manifest, staging, root_mode, umask, tracker)
+            except OSError as exc:
+                if not out_of_room(exc):
+                    raise
+                raise UserError(
+                    f"no room left to restore into {staging.parent}: {exc.strerror}"
+                ) from exc
 
     def _materialize(
         self,
