@@ -166,3 +166,30 @@ def test_download_a_file(start_server: StartServer) -> None:
             assert refused.status_code == status, (path, refused.text)
             assert text in refused.text and refused.headers["content-type"].startswith("text/")
             assert "--archive" not in refused.text  # the CLI's option means nothing here
+
+
+def test_a_store_without_backups_answers_as_an_empty_one(start_server: StartServer) -> None:
+    """Before the first backup the store holds no repository: as GET /backups answers an
+    empty list, find finds nothing and a named backup is unknown (not 511, which says the
+    server is misconfigured)."""
+    server = start_server(notes=["one"])
+    with server.http() as http:
+        found = http.get("/cloudkeep/find", params={"pattern": "*"})
+        assert found.status_code == 200, found.text
+        assert found.json() == {"matches": [], "truncated": False}
+        named = http.get("/cloudkeep/find", params={"pattern": "*", "backup": "0.1.0_1"})
+        assert named.status_code == 404 and "0.1.0_1" in named.text
+        for path in (
+            "/cloudkeep/backups/0.1.0_1/files",
+            "/cloudkeep/backups/0.1.0_1/file?path=notes.db",
+            "/cloudkeep/backups/0.1.0_1/databases",
+            "/cloudkeep/diff?a=0.1.0_1&b=0.1.0_2",
+        ):
+            answer = http.get(path)
+            assert answer.status_code == 404, (path, answer.status_code, answer.text)
+        for path, body in (
+            ("/cloudkeep/backups/0.1.0_1/restore", {"paths": ["notes.db"]}),
+            ("/cloudkeep/backups/0.1.0_1/sql", {"query": "SELECT 1"}),
+        ):
+            answer = http.post(path, json=body)
+            assert answer.status_code == 404, (path, answer.status_code, answer.text)

@@ -15,9 +15,9 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["BackupService", "validate_id"]
 
 log = logging.getLogger("cloudkeep.api")
+T = TypeVar("T")
 
 # Backup ids are ``version_timestamp``; job ids ``job-<hex>``. Anything else (slashes,
 # dots-only, control characters, absurd lengths) is refused before it reaches storage.
@@ -332,13 +333,26 @@ class BackupService:
         return await run_in_threadpool(self.workspace().pending_undo)
 
     # -- browsing (reads: the engine in a thread, never a job) ---------------------
+    async def read_backup(self, backup_id: str, read: Callable[[], T]) -> T:
+        """Run ``read`` (of the backup ``backup_id``) in the thread pool. A store with no
+        repository yet holds no backups, so the id is simply unknown: 404, as
+        ``get`` answers, not the 511 that says the server's store is misconfigured."""
+        try:
+            return await run_in_threadpool(read)
+        except RepositoryNotFound as exc:
+            raise _not_found(backup_id) from exc
+
     async def ls(self, backup_id: str, path: str, recursive: bool) -> Listing:
         validate_id(backup_id)
-        return await run_in_threadpool(self.workspace().ls, backup_id, path, recursive)
+        return await self.read_backup(
+            backup_id, lambda: self.workspace().ls(backup_id, path, recursive)
+        )
 
     async def file_entry(self, backup_id: str, path: str) -> FileEntry:
         validate_id(backup_id)
-        return await run_in_threadpool(self.workspace().file_entry, backup_id, path)
+        return await self.read_backup(
+            backup_id, lambda: self.workspace().file_entry(backup_id, path)
+        )
 
     def file_stream(self, backup_id: str, path: str) -> Iterator[bytes | memoryview]:
         """The file's bytes, fetched as they are consumed (iterate in a thread)."""
@@ -354,9 +368,16 @@ class BackupService:
     ) -> tuple[list[Found], bool]:
         if backup_id is not None:
             validate_id(backup_id)
-        return await run_in_threadpool(
-            self.workspace().find, pattern, device, backup_id, kind, limit
-        )
+        try:
+            return await run_in_threadpool(
+                self.workspace().find, pattern, device, backup_id, kind, limit
+            )
+        except RepositoryNotFound as exc:
+            # No repository yet means no backups, as GET /backups answers: nothing is
+            # found, and a named backup is simply unknown.
+            if backup_id is not None:
+                raise _not_found(backup_id) from exc
+            return [], False
 
     # -- job lookups -------------------------------------------------------------
     def creation_job(self, ident: str) -> Job | None:

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.deps import Service
 from cloudkeep.api.routers._responses import ENGINE, errors, json_safe
@@ -128,7 +127,7 @@ async def diff(
     rows: bool = False,
     max_rows: Annotated[int, Query(ge=0, le=MAX_ROWS_LIMIT)] = 100,
 ) -> Any:
-    result = await run_in_threadpool(
-        lambda: service.workspace().diff(a, b, rows=rows, max_rows=max_rows)
+    result = await service.read_backup(
+        a, lambda: service.workspace().diff(a, b, rows=rows, max_rows=max_rows)
     )
     return json_safe(result.to_json())

@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from cloudkeep.api.deps import BackupId, Service
 from cloudkeep.api.routers._responses import ENGINE, errors, json_safe
@@ -79,7 +78,7 @@ class SqlResult(BaseModel):
     responses=_RESPONSES,
 )
 async def databases(backup: BackupId, service: Service) -> Databases:
-    entries = await run_in_threadpool(lambda: service.workspace().databases(backup))
+    entries = await service.read_backup(backup, lambda: service.workspace().databases(backup))
     return Databases(
         databases=[DatabaseFile(path=json_safe(entry.path), size=entry.size) for entry in entries]
     )
@@ -96,7 +95,7 @@ async def databases(backup: BackupId, service: Service) -> Databases:
     responses=errors(*ENGINE, 400, 404, 409, 422),
 )
 async def query(backup: BackupId, body: SqlQuery, service: Service) -> SqlResult:
-    return await run_in_threadpool(_run, service, backup, body)
+    return await service.read_backup(backup, lambda: _run(service, backup, body))
 
 
 def _run(service: Service, backup: str, body: SqlQuery) -> SqlResult:
