@@ -201,15 +201,21 @@ def substitute(repo: Repository, entry: FileEntry, chunk: int) -> FileEntry:
     return replace(entry, content=[list_id.hex()])
 
 
+def notes_entry(store_url: str, backup_id: str) -> tuple[Repository, Manifest, FileEntry]:
+    """The attacker's handle on the store, the backup's manifest and its notes.db entry."""
+    repo = attacker_repo(store_url)
+    manifest = Manifest.decode(repo.load_file("snapshots", backup_id), backup_id)
+    (entry,) = [e for e in manifest.files if e.path == "notes.db"]
+    return repo, manifest, entry
+
+
 @pytest.mark.parametrize("where", ["first page", "last page"])
 def test_a_substituted_page_is_refused(
     where: str, tmp_path: Path, hostile_store: HostileStore, guarded_home: Path, cli
 ) -> None:  # type: ignore[no-untyped-def]
     victim = Victim(tmp_path, hostile_store.url, cli, guarded_home)
     real_id = victim.backup()
-    repo = attacker_repo(hostile_store.url)
-    manifest = Manifest.decode(repo.load_file("snapshots", real_id), real_id)
-    (entry,) = [e for e in manifest.files if e.path == "notes.db"]
+    repo, manifest, entry = notes_entry(hostile_store.url, real_id)
     chunks = sum(len(decode_chunk_list(repo.read_blob(bytes.fromhex(i)))) for i in entry.content)
     forged = substitute(repo, entry, 0 if where == "first page" else chunks - 1)
     forged_id = plant(repo, manifest, [forged])
@@ -229,9 +235,7 @@ def test_a_size_that_disagrees_with_the_chunks_is_refused(
 ) -> None:  # type: ignore[no-untyped-def]
     victim = Victim(tmp_path, hostile_store.url, cli, guarded_home)
     real_id = victim.backup()
-    repo = attacker_repo(hostile_store.url)
-    manifest = Manifest.decode(repo.load_file("snapshots", real_id), real_id)
-    (entry,) = [e for e in manifest.files if e.path == "notes.db"]
+    repo, manifest, entry = notes_entry(hostile_store.url, real_id)
     forged_id = plant(repo, manifest, [replace(entry, size=entry.size + delta)])
     done = victim.run("sql", forged_id, "SELECT count(*) FROM notes")
     assert_clean_failure(done, codes=(2,))
