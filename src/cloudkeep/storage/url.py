@@ -91,6 +91,8 @@ class _Spec:
     description: str
     atomic_rename: bool = False
     secrets: list[str] = field(default_factory=list)
+    #: Where the credentials come from, said when they are missing or refused.
+    credentials_hint: str = ""
 
 
 def _error(url: str, why: str) -> ConfigurationError:
@@ -158,6 +160,12 @@ def _endpoint(url: str, value: str) -> str:
     if "@" in urlsplit(value).netloc:
         raise _error(url, "credentials are not accepted in the endpoint; use the environment")
     return value.rstrip("/")
+
+
+def _host_in(endpoint: str, domain: str) -> bool:
+    """Whether the endpoint's host is ``domain`` or below it."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    return host == domain or host.endswith("." + domain)
 
 
 def _no_userinfo(url: str, netloc: str) -> None:
@@ -242,6 +250,9 @@ def _parse_s3(url: str, env: Mapping[str, str]) -> _Spec:
     options: dict[str, str] = {"bucket": bucket, "root": _root(parts.path)}
     if endpoint:
         options["endpoint"] = _endpoint(url, endpoint)
+        if not _host_in(options["endpoint"], "amazonaws.com"):
+            # EC2's metadata service hands out AWS credentials: a look-alike never takes them.
+            options["disable_ec2_metadata"] = "true"
     region = params.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if not region and endpoint:
         region = "us-east-1"  # MinIO and most S3 look-alikes accept any signing region
@@ -267,22 +278,66 @@ def _parse_s3(url: str, env: Mapping[str, str]) -> _Spec:
     description = f"s3://{bucket}{options['root'].rstrip('/')}"
     if endpoint:
         description += f" at {describe_store_url(options['endpoint'])}"
-    return _Spec("s3", options, description, secrets=secrets)
+    hint = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for "
+    hint += "temporary ones) to a key that may read and write this bucket"
+    return _Spec("s3", options, description, secrets=secrets, credentials_hint=hint)
+
+
+_GCS_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]*[a-z0-9]")
+_AZURE_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+
+
+def _check_gcs_bucket(url: str, bucket: str) -> None:
+    """Google's bucket naming rules, so a typo is named here rather than as a 404."""
+    longest = 222 if "." in bucket else 63
+    if (
+        not _GCS_BUCKET.fullmatch(bucket)
+        or not 3 <= len(bucket) <= longest
+        or any(len(part) > 63 for part in bucket.split("."))
+    ):
+        raise _error(
+            url,
+            f"gcs bucket names are 3 to 63 lowercase letters, digits, '-', '_' and '.', "
+            f"starting and ending with a letter or digit, not {bucket!r}",
+        )
 
 
 def _parse_gcs(url: str, env: Mapping[str, str]) -> _Spec:
+    """Credentials, first found: ``GOOGLE_OAUTH_ACCESS_TOKEN`` (a static token, as
+    ``gcloud auth print-access-token`` prints), ``GOOGLE_APPLICATION_CREDENTIALS`` (a
+    service account's key file), then what OpenDAL finds itself (gcloud's application
+    default credentials, the VM metadata server on Google Cloud). ``?anonymous=true``
+    sends unsigned requests (emulators, public buckets). An ``?endpoint=`` off
+    googleapis.com never gets a token from the VM metadata server (it is Google's)."""
     parts = urlsplit(url)
     _no_userinfo(url, parts.netloc)
     if not parts.netloc:
         raise _error(url, "gcs URLs look like gcs://bucket/prefix")
-    params = _params(url, parts.query, ("endpoint",))
+    params = _params(url, parts.query, ("endpoint", "anonymous"))
+    _check_gcs_bucket(url, parts.netloc)
     options = {"bucket": parts.netloc, "root": _root(parts.path)}
     if params.get("endpoint"):
         options["endpoint"] = _endpoint(url, params["endpoint"])
-    if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        if not _host_in(options["endpoint"], "googleapis.com"):
+            options["disable_vm_metadata"] = "true"
+    secrets = []
+    if _flag(url, params.get("anonymous", "false"), "anonymous"):
+        options.update(allow_anonymous="true", disable_vm_metadata="true")
+        options["disable_config_load"] = "true"
+    elif env.get("GOOGLE_OAUTH_ACCESS_TOKEN"):
+        options["token"] = env["GOOGLE_OAUTH_ACCESS_TOKEN"]
+        secrets.append(options["token"])
+    elif env.get("GOOGLE_APPLICATION_CREDENTIALS"):
         options["credential_path"] = env["GOOGLE_APPLICATION_CREDENTIALS"]
     description = f"gcs://{parts.netloc}{options['root'].rstrip('/')}"
-    return _Spec("gcs", options, description)
+    if "endpoint" in options:
+        description += f" at {describe_store_url(options['endpoint'])}"
+    hint = (
+        "set GOOGLE_OAUTH_ACCESS_TOKEN (gcloud auth print-access-token) or "
+        "GOOGLE_APPLICATION_CREDENTIALS (a service account key file) for an account "
+        "that may read and write this bucket, or add ?anonymous=true for an emulator"
+    )
+    return _Spec("gcs", options, description, secrets=secrets, credentials_hint=hint)
 
 
 def _azure_connection_string(text: str) -> dict[str, str]:
@@ -300,6 +355,12 @@ def _parse_azblob(url: str, env: Mapping[str, str]) -> _Spec:
     if not parts.netloc:
         raise _error(url, "azblob URLs look like azblob://container/prefix")
     params = _params(url, parts.query, ("endpoint",))
+    if not _AZURE_CONTAINER.fullmatch(parts.netloc) and parts.netloc not in ("$root", "$web"):
+        raise _error(
+            url,
+            "azblob container names are 3 to 63 lowercase letters, digits and single "
+            f"hyphens, starting and ending with a letter or digit, not {parts.netloc!r}",
+        )
     conn = _azure_connection_string(env.get("AZURE_STORAGE_CONNECTION_STRING", ""))
     account = (
         conn.get("AccountName")
@@ -335,7 +396,11 @@ def _parse_azblob(url: str, env: Mapping[str, str]) -> _Spec:
         options["sas_token"] = sas
         secrets.append(sas)
     description = f"azblob://{parts.netloc}{options['root'].rstrip('/')} at {options['endpoint']}"
-    return _Spec("azblob", options, description, secrets=secrets)
+    hint = (
+        "set AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY (or AZURE_STORAGE_SAS_TOKEN, or "
+        "AZURE_STORAGE_CONNECTION_STRING) for an account that may read and write this container"
+    )
+    return _Spec("azblob", options, description, secrets=secrets, credentials_hint=hint)
 
 
 def _parse_webdav(url: str, env: Mapping[str, str]) -> _Spec:
@@ -367,7 +432,11 @@ def _parse_webdav(url: str, env: Mapping[str, str]) -> _Spec:
         secrets.append(password)
     description = f"{parts.scheme.lower()}://{netloc}" + (f":{port}" if port else "")
     description += options["root"].rstrip("/")
-    return _Spec("webdav", options, description, atomic_rename=True, secrets=secrets)
+    hint = "check the user (CLOUDKEEP_WEBDAV_USER or user@ in the URL), "
+    hint += "CLOUDKEEP_WEBDAV_PASSWORD, and that this user may write the folder"
+    return _Spec(
+        "webdav", options, description, atomic_rename=True, secrets=secrets, credentials_hint=hint
+    )
 
 
 def _parse_drive(url: str, env: Mapping[str, str]) -> _Spec:
@@ -496,6 +565,10 @@ def open_store(
         raw = LocalStorage(operator, spec.description, spec.options["root"], secrets=spec.secrets)
     else:
         raw = OpenDALStorage(
-            operator, spec.description, atomic_rename=spec.atomic_rename, secrets=spec.secrets
+            operator,
+            spec.description,
+            atomic_rename=spec.atomic_rename,
+            secrets=spec.secrets,
+            credentials_hint=spec.credentials_hint,
         )
     return RetryingStorage.with_policy(raw, policy)
