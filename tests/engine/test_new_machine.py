@@ -193,9 +193,14 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_new_machine_restore_from_s3_into_an_empty_home(cli, s3_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "server", ["s3_server", "azurite_server", "gcs_server"], ids=["s3", "azblob", "gcs"]
+)
+def test_new_machine_restore_from_a_cloud_store_into_an_empty_home(
+    cli, server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """The README's "Restore on a new machine", as two real machines would run it."""
-    store = s3_server.url_for("new-machine")
+    store = request.getfixturevalue(server).url_for("new-machine")
     passphrase_file = tmp_path / "passphrase"
     passphrase_file.write_text("a passphrase kept safe\n")
     passphrase_file.chmod(0o600)

@@ -262,10 +262,14 @@ def _absolute(url: str) -> str:
 
 def _store_failure(url: str, exc: CloudkeepError) -> CloudkeepError:
     """``exc`` naming what to do when the store's credentials are plainly missing."""
+    gcs: tuple[str, ...] = ("GOOGLE_APPLICATION_CREDENTIALS",)
+    if os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN") or "anonymous=true" in url.lower():
+        gcs = ()  # a static token, or an emulator that needs none
     needed = {
         "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
         "azblob": ("AZURE_STORAGE_ACCOUNT",),
-        "gcs": ("GOOGLE_APPLICATION_CREDENTIALS",),
+        "gcs": gcs,
+        "gs": gcs,
     }.get(url.split("://", 1)[0].lower(), ())
     missing = [name for name in needed if not os.environ.get(name)]
     if not missing:

@@ -52,6 +52,7 @@ _SECRET_PARAM = re.compile(
 _STATUS = re.compile(r"\bstatus: (\d{3})\b")
 _MAX_MESSAGE = 300
 _CUT_SHORT = "reader got too little data"
+_BARE_HEAD = re.compile(r"^\w+ \([\w ]+\) at \w+$")
 _NO_CREDENTIAL = "failed to load signing credential"
 #: How S3, Azure and GCS name a bucket or container that is not there.
 _NO_BUCKET = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
@@ -87,7 +88,7 @@ def summarize_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
         source = next((line for line in following if line), "")
     s3 = _S3_ERROR.search(message)
     if s3:
-        message = f"{s3.group('code')}: {s3.group('message')}"
+        message = f"{s3.group('code')}: {s3.group('message')}".rstrip(": ")
     if source and source not in message:
         message = f"{message} ({source})"
     return redact(message, secrets)[:_MAX_MESSAGE]
@@ -237,8 +238,8 @@ class OpenDALStorage:
         """One line naming what to fix when the store itself refuses us, else None."""
         text = str(exc)
         hint = f": {self._credentials_hint}" if self._credentials_hint else ""
-        if isinstance(exc, oe.NotFound) and (
-            action == "put" or any(code in text for code in _NO_BUCKET)
+        if any(code in text for code in _NO_BUCKET) or (
+            isinstance(exc, oe.NotFound) and action == "put"
         ):
             # An object store answers a write "not found" only for a missing bucket.
             return StoreRejected(
@@ -252,7 +253,10 @@ class OpenDALStorage:
             )
         if _NO_CREDENTIAL in text:
             return StoreRejected(f"{where}: no credentials found{hint}")
-        if isinstance(exc, oe.PermissionDenied) or _http_status(exc) in (401, 403):
+        status = _http_status(exc)
+        if isinstance(exc, oe.PermissionDenied) or status in (401, 403):
+            if _BARE_HEAD.match(reason):  # a HEAD's refusal has no body to quote
+                reason = f"HTTP {status}" if status else "refused"
             return StoreRejected(f"{where}: access denied ({reason}){hint}")
         return None
 

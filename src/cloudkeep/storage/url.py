@@ -241,8 +241,16 @@ def _parse_s3(url: str, env: Mapping[str, str]) -> _Spec:
     parts = urlsplit(url)
     _no_userinfo(url, parts.netloc)
     bucket = parts.netloc
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", bucket or ""):
+    if not bucket:
         raise _error(url, "s3 URLs look like s3://bucket/prefix?region=…")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}", bucket):
+        # AWS's rules for new buckets are stricter (3 to 63, lowercase); older buckets and
+        # look-alikes allow these.
+        raise _error(
+            url,
+            "s3 bucket names are 3 to 63 lowercase letters, digits, '.' and '-', "
+            f"starting with a letter or digit, not {bucket!r}",
+        )
     params = _params(url, parts.query, ("endpoint", "region", "force_path_style"))
     endpoint = (
         params.get("endpoint") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
