@@ -255,6 +255,7 @@ def test_gcs_forbidden_bucket(refusing_gcs: str, monkeypatch: pytest.MonkeyPatch
     store = open_store(f"gcs://private-bucket/p?endpoint={refusing_gcs}", retry=FAST)
     for write in (False, True):
         message = rejected(store, write=write)
-        assert f"on gcs://private-bucket/p at {refusing_gcs}: access denied (" in message
+        assert f"on gcs://private-bucket/p at {refusing_gcs}: access denied (HTTP 403: " in message
+        assert "caller does not have storage.objects.get access" in message
         assert GCS_HINT in message
     assert _Refusing.seen and set(_Refusing.seen) == {f"Bearer {SECRET}"}

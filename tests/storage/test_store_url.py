@@ -296,7 +296,7 @@ def test_webdav_wrong_password_is_rejected_fast(
 def test_missing_bucket_is_rejected(s3_server: Any) -> None:
     endpoint = s3_server.endpoint
     store = open_store(f"s3://no-such-bucket/p?endpoint={endpoint}", retry=FAST)
-    with pytest.raises(StoreRejected, match="NoSuchBucket"):
+    with pytest.raises(StoreRejected, match="the bucket/container does not exist: create it"):
         store.put("x", b"1")
-    with pytest.raises(StoreRejected, match="NoSuchBucket"):
+    with pytest.raises(StoreRejected, match="the bucket/container does not exist: create it"):
         list(store.list(""))

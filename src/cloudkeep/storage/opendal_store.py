@@ -45,6 +45,7 @@ TEMP_PREFIX = ".cloudkeep-tmp/"
 
 _HEAD = re.compile(r"^(?P<kind>\w+) \((?P<status>[\w ]+)\) at (?P<op>[^=]*?)\s*=> (?P<msg>.*)$")
 _S3_ERROR = re.compile(r'code: "(?P<code>[^"]*)", message: "(?P<message>[^"]*)"')
+_GCS_ERROR = re.compile(r'GcsError \{ code: (?P<code>\d+), message: "(?P<message>[^"]*)"')
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _SECRET_PARAM = re.compile(
     r"(?i)(?P<key>[\w-]*(?:signature|token|password|secret|credential|sig|key)[\w-]*=)[^&\s\"']+"
@@ -89,6 +90,9 @@ def summarize_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     s3 = _S3_ERROR.search(message)
     if s3:
         message = f"{s3.group('code')}: {s3.group('message')}".rstrip(": ")
+    gcs = _GCS_ERROR.search(message)
+    if gcs:
+        message = f"HTTP {gcs.group('code')}: {gcs.group('message')}"
     if source and source not in message:
         message = f"{message} ({source})"
     return redact(message, secrets)[:_MAX_MESSAGE]
