@@ -128,6 +128,7 @@ def test_s3_missing_credentials(s3_server: S3Server, monkeypatch: pytest.MonkeyP
 
 
 def test_s3_forbidden_bucket(s3_enforcing: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNTOMOTO")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     store = open_store(s3_enforcing.url_for("p"), retry=FAST)
     for write in (False, True):
@@ -213,17 +214,17 @@ def test_gcs_access_token_is_sent_as_a_bearer_token(
 
 
 class _Refusing(BaseHTTPRequestHandler):
-    """Answers every request as GCS answers a token without access to the bucket."""
+    """Answers every request with ``answer`` (status, content type, body), recording the
+    Authorization headers sent: a service refusing what no emulator here refuses."""
 
     seen: list[str] = []  # noqa: RUF012 - one server per test, reset by it
+    answer: tuple[int, str, bytes] = (500, "text/plain", b"")
 
     def _refuse(self) -> None:
         self.seen.append(self.headers.get("Authorization", ""))
-        body = json.dumps(
-            {"error": {"code": 403, "message": "caller does not have storage.objects.get access"}}
-        ).encode()
-        self.send_response(403)
-        self.send_header("Content-Type", "application/json")
+        status, content_type, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -236,8 +237,8 @@ class _Refusing(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def refusing_gcs() -> Iterator[str]:
-    """A loopback endpoint that refuses everything with 403 and records the tokens sent."""
+def refusing() -> Iterator[str]:
+    """A loopback endpoint answering ``_Refusing.answer`` to everything."""
     _Refusing.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -250,12 +251,31 @@ def refusing_gcs() -> Iterator[str]:
         thread.join()
 
 
-def test_gcs_forbidden_bucket(refusing_gcs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_bucket_name_refused_by_the_service(
+    refusing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS refuses some names older rules allowed (moto accepts any name)."""
+    error = b"<Error><Code>InvalidBucketName</Code><Message>The specified bucket is not valid."
+    error += b"</Message></Error>"
+    monkeypatch.setattr(_Refusing, "answer", (400, "application/xml", error))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIACLOUDKEEPTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    store = open_store(f"s3://Old_Style/p?endpoint={refusing}&region=us-east-1", retry=FAST)
+    message = rejected(store, write=True)
+    assert "on s3://Old_Style/p at " in message
+    assert "the service refuses the bucket/container name (InvalidBucketName" in message
+    assert message.endswith("fix it in the store URL")
+
+
+def test_gcs_forbidden_bucket(refusing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fake-gcs-server checks no credentials: a stand-in answers as GCS does."""
+    error = {"error": {"code": 403, "message": "caller does not have storage.objects.get access"}}
+    monkeypatch.setattr(_Refusing, "answer", (403, "application/json", json.dumps(error).encode()))
     monkeypatch.setenv("GOOGLE_OAUTH_ACCESS_TOKEN", SECRET)
-    store = open_store(f"gcs://private-bucket/p?endpoint={refusing_gcs}", retry=FAST)
+    store = open_store(f"gcs://private-bucket/p?endpoint={refusing}", retry=FAST)
     for write in (False, True):
         message = rejected(store, write=write)
-        assert f"on gcs://private-bucket/p at {refusing_gcs}: access denied (HTTP 403: " in message
+        assert f"on gcs://private-bucket/p at {refusing}: access denied (HTTP 403: " in message
         assert "caller does not have storage.objects.get access" in message
         assert GCS_HINT in message
     assert _Refusing.seen and set(_Refusing.seen) == {f"Bearer {SECRET}"}

@@ -57,8 +57,8 @@ _BARE_HEAD = re.compile(r"^\w+ \([\w ]+\) at \w+$")
 _NO_CREDENTIAL = "failed to load signing credential"
 #: How S3, Azure and GCS name a bucket or container that is not there.
 _NO_BUCKET = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
-#: How they refuse a bucket or container name (Azure says "OutOfRangeInput" for a length).
-_BAD_BUCKET_NAME = ("InvalidBucketName", "InvalidResourceName", "OutOfRangeInput")
+#: How S3 and Azure refuse a bucket or container name (the URL's checks catch most first).
+_BAD_BUCKET_NAME = ("InvalidBucketName", "InvalidResourceName")
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 _OS_REJECTED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _OS_PERMANENT = frozenset(
