@@ -121,6 +121,7 @@ def test_unknown_scheme_lists_supported_schemes() -> None:
         ("webdav://host:notaport/x", "port"),
         ("azblob://container/p", "AZURE_STORAGE_ACCOUNT"),
         ("gcs://", "gcs://bucket"),
+        ("gcs://bkt/p?anonymous=maybe", "anonymous must be true or false"),
         ("s3:bucket", "s3://"),
         ("s3://bkt/../p?region=x", "'..'"),
     ],
