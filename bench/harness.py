@@ -354,9 +354,9 @@ class Tool:
         folder fresh and empty under ``machine``. ``direct``: reach S3 without the link."""
         raise NotImplementedError
 
-    def restore_reuse(self, target: Path) -> Cmd | None:
+    def restore_reuse(self, target: Path, direct: bool = False) -> Cmd | None:
         """A restore that may take chunks from the live data folder (None: the tool never
-        does)."""
+        does); ``direct`` as for ``restore_new_machine``."""
         return None
 
     def after_backup(self, m: Measure, n: int) -> None:
@@ -504,10 +504,10 @@ class Cloudkeep(Tool):
         return Cmd([self.exe, *self.globals(None, direct), "restore", "latest",
                     "--target", str(target)], env=env)
 
-    def restore_reuse(self, target: Path) -> Cmd:
+    def restore_reuse(self, target: Path, direct: bool = False) -> Cmd:
         """Into ``target``, taking the chunks the live data (``--data``) still holds."""
         assert self.data is not None
-        return Cmd([self.exe, *self.globals(self.data), "restore", "latest",
+        return Cmd([self.exe, *self.globals(self.data, direct), "restore", "latest",
                     "--target", str(target)], env=self.env())
 
 

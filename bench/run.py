@@ -188,20 +188,20 @@ class Sequence:
                 return out
         out["store_bytes"] = tool.loc.bytes()
 
+        direct = self.store.link is not None and not self.link_restore
+        if direct:
+            out["restore_via"] = "S3 directly (not through the link: add --link-restore)"
+        else:
+            out["restore_via"] = {"file": "local store", "s3": "S3"}[self.store.kind] + (
+                " through the link" if self.store.link else "")
         reuse = tool.workdir / "restore-reuse"
-        if (cmd := tool.restore_reuse(reuse)) is not None:
+        if (cmd := tool.restore_reuse(reuse, direct)) is not None:
             empty_folder(reuse)
             if self.measure("restore_reuse", cmd, backup=False).rc != 0:
                 return out
             self.check("restore_reuse", reuse)
             shutil.rmtree(reuse)  # disk: the next restore needs the room
 
-        if self.store.link is not None and not self.link_restore:
-            out["restore_via"] = "S3 directly (not through the link: add --link-restore)"
-        else:
-            out["restore_via"] = {"file": "local store", "s3": "S3"}[self.store.kind] + (
-                " through the link" if self.store.link else "")
-        direct = self.store.link is not None and not self.link_restore
         target = empty_folder(tool.workdir / "restore-new")
         machine = empty_folder(tool.workdir / "new-machine")
         cmd = tool.restore_new_machine(target, machine, direct=direct)

@@ -186,7 +186,7 @@ def _legend(doc: dict[str, Any]) -> list[str]:
     lines.append(f"Store: {describe_store(doc['store'])}")
     via = {r["restore_via"] for r in doc["tools"].values() if r.get("restore_via")}
     if via:
-        lines.append(f"New-machine restores read from: {', '.join(sorted(via))}")
+        lines.append(f"Restores (4 and 4r) read from: {', '.join(sorted(via))}")
     cold = doc.get("cold_cache", {})
     lines.append(f"Cold page cache before each new-machine restore: {cold.get('method', '-')}"
                  f" ({cold.get('meaning', '')})")
@@ -212,7 +212,7 @@ def table(doc: dict[str, Any]) -> str:
     for name, r in doc["tools"].items():
         lines += _tool_lines(name, r, doc["ratios_vs_restic"].get(name, {}), s3, link)
     lines += ["", *_legend(doc), ""]
-    lines.append(f"{'target (cloudkeep / restic, same run)':<62} {'measured':>9} {'limit':>6}  "
+    lines.append(f"{'target (cloudkeep / restic, same run)':<70} {'measured':>9} {'limit':>6}  "
                  "verdict")
     group = None
     for t in doc["targets"]:
@@ -221,7 +221,7 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"[{group}]")
         unit = "" if t["unit"] == "ratio" else f" ({t['unit']})"
         why = f" - {t['why']}" if t.get("why") and t["verdict"] == "n/a" else ""
-        lines.append(f"{t['target'][:62]:<62} {_fmt(t['value'], '.3f'):>9} "
+        lines.append(f"{t['target'][:70]:<70} {_fmt(t['value'], '.3f'):>9} "
                      f"{t['limit']:>6g}  {t['verdict']}{unit}{why}")
     return "\n".join(lines)
 
