@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -172,11 +173,13 @@ class Sequence:
         if tool.workdir.exists():
             shutil.rmtree(tool.workdir)
         copy_tree(base, self.live)
+        os.sync()  # the copy's writeback must not land in a measured step
         tool.setup()
         out["page_cache"] = harness.page_cache_read_speed(self.live)  # also the warm-up read
         for n, step in enumerate(summary.BACKUPS, 1):
             if step == "mutation_1pct":
                 ms = generate.mutate(self.live, seed=mutate_seed)
+                os.sync()
                 out["mutation"] = {"rows_updated": ms.rows_updated, "seconds": ms.seconds}
                 out["data_state"] = generate.db_fingerprint(self.live / generate.SNIPPETS_DB)
             before = harness.source_state(self.live)
