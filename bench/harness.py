@@ -7,7 +7,6 @@ peak RSS are measured the same way for cloudkeep, restic and borg.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import platform
 import resource
@@ -265,15 +264,6 @@ def page_cache_read_speed(root: Path) -> dict[str, float]:
     n, secs = read_all(root)
     return {"bytes": n, "seconds": round(secs, 4),
             "mib_per_s": round(n / MIB / secs, 1) if secs > 0 else 0.0}
-
-
-def file_digest(p: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_state(root: Path) -> dict[str, tuple[int, int]]:

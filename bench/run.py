@@ -152,8 +152,9 @@ class Sequence:
         d = m.as_dict()
         if link0:
             link1 = self.store.proxy_stats()
-            d["link"] = {k: link1[k] - link0.get(k, 0) for k in link1
-                         if k not in ("max_active",)} | {"max_active": link1.get("max_active")}
+            # Counters are per step; the proxy keeps only a run-wide "most open at once".
+            d["link"] = {k: link1[k] - link0.get(k, 0) for k in link1 if k != "max_active"}
+            d["link"]["max_active_so_far"] = link1.get("max_active")
         self.out["steps"][step] = d
         log(f"{self.tool.name}: {step} rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
             f"rss={m.peak_rss_bytes / MIB:.0f}MiB"
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     base, live = root / "base", root / "live"
     db_bytes = db_size(base)
 
-    store = Store(args.store, root, args.link, log_dir=root / "logs")
+    store = Store(args.store, root / "logs", args.link)
     try:
         results = run_tools(args, store, root)
         store_info = store.describe()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,8 +130,6 @@ class FolderLocation(Location):
         return str(self.path)
 
     def prepare(self) -> None:
-        import shutil
-
         if self.path.exists():
             shutil.rmtree(self.path)
 
@@ -146,8 +145,6 @@ class FolderLocation(Location):
         return [Path(d, f) for d, _, fs in os.walk(self.path) for f in fs]
 
     def remove(self) -> None:
-        import shutil
-
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -284,17 +281,15 @@ class MotoServer:
 class Store:
     """The store mode of one bench run: hands each tool its ``Location``."""
 
-    def __init__(self, kind: str, workdir: Path, link: Link | None = None,
-                 log_dir: Path | None = None) -> None:
+    def __init__(self, kind: str, log_dir: Path, link: Link | None = None) -> None:
         if link is not None and kind != "s3":
             raise ValueError("--link needs --store s3 (the link sits in front of the S3 server)")
         self.kind = kind
-        self.workdir = workdir
         self.link = link
         self.moto: MotoServer | None = None
         self.proxy: Any = None
         if kind == "s3":
-            self.moto = MotoServer((log_dir or workdir) / "moto.log")
+            self.moto = MotoServer(log_dir / "moto.log")
             endpoint = self.moto.endpoint
             if link is not None:
                 sys.path.insert(0, str(Path(__file__).resolve().parent))
