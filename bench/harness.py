@@ -7,8 +7,6 @@ peak RSS are measured the same way for cloudkeep, restic and borg.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import platform
 import resource
@@ -17,16 +15,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+from stores import AWS_ENV_CLEARED, FolderLocation, Location
 
 MIB = 1024 * 1024
 POLL_S = 0.02
 PASSPHRASE = "cloudkeep-bench-passphrase-not-secret"
+CLEARED_ENV = (*AWS_ENV_CLEARED, "CLOUDKEEP_DATA", "CLOUDKEEP_STORE", "CLOUDKEEP_PASSPHRASE",
+               "CLOUDKEEP_PASSPHRASE_FILE", "CLOUDKEEP_CONFIG_DIR", "CLOUDKEEP_CACHE_DIR")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Measure:
     repo_bytes_after: int = 0
     other_cpu_s: float = 0.0
     loadavg_1m: float = 0.0
+    server_cpu_s: float = 0.0
+    bench_cpu_s: float = 0.0
+    processes: int = 0
     settle: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -73,8 +77,11 @@ class Measure:
 class RssSampler(threading.Thread):
     """Polls the tree every 20 ms: peak of summed RSS, plus each process's own VmHWM.
 
-    Polling can miss a short spike, so the kernel's per-process high-water mark is kept
-    too and the reported peak is max(peak summed RSS, largest single-process VmHWM).
+    The tree is the process and all its descendants at each poll (children of children
+    included, e.g. a spawned engine process). Polling can miss a short spike, so the
+    kernel's per-process high-water mark is kept too and the reported peak is
+    max(peak summed RSS, largest single-process VmHWM). ``per_process`` keeps each
+    process's peak and command line, for reporting one process of a tree on its own.
     """
 
     def __init__(self, proc: psutil.Process) -> None:
@@ -83,6 +90,7 @@ class RssSampler(threading.Thread):
         self.stop = threading.Event()
         self.peak_sum = 0
         self.hwm: dict[int, int] = {}
+        self.cmdlines: dict[int, str] = {}
 
     def _sample(self) -> None:
         try:
@@ -92,8 +100,11 @@ class RssSampler(threading.Thread):
         total = 0
         for p in procs:
             with contextlib.suppress(psutil.Error, OSError):
-                total += p.memory_info().rss
-                self.hwm[p.pid] = max(self.hwm.get(p.pid, 0), _vm_hwm(p.pid))
+                rss = p.memory_info().rss
+                total += rss
+                self.hwm[p.pid] = max(self.hwm.get(p.pid, 0), rss, _vm_hwm(p.pid))
+                if p.pid not in self.cmdlines:
+                    self.cmdlines[p.pid] = " ".join(p.cmdline())
         self.peak_sum = max(self.peak_sum, total)
 
     def run(self) -> None:
@@ -104,6 +115,11 @@ class RssSampler(threading.Thread):
     @property
     def peak(self) -> int:
         return max(self.peak_sum, max(self.hwm.values(), default=0))
+
+    def per_process(self) -> list[dict[str, Any]]:
+        """Peak RSS of each process seen in the tree, root first."""
+        return [{"pid": pid, "cmdline": self.cmdlines.get(pid, ""), "peak_rss_bytes": hwm}
+                for pid, hwm in sorted(self.hwm.items(), key=lambda kv: kv[0] != self.proc.pid)]
 
 
 def _vm_hwm(pid: int) -> int:
@@ -118,21 +134,36 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
-def run_measured(cmd: Cmd, log_path: Path, repo: Path | None = None) -> Measure:
+def _cpu_of(procs: Iterable[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def run_measured(cmd: Cmd, log_path: Path, size: Callable[[], int] | None = None,
+                 servers: Iterable[psutil.Process] = ()) -> Measure:
     """Run ``cmd`` to completion and measure it; stdout+stderr go to ``log_path``.
 
     CPU comes from RUSAGE_CHILDREN deltas, which include every descendant the tool waited
     for, i.e. user+sys of the whole tree. Only one measured child runs at a time.
+    ``size`` gives the repository's bytes (read before and after); ``servers`` are
+    processes serving the store (moto): their CPU is recorded apart and, like this
+    process's own (RSS sampler, link proxy), not counted as other load.
     """
+    servers = list(servers)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    before = dir_bytes(repo) if repo else 0
-    env = {**os.environ, **cmd.env}
+    before = size() if size else 0
+    env = child_env(cmd.env)
     out_path = log_path.with_suffix(".stdout")
+    me = psutil.Process()
     with open(log_path, "wb") as err, open(out_path, "wb") as out:
         err.write(f"$ {' '.join(cmd.argv)}\n".encode())
         err.flush()
         load = os.getloadavg()[0]
-        busy0 = _busy_cpu_s()
+        busy0, server0, self0 = _busy_cpu_s(), _cpu_of(servers), _cpu_of([me])
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = psutil.Popen(cmd.argv, env=env, cwd=cmd.cwd, stdout=out, stderr=err,
@@ -145,14 +176,25 @@ def run_measured(cmd: Cmd, log_path: Path, repo: Path | None = None) -> Measure:
         sampler.join()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy = _busy_cpu_s() - busy0
+        server_cpu, self_cpu = _cpu_of(servers) - server0, _cpu_of([me]) - self0
     user = ru1.ru_utime - ru0.ru_utime
     sys_ = ru1.ru_stime - ru0.ru_stime
     stdout = out_path.read_text(errors="replace")
     return Measure(wall_s=round(wall, 4), cpu_s=round(user + sys_, 4), user_s=round(user, 4),
                    sys_s=round(sys_, 4), peak_rss_bytes=sampler.peak, rc=rc, log=str(log_path),
                    stdout=stdout, repo_bytes_before=before, loadavg_1m=round(load, 2),
-                   other_cpu_s=round(max(0.0, busy - user - sys_), 3),
-                   repo_bytes_after=dir_bytes(repo) if repo else 0)
+                   other_cpu_s=round(max(0.0, busy - user - sys_ - server_cpu - self_cpu), 3),
+                   server_cpu_s=round(server_cpu, 3), bench_cpu_s=round(self_cpu, 3),
+                   processes=len(sampler.hwm),
+                   repo_bytes_after=size() if size else 0)
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a tool's process: ours, without settings that could point a tool
+    at a real account, store, data folder or configuration, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in CLEARED_ENV and not k.startswith(("RESTIC_", "BORG_"))}
+    return {**env, **extra}
 
 
 def wait_quiet(max_s: float, busy_pct: float = 25.0) -> dict[str, float]:
@@ -183,7 +225,7 @@ def _busy_cpu_s() -> float:
 def run_quiet(cmd: Cmd, check: bool = True, timeout: float | None = None
               ) -> subprocess.CompletedProcess[str]:
     """Run an unmeasured helper command (init, list, version)."""
-    return subprocess.run(cmd.argv, env={**os.environ, **cmd.env}, cwd=cmd.cwd, check=check,
+    return subprocess.run(cmd.argv, env=child_env(cmd.env), cwd=cmd.cwd, check=check,
                           capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -224,15 +266,6 @@ def page_cache_read_speed(root: Path) -> dict[str, float]:
             "mib_per_s": round(n / MIB / secs, 1) if secs > 0 else 0.0}
 
 
-def file_digest(p: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_state(root: Path) -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) per file, to notice a tool that writes into the data it backs up.
 
@@ -258,14 +291,26 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- tool drivers
 
 
+def new_machine_env(machine: Path) -> dict[str, str]:
+    """A fresh, empty home for a restore "on a new machine": nothing the backups left
+    (caches, configuration, trusted stores, a Pieces OS data folder) is found there."""
+    home = machine / "home"
+    for sub in (".config", ".cache", ".local/share"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "XDG_DATA_HOME": str(home / ".local/share")}
+
+
 class Tool:
-    """A backup tool driven through its CLI against one local, encrypted repository."""
+    """A backup tool driven through its CLI against one encrypted repository."""
 
     name = "tool"
 
-    def __init__(self, workdir: Path, exe: str | None = None) -> None:
+    def __init__(self, workdir: Path, location: Location | None = None,
+                 exe: str | None = None) -> None:
         self.workdir = workdir
-        self.repo = workdir / "repo"
+        self.loc = location or FolderLocation(workdir / "repo")
         self.exe = exe or shutil.which(self.name) or self.name
         self.passfile = workdir / "passphrase"
 
@@ -280,32 +325,37 @@ class Tool:
         return ""
 
     def env(self) -> dict[str, str]:
-        """Environment for every invocation."""
-        return {}
+        """Environment for every invocation on the backing-up machine."""
+        return self.loc.env()
 
     def setup(self) -> None:
         """Create an empty encrypted repository (not measured)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.passfile.write_text(PASSPHRASE + "\n")
+        self.loc.prepare()
 
     def backup(self, data: Path, n: int) -> Cmd:
         """Command for the n-th backup (1-based) of ``data``."""
         raise NotImplementedError
 
-    def restore(self, target: Path) -> Cmd:
-        """Command restoring the latest backup into the empty folder ``target``."""
+    def restore_new_machine(self, target: Path, machine: Path, direct: bool = False) -> Cmd:
+        """Command restoring the latest backup into the empty folder ``target`` as a new
+        machine would: only the store and the passphrase, every cache and configuration
+        folder fresh and empty under ``machine``. ``direct``: reach S3 without the link."""
         raise NotImplementedError
 
-    def restore_store_only(self, target: Path) -> Cmd | None:
-        """Like ``restore`` but reading everything from the repository, if the tool
-        would otherwise take unchanged data from the live folder (None: it never does)."""
+    def restore_reuse(self, target: Path, direct: bool = False) -> Cmd | None:
+        """A restore that may take chunks from the live data folder (None: the tool never
+        does); ``direct`` as for ``restore_new_machine``."""
         return None
 
     def after_backup(self, m: Measure, n: int) -> None:
-        """Hook to remember ids printed by the backup command."""
+        """Hook to remember what a backup printed."""
 
-    def _cmd(self, *args: str, cwd: Path | None = None) -> Cmd:
-        return Cmd([self.exe, *args], env=self.env(), cwd=str(cwd) if cwd else None)
+    def _cmd(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+             ) -> Cmd:
+        return Cmd([self.exe, *args], env=self.env() if env is None else env,
+                   cwd=str(cwd) if cwd else None)
 
 
 class Restic(Tool):
@@ -314,7 +364,8 @@ class Restic(Tool):
     name = "restic"
 
     def env(self) -> dict[str, str]:
-        return {"RESTIC_REPOSITORY": str(self.repo), "RESTIC_PASSWORD_FILE": str(self.passfile),
+        return {**self.loc.env(), "RESTIC_REPOSITORY": self.loc.restic_repo(),
+                "RESTIC_PASSWORD_FILE": str(self.passfile),
                 "RESTIC_CACHE_DIR": str(self.workdir / "cache"), "RESTIC_PROGRESS_FPS": "0.2"}
 
     def version(self) -> str:
@@ -327,12 +378,15 @@ class Restic(Tool):
     def backup(self, data: Path, n: int) -> Cmd:
         return self._cmd("backup", "--host", "bench", str(data))
 
-    def restore(self, target: Path) -> Cmd:
-        return self._cmd("restore", "latest", "--target", str(target))
+    def restore_new_machine(self, target: Path, machine: Path, direct: bool = False) -> Cmd:
+        env = {**self.env(), **new_machine_env(machine),
+               "RESTIC_REPOSITORY": self.loc.restic_repo(direct),
+               "RESTIC_CACHE_DIR": str(machine / "restic-cache")}
+        return self._cmd("restore", "latest", "--target", str(target), env=env)
 
 
 class Borg(Tool):
-    """borg 1.x: repokey-blake2 encryption, default compression (lz4)."""
+    """borg 1.x: repokey-blake2 encryption, default compression (lz4); local folders only."""
 
     name = "borg"
 
@@ -343,29 +397,40 @@ class Borg(Tool):
     def version(self) -> str:
         return run_quiet(self._cmd("--version")).stdout.strip()
 
+    @property
+    def repo(self) -> str:
+        repo = self.loc.borg_repo()
+        if repo is None:
+            raise RuntimeError("borg has no S3 backend")
+        return repo
+
     def setup(self) -> None:
         super().setup()
-        run_quiet(self._cmd("init", "--encryption=repokey-blake2", str(self.repo)))
+        run_quiet(self._cmd("init", "--encryption=repokey-blake2", self.repo))
         self.last = 0
 
     def backup(self, data: Path, n: int) -> Cmd:
         self.last = n
         return self._cmd("create", f"{self.repo}::bench-{n}", str(data))
 
-    def restore(self, target: Path) -> Cmd:
-        return self._cmd("extract", f"{self.repo}::bench-{self.last}", cwd=target)
+    def restore_new_machine(self, target: Path, machine: Path, direct: bool = False) -> Cmd:
+        env = {**self.env(), **new_machine_env(machine),
+               "BORG_BASE_DIR": str(machine / "borg-base"),
+               "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no"}
+        return self._cmd("extract", f"{self.repo}::bench-{self.last}", cwd=target, env=env)
 
 
 class Cloudkeep(Tool):
-    """cloudkeep CLI: ``cloudkeep --data D --store file:///R --passphrase-file F <cmd>``."""
+    """cloudkeep CLI: ``cloudkeep --data D --store URL --passphrase-file F <cmd>``, with its
+    own configuration and cache folders (never the user's)."""
 
     name = "cloudkeep"
 
-    def __init__(self, workdir: Path, exe: str | None = None) -> None:
+    def __init__(self, workdir: Path, location: Location | None = None,
+                 exe: str | None = None) -> None:
         default = Path(sys.executable).with_name("cloudkeep")
-        super().__init__(workdir, exe or (str(default) if default.exists() else None))
+        super().__init__(workdir, location, exe or (str(default) if default.exists() else None))
         self.data: Path | None = None
-        self.last_id: str | None = None
 
     def missing(self) -> str | None:
         if (why := super().missing()) is not None:
@@ -393,80 +458,47 @@ class Cloudkeep(Tool):
         v = r.stdout.strip() if r.returncode == 0 else ""
         return (v or "cloudkeep") + git
 
-    def globals(self, data: Path) -> list[str]:
+    def env(self) -> dict[str, str]:
+        device = self.workdir / "device"
+        return {**self.loc.env(), "CLOUDKEEP_CONFIG_DIR": str(device / "config"),
+                "CLOUDKEEP_CACHE_DIR": str(device / "cache")}
+
+    def globals(self, data: Path | None, direct: bool = False) -> list[str]:
         """Global options shared by every subcommand (and ``serve``)."""
-        return ["--data", str(data), "--store", self.repo.resolve().as_uri(),
-                "--passphrase-file", str(self.passfile)]
+        return [*(["--data", str(data)] if data is not None else []),
+                "--store", self.loc.cloudkeep_url(direct), "--passphrase-file", str(self.passfile)]
 
     def setup(self) -> None:
         super().setup()
-        self.repo.mkdir(parents=True, exist_ok=True)
-        self.last_id = None
+        if isinstance(self.loc, FolderLocation):
+            self.loc.path.mkdir(parents=True, exist_ok=True)
+        self.data = None
 
     def init_for(self, data: Path) -> None:
         """Run ``init`` if the CLI has one (the store may also self-initialise)."""
         self.data = data
         r = run_quiet(Cmd([self.exe, "--help"]), check=False)
         if " init " in r.stdout or "│ init" in r.stdout:
-            run_quiet(Cmd([self.exe, *self.globals(data), "init"]), check=False)
+            run_quiet(Cmd([self.exe, *self.globals(data), "init"], env=self.env()), check=False)
 
     def backup(self, data: Path, n: int) -> Cmd:
         if self.data is None:
             self.init_for(data)
         self.data = data
-        # Plain output, as restic and borg are run: the id is read untimed afterwards.
-        return Cmd([self.exe, *self.globals(data), "backup"])
+        return Cmd([self.exe, *self.globals(data), "backup"], env=self.env())
 
-    def after_backup(self, m: Measure, n: int) -> None:
-        self.last_id = None
+    def restore_new_machine(self, target: Path, machine: Path, direct: bool = False) -> Cmd:
+        env = {**self.loc.env(), **new_machine_env(machine),
+               "CLOUDKEEP_CONFIG_DIR": str(machine / "cloudkeep-config"),
+               "CLOUDKEEP_CACHE_DIR": str(machine / "cloudkeep-cache")}
+        return Cmd([self.exe, *self.globals(None, direct), "restore", "latest",
+                    "--target", str(target)], env=env)
 
-    def latest_id(self) -> str:
-        """Id of the newest backup: from the last backup's JSON, else from ``list --json``."""
-        if self.last_id:
-            return self.last_id
+    def restore_reuse(self, target: Path, direct: bool = False) -> Cmd:
+        """Into ``target``, taking the chunks the live data (``--data``) still holds."""
         assert self.data is not None
-        r = run_quiet(Cmd([self.exe, *self.globals(self.data), "list", "--json"]))
-        items = parse_json_output(r.stdout)
-        if isinstance(items, Mapping):
-            items = next((v for v in items.values() if isinstance(v, list)), [items])
-        if not items:
-            raise RuntimeError("cloudkeep list --json returned no backups")
-        ident = find_id(items[0])  # `cloudkeep list` is documented newest first
-        if ident is None:
-            raise RuntimeError(f"cannot find a backup id in: {r.stdout[:300]}")
-        return ident
-
-    def restore(self, target: Path) -> Cmd:
-        assert self.data is not None
-        return Cmd([self.exe, *self.globals(self.data), "restore", self.latest_id(),
-                    "--target", str(target)])
-
-    def restore_store_only(self, target: Path) -> Cmd:
-        """cloudkeep takes chunks the live data still holds from it; this fetches all."""
-        return Cmd([*self.restore(target).argv, "--fetch-all"])
-
-
-def parse_json_output(text: str) -> Any:
-    """The JSON document a ``--json`` command printed (last JSON line if there are several)."""
-    text = text.strip()
-    with contextlib.suppress(ValueError):
-        return json.loads(text)
-    for line in reversed(text.splitlines()):
-        with contextlib.suppress(ValueError):
-            return json.loads(line)
-    return None
-
-
-def find_id(doc: Any) -> str | None:
-    """A backup id from a JSON object, tolerant of the exact key the CLI picked."""
-    if isinstance(doc, Mapping):
-        for key in ("id", "backup_id", "backup", "snapshot_id", "snapshot"):
-            v = doc.get(key)
-            if isinstance(v, str | int) and not isinstance(v, bool):
-                return str(v)
-            if isinstance(v, Mapping) and (inner := find_id(v)):
-                return inner
-    return None
+        return Cmd([self.exe, *self.globals(self.data, direct), "restore", "latest",
+                    "--target", str(target)], env=self.env())
 
 
 TOOLS: dict[str, type[Tool]] = {"cloudkeep": Cloudkeep, "restic": Restic, "borg": Borg}

@@ -1,13 +1,15 @@
-"""cloudkeep vs restic vs borg on the same live-app data folder, one tool after another.
+"""cloudkeep vs restic vs borg on the same live-app data folder, tools interleaved.
 
-    python bench/run.py --size-mib 600            # all tools, then the service benchmark
-    python bench/run.py --size-mib 200 --tools restic,borg
+    python bench/run.py --size-mib 600                        # local store, all tools
+    python bench/run.py --size-mib 200 --store s3 --tools cloudkeep,restic
+    python bench/run.py --size-mib 200 --store s3 --link 100mbit,40ms --tools cloudkeep,restic
 
-Per tool: fresh encrypted local repository; 1. initial backup, 2. backup after a 1%
-day-of-use mutation, 3. backup with nothing changed, 4. full restore of the latest
-backup. Every tool gets its own fresh copy of the same generated folder and the same
-deterministic mutation, so all see identical data states. Prints a table and writes
-``bench/results/<date>-<size>mib.{json,png}``.
+For each repetition, each tool in turn runs its whole sequence on a fresh copy of the same
+generated folder and a fresh encrypted repository: 1. first backup, 2. backup after a 1%
+day-of-use update, 3. backup with nothing changed, (cloudkeep only) 4r. restore reusing
+the live data, 4. restore onto a new machine (empty target, fresh caches, cold page
+cache). Every restore is checked row by row and byte for byte against the source. Prints
+a table and writes ``bench/results/<date>-<size>mib[-s3][-link].{json,txt,png}``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,21 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import generate
 import harness
+import summary
+import verify
 from harness import MIB, Cmd, Measure, Tool
+from stores import Link, Store, drop_page_cache, parse_link
+from summary import STEP_LABEL, STEPS
 
 BENCH = Path(__file__).resolve().parent
-STEPS = ("initial", "mutation_1pct", "unchanged", "restore", "restore_store")
-STEP_LABEL = {"initial": "1 initial backup", "mutation_1pct": "2 after 1% mutation",
-              "unchanged": "3 unchanged backup", "restore": "4 full restore",
-              "restore_store": "4b store-only restore"}
-# 4b: the same restore reading every chunk from the repository (cloudkeep's
-# --fetch-all; restic and borg always do), compared with restic's step 4.
-RATIO_BASE = {"restore_store": "restore"}
-RESTORES = ("restore", "restore_store")
-WALL_TARGET = {"initial": 0.5, "mutation_1pct": 0.5, "unchanged": 0.5, "restore": 0.7}
-ADDED_TARGET = 0.05  # bytes added by the 1% backup / DB size
-RSS_TARGET_MIB = 200
-P99_TARGET_MS = 20.0
+DISK_FACTOR = 4  # base + live copy + repository + one restore, with room to spare
+COLD_MEANING = {
+    "drop_caches": "sync; echo 3 > /proc/sys/vm/drop_caches: the whole machine's clean "
+                   "page cache, the store's files included",
+    "fadvise": "posix_fadvise(POSIX_FADV_DONTNEED) over every file of the store "
+               "(drop_caches not writable here)",
+    "none": "nothing could be dropped: the store may be warm",
+}
+S3_COLD_NOTE = ("; moto keeps objects in its memory, so for S3 only the machine's page cache "
+                "(programs, libraries) is cold, never the store")
+MEDIAN_KEYS = ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_bytes", "added_bytes",
+               "other_cpu_s", "server_cpu_s")
 
 
 def log(msg: str) -> None:
@@ -57,6 +64,20 @@ def copy_tree(src: Path, dst: Path) -> None:
     subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(dst)], check=True)
 
 
+def check_disk(root: Path, size_mib: float) -> str | None:
+    """Why there is not enough free disk for a run of this size, or None."""
+    base = root / "base"
+    have = harness.dir_bytes(base) if (root / "base.json").exists() and base.exists() else 0
+    need = DISK_FACTOR * size_mib * MIB - have
+    free = shutil.disk_usage(root).free
+    if free < need:
+        return (f"not enough free disk in {root}: {free / MIB / 1024:.1f} GiB free, a "
+                f"{size_mib:g} MiB run needs about {need / MIB / 1024:.1f} GiB more "
+                f"({DISK_FACTOR}x the size: data, its working copy, a repository and a "
+                "restore); free some space or choose a smaller --size-mib")
+    return None
+
+
 def prepare_base(root: Path, size_mib: float, seed: int) -> dict[str, Any]:
     """Generate the data folder once per (size, seed); reused by later runs."""
     base = root / "base"
@@ -65,7 +86,7 @@ def prepare_base(root: Path, size_mib: float, seed: int) -> dict[str, Any]:
         info = json.loads(marker.read_text())
         if info.get("seed") == seed and info.get("size_mib") == size_mib and base.exists():
             log(f"reusing generated data in {base}")
-            return info
+            return dict(info)
     if base.exists():
         shutil.rmtree(base)
     log(f"generating {size_mib:g} MiB data folder (seed {seed}) in {base}")
@@ -93,108 +114,11 @@ def find_restored_root(target: Path) -> Path | None:
 
 
 def verify_restore(source: Path, target: Path) -> dict[str, Any]:
-    """Restored files equal the source: raw bytes for plain files, content for SQLite DBs.
-
-    A consistent SQLite image need not be byte-identical to the live db+wal, so databases
-    are compared by a logical fingerprint (row counts, body lengths, max(updated), ...).
-    """
+    """The restore equals the source: databases row by row, other files byte for byte."""
     root = find_restored_root(target)
     if root is None:
-        return {"ok": False, "error": f"no {generate.SNIPPETS_DB} under {target}"}
-    problems: list[str] = []
-    checked = 0
-    for p in harness.iter_files(source):
-        rel = p.relative_to(source)
-        if p.name.endswith(("-wal", "-shm")):
-            continue  # part of the database image, checked via the fingerprint
-        q = root / rel
-        checked += 1
-        if not q.exists():
-            problems.append(f"missing {rel}")
-        elif p.suffix == ".db":
-            a, b = generate.db_fingerprint(p), generate.db_fingerprint(q)
-            if a != b:
-                problems.append(f"db differs {rel}: {a} != {b}")
-        elif p.stat().st_size != q.stat().st_size or (
-                harness.file_digest(p) != harness.file_digest(q)):
-            problems.append(f"content differs {rel}")
-    return {"ok": not problems, "checked_files": checked, "problems": problems[:20],
-            "restored_bytes": harness.dir_bytes(root)}
-
-
-def run_tool(tool: Tool, base: Path, live: Path, mutate_seed: int,
-             settle_s: float = 0.0) -> dict[str, Any]:
-    """The four steps for one tool; stops at the first failing step."""
-    out: dict[str, Any] = {"version": tool.version(), "steps": {}}
-    if tool.workdir.exists():
-        shutil.rmtree(tool.workdir)
-    copy_tree(base, live)
-    tool.setup()
-    out["page_cache"] = harness.page_cache_read_speed(live)  # also the warm-up read
-    logs = tool.workdir / "logs"
-
-    def backup(step: str, n: int) -> Measure:
-        before = harness.source_state(live)
-        quiet = harness.wait_quiet(settle_s) if settle_s else {}
-        m = harness.run_measured(tool.backup(live, n), logs / f"{n}-{step}.log", tool.repo)
-        m.settle = quiet
-        if harness.source_state(live) != before:
-            m.note = "tool modified the source folder"
-        tool.after_backup(m, n)
-        return m
-
-    for n, step in enumerate(STEPS[:3], 1):
-        if step == "mutation_1pct":
-            ms = generate.mutate(live, seed=mutate_seed)
-            out["mutation"] = {"rows_updated": ms.rows_updated, "seconds": ms.seconds}
-            out["data_state"] = generate.db_fingerprint(live / generate.SNIPPETS_DB)
-        log(f"{tool.name}: {STEP_LABEL[step]}")
-        m = backup(step, n)
-        out["steps"][step] = m.as_dict()
-        log(f"{tool.name}: {step} rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
-            f"rss={m.peak_rss_bytes / MIB:.0f}MiB added={m.added_bytes / MIB:.1f}MiB")
-        if m.rc != 0:
-            out["error"] = f"{step} failed (exit {m.rc}), see {m.log}"
-            return out
-
-    def restore(step: str, cmd: Cmd, log_name: str) -> bool:
-        """Run and measure one restore; False (with the error recorded) if it failed."""
-        log(f"{tool.name}: {STEP_LABEL[step]}")
-        quiet = harness.wait_quiet(settle_s) if settle_s else {}
-        m = harness.run_measured(cmd, logs / log_name)
-        m.settle = quiet
-        m.repo_bytes_before = m.repo_bytes_after = 0
-        out["steps"][step] = m.as_dict()
-        log(f"{tool.name}: {step} rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
-            f"rss={m.peak_rss_bytes / MIB:.0f}MiB")
-        if m.rc != 0:
-            out["error"] = f"{STEP_LABEL[step]} failed (exit {m.rc}), see {m.log}"
-            return False
-        return True
-
-    target = empty_folder(tool.workdir / "restore")
-    try:
-        cmd = tool.restore(target)
-    except Exception as exc:  # a tool-side lookup failure must not kill the other tools
-        out["error"] = f"restore lookup failed: {exc}"
-        return out
-    if not restore("restore", cmd, "4-restore.log"):
-        return out
-    out["verify"] = verify_restore(live, target)
-    log(f"{tool.name}: restore verified: {out['verify']['ok']} "
-        f"{'; '.join(out['verify'].get('problems', [])[:3])}")
-    out["repo_bytes"] = harness.dir_bytes(tool.repo)
-    store_target = tool.workdir / "restore-store-only"
-    store_cmd = tool.restore_store_only(store_target)
-    if store_cmd is not None:
-        empty_folder(store_target)
-        if not restore("restore_store", store_cmd, "4b-restore-store-only.log"):
-            return out
-        verified = verify_restore(live, store_target)
-        if not verified["ok"]:
-            out["verify"] = verified
-        shutil.rmtree(store_target)
-    return out
+        return {"ok": False, "problems": [f"no {generate.SNIPPETS_DB} under {target}"]}
+    return {**verify.verify_tree(source, root), "restored_bytes": harness.dir_bytes(root)}
 
 
 def empty_folder(path: Path) -> Path:
@@ -205,8 +129,91 @@ def empty_folder(path: Path) -> Path:
     return path
 
 
-MEDIAN_KEYS = ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_bytes", "added_bytes",
-               "other_cpu_s")
+class Sequence:
+    """One tool's whole sequence on one store: backups, restores, checks."""
+
+    def __init__(self, tool: Tool, store: Store, live: Path, settle_s: float,
+                 link_restore: bool) -> None:
+        self.tool, self.store, self.live = tool, store, live
+        self.settle_s = settle_s
+        self.link_restore = link_restore
+        self.logs = tool.workdir / "logs"
+        self.out: dict[str, Any] = {"version": tool.version(), "steps": {}, "verify": {}}
+
+    def measure(self, step: str, cmd: Cmd, backup: bool) -> Measure:
+        """Run one measured step; records it, logs it."""
+        log(f"{self.tool.name}: {STEP_LABEL[step]}")
+        quiet = harness.wait_quiet(self.settle_s) if self.settle_s else {}
+        link0 = self.store.proxy_stats()
+        m = harness.run_measured(cmd, self.logs / f"{step}.log",
+                                 self.tool.loc.bytes if backup else None,
+                                 self.store.server_procs())
+        m.settle = quiet
+        d = m.as_dict()
+        if link0:
+            link1 = self.store.proxy_stats()
+            # Counters are per step; the proxy keeps only a run-wide "most open at once".
+            d["link"] = {k: link1[k] - link0.get(k, 0) for k in link1 if k != "max_active"}
+            d["link"]["max_active_so_far"] = link1.get("max_active")
+        self.out["steps"][step] = d
+        log(f"{self.tool.name}: {step} rc={m.rc} wall={m.wall_s:.2f}s cpu={m.cpu_s:.2f}s "
+            f"rss={m.peak_rss_bytes / MIB:.0f}MiB"
+            + (f" added={m.added_bytes / MIB:.1f}MiB" if backup else ""))
+        if m.rc != 0:
+            self.out["error"] = f"{STEP_LABEL[step]} failed (exit {m.rc}), see {m.log}"
+        return m
+
+    def check(self, step: str, target: Path) -> None:
+        v = verify_restore(self.live, target)
+        self.out["verify"][step] = v
+        log(f"{self.tool.name}: {step} verified: {v['ok']} {'; '.join(v['problems'][:3])}")
+
+    def run(self, base: Path, mutate_seed: int) -> dict[str, Any]:
+        """The whole sequence; stops at the first failing step."""
+        tool, out = self.tool, self.out
+        if tool.workdir.exists():
+            shutil.rmtree(tool.workdir)
+        copy_tree(base, self.live)
+        os.sync()  # the copy's writeback must not land in a measured step
+        tool.setup()
+        out["page_cache"] = harness.page_cache_read_speed(self.live)  # also the warm-up read
+        for n, step in enumerate(summary.BACKUPS, 1):
+            if step == "mutation_1pct":
+                ms = generate.mutate(self.live, seed=mutate_seed)
+                os.sync()
+                out["mutation"] = {"rows_updated": ms.rows_updated, "seconds": ms.seconds}
+                out["data_state"] = generate.db_fingerprint(self.live / generate.SNIPPETS_DB)
+            before = harness.source_state(self.live)
+            m = self.measure(step, tool.backup(self.live, n), backup=True)
+            if harness.source_state(self.live) != before:
+                out["steps"][step]["note"] = "tool modified the source folder"
+            tool.after_backup(m, n)
+            if m.rc != 0:
+                return out
+        out["store_bytes"] = tool.loc.bytes()
+
+        direct = self.store.link is not None and not self.link_restore
+        if direct:
+            out["restore_via"] = "S3 directly (not through the link: add --link-restore)"
+        else:
+            out["restore_via"] = {"file": "local store", "s3": "S3"}[self.store.kind] + (
+                " through the link" if self.store.link else "")
+        reuse = tool.workdir / "restore-reuse"
+        if (cmd := tool.restore_reuse(reuse, direct)) is not None:
+            empty_folder(reuse)
+            if self.measure("restore_reuse", cmd, backup=False).rc != 0:
+                return out
+            self.check("restore_reuse", reuse)
+            shutil.rmtree(reuse)  # disk: the next restore needs the room
+
+        target = empty_folder(tool.workdir / "restore-new")
+        machine = empty_folder(tool.workdir / "new-machine")
+        cmd = tool.restore_new_machine(target, machine, direct=direct)
+        out["cold_cache"] = drop_page_cache(tool.loc.local_files())
+        if self.measure("restore_new", cmd, backup=False).rc != 0:
+            return out
+        self.check("restore_new", target)
+        return out
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -220,235 +227,159 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         merged = dict(ms[-1])
         for key in MEDIAN_KEYS:
-            vals = sorted(m[key] for m in ms)
+            vals = sorted(m.get(key, 0) for m in ms)
             merged[key] = vals[len(vals) // 2] if len(vals) % 2 else (
                 (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2)
         merged["repeats"] = len(ms)
         out["steps"][step] = merged
+    out["verify"] = {}
+    for r in runs:  # a restore that failed its check in any run stays failed
+        for step, v in r.get("verify", {}).items():
+            if step not in out["verify"] or not v["ok"]:
+                out["verify"][step] = v
     if any("error" in r for r in runs):
         out["error"] = next(r["error"] for r in runs if "error" in r)
     return out
 
 
-def ratios(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """tool/restic for every figure of every step (None when restic or the tool is missing)."""
-    ref = results.get("restic", {}).get("steps", {})
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for name, r in results.items():
-        for step, m in r.get("steps", {}).items():
-            base = ref.get(RATIO_BASE.get(step, step))
-            row: dict[str, float | None] = {}
-            for key in ("wall_s", "cpu_s", "peak_rss_bytes", "added_bytes"):
-                row[key] = (round(m[key] / base[key], 3)
-                            if base and base.get(key) and base[key] > 0 else None)
-            out.setdefault(name, {})[step] = row
-    return out
-
-
-def targets(results: dict[str, Any], rat: dict[str, Any], db_bytes: int,
-            service: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The issue's acceptance targets for cloudkeep, each with measured value and verdict."""
-    ck = results.get("cloudkeep", {})
-    rows: list[dict[str, Any]] = []
-
-    def add(name: str, value: float | None, limit: float, unit: str) -> None:
-        verdict = "n/a" if value is None else ("PASS" if value <= limit else "FAIL")
-        rows.append({"target": name, "value": value, "limit": limit, "unit": unit,
-                     "verdict": verdict})
-
-    for step, limit in WALL_TARGET.items():
-        add(f"cloudkeep/restic wall, {STEP_LABEL[step]}",
-            rat.get("cloudkeep", {}).get(step, {}).get("wall_s"), limit, "ratio")
-    store_only = rat.get("cloudkeep", {}).get("restore_store", {}).get("wall_s")
-    if store_only is not None:  # for reference: the target is step 4's
-        add("  (4b store-only restore / restic's 4, no target)", store_only,
-            WALL_TARGET["restore"], "ratio")
-        rows[-1]["verdict"] = "info"
-    added = ck.get("steps", {}).get("mutation_1pct", {}).get("added_bytes")
-    add("bytes added after 1% / DB size",
-        round(added / db_bytes, 4) if added is not None and db_bytes else None,
-        ADDED_TARGET, "ratio")
-    rss = [m["peak_rss_bytes"] for m in ck.get("steps", {}).values()]
-    add("cloudkeep peak RSS (max over steps)", round(max(rss) / MIB, 1) if rss else None,
-        RSS_TARGET_MIB, "MiB")
-    p99 = (service or {}).get("during_backup", {}).get("p99_ms")
-    add("GET /backups p99 during a backup, 1,000 backups", p99, P99_TARGET_MS, "ms")
-    return rows
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _short(v: float) -> str:
-    """Bar label: enough digits for small values, few for large ones."""
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
-
-
-def table(results: dict[str, Any], rat: dict[str, Any], tgt: list[dict[str, Any]],
-          db_bytes: int, floor_s: float | None, same_state: bool = True) -> str:
-    """Plain-text table: one row per tool x step, ratios vs restic alongside."""
-    hdr = (f"{'tool':<10} {'step':<20} {'wall s':>8} {'cpu s':>8} {'rss MiB':>8} "
-           f"{'added MiB':>10} {'others%':>7} | {'wall/r':>7} {'cpu/r':>7} {'rss/r':>7} "
-           f"{'added/r':>8}")
-    lines = [hdr, "-" * len(hdr)]
-    for name, r in results.items():
-        if "skipped" in r:
-            lines.append(f"{name:<10} skipped: {r['skipped']}")
-            continue
-        for step in STEPS:
-            m = r.get("steps", {}).get(step)
-            if m is None:
-                continue
-            q = rat.get(name, {}).get(step, {})
-            added = m["added_bytes"] / MIB if step not in RESTORES else None
-            lines.append(
-                f"{name:<10} {STEP_LABEL[step]:<20} {m['wall_s']:>8.2f} {m['cpu_s']:>8.2f} "
-                f"{m['peak_rss_bytes'] / MIB:>8.0f} {_fmt(added, '.3g'):>10} "
-                f"{harness.other_load(m) * 100:>7.0f} | "
-                f"{_fmt(q.get('wall_s'), '.2f'):>7} {_fmt(q.get('cpu_s'), '.2f'):>7} "
-                f"{_fmt(q.get('peak_rss_bytes'), '.2f'):>7} "
-                f"{_fmt(q.get('added_bytes') if step not in RESTORES else None, '.2f'):>8}"
-                + (f"  ({m['note']})" if m.get("note") else ""))
-        if "error" in r:
-            lines.append(f"{name:<10} ERROR: {r['error']}")
-        v = r.get("verify")
-        if v is not None:
-            lines.append(f"{'':<10} restore verified: {'yes' if v['ok'] else 'NO'}"
-                         f"{'' if v['ok'] else ' ' + '; '.join(v.get('problems', [])[:3])}")
-    lines.append("")
-    lines.append("others% = share of the machine's CPU used by other processes during the "
-                 "step (noise; figures above ~15% are skewed); x/r = ratio to restic")
-    lines.append(f"DB size (snippets.db + -wal): {db_bytes / MIB:.1f} MiB"
-                 + (f"; page-cache read of the whole folder: {floor_s:.2f} s" if floor_s else "")
-                 + ("" if same_state else "; WARNING: tools saw different data states"))
-    lines.append("")
-    lines.append(f"{'target (cloudkeep)':<52} {'measured':>10} {'limit':>8}  verdict")
-    for t in tgt:
-        lines.append(f"{t['target']:<52} {_fmt(t['value'], '.3f'):>10} "
-                     f"{t['limit']:>8g}  {t['verdict']}" + ("" if t["unit"] == "ratio"
-                                                            else f" ({t['unit']})"))
-    return "\n".join(lines)
-
-
-def chart(results: dict[str, Any], path: Path, title: str, floor_s: float | None) -> None:
-    """Grouped bars per step and tool: wall time, bytes added, peak RSS."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [n for n, r in results.items() if r.get("steps")]
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-    shared = STEPS[:4]  # the steps every tool runs
-    panels = (("wall_s", "wall time (s)", 1.0, shared),
-              ("cpu_s", "CPU time, user+sys of process tree (s)", 1.0, shared),
-              ("added_bytes", "bytes added to repository (MiB)", MIB, STEPS[:3]),
-              ("peak_rss_bytes", "peak RSS of process tree (MiB)", MIB, shared))
-    width = 0.8 / max(1, len(names))
-    for ax, (key, label, scale, steps) in zip(axes.flat, panels, strict=True):
-        for i, name in enumerate(names):
-            vals = [results[name]["steps"].get(s, {}).get(key, 0) / scale for s in steps]
-            xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(steps))]
-            bars = ax.bar(xs, vals, width, label=name)
-            ax.bar_label(bars, fmt=_short, fontsize=7)
-        ax.set_xticks(range(len(steps)), [STEP_LABEL[s][2:] for s in steps], fontsize=8)
-        ax.set_title(label, fontsize=10)
-        if key == "wall_s" and floor_s:
-            ax.axhline(floor_s, ls="--", c="gray", lw=1, label="page-cache read of data")
-        if key == "peak_rss_bytes":
-            ax.axhline(RSS_TARGET_MIB, ls=":", c="red", lw=1, label="cloudkeep target")
-        ax.legend(fontsize=8)
-    noisy = max((harness.other_load(m) for n in names
-                 for m in results[n]["steps"].values()), default=0.0)
-    if noisy > 0.15:
-        title += f"\n(shared machine: other processes used up to {noisy:.0%} of the CPU " \
-                 "during a step; wall times are skewed)"
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--size-mib", type=float, default=600.0)
-    ap.add_argument("--tools", default="cloudkeep,restic,borg")
+    ap.add_argument("--tools", default="cloudkeep,restic,borg", help="run in this order")
+    ap.add_argument("--store", choices=("file", "s3"), default="file",
+                    help="local folders, or buckets on a moto S3 server")
+    ap.add_argument("--link", type=_link_arg, default=None, metavar="RATE,RTT",
+                    help="with --store s3: every tool reaches S3 through an emulated link, "
+                         "e.g. 100mbit,40ms (rate each way, round-trip time)")
+    ap.add_argument("--link-restore", action="store_true",
+                    help="with --link: restore through the link too (default: restore from "
+                         "S3 directly, saying so)")
     ap.add_argument("--workdir", type=Path, default=BENCH / "work")
     ap.add_argument("--results", type=Path, default=BENCH / "results")
     ap.add_argument("--seed", type=int, default=1, help="generator seed")
     ap.add_argument("--mutate-seed", type=int, default=2, help="day-of-use mutation seed")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="run each tool's sequence N times and report medians")
+                    help="run every tool's sequence N times, interleaved; report medians")
     ap.add_argument("--settle", type=float, default=10.0,
                     help="before each step wait up to S seconds for other load to drop")
     ap.add_argument("--keep", action="store_true", help="keep repositories and restores")
-    ap.add_argument("--no-service", action="store_true", help="skip the GET /backups bench")
+    ap.add_argument("--no-service", action="store_true", help="skip the service bench")
     ap.add_argument("--service-backups", type=int, default=1000)
     ap.add_argument("--service-rounds", type=int, default=3)
     args = ap.parse_args(argv)
-
-    names = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = [n for n in names if n not in harness.TOOLS]
+    if args.link is not None and args.store != "s3":
+        ap.error("--link needs --store s3 (the link sits in front of the S3 server)")
+    if args.link_restore and args.link is None:
+        ap.error("--link-restore needs --link")
+    args.names = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = [n for n in args.names if n not in harness.TOOLS]
     if unknown:
         ap.error(f"unknown tools {unknown}; choose from {list(harness.TOOLS)}")
+    return args
+
+
+def _link_arg(text: str) -> Link:
+    try:
+        return parse_link(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def results_name(size_mib: float, store: str, link: bool, day: str) -> str:
+    """``<date>-<size>mib[-s3][-link]``."""
+    return f"{day}-{size_mib:g}mib" + ("-s3" if store == "s3" else "") + ("-link" if link else "")
+
+
+def run_tools(args: argparse.Namespace, store: Store, root: Path) -> dict[str, Any]:
+    """Every tool's sequence, interleaved: for each repetition, each tool in turn."""
+    base, live = root / "base", root / "live"
+    tools: dict[str, Tool] = {}
+    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name in args.names:
+        tool = harness.TOOLS[name](root / name, store.location(name, root / name))
+        why = store.unsupported(name) or tool.missing()
+        if why:
+            log(f"SKIP {why}")
+            results[name] = {"skipped": why}
+        else:
+            tools[name] = tool
+            runs[name] = []
+    for rep in range(args.repeat):
+        for name, tool in tools.items():
+            if runs[name] and "error" in runs[name][-1]:
+                continue
+            if args.repeat > 1:
+                log(f"{name}: run {rep + 1}/{args.repeat}")
+            runs[name].append(Sequence(tool, store, live, args.settle,
+                                       args.link_restore).run(base, args.mutate_seed))
+            if not args.keep:
+                tool.loc.remove()
+                for sub in ("restore-new", "new-machine", "cache", "base", "device"):
+                    shutil.rmtree(tool.workdir / sub, ignore_errors=True)
+    for name in tools:
+        results[name] = merge_runs(runs[name])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    args = parse_args(argv)
     size_tag = f"{args.size_mib:g}mib"
     root = (args.workdir / size_tag).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    if (why := check_disk(root, args.size_mib)) is not None:
+        log(f"REFUSED: {why}")
+        return 2
     info = prepare_base(root, args.size_mib, args.seed)
     base, live = root / "base", root / "live"
     db_bytes = db_size(base)
 
-    results: dict[str, Any] = {}
-    for name in names:
-        tool = harness.TOOLS[name](root / name)
-        why = tool.missing()
-        if why:
-            log(f"SKIP {why}")
-            results[name] = {"skipped": why}
-            continue
-        runs = []
-        for i in range(args.repeat):
-            if args.repeat > 1:
-                log(f"{name}: run {i + 1}/{args.repeat}")
-            runs.append(run_tool(tool, base, live, args.mutate_seed, args.settle))
-            if "error" in runs[-1]:
-                break
-        results[name] = merge_runs(runs)
-        if not args.keep:
-            for sub in ("repo", "restore", "cache", "base"):
-                shutil.rmtree(tool.workdir / sub, ignore_errors=True)
+    store = Store(args.store, root / "logs", args.link)
+    try:
+        results = run_tools(args, store, root)
+        store_info = store.describe()
+    finally:
+        store.close()
+    shutil.rmtree(live, ignore_errors=True)
 
     speeds = [r["page_cache"]["mib_per_s"] for r in results.values() if "page_cache" in r]
-    if not speeds:
-        speeds = [harness.page_cache_read_speed(base)["mib_per_s"]]
-    speed = sorted(speeds)[len(speeds) // 2]
+    speed = sorted(speeds)[len(speeds) // 2] if speeds else 0.0
     data_bytes = harness.dir_bytes(base)
     floor_s = round(data_bytes / MIB / speed, 3) if speed else None
 
     service: dict[str, Any] | None = None
-    if "cloudkeep" in names and not args.no_service:
+    if "steps" in results.get("cloudkeep", {}) and not args.no_service and args.store == "file":
         import service as service_bench
 
         service = service_bench.run_service_bench(
             root / "service", base, backups=args.service_backups,
             rounds=args.service_rounds, log=log)
         if not args.keep:
-            shutil.rmtree(root / "service" / "repo", ignore_errors=True)
-            shutil.rmtree(root / "service" / "live", ignore_errors=True)
-    shutil.rmtree(live, ignore_errors=True)
+            shutil.rmtree(root / "service", ignore_errors=True)
 
-    rat = ratios(results)
-    tgt = targets(results, rat, db_bytes, service)
+    methods = sorted({r["cold_cache"] for r in results.values() if "cold_cache" in r})
+    method = "/".join(methods) or "-"
+    meaning = "; ".join(COLD_MEANING.get(m, m) for m in methods) + (
+        S3_COLD_NOTE if args.store == "s3" else "")
+    restore_via_link = args.link is not None and args.link_restore
+    rat = summary.ratios(results)
+    tgt = summary.targets(results, rat, db_bytes, service, store_info, restore_via_link)
     states = {json.dumps(r["data_state"], sort_keys=True)
               for r in results.values() if "data_state" in r}
-    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    now = dt.datetime.now(dt.UTC)
     doc = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": now.isoformat(timespec="seconds"),
         "size_mib": args.size_mib,
+        "command": " ".join(sys.argv),
         "machine": harness.machine_info(),
         "versions": {n: r.get("version") for n, r in results.items()},
+        "order": "interleaved: for each repetition, each tool's whole sequence in turn",
+        "repeat": args.repeat,
+        "rows": {s: {"label": STEP_LABEL[s], "measures": summary.STEP_MEANING[s]}
+                 for s in STEPS},
+        "store": store_info,
+        "cold_cache": {"method": method, "meaning": meaning},
         "data": {**info, "data_bytes": data_bytes, "db_bytes": db_bytes,
                  "page_cache_read_mib_s": speed, "page_cache_read_floor_s": floor_s,
                  "identical_data_state_across_tools": len(states) <= 1},
@@ -458,36 +389,23 @@ def main(argv: list[str] | None = None) -> int:
         "targets": tgt,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"{today}-{size_tag}"
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    text = table(results, rat, tgt, db_bytes, floor_s, same_state=len(states) <= 1)
+    stem = str(args.results / results_name(args.size_mib, args.store, args.link is not None,
+                                           now.strftime("%Y-%m-%d")))
+    Path(f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    text = summary.table(doc)
     if service:
-        text += "\n\n" + service_summary(service)
+        text += "\n\n" + summary.service_summary(service)
     print(text)
-    out.with_suffix(".txt").write_text(text + "\n")
-    chart(results, out.with_suffix(".png"),
-          f"{args.size_mib:g} MiB app folder, {harness.machine_info()['nproc']} cores "
-          f"({today})", floor_s)
-    log(f"wrote {out}.json, .txt and .png")
-    return 0 if all("error" not in r for r in results.values()) else 1
-
-
-def service_summary(service: dict[str, Any]) -> str:
-    """One paragraph on the GET /backups latency figures."""
-    if "skipped" in service:
-        return f"service benchmark skipped: {service['skipped']}"
-    parts = [f"GET /backups with {service.get('backups_listed', '?')} backups:"]
-    for phase in ("idle", "during_backup"):
-        s = service.get(phase) or {}
-        if s:
-            parts.append(f"{phase}: p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms "
-                         f"(n={s['n']})")
-    if service.get("server_peak_rss_bytes"):
-        parts.append(f"server peak RSS while backing up: "
-                     f"{service['server_peak_rss_bytes'] / MIB:.0f} MiB")
-    if "error" in service:
-        parts.append(f"ERROR: {service['error']}")
-    return "\n  ".join(parts)
+    Path(f"{stem}.txt").write_text(text + "\n")
+    where = summary.describe_store(store_info).split(":")[0]
+    summary.chart(doc, Path(f"{stem}.png"),
+                  f"{args.size_mib:g} MiB app folder, {where}"
+                  + (f", {args.link.describe()}" if args.link else "")
+                  + f", {doc['machine']['nproc']} cores ({now:%Y-%m-%d})")
+    log(f"wrote {stem}.json, .txt and .png")
+    ok = all("error" not in r and all(v["ok"] for v in r.get("verify", {}).values())
+             for r in results.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class Server:
         self._log.write(f"$ {' '.join(argv)}\n".encode())
         self._log.flush()
         self.proc = psutil.Popen(argv, stdout=self._log, stderr=self._log,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, env=harness.child_env(ck.env()))
 
     def conn(self, timeout: float = 30.0) -> http.client.HTTPConnection:
         """A new keep-alive connection."""
@@ -163,7 +163,8 @@ def seed_backups(ck: harness.Cloudkeep, tiny: Path, n: int, workdir: Path,
     finally:
         srv.stop()
     for i in range(n):
-        harness.run_quiet(harness.Cmd([ck.exe, *ck.globals(tiny), "backup", "--json"]))
+        harness.run_quiet(harness.Cmd([ck.exe, *ck.globals(tiny), "backup", "--json"],
+                                      env=ck.env()))
         if (i + 1) % 50 == 0:
             log(f"service: seeded {i + 1}/{n} backups via cloudkeep backup")
     return {"method": "cloudkeep backup (CLI)", "seconds": round(time.perf_counter() - t0, 1)}
@@ -199,6 +200,22 @@ def backup_while_polling(srv: Server, c: http.client.HTTPConnection,
         time.sleep(POLL_PAUSE_S)
     th.join()
     return done, lat, errors
+
+
+def split_rss(procs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The server process's and its engine process's own peaks, from the tree's.
+
+    The engine is the child ``api/runner.py`` spawns (multiprocessing's ``spawn_main``);
+    multiprocessing's resource tracker is neither.
+    """
+    out: dict[str, Any] = {"processes": procs}
+    if procs:
+        out["server_process_peak_rss_bytes"] = procs[0]["peak_rss_bytes"]
+    engines = [p for p in procs[1:] if "spawn_main" in p["cmdline"]
+               and "resource_tracker" not in p["cmdline"]]
+    if engines:
+        out["engine_peak_rss_bytes"] = max(p["peak_rss_bytes"] for p in engines)
+    return out
 
 
 def run_service_bench(workdir: Path, large: Path, backups: int = 1000, rounds: int = 3,
@@ -256,6 +273,7 @@ def run_service_bench(workdir: Path, large: Path, backups: int = 1000, rounds: i
             out["during_backup"] = {**stats(busy), "errors": errors}
             out["large_backups"] = rounds_out
             out["server_peak_rss_bytes"] = sampler.peak
+            out.update(split_rss(sampler.per_process()))
             log(f"service: idle {out['idle']} during {out['during_backup']}")
         finally:
             srv.stop()
@@ -269,6 +287,7 @@ def run_service_bench(workdir: Path, large: Path, backups: int = 1000, rounds: i
 def main(argv: list[str] | None = None) -> int:
     """Standalone run against ``bench/work/<size>mib/base`` (generated if missing)."""
     import run
+    import summary
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=float, default=600.0)
@@ -283,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run_service_bench(root / "service", root / "base", args.backups, args.rounds,
                             log=run.log)
     print(json.dumps(res, indent=2))
-    print(run.service_summary(res))
+    print(summary.service_summary(res))
     return 0 if "error" not in res else 1
 
 
