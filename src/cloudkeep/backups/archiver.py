@@ -692,6 +692,6 @@ class Archiver:
                     chunks = decode_chunk_list(bytes(repo.read_blob(list_id)))
                 except (BlobDamaged, ValueError):
                     return False
-                if not all(repo.has_blob(blob_id) for blob_id, _size in chunks):
+                if repo.index.missing([blob_id for blob_id, _size in chunks]):
                     return False
         return True
