@@ -32,15 +32,22 @@ def _reference(all_packs: list[list[PackEntry]]) -> dict[bytes, BlobLocation]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(packs, st.lists(st.one_of(ids, twins), max_size=20), st.integers(1, 3), st.booleans())
+@given(
+    packs,
+    st.lists(st.one_of(ids, twins), max_size=20),
+    st.integers(1, 3),
+    st.booleans(),
+    st.booleans(),
+)
 def test_lookups_equal_a_dict_of_first_locations(
     raw: list[list[tuple[bytes, tuple[int, int, int, int]]]],
     strangers: list[bytes],
     recent_max: int,
     encoded: bool,
+    locations: bool,
 ) -> None:
     all_packs = [_entries(pack) for pack in raw]
-    index = MasterIndex()
+    index = MasterIndex(locations=locations)
     with pytest.MonkeyPatch.context() as patch:
         # A tiny merge threshold: packs are merged into the arrays while others still wait.
         patch.setattr(index_module, "RECENT_MAX", recent_max)
@@ -53,10 +60,12 @@ def test_lookups_equal_a_dict_of_first_locations(
     reference = _reference(all_packs)
     assert len(index) == len(reference)
     for blob_id, location in reference.items():
-        assert blob_id in index and index.lookup(blob_id) == location
+        assert blob_id in index
+        assert not locations or index.lookup(blob_id) == location
     absent = [blob_id for blob_id in strangers if blob_id not in reference]
     for blob_id in absent:
-        assert blob_id not in index and index.lookup(blob_id) is None
+        assert blob_id not in index
+        assert not locations or index.lookup(blob_id) is None
     asked = [*reference, *absent]
     assert [asked[at] for at in index.missing(asked)] == absent
     assert index.pack_ids() == [f"{number:064x}" for number in range(len(all_packs))]
@@ -92,6 +101,7 @@ def test_a_missing_blob_is_named_by_the_key_error() -> None:
         index.frames_of([known, unknown, b"v" * 32])
     assert raised.value.args == (unknown,)
     assert index.missing([b"short", known]) == [0]
+    assert index.missing([]) == [] and index.frames_of([]) == []
 
 
 def test_ids_sharing_a_prefix_never_stand_for_each_other() -> None:
@@ -103,3 +113,12 @@ def test_ids_sharing_a_prefix_never_stand_for_each_other() -> None:
     assert index.lookup(first) == BlobLocation("aa" * 32, 0, 10, 0, 5)
     assert index.lookup(second) == BlobLocation("bb" * 32, 20, 10, 0, 5)
     assert third not in index and index.missing([third, first, second]) == [0]
+
+
+def test_an_index_of_ids_only_says_it_cannot_locate() -> None:
+    blob_id = b"i" * 32
+    index = MasterIndex(locations=False)
+    index.add_pack("aa" * 32, [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5)])
+    assert blob_id in index and len(index) == 1
+    with pytest.raises(LookupError, match="ids only"):
+        index.frames_of([blob_id])

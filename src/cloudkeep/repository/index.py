@@ -8,8 +8,11 @@ Encoded as a compact binary table, zstd-compressed and sealed.
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import struct
+import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -118,6 +121,13 @@ class FrameBlobs(NamedTuple):
     blobs: list[tuple[bytes, int, int]]
 
 
+def prepare() -> None:
+    """Import numpy in a thread of its own (~50 ms, mostly while other threads wait
+    on I/O) when an index will be built soon."""
+    if "numpy" not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=("numpy",), daemon=True).start()
+
+
 class MasterIndex:
     """Every known blob → its pack and place, in sorted arrays (52 bytes a blob).
 
@@ -130,9 +140,14 @@ class MasterIndex:
     anonymous memory maps reserved larger than needed: pages not written yet cost
     no memory, so growing copies nothing and no merge holds a second index.
     The first location added for an id is the one kept.
+
+    Without ``locations`` it holds the ids only (32 bytes a blob): enough for a
+    backup, which only asks whether blobs are stored (``missing``, ``in``);
+    ``frames_of`` and ``lookup`` then raise ``LookupError``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, locations: bool = True) -> None:
+        self._width = _LOCATION.size // 4 if locations else 0  # uint32 columns of ``_locs``
         self._pack_ids: list[str] = []
         self._pack_numbers: dict[str, int] = {}
         self._n = 0  # entries in the sorted arrays
@@ -182,10 +197,13 @@ class MasterIndex:
 
     def add_pack(self, pack_id: str, entries: Iterable[PackEntry | tuple]) -> None:
         number, recent = self._number(pack_id), self._recent
-        pack = _LOCATION.pack
-        for _type, blob_id, offset, length, inner_offset, raw_length in entries:
-            if blob_id not in recent:
-                recent[blob_id] = pack(number, offset, length, inner_offset, raw_length)
+        if not self._width:
+            recent.update((entry[1], b"") for entry in entries if entry[1] not in recent)
+        else:
+            pack = _LOCATION.pack
+            for _type, blob_id, offset, length, inner_offset, raw_length in entries:
+                if blob_id not in recent:
+                    recent[blob_id] = pack(number, offset, length, inner_offset, raw_length)
         if len(recent) >= RECENT_MAX:
             self._merge_recent()
 
@@ -196,33 +214,34 @@ class MasterIndex:
     def add_packs_encoded(self, packs: Iterable[tuple[str, bytes]]) -> None:
         """``add_pack_encoded`` for many packs: decoded into the arrays as they come,
         then sorted and merged once (loading an index holds no per-entry object)."""
-        import numpy as np
-
         self._merge_recent()
         start = end = self._n
         for pack_id, encoded in packs:
             if len(encoded) % ENTRY.size:
                 raise IndexFormatError("pack header has a partial entry")
+            number = self._number(pack_id)
+            if not encoded:
+                continue
+            import numpy as np  # here: an empty store's index needs no numpy
+
             entries = np.frombuffer(encoded, _entry_dtype())
             count = len(entries)
-            if not count:
-                self._number(pack_id)
-                continue
             self._reserve(end, end + count)
             keys, rest, locs = self._arrays()
             keys[end : end + count] = entries["key"]
             rest[end : end + count] = entries["rest"]
-            locs[end : end + count, 0] = self._number(pack_id)
-            locs[end : end + count, 1:] = entries["loc"]
+            if self._width:
+                locs[end : end + count, 0] = number
+                locs[end : end + count, 1:] = entries["loc"]
             end += count
         self._settle(start, end)
 
     def _merge_recent(self) -> None:
-        import numpy as np
-
         recent = self._recent
         if not recent:
             return
+        import numpy as np
+
         start = end = self._n
         self._reserve(end, end + len(recent))
         keys, rest, locs = self._arrays()
@@ -230,17 +249,18 @@ class MasterIndex:
         end += len(ids)
         keys[start:end] = ids["key"]
         rest[start:end] = ids["rest"]
-        locs[start:end] = np.frombuffer(b"".join(recent.values()), np.uint32).reshape(-1, 5)
+        if self._width:
+            locs[start:end] = np.frombuffer(b"".join(recent.values()), np.uint32).reshape(-1, 5)
         self._recent = {}
         self._settle(start, end)
 
     def _settle(self, start: int, end: int) -> None:
         """Sort the unsorted entries at [start, end), drop the ids already known
         (the first location wins) and merge them into the sorted [0, start)."""
-        import numpy as np
-
         if end == start:
             return
+        import numpy as np
+
         keys, rest, locs = self._arrays()
         new_keys, new_rest = keys[start:end], rest[start:end]
         order = np.argsort(new_keys, kind="stable")
@@ -282,7 +302,7 @@ class MasterIndex:
 
         keys, rest, locs = self._arrays()
         # Rows as single values: masked moves of 24- and 20-byte items, not of 2-D rows.
-        columns = (keys, rest, locs.view("V20")[:, 0])
+        columns = (keys, rest, locs.view("V20")[:, 0]) if self._width else (keys, rest)
         added = [column[start:end].copy() for column in columns]
         count = end - start
         inserted = np.searchsorted(keys[:start], added[0]) + np.arange(count)
@@ -310,7 +330,7 @@ class MasterIndex:
         capacity = max(2 * total, total + _RESERVE)
         keys = _mapped(np.uint64, (capacity,))
         rest = _mapped(np.dtype("V24"), (capacity,))
-        locs = _mapped(np.uint32, (capacity, 5))
+        locs = _mapped(np.uint32, (capacity, self._width))
         if self._keys is not None and used:
             old_keys, old_rest, old_locs = self._arrays()
             keys[:used], rest[:used], locs[:used] = (
@@ -353,7 +373,7 @@ class MasterIndex:
 
         joined = b"".join(blob_ids)
         # All ID_SIZE long: none is longer, and together they are as long as that.
-        if len(joined) == ID_SIZE * len(blob_ids) and max(map(len, blob_ids)) == ID_SIZE:
+        if len(joined) == ID_SIZE * len(blob_ids) and max(map(len, blob_ids), default=0) <= ID_SIZE:
             ids = np.frombuffer(joined, _id_dtype())
             return self._find(ids["key"], ids["rest"])
         found = np.full(len(blob_ids), -1, np.intp)
@@ -364,7 +384,10 @@ class MasterIndex:
 
     def _locations(self, blob_ids: Sequence[bytes]) -> list[tuple[int, int, int, int, int]]:
         """The location of each id; ``KeyError`` names the first one not in the index."""
+        if not self._width:
+            raise LookupError("this index holds blob ids only, not where they are")
         rows: list
+        absent: Sequence[int]
         if self._n:
             found = self._positions(blob_ids)
             rows = self._arrays()[2][: self._n][found].tolist()

@@ -727,15 +727,18 @@ class Repository:
         except IndexFormatError as exc:
             raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
 
-    def load_index(self, stored: Collection[str] | None = None) -> MasterIndex:
+    def load_index(
+        self, stored: Collection[str] | None = None, *, locations: bool = True
+    ) -> MasterIndex:
         """The index of every readable index file (a damaged one is skipped with a
         warning), limited to the ``stored`` packs if given; it becomes ``index``.
+        Without ``locations`` it only tells which blobs are stored (see ``MasterIndex``).
 
         One planted or damaged index file must not stop every backup and restore:
         without it a backup stores those blobs again, a restore that needs them
         fails naming them, and ``check`` reports the file.
         """
-        index = MasterIndex()
+        index = MasterIndex(locations=locations)
         index.add_packs_encoded(
             (pack_id, encoded)
             for pack_id, encoded in self._iter_index(None)
