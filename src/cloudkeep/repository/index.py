@@ -8,14 +8,15 @@ Encoded as a compact binary table, zstd-compressed and sealed.
 
 from __future__ import annotations
 
-import importlib
 import mmap
+import os
 import struct
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
 import zstandard
@@ -121,11 +122,22 @@ class FrameBlobs(NamedTuple):
     blobs: list[tuple[bytes, int, int]]
 
 
+def _numpy() -> ModuleType:
+    """numpy, imported on first use (a command that builds no index never pays it),
+    with one BLAS thread: nothing here uses BLAS, and OpenBLAS's idle workers spun
+    for up to 60 ms of CPU after the import."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy
+
+    return numpy
+
+
 def prepare() -> None:
-    """Import numpy in a thread of its own (~50 ms, mostly while other threads wait
+    """Import numpy in a thread of its own (~50 ms, partly while other threads wait
     on I/O) when an index will be built soon."""
     if "numpy" not in sys.modules:
-        threading.Thread(target=importlib.import_module, args=("numpy",), daemon=True).start()
+        threading.Thread(target=_numpy, daemon=True).start()
 
 
 class MasterIndex:
@@ -222,7 +234,7 @@ class MasterIndex:
             number = self._number(pack_id)
             if not encoded:
                 continue
-            import numpy as np  # here: an empty store's index needs no numpy
+            np = _numpy()  # here: an empty store's index needs no numpy
 
             entries = np.frombuffer(encoded, _entry_dtype())
             count = len(entries)
@@ -240,7 +252,7 @@ class MasterIndex:
         recent = self._recent
         if not recent:
             return
-        import numpy as np
+        np = _numpy()
 
         start = end = self._n
         self._reserve(end, end + len(recent))
@@ -259,7 +271,7 @@ class MasterIndex:
         (the first location wins) and merge them into the sorted [0, start)."""
         if end == start:
             return
-        import numpy as np
+        np = _numpy()
 
         keys, rest, locs = self._arrays()
         new_keys, new_rest = keys[start:end], rest[start:end]
@@ -298,7 +310,7 @@ class MasterIndex:
         Filled from the back a block at a time: the old entries a block takes are
         copied out first, and no entry still to be placed lies under a block.
         """
-        import numpy as np
+        np = _numpy()
 
         keys, rest, locs = self._arrays()
         # Rows as single values: masked moves of 24- and 20-byte items, not of 2-D rows.
@@ -323,7 +335,7 @@ class MasterIndex:
 
     def _reserve(self, used: int, total: int) -> None:
         """Room for ``total`` entries; the first ``used`` are kept."""
-        import numpy as np
+        np = _numpy()
 
         if self._keys is not None and total <= len(self._keys):
             return
@@ -346,7 +358,7 @@ class MasterIndex:
 
     def _find(self, keys: NDArray[np.uint64], rest: NDArray[np.void]) -> NDArray[np.intp]:
         """Where each id is in the sorted arrays, -1 where it is not."""
-        import numpy as np
+        np = _numpy()
 
         n = self._n
         if not n:
@@ -369,7 +381,7 @@ class MasterIndex:
 
     def _positions(self, blob_ids: Sequence[bytes]) -> NDArray[np.intp]:
         """``_find`` for ids as bytes; an id that is not 32 bytes long is nowhere."""
-        import numpy as np
+        np = _numpy()
 
         joined = b"".join(blob_ids)
         # All ID_SIZE long: none is longer, and together they are as long as that.
@@ -435,7 +447,7 @@ class MasterIndex:
 
 def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
     """A zeroed array in an anonymous memory map: its pages cost memory once written."""
-    import numpy as np
+    np = _numpy()
 
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, int(np.prod(shape))).reshape(shape)
@@ -443,7 +455,7 @@ def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
 
 @cache
 def _id_dtype() -> np.dtype:
-    import numpy as np
+    np = _numpy()
 
     return np.dtype({"names": ["key", "rest"], "formats": [">u8", "V24"], "offsets": [0, 8]})
 
@@ -451,7 +463,7 @@ def _id_dtype() -> np.dtype:
 @cache
 def _entry_dtype() -> np.dtype:
     """``packs.ENTRY`` (type, id, frame offset, frame length, inner offset, size)."""
-    import numpy as np
+    np = _numpy()
 
     return np.dtype(
         {
