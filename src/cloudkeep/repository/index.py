@@ -124,8 +124,8 @@ class FrameBlobs(NamedTuple):
 
 def _numpy() -> ModuleType:
     """numpy, imported on first use (a command that builds no index never pays it),
-    with one BLAS thread: nothing here uses BLAS, and OpenBLAS's idle workers spun
-    for up to 60 ms of CPU after the import."""
+    with one BLAS thread: nothing here uses BLAS, and OpenBLAS's idle workers spin
+    after the import."""
     if "numpy" not in sys.modules:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy
@@ -134,8 +134,8 @@ def _numpy() -> ModuleType:
 
 
 def prepare() -> None:
-    """Import numpy in a thread of its own (~50 ms, partly while other threads wait
-    on I/O) when an index will be built soon."""
+    """Import numpy in a thread of its own, partly while other threads wait on I/O,
+    when an index will be built soon."""
     if "numpy" not in sys.modules:
         threading.Thread(target=_numpy, daemon=True).start()
 
@@ -165,7 +165,7 @@ class MasterIndex:
         self._n = 0  # entries in the sorted arrays
         self._keys: NDArray[np.uint64] | None = None  # first 8 id bytes, big-endian
         self._rest: NDArray[np.void] | None = None  # the other 24 bytes
-        self._locs: NDArray[np.uint32] | None = None  # (n, 5): see ``_LOCATION``
+        self._locs: NDArray[np.uint32] | None = None  # (n, width): see ``_LOCATION``
         self._recent: dict[bytes, bytes] = {}  # id → ``_LOCATION`` packed
 
     @classmethod
