@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudkeep.repository import index as index_module
-from cloudkeep.repository.index import BlobLocation, MasterIndex
+from cloudkeep.repository.index import BlobLocation, IndexFile, MasterIndex
 from cloudkeep.repository.packs import ENTRY, BlobType, PackEntry
 
 ids = st.binary(min_size=32, max_size=32)
@@ -122,3 +122,10 @@ def test_an_index_of_ids_only_says_it_cannot_locate() -> None:
     assert blob_id in index and len(index) == 1
     with pytest.raises(LookupError, match="ids only"):
         index.frames_of([blob_id])
+
+
+def test_an_index_file_writes_packs_kept_encoded_as_it_writes_listed_ones() -> None:
+    listed = [PackEntry(BlobType.DATA, b"l" * 32, 0, 10, 0, 5)]
+    kept = [PackEntry(BlobType.TREE, b"e" * 32, 10, 20, 4, 6)]
+    written = IndexFile({"aa" * 32: listed}, {"bb" * 32: ENTRY.pack(*kept[0])}).encode()
+    assert IndexFile.decode(written).packs == {"aa" * 32: listed, "bb" * 32: kept}

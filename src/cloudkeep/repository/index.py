@@ -52,9 +52,6 @@ class IndexFile:
     packs: dict[str, list[PackEntry]] = field(default_factory=dict)
     encoded: dict[str, bytes] = field(default_factory=dict)
 
-    def pack_ids(self) -> list[str]:
-        return [*self.packs, *self.encoded]
-
     def encode(self) -> bytes:
         tables = [(p, encode_header(e)) for p, e in self.packs.items()]
         tables += self.encoded.items()
