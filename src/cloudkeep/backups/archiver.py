@@ -55,6 +55,7 @@ from cloudkeep.errors import (
     RepositoryDamaged,
     UserError,
 )
+from cloudkeep.repository import index
 from cloudkeep.repository.index import IndexFile
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.pack_writer import PackWriter
@@ -270,6 +271,16 @@ def _read_through(blocks: Iterator[_Block]) -> Iterator[_Block]:
         yield from blocks
 
 
+def _read_again(item: SourceItem, previous: FileEntry | None) -> bool:
+    """Whether a file must be read, not taken from the last backup (``previous``)."""
+    return not (
+        item.fingerprint
+        and previous is not None
+        and previous.fingerprint == item.fingerprint
+        and previous.sqlite == item.sqlite
+    )
+
+
 def _ancestors(path: str) -> Iterator[str]:
     """The folders above a relative posix path, nearest first."""
     while "/" in path:
@@ -343,19 +354,22 @@ class Archiver:
             self._load_live_index()
             self._index_loaded = True
 
-    def _load_live_index(self) -> None:
-        """Load the index of the packs the store holds.
+    def _load_live_index(self, locations: bool = False) -> None:
+        """Load the index of the packs the store holds: their blob ids only, unless
+        blobs are to be read through it (``locations``).
 
         Index entries naming a pack the store no longer holds (an index file written
         by a client whose lock had lapsed while a prune deleted its packs) are
         dropped, so nothing is deduplicated against them. Our lock is held, so no
         pack listed here goes away before our manifest is saved.
         """
-        self.repo.load_index(stored=set(self.repo.list_packs()))
+        self.repo.load_index(stored=set(self.repo.list_packs()), locations=locations)
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source, self.warnings)
         parent_id, parent_files = self._parent_files(source, device_name)
+        if any(_read_again(i, parent_files.get(i.relative)) for i in items if i.type == "file"):
+            index.prepare()  # the index will be loaded: its numpy meanwhile
         tracker = Tracker("backup", sum(i.size for i in items), self.progress, self.cancel)
         tracker.advance(0)
         with (
@@ -476,12 +490,7 @@ class Archiver:
             return entry
         tracker.check_canceled()
         previous = self._parent.get(item.relative)
-        if (
-            item.fingerprint
-            and previous is not None
-            and previous.fingerprint == item.fingerprint
-            and previous.sqlite == item.sqlite
-        ):
+        if previous is not None and not _read_again(item, previous):
             tracker.advance(item.size)
             previous.mode, previous.mtime_ns = item.mode, item.mtime_ns
             return previous
@@ -680,7 +689,7 @@ class Archiver:
                 if live:
                     repo.write_index_file(IndexFile(live))
                 repo.remove_index_file(name)
-        self._load_live_index()
+        self._load_live_index(locations=True)  # the chunk lists are read through it
         checked: set[bytes] = set()
         for entry in entries:
             for list_hex in entry.content:
@@ -692,6 +701,6 @@ class Archiver:
                     chunks = decode_chunk_list(bytes(repo.read_blob(list_id)))
                 except (BlobDamaged, ValueError):
                     return False
-                if not all(repo.has_blob(blob_id) for blob_id, _size in chunks):
+                if repo.index.missing([blob_id for blob_id, _size in chunks]):
                     return False
         return True

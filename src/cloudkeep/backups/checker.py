@@ -83,7 +83,8 @@ class Checker:
             damaged.add(backup_id)
             report.errors += [f"backup {backup_id}: {p}" for p in problems]
 
-        bad_blobs = {blob_id: "not in any index" for blob_id in users if blob_id not in index}
+        used = list(users)
+        bad_blobs = {used[at]: "not in any index" for at in index.missing(used)}
         _missing_or_truncated(indexed, stored, bad_blobs, report)
         for pack_id in stored.keys() - indexed.keys():
             report.warnings.append(

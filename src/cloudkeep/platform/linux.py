@@ -70,8 +70,12 @@ _AT_FDCWD = -100
 _SYNC_FILE_RANGE_WRITE = 2
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's ceiling; packs (4 MiB) stay below it
-_TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024  # per arena (each thread has one)
+_TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024  # per arena
+# One arena for every thread: the engine's threads allocate under the GIL anyway, and
+# each arena of its own kept up to the trim threshold of freed memory.
+_ARENA_MAX = 1
 
 
 def _function(name: str, argtypes: list[type], restype: type) -> Callable[..., int] | None:
@@ -202,10 +206,12 @@ def process_umask() -> int:
 
 def keep_freed_memory() -> None:
     """glibc: keep freed buffers mapped for reuse (page faults, not copies, were the
-    kernel time); musl and others have no ``mallopt`` and keep their defaults."""
+    kernel time), in one arena shared by all threads (called before any thread starts);
+    musl and others have no ``mallopt`` and keep their defaults."""
     if _mallopt is not None:
         _mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
         _mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+        _mallopt(_M_ARENA_MAX, _ARENA_MAX)
 
 
 def boot_clock() -> float:

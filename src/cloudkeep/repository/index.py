@@ -8,19 +8,36 @@ Encoded as a compact binary table, zstd-compressed and sealed.
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
-from collections.abc import Iterable, KeysView, Mapping
+import sys
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 import zstandard
 
+from cloudkeep.repository.crypto import ID_SIZE
 from cloudkeep.repository.packs import ENTRY, PackEntry, decode_header, encode_header
 from cloudkeep.repository.untrusted import MAX_PLAIN_SIZE, DecompressionFailed, decompress_bounded
 
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
 _MAGIC = b"CKIX\x02"
 _COUNT = struct.Struct("<I")
-_U32 = 0xFFFFFFFF
+_LOCATION = struct.Struct("<IIIII")  # pack number, frame offset, frame length, inner offset, size
+#: Blobs added pack by pack wait in a dict (~3 MiB) before a merge into the arrays.
+RECENT_MAX = 16384
+#: Entries the arrays are reserved for beyond their need (address space, not memory).
+_RESERVE = 1 << 22
+#: Entries a merge moves per step (the only copy it makes).
+_MERGE_BLOCK = 1 << 16
 
 
 class IndexFormatError(Exception):
@@ -29,12 +46,18 @@ class IndexFormatError(Exception):
 
 @dataclass(slots=True)
 class IndexFile:
+    """Packs and their header entries; ``encoded`` holds packs whose entries stay
+    encoded (a backup's writer: 49 bytes a blob rather than a tuple)."""
+
     packs: dict[str, list[PackEntry]] = field(default_factory=dict)
+    encoded: dict[str, bytes] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        parts = [_MAGIC, _COUNT.pack(len(self.packs))]
-        for pack_id, entries in self.packs.items():
-            parts += [bytes.fromhex(pack_id), _COUNT.pack(len(entries)), encode_header(entries)]
+        tables = [(p, encode_header(e)) for p, e in self.packs.items()]
+        tables += self.encoded.items()
+        parts = [_MAGIC, _COUNT.pack(len(tables))]
+        for pack_id, raw in tables:
+            parts += [bytes.fromhex(pack_id), _COUNT.pack(len(raw) // ENTRY.size), raw]
         return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
 
     @classmethod
@@ -96,87 +119,354 @@ class FrameBlobs(NamedTuple):
     blobs: list[tuple[bytes, int, int]]
 
 
-class MasterIndex:
-    """Every known blob → its pack, in a compact form (one int per blob).
+def _numpy() -> ModuleType:
+    """numpy, imported on first use (a command that builds no index never pays it),
+    with one BLAS thread: nothing here uses BLAS, and OpenBLAS's idle workers spin
+    after the import."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import numpy
 
-    Backups hold hundreds of thousands of blobs: an int per blob is far smaller
-    than a tuple or an object per blob.
+    return numpy
+
+
+def prepare() -> None:
+    """Import numpy in a thread of its own, partly while other threads wait on I/O,
+    when an index will be built soon."""
+    if "numpy" not in sys.modules:
+        threading.Thread(target=_numpy, daemon=True).start()
+
+
+class MasterIndex:
+    """Every known blob → its pack and place, in sorted arrays (52 bytes a blob).
+
+    The ids sit in one sorted array (their first 8 bytes as a big-endian key, the
+    other 24 beside it) and the locations in another: no Python object per blob,
+    and a batch of ids is found with one vectorized binary search. A hit compares
+    the whole 32-byte id: two ids sharing a prefix (a key holder can make them)
+    never stand for each other. Blobs added pack by pack (a backup's uploads)
+    wait in a small dict and are merged in batches, in place. The arrays are
+    anonymous memory maps reserved larger than needed: pages not written yet cost
+    no memory, so growing copies nothing and no merge holds a second index.
+    The first location added for an id is the one kept.
+
+    Without ``locations`` it holds the ids only (32 bytes a blob): enough for a
+    backup, which only asks whether blobs are stored (``missing``, ``in``);
+    ``frames_of`` and ``lookup`` then raise ``LookupError``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, locations: bool = True) -> None:
+        self._width = _LOCATION.size // 4 if locations else 0  # uint32 columns of ``_locs``
         self._pack_ids: list[str] = []
         self._pack_numbers: dict[str, int] = {}
-        self._blobs: dict[bytes, int] = {}
+        self._n = 0  # entries in the sorted arrays
+        self._keys: NDArray[np.uint64] | None = None  # first 8 id bytes, big-endian
+        self._rest: NDArray[np.void] | None = None  # the other 24 bytes
+        self._locs: NDArray[np.uint32] | None = None  # (n, width): see ``_LOCATION``
+        self._recent: dict[bytes, bytes] = {}  # id → ``_LOCATION`` packed
 
     @classmethod
     def of(cls, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
         """An index naming exactly these packs."""
         index = cls()
-        for pack_id, entries in packs.items():
-            index.add_pack(pack_id, entries)
+        index.add_packs_encoded(
+            (pack_id, b"".join(ENTRY.pack(*entry) for entry in entries))
+            for pack_id, entries in packs.items()
+        )
         return index
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        self._merge_recent()
+        return self._n
 
-    def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+    def __contains__(self, blob_id: object) -> bool:
+        return isinstance(blob_id, bytes) and not self.missing([blob_id])
 
-    def ids(self) -> KeysView[bytes]:
-        """The known blob ids: tests of many ids against it make no method call each."""
-        return self._blobs.keys()
+    def missing(self, blob_ids: Sequence[bytes]) -> list[int]:
+        """Positions in ``blob_ids`` of the ids the index does not name (one search)."""
+        recent = self._recent
+        absent = (self._positions(blob_ids) < 0).nonzero()[0].tolist() if self._n else None
+        return [
+            at
+            for at in (range(len(blob_ids)) if absent is None else absent)
+            if blob_ids[at] not in recent
+        ]
 
     def pack_ids(self) -> list[str]:
         """The packs the index names."""
         return list(self._pack_ids)
 
-    def add_pack(self, pack_id: str, entries: Iterable[PackEntry | tuple]) -> None:
+    def _number(self, pack_id: str) -> int:
         number = self._pack_numbers.get(pack_id)
         if number is None:
             number = len(self._pack_ids)
             self._pack_ids.append(pack_id)
             self._pack_numbers[pack_id] = number
-        blobs, base = self._blobs, number << 128
-        for _type, blob_id, offset, length, inner_offset, raw_length in entries:
-            if blob_id not in blobs:
-                blobs[blob_id] = (
-                    base | (offset << 96) | (length << 64) | (inner_offset << 32) | raw_length
-                )
+        return number
+
+    def add_pack(self, pack_id: str, entries: Iterable[PackEntry | tuple]) -> None:
+        number, recent = self._number(pack_id), self._recent
+        if not self._width:
+            recent.update((entry[1], b"") for entry in entries if entry[1] not in recent)
+        else:
+            pack = _LOCATION.pack
+            for _type, blob_id, offset, length, inner_offset, raw_length in entries:
+                if blob_id not in recent:
+                    recent[blob_id] = pack(number, offset, length, inner_offset, raw_length)
+        if len(recent) >= RECENT_MAX:
+            self._merge_recent()
 
     def add_pack_encoded(self, pack_id: str, encoded_entries: bytes) -> None:
         """``add_pack`` straight from encoded header entries (no per-entry objects)."""
-        self.add_pack(pack_id, ENTRY.iter_unpack(encoded_entries))
+        self.add_packs_encoded([(pack_id, encoded_entries)])
+
+    def add_packs_encoded(self, packs: Iterable[tuple[str, bytes]]) -> None:
+        """``add_pack_encoded`` for many packs: decoded into the arrays as they come,
+        then sorted and merged once (loading an index holds no per-entry object)."""
+        self._merge_recent()
+        start = end = self._n
+        for pack_id, encoded in packs:
+            if len(encoded) % ENTRY.size:
+                raise IndexFormatError("pack header has a partial entry")
+            number = self._number(pack_id)
+            if not encoded:
+                continue
+            np = _numpy()  # here: an empty store's index needs no numpy
+
+            entries = np.frombuffer(encoded, _entry_dtype())
+            count = len(entries)
+            self._reserve(end, end + count)
+            keys, rest, locs = self._arrays()
+            keys[end : end + count] = entries["key"]
+            rest[end : end + count] = entries["rest"]
+            if self._width:
+                locs[end : end + count, 0] = number
+                locs[end : end + count, 1:] = entries["loc"]
+            end += count
+        self._settle(start, end)
+
+    def _merge_recent(self) -> None:
+        recent = self._recent
+        if not recent:
+            return
+        np = _numpy()
+
+        start = end = self._n
+        self._reserve(end, end + len(recent))
+        keys, rest, locs = self._arrays()
+        ids = np.frombuffer(b"".join(recent), _id_dtype())
+        end += len(ids)
+        keys[start:end] = ids["key"]
+        rest[start:end] = ids["rest"]
+        if self._width:
+            locs[start:end] = np.frombuffer(b"".join(recent.values()), np.uint32).reshape(-1, 5)
+        self._recent = {}
+        self._settle(start, end)
+
+    def _settle(self, start: int, end: int) -> None:
+        """Sort the unsorted entries at [start, end), drop the ids already known
+        (the first location wins) and merge them into the sorted [0, start)."""
+        if end == start:
+            return
+        np = _numpy()
+
+        keys, rest, locs = self._arrays()
+        new_keys, new_rest = keys[start:end], rest[start:end]
+        order = np.argsort(new_keys, kind="stable")
+        sorted_keys = new_keys[order]
+        same_key = sorted_keys[1:] == sorted_keys[:-1]
+        if same_key.any() and not (new_rest[order[1:]] == new_rest[order[:-1]])[same_key].all():
+            # Ids sharing their first 8 bytes only: order by the whole id, so equal
+            # ids are neighbours (the sort is stable: the first added comes first).
+            words = new_rest.view(np.uint64).reshape(-1, 3)
+            order = np.lexsort((words[:, 2], words[:, 1], words[:, 0], new_keys))
+            sorted_keys = new_keys[order]
+        del same_key
+        # Column by column: the only copy is one column of the new entries.
+        for column in (new_rest.view(np.uint64).reshape(-1, 3), locs[start:end]):
+            for part in range(column.shape[1]):
+                column[:, part] = column[order, part]
+        new_keys[:] = sorted_keys
+        del order, sorted_keys
+        keep = np.ones(end - start, bool)
+        keep[1:] = ~((new_keys[1:] == new_keys[:-1]) & (new_rest[1:] == new_rest[:-1]))
+        if start:
+            keep &= self._find(new_keys, new_rest) < 0
+        if not keep.all():
+            kept = int(keep.sum())
+            for kept_column in (new_keys, new_rest, locs[start:end]):
+                kept_column[:kept] = kept_column[keep]
+            end = start + kept
+        if 0 < start < end:
+            self._merge(start, end)
+        self._n = end
+
+    def _merge(self, start: int, end: int) -> None:
+        """Merge the sorted entries at [start, end) into the sorted [0, start), in place.
+
+        Filled from the back a block at a time: the old entries a block takes are
+        copied out first, and no entry still to be placed lies under a block.
+        """
+        np = _numpy()
+
+        keys, rest, locs = self._arrays()
+        # Rows as single values: masked moves of 24- and 20-byte items, not of 2-D rows.
+        columns = (keys, rest, locs.view("V20")[:, 0]) if self._width else (keys, rest)
+        added = [column[start:end].copy() for column in columns]
+        count = end - start
+        inserted = np.searchsorted(keys[:start], added[0]) + np.arange(count)
+        low = int(inserted[0])
+        high = end
+        while high > low:
+            low_block = max(low, high - _MERGE_BLOCK)
+            first, last = np.searchsorted(inserted, [low_block, high]).tolist()
+            is_new = np.zeros(high - low_block, bool)
+            is_new[inserted[first:last] - low_block] = True
+            old_from, old_to = low_block - first, high - last
+            for column, new in zip(columns, added, strict=True):
+                old = column[old_from:old_to].copy()
+                block = column[low_block:high]
+                block[~is_new] = old
+                block[is_new] = new[first:last]
+            high = low_block
+
+    def _reserve(self, used: int, total: int) -> None:
+        """Room for ``total`` entries; the first ``used`` are kept."""
+        np = _numpy()
+
+        if self._keys is not None and total <= len(self._keys):
+            return
+        capacity = max(2 * total, total + _RESERVE)
+        keys = _mapped(np.uint64, (capacity,))
+        rest = _mapped(np.dtype("V24"), (capacity,))
+        locs = _mapped(np.uint32, (capacity, self._width))
+        if self._keys is not None and used:
+            old_keys, old_rest, old_locs = self._arrays()
+            keys[:used], rest[:used], locs[:used] = (
+                old_keys[:used],
+                old_rest[:used],
+                old_locs[:used],
+            )
+        self._keys, self._rest, self._locs = keys, rest, locs
+
+    def _arrays(self) -> tuple[NDArray[np.uint64], NDArray[np.void], NDArray[np.uint32]]:
+        assert self._keys is not None and self._rest is not None and self._locs is not None
+        return self._keys, self._rest, self._locs
+
+    def _find(self, keys: NDArray[np.uint64], rest: NDArray[np.void]) -> NDArray[np.intp]:
+        """Where each id is in the sorted arrays, -1 where it is not."""
+        np = _numpy()
+
+        n = self._n
+        if not n:
+            return np.full(len(keys), -1, np.intp)
+        known_keys, known_rest, _ = self._arrays()
+        known_keys, known_rest = known_keys[:n], known_rest[:n]
+        at = np.minimum(np.searchsorted(known_keys, keys), n - 1)
+        same_key = known_keys[at] == keys
+        hit = same_key & (known_rest[at] == rest)
+        found = np.where(hit, at, -1)
+        for position in (same_key & ~hit).nonzero()[0].tolist():
+            # Another id with the same first 8 bytes: look through all of them.
+            key, row = keys[position], rest[position]
+            end = int(np.searchsorted(known_keys, key, side="right"))
+            for candidate in range(int(at[position]), end):
+                if known_rest[candidate] == row:
+                    found[position] = candidate
+                    break
+        return found
+
+    def _positions(self, blob_ids: Sequence[bytes]) -> NDArray[np.intp]:
+        """``_find`` for ids as bytes; an id that is not 32 bytes long is nowhere."""
+        np = _numpy()
+
+        joined = b"".join(blob_ids)
+        # All ID_SIZE long: none is longer, and together they are as long as that.
+        if len(joined) == ID_SIZE * len(blob_ids) and max(map(len, blob_ids), default=0) <= ID_SIZE:
+            ids = np.frombuffer(joined, _id_dtype())
+            return self._find(ids["key"], ids["rest"])
+        found = np.full(len(blob_ids), -1, np.intp)
+        sized = [at for at, blob_id in enumerate(blob_ids) if len(blob_id) == ID_SIZE]
+        if sized:
+            found[sized] = self._positions([blob_ids[at] for at in sized])
+        return found
+
+    def _locations(self, blob_ids: Sequence[bytes]) -> list[tuple[int, int, int, int, int]]:
+        """The location of each id; ``KeyError`` names the first one not in the index."""
+        if not self._width:
+            raise LookupError("this index holds blob ids only, not where they are")
+        rows: list
+        absent: Sequence[int]
+        if self._n:
+            found = self._positions(blob_ids)
+            rows = self._arrays()[2][: self._n][found].tolist()
+            absent = (found < 0).nonzero()[0].tolist()
+        else:
+            rows, absent = [None] * len(blob_ids), range(len(blob_ids))
+        recent = self._recent
+        for at in absent:
+            packed = recent.get(blob_ids[at])
+            if packed is None:
+                raise KeyError(blob_ids[at])
+            rows[at] = _LOCATION.unpack(packed)
+        return rows
 
     def frames_of(self, blob_ids: Iterable[bytes]) -> list[FrameBlobs]:
         """The blobs grouped by the frame holding them, frames in order of first appearance.
 
-        A restore locates every blob of a slice of its data at once: grouping on
-        the packed ints makes no object per blob (half the planning CPU of
-        ``lookup`` per blob). ``KeyError`` names the first blob not in the index.
+        A restore locates every blob of a slice of its data at once: one search
+        for them all, and no object per blob but its member tuple. ``KeyError``
+        names the first blob not in the index.
         """
-        blobs = self._blobs
-        frames: dict[int, list[tuple[bytes, int, int]]] = {}
-        for blob_id in blob_ids:
-            packed = blobs[blob_id]
-            frame = packed >> 64  # pack number, frame offset, frame length
+        wanted = blob_ids if isinstance(blob_ids, list) else list(blob_ids)
+        frames: dict[tuple[int, int, int], list[tuple[bytes, int, int]]] = {}
+        for blob_id, (pack, offset, length, inner_offset, raw_length) in zip(
+            wanted, self._locations(wanted), strict=True
+        ):
+            frame = (pack, offset, length)
             members = frames.get(frame)
             if members is None:
                 frames[frame] = members = []
-            members.append((blob_id, (packed >> 32) & _U32, packed & _U32))
+            members.append((blob_id, inner_offset, raw_length))
         pack_ids = self._pack_ids
         return [
-            FrameBlobs(pack_ids[frame >> 64], (frame >> 32) & _U32, frame & _U32, members)
-            for frame, members in frames.items()
+            FrameBlobs(pack_ids[pack], offset, length, members)
+            for (pack, offset, length), members in frames.items()
         ]
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        packed = self._blobs.get(blob_id)
-        if packed is None:
+        try:
+            ((pack, offset, length, inner_offset, raw_length),) = self._locations([blob_id])
+        except KeyError:
             return None
-        return BlobLocation(
-            self._pack_ids[packed >> 128],
-            (packed >> 96) & _U32,
-            (packed >> 64) & _U32,
-            (packed >> 32) & _U32,
-            packed & _U32,
-        )
+        return BlobLocation(self._pack_ids[pack], offset, length, inner_offset, raw_length)
+
+
+def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
+    """A zeroed array in an anonymous memory map: its pages cost memory once written."""
+    np = _numpy()
+
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, int(np.prod(shape))).reshape(shape)
+
+
+@cache
+def _id_dtype() -> np.dtype:
+    np = _numpy()
+
+    return np.dtype({"names": ["key", "rest"], "formats": [">u8", "V24"], "offsets": [0, 8]})
+
+
+@cache
+def _entry_dtype() -> np.dtype:
+    """``packs.ENTRY`` (type, id, frame offset, frame length, inner offset, size)."""
+    np = _numpy()
+
+    return np.dtype(
+        {
+            "names": ["key", "rest", "loc"],
+            "formats": [">u8", "V24", ("<u4", 4)],
+            "offsets": [1, 9, 33],
+            "itemsize": ENTRY.size,
+        }
+    )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from cloudkeep.repository.frames import SealedFrame
 from cloudkeep.repository.index import IndexFile, MasterIndex
-from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder
+from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, encode_header
 
 if TYPE_CHECKING:
     from cloudkeep.repository.repository import Repository
@@ -61,11 +61,12 @@ class PackWriter:
 
         A claimed blob must then be passed to ``add_claimed`` by the claimer.
         """
-        known, pending = self._index.ids(), self._pending
+        pending = self._pending
         fresh = []
         with self._lock:
-            for position, blob_id in enumerate(blob_ids):
-                if blob_id not in known and blob_id not in pending:
+            for position in self._index.missing(blob_ids):
+                blob_id = blob_ids[position]
+                if blob_id not in pending:
                     pending.add(blob_id)
                     fresh.append(position)
         return fresh
@@ -81,10 +82,11 @@ class PackWriter:
         self, blob_type: BlobType, sealed: list[bytes], members: list[FrameMember]
     ) -> bool:
         """Queue an already sealed frame (prune copies them) unless all of it is known."""
+        ids = [member.blob_id for member in members]
         with self._lock:
-            if all(self.known(member.blob_id) for member in members):
+            if all(ids[at] in self._pending for at in self._index.missing(ids)):
                 return False
-            self._pending.update(member.blob_id for member in members)
+            self._pending.update(ids)
         self.add_claimed(blob_type, [(sealed, members)])
         return True
 
@@ -113,12 +115,14 @@ class PackWriter:
     def _upload(self, builder: PackBuilder) -> None:
         pack_id, content = builder.finish(self._repo.sealer)
         self._repo.put_pack(pack_id, content)
+        entries = builder.entries
+        encoded = encode_header(entries)  # kept encoded until its index file is written
         with self._lock:
-            self._index.add_pack(pack_id, builder.entries)
-            self._pending.difference_update([entry.blob_id for entry in builder.entries])
-            self._unindexed.packs[pack_id] = builder.entries
+            self._index.add_pack(pack_id, entries)
+            self._pending.difference_update([entry.blob_id for entry in entries])
+            self._unindexed.encoded[pack_id] = encoded
             self.uploaded_bytes += len(content)
-            full = len(self._unindexed.packs) >= PACKS_PER_INDEX_FLUSH
+            full = len(self._unindexed.encoded) >= PACKS_PER_INDEX_FLUSH
             if full:
                 unindexed, self._unindexed = self._unindexed, IndexFile()
         if full:
@@ -147,7 +151,7 @@ class PackWriter:
             future.result()
         with self._lock:
             unindexed, self._unindexed = self._unindexed, IndexFile()
-        if unindexed.packs:
+        if unindexed.encoded:
             self._index_files.append(self._repo.write_index_file(unindexed))
         return list(self._index_files)
 
@@ -158,4 +162,4 @@ class PackWriter:
     def unindexed_pack_ids(self) -> list[str]:
         """Packs uploaded since the last flush: garbage if the backup is abandoned."""
         with self._lock:
-            return list(self._unindexed.packs)
+            return list(self._unindexed.encoded)

@@ -697,7 +697,14 @@ class Repository:
         }
 
     def _scan_index(self, damaged: Callable[[str, Exception], None] | None) -> dict[str, bytes]:
-        packs: dict[str, bytes] = {}
+        return dict(self._iter_index(damaged))
+
+    def _iter_index(
+        self, damaged: Callable[[str, Exception], None] | None
+    ) -> Iterator[tuple[str, bytes]]:
+        """(pack id, encoded entries) of every readable index file, a file at a time
+        (the first naming a pack wins)."""
+        seen: set[str] = set()
         for name in self.list_files("index"):
             try:
                 scanned = self._scan_index_file(name)
@@ -710,8 +717,9 @@ class Repository:
                     log.warning("skipped %s; run 'cloudkeep check'", exc)
                 continue
             for pack_id, encoded in scanned:
-                packs.setdefault(pack_id, encoded)
-        return packs
+                if pack_id not in seen:
+                    seen.add(pack_id)
+                    yield pack_id, encoded
 
     def _scan_index_file(self, name: str) -> list[tuple[str, bytes]]:
         try:
@@ -719,18 +727,23 @@ class Repository:
         except IndexFormatError as exc:
             raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
 
-    def load_index(self, stored: Collection[str] | None = None) -> MasterIndex:
+    def load_index(
+        self, stored: Collection[str] | None = None, *, locations: bool = True
+    ) -> MasterIndex:
         """The index of every readable index file (a damaged one is skipped with a
         warning), limited to the ``stored`` packs if given; it becomes ``index``.
+        Without ``locations`` it only tells which blobs are stored (see ``MasterIndex``).
 
         One planted or damaged index file must not stop every backup and restore:
         without it a backup stores those blobs again, a restore that needs them
         fails naming them, and ``check`` reports the file.
         """
-        index = MasterIndex()
-        for pack_id, encoded in self._scan_index(None).items():
-            if stored is None or pack_id in stored:
-                index.add_pack_encoded(pack_id, encoded)
+        index = MasterIndex(locations=locations)
+        index.add_packs_encoded(
+            (pack_id, encoded)
+            for pack_id, encoded in self._iter_index(None)
+            if stored is None or pack_id in stored
+        )
         self.index = index
         return index
 
@@ -836,15 +849,15 @@ class Repository:
         (``BlobDamaged`` raised without one)."""
         index = self.index if index is None else index
         wanted = list(dict.fromkeys(blob_ids))
-        known = index.ids()
-        missing = [blob_id for blob_id in wanted if blob_id not in known]
-        for blob_id in missing:
-            error = BlobDamaged(blob_id, "not in the index")
+        missing = index.missing(wanted)
+        for position in missing:
+            error = BlobDamaged(wanted[position], "not in the index")
             if damage is None:
                 raise error
             damage(error)
         if missing:
-            wanted = [blob_id for blob_id in wanted if blob_id in known]
+            gone = set(missing)
+            wanted = [blob_id for at, blob_id in enumerate(wanted) if at not in gone]
         return index.frames_of(wanted)
 
     def load_blobs(

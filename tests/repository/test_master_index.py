@@ -1,0 +1,131 @@
+"""``MasterIndex``: the sorted arrays answer exactly as a dict of first locations would."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudkeep.repository import index as index_module
+from cloudkeep.repository.index import BlobLocation, IndexFile, MasterIndex
+from cloudkeep.repository.packs import ENTRY, BlobType, PackEntry
+
+ids = st.binary(min_size=32, max_size=32)
+# Ids sharing their first 8 bytes, so the full-id comparison is what tells them apart.
+twins = st.builds(lambda tail: b"\x07" * 8 + tail, st.binary(min_size=24, max_size=24))
+locations = st.tuples(*[st.integers(0, 2**32 - 1)] * 4)
+packs = st.lists(
+    st.lists(st.tuples(st.one_of(ids, twins), locations), max_size=40), min_size=1, max_size=6
+)
+
+
+def _entries(pack: list[tuple[bytes, tuple[int, int, int, int]]]) -> list[PackEntry]:
+    return [PackEntry(BlobType.DATA, blob_id, *where) for blob_id, where in pack]
+
+
+def _reference(all_packs: list[list[PackEntry]]) -> dict[bytes, BlobLocation]:
+    first: dict[bytes, BlobLocation] = {}
+    for number, entries in enumerate(all_packs):
+        for entry in entries:
+            first.setdefault(entry.blob_id, BlobLocation(f"{number:064x}", *entry[2:]))
+    return first
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    packs,
+    st.lists(st.one_of(ids, twins), max_size=20),
+    st.integers(1, 3),
+    st.booleans(),
+    st.booleans(),
+)
+def test_lookups_equal_a_dict_of_first_locations(
+    raw: list[list[tuple[bytes, tuple[int, int, int, int]]]],
+    strangers: list[bytes],
+    recent_max: int,
+    encoded: bool,
+    locations: bool,
+) -> None:
+    all_packs = [_entries(pack) for pack in raw]
+    index = MasterIndex(locations=locations)
+    with pytest.MonkeyPatch.context() as patch:
+        # A tiny merge threshold: packs are merged into the arrays while others still wait.
+        patch.setattr(index_module, "RECENT_MAX", recent_max)
+        for number, entries in enumerate(all_packs):
+            pack_id = f"{number:064x}"
+            if encoded:
+                index.add_pack_encoded(pack_id, b"".join(ENTRY.pack(*e) for e in entries))
+            else:
+                index.add_pack(pack_id, entries)
+    reference = _reference(all_packs)
+    assert len(index) == len(reference)
+    for blob_id, location in reference.items():
+        assert blob_id in index
+        assert not locations or index.lookup(blob_id) == location
+    absent = [blob_id for blob_id in strangers if blob_id not in reference]
+    for blob_id in absent:
+        assert blob_id not in index
+        assert not locations or index.lookup(blob_id) is None
+    asked = [*reference, *absent]
+    assert [asked[at] for at in index.missing(asked)] == absent
+    assert index.pack_ids() == [f"{number:064x}" for number in range(len(all_packs))]
+    assert MasterIndex.of({f"{n:064x}": e for n, e in enumerate(all_packs)}).missing(asked) == (
+        index.missing(asked)
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(packs, st.randoms())
+def test_frames_of_groups_blobs_by_frame_in_order_of_first_appearance(
+    raw: list[list[tuple[bytes, tuple[int, int, int, int]]]], rnd: object
+) -> None:
+    all_packs = [_entries(pack) for pack in raw]
+    index = MasterIndex.of({f"{n:064x}": e for n, e in enumerate(all_packs)})
+    reference = _reference(all_packs)
+    wanted = list(reference)
+    rnd.shuffle(wanted)  # type: ignore[attr-defined]
+    expected: dict[tuple[str, int, int], list[tuple[bytes, int, int]]] = {}
+    for blob_id in wanted:
+        where = reference[blob_id]
+        expected.setdefault((where.pack_id, where.offset, where.length), []).append(
+            (blob_id, where.inner_offset, where.raw_length)
+        )
+    frames = index.frames_of(iter(wanted))
+    assert [((f.pack_id, f.offset, f.length), f.blobs) for f in frames] == list(expected.items())
+
+
+def test_a_missing_blob_is_named_by_the_key_error() -> None:
+    known, unknown = b"k" * 32, b"u" * 32
+    index = MasterIndex.of({"aa" * 32: [PackEntry(BlobType.DATA, known, 0, 10, 0, 5)]})
+    with pytest.raises(KeyError) as raised:
+        index.frames_of([known, unknown, b"v" * 32])
+    assert raised.value.args == (unknown,)
+    assert index.missing([b"short", known]) == [0]
+    assert index.missing([]) == [] and index.frames_of([]) == []
+
+
+def test_ids_sharing_a_prefix_never_stand_for_each_other() -> None:
+    prefix = b"\x01" * 8
+    first, second, third = (prefix + bytes([n]) * 24 for n in (3, 1, 2))
+    index = MasterIndex()
+    index.add_pack("aa" * 32, [PackEntry(BlobType.DATA, first, 0, 10, 0, 5)])
+    index.add_pack_encoded("bb" * 32, ENTRY.pack(BlobType.DATA, second, 20, 10, 0, 5))
+    assert index.lookup(first) == BlobLocation("aa" * 32, 0, 10, 0, 5)
+    assert index.lookup(second) == BlobLocation("bb" * 32, 20, 10, 0, 5)
+    assert third not in index and index.missing([third, first, second]) == [0]
+
+
+def test_an_index_of_ids_only_says_it_cannot_locate() -> None:
+    blob_id = b"i" * 32
+    index = MasterIndex(locations=False)
+    index.add_pack("aa" * 32, [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5)])
+    assert blob_id in index and len(index) == 1
+    with pytest.raises(LookupError, match="ids only"):
+        index.frames_of([blob_id])
+
+
+def test_an_index_file_writes_packs_kept_encoded_as_it_writes_listed_ones() -> None:
+    listed = [PackEntry(BlobType.DATA, b"l" * 32, 0, 10, 0, 5)]
+    kept = [PackEntry(BlobType.TREE, b"e" * 32, 10, 20, 4, 6)]
+    written = IndexFile({"aa" * 32: listed}, {"bb" * 32: ENTRY.pack(*kept[0])}).encode()
+    assert IndexFile.decode(written).packs == {"aa" * 32: listed, "bb" * 32: kept}
