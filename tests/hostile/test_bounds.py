@@ -20,7 +20,7 @@ import pytest
 from test_store_names import backup_id, make_data, rows_of
 
 from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.repository.frames import FRAME_AAD, FrameDamaged
+from cloudkeep.repository.frames import FRAME_AAD, BlobDamaged, FrameDamaged
 from cloudkeep.repository.index import IndexFile, IndexFormatError
 from cloudkeep.repository.packs import MAX_HEADER_SIZE, PackFormatError, header_start
 from cloudkeep.repository.repository import Repository
@@ -198,6 +198,31 @@ def test_zstd_headers_declaring_terabytes_allocate_nothing(tmp_path: Path) -> No
         repo.open_frame(sealed)
     with pytest.raises(FrameDamaged):
         repo.open_frames([sealed])
+
+
+def test_frame_tables_and_encodings_are_bounded_by_the_bytes_present(tmp_path: Path) -> None:
+    """A key holder's frame: a member count of 2**32 - 1, an unknown encoding, a raw
+    payload shorter than its table, a blob that is not what its table says."""
+    repo = Repository.init(open_store((tmp_path / "store").as_uri()), "frame passphrase")
+    blob = b"a blob of the frame"
+    blob_id = repo.sealer.blob_id(blob)
+    one = struct.pack("<I", 1) + struct.pack("<32sI", blob_id, len(blob))
+    for plaintext, reason in (
+        (struct.pack("<I", 0xFFFFFFFF) + bytes(40), "member table is malformed"),
+        (one, "member table is malformed"),  # no encoding byte
+        (one + b"\x07" + blob, "unknown payload encoding"),
+    ):
+        sealed = repo.sealer.seal(plaintext, FRAME_AAD)
+        with pytest.raises(FrameDamaged, match=reason):
+            repo.open_frame(sealed)
+        with pytest.raises(FrameDamaged, match=reason):
+            repo.open_frames([sealed])
+    short = repo.open_frame(repo.sealer.seal(one + b"\x00" + blob[:5], FRAME_AAD))
+    with pytest.raises(BlobDamaged, match="past the end"):
+        repo.blob_in_frame(short, blob_id, 0, len(blob))
+    lying = repo.open_frame(repo.sealer.seal(one + b"\x00" + blob.upper(), FRAME_AAD))
+    with pytest.raises(BlobDamaged, match="does not match its id"):
+        repo.blob_in_frame(lying, blob_id, 0, len(blob), rehash=True)
 
 
 def test_pack_trailers_and_index_counts_are_bounded_by_the_bytes_present() -> None:

@@ -20,8 +20,10 @@ import zstandard
 from cloudkeep.repository.crypto import NONCE_SIZE, OVERHEAD, DecryptionFailed, Sealer
 from cloudkeep.repository.packs import FrameMember
 
-#: zstd --fast=2: the best speed for its size on database pages (docs/performance.md).
-DEFAULT_ZSTD_LEVEL = -2
+#: zstd level 1 for new repositories: the negative levels store literals raw (float
+#: vectors, text), level 1 entropy-codes them: a 5% smaller first backup for ~8% more
+#: CPU (docs/performance.md, "Compression of the first backup").
+DEFAULT_ZSTD_LEVEL = 1
 #: ~256 KiB frames: a smaller store and far fewer zstd and AES-GCM calls than a
 #: frame per chunk (docs/format.md).
 FRAME_TARGET_SIZE = 256 * 1024
@@ -30,6 +32,12 @@ MAX_FRAME_SIZE = 64 * 1024 * 1024  # far above the largest frame; bounds a hosti
 #: A frame stored as it is (incompressible) plus its member table: bounds a range read.
 MAX_SEALED_FRAME_SIZE = 2 * MAX_FRAME_SIZE
 _RAW, _ZSTD = 0, 1
+#: A frame of one chunk this large (a plain file's) is first tried on samples:
+#: incompressible content (media, archives, random) is stored raw without compressing it all.
+TRIAL_MIN_SIZE = 64 * 1024
+_TRIAL_SLICES, _TRIAL_SLICE = 4, 4096
+#: Samples that zstd shrinks by less than this share mark their frame incompressible.
+TRIAL_MIN_SAVING = 0.03
 _COUNT = struct.Struct("<I")
 _MEMBER = struct.Struct("<32sI")  # blob id, length: the frame's authenticated member table
 
@@ -115,17 +123,22 @@ class FrameCodec:
             _frame_bytes(group, span, source, offsets)
             for group, span in zip(groups, spans, strict=True)
         ]
-        non_empty: list[bytes | bytearray | memoryview] = [
-            raw for raw in raws if raw
-        ]  # zstd's batch call refuses empty inputs
-        compressed = iter(
-            self._zstd().multi_compress_to_buffer(non_empty, threads=1) if non_empty else ()
-        )
+        # zstd's batch call refuses empty inputs; frames failing the trial are not tried.
+        tried = [
+            bool(raw) and (len(group) > 1 or self._compressible(raw))
+            for raw, group in zip(raws, groups, strict=True)
+        ]
+        worth: list[bytes | bytearray | memoryview] = [
+            raw for raw, trying in zip(raws, tried, strict=True) if trying
+        ]
+        compressed = iter(self._zstd().multi_compress_to_buffer(worth, threads=1) if worth else ())
         seal_parts = self.sealer.seal_parts
         nonces = os.urandom(NONCE_SIZE * len(raws))
         frames: list[SealedFrame] = []
-        for number, (raw, frame_members) in enumerate(zip(raws, memberships, strict=True)):
-            packed = next(compressed) if raw else b""
+        for number, (raw, frame_members, trying) in enumerate(
+            zip(raws, memberships, tried, strict=True)
+        ):
+            packed = next(compressed) if trying else raw
             nonce = nonces[number * NONCE_SIZE : (number + 1) * NONCE_SIZE]
             table = _COUNT.pack(len(frame_members)) + b"".join(
                 [_MEMBER.pack(blob_id, raw_length) for blob_id, _, raw_length in frame_members]
@@ -134,6 +147,21 @@ class FrameCodec:
             body = [b"\x01", packed] if len(packed) < len(raw) else [b"\x00", raw]
             frames.append((seal_parts([table, *body], FRAME_AAD, nonce), frame_members))
         return frames
+
+    def _compressible(self, chunk: bytes | memoryview) -> bool:
+        """False when samples spread over a large chunk do not shrink: stored raw, untried.
+
+        Only frames of one chunk are sampled: frames of several (database pages) are
+        always tried whole, their float vectors incompressible but the text between not.
+        """
+        if len(chunk) < TRIAL_MIN_SIZE:
+            return True
+        view = memoryview(chunk)
+        step = (len(view) - _TRIAL_SLICE) // (_TRIAL_SLICES - 1)
+        sample = b"".join(
+            [view[number * step : number * step + _TRIAL_SLICE] for number in range(_TRIAL_SLICES)]
+        )
+        return len(self._zstd().compress(sample)) < len(sample) * (1 - TRIAL_MIN_SAVING)
 
     def open_frame(self, sealed: bytes | memoryview) -> OpenedFrame:
         """Decrypt and decompress one frame; its blobs are cut out by ``blob_in_frame``."""
