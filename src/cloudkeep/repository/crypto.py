@@ -72,6 +72,18 @@ class Sealer:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._id_key).digest()
 
+    def blobs_match(self, data: memoryview, members: list[tuple[bytes, int, int]]) -> bool:
+        """Whether each (blob id, offset, length) of ``members`` names the bytes of ``data``
+        at that offset: one loop with no call per blob but the hash (a restore makes one
+        per 8 KiB page)."""
+        hasher, key, end = blake3.blake3, self._id_key, len(data)
+        for blob_id, offset, length in members:
+            if offset + length > end:
+                return False
+            if hasher(data[offset : offset + length], key=key).digest() != blob_id:
+                return False
+        return True
+
     def seal(self, plaintext: bytes | memoryview, associated: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, associated)

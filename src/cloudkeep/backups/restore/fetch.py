@@ -10,6 +10,8 @@ the restore's own pool, several at once, each writing its blobs as it lands.
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,6 +28,30 @@ from cloudkeep.repository.repository import BlobDamaged, Repository
 
 FETCH_THREADS = 4
 LOCK_TIMEOUT_SECONDS = 600.0
+#: The GIL switch interval while a restore fetches (Python's default is 5 ms): every
+#: 8 KiB blob is re-hashed in a call that gives the GIL up, and waiting up to 5 ms to
+#: get it back from a thread running Python stalled the fetch threads.
+FETCH_SWITCH_INTERVAL = 0.0002
+
+_switch_lock = threading.Lock()
+_switch_state = {"depth": 0, "was": 0.005}  # nested and concurrent restores share one
+
+
+@contextmanager
+def quick_handoffs() -> Iterator[None]:
+    """Hand the GIL over after ``FETCH_SWITCH_INTERVAL`` instead of Python's 5 ms."""
+    with _switch_lock:
+        if _switch_state["depth"] == 0:
+            _switch_state["was"] = sys.getswitchinterval()
+            sys.setswitchinterval(FETCH_SWITCH_INTERVAL)
+        _switch_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_state["depth"] -= 1
+            if _switch_state["depth"] == 0:
+                sys.setswitchinterval(_switch_state["was"])
 
 
 class RepositoryReader:

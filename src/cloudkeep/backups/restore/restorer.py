@@ -23,7 +23,12 @@ from cloudkeep import platform
 from cloudkeep.backups.gc_pause import gc_paused
 from cloudkeep.backups.manifest import FileEntry, Manifest
 from cloudkeep.backups.progress import ProgressFn, Tracker
-from cloudkeep.backups.restore.fetch import FETCH_THREADS, RepositoryReader, start_fetches
+from cloudkeep.backups.restore.fetch import (
+    FETCH_THREADS,
+    RepositoryReader,
+    quick_handoffs,
+    start_fetches,
+)
 from cloudkeep.backups.restore.in_place import (
     clean_stale_staging,
     replace_single_file,
@@ -196,7 +201,7 @@ class Restorer:
     ) -> None:
         """Create the entries of ``manifest`` in ``staging`` under a shared repository
         lock; a full disk is one line naming where."""
-        with gc_paused(), self._reader.opened():
+        with gc_paused(), quick_handoffs(), self._reader.opened():
             try:
                 self._materialize(manifest, staging, root_mode, umask, tracker)
             except OSError as exc:
