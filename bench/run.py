@@ -40,13 +40,13 @@ BENCH = Path(__file__).resolve().parent
 DISK_FACTOR = 4  # base + live copy + repository + one restore, with room to spare
 COLD_MEANING = {
     "drop_caches": "sync; echo 3 > /proc/sys/vm/drop_caches: the whole machine's clean "
-                   "page cache, the store's files included",
-    "fadvise": "posix_fadvise(POSIX_FADV_DONTNEED) over every file of the store "
-               "(drop_caches not writable here)",
+                   "page cache, the store's files and every tool's program included",
+    "fadvise": "posix_fadvise(POSIX_FADV_DONTNEED) over every file of the store: the "
+               "store is cold, each tool's program as warm as after installing it",
     "none": "nothing could be dropped: the store may be warm",
 }
-S3_COLD_NOTE = ("; moto keeps objects in its memory, so for S3 only the machine's page cache "
-                "(programs, libraries) is cold, never the store")
+S3_COLD_NOTE = ("; moto keeps objects in its memory, so an S3 store is never cold "
+                "(only --cold-cache machine makes programs and libraries cold)")
 MEDIAN_KEYS = ("wall_s", "cpu_s", "user_s", "sys_s", "peak_rss_bytes", "added_bytes",
                "other_cpu_s", "server_cpu_s")
 
@@ -133,8 +133,9 @@ class Sequence:
     """One tool's whole sequence on one store: backups, restores, checks."""
 
     def __init__(self, tool: Tool, store: Store, live: Path, settle_s: float,
-                 link_restore: bool) -> None:
+                 link_restore: bool, cold_machine: bool = False) -> None:
         self.tool, self.store, self.live = tool, store, live
+        self.cold_machine = cold_machine
         self.settle_s = settle_s
         self.link_restore = link_restore
         self.logs = tool.workdir / "logs"
@@ -209,7 +210,7 @@ class Sequence:
         target = empty_folder(tool.workdir / "restore-new")
         machine = empty_folder(tool.workdir / "new-machine")
         cmd = tool.restore_new_machine(target, machine, direct=direct)
-        out["cold_cache"] = drop_page_cache(tool.loc.local_files())
+        out["cold_cache"] = drop_page_cache(tool.loc.local_files(), self.cold_machine)
         if self.measure("restore_new", cmd, backup=False).rc != 0:
             return out
         self.check("restore_new", target)
@@ -254,6 +255,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--link-restore", action="store_true",
                     help="with --link: restore through the link too (default: restore from "
                          "S3 directly, saying so)")
+    ap.add_argument("--cold-cache", choices=("store", "machine"), default="store",
+                    help="before each new-machine restore, drop the store's files from the "
+                         "page cache (default), or the whole machine's cache (root only; "
+                         "programs and libraries go cold too, as after a reboot)")
     ap.add_argument("--workdir", type=Path, default=BENCH / "work")
     ap.add_argument("--results", type=Path, default=BENCH / "results")
     ap.add_argument("--seed", type=int, default=1, help="generator seed")
@@ -312,7 +317,8 @@ def run_tools(args: argparse.Namespace, store: Store, root: Path) -> dict[str, A
             if args.repeat > 1:
                 log(f"{name}: run {rep + 1}/{args.repeat}")
             runs[name].append(Sequence(tool, store, live, args.settle,
-                                       args.link_restore).run(base, args.mutate_seed))
+                                       args.link_restore, args.cold_cache == "machine"
+                                       ).run(base, args.mutate_seed))
             if not args.keep:
                 tool.loc.remove()
                 for sub in ("restore-new", "new-machine", "cache", "base", "device"):

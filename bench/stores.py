@@ -342,17 +342,20 @@ class Store:
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
-def drop_page_cache(files: Iterable[Path]) -> str:
+def drop_page_cache(files: Iterable[Path], whole_machine: bool = False) -> str:
     """Empty the page cache for the store, the same way before every tool's restore.
 
-    ``drop_caches``: the whole machine's clean page cache (``sync; echo 3 >``, needs root);
-    else ``fadvise``: ``POSIX_FADV_DONTNEED`` over every given file (after fsync, so the
-    pages are clean); ``none`` where neither works. Returns the method used.
+    By default ``fadvise``: ``POSIX_FADV_DONTNEED`` over every file of the store (after
+    fsync, so the pages are clean): the store is cold as on a new machine, while the tool's
+    program stays as warm as right after installing it. ``whole_machine`` writes ``3`` to
+    ``drop_caches`` instead (root only): programs and libraries go cold too, as after a
+    reboot. ``none`` where neither works. Returns the method used.
     """
     os.sync()
-    with contextlib.suppress(OSError):
-        DROP_CACHES.write_text("3\n")
-        return "drop_caches"
+    if whole_machine:
+        with contextlib.suppress(OSError):
+            DROP_CACHES.write_text("3\n")
+            return "drop_caches"
     if not hasattr(os, "posix_fadvise"):
         return "none"
     done = 0
