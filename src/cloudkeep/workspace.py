@@ -221,20 +221,26 @@ class Workspace:
         the trust record is not checked (it names the losing key) but replaced.
         """
         from cloudkeep.repository.repository import Repository
+        from cloudkeep.repository.untrusted import list_names
 
-        config = Repository.read_config(self.storage)
-        joined = (
-            None
-            if adopting
-            else self._trust.check(
-                self._store_identity(), self.storage.describe(), config["id"], config["key"]
+        # The key files are listed while the config is read: one round trip, not two.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-keys") as pool:
+            keys = pool.submit(list_names, self.storage, "keys")
+            config = Repository.read_config(self.storage)
+            joined = (
+                None
+                if adopting
+                else self._trust.check(
+                    self._store_identity(), self.storage.describe(), config["id"], config["key"]
+                )
             )
-        )
+            listing = keys.result()
         repo = Repository.unlock(
             self.storage,
             config,
             self._passphrase(False),
             joined.key_file if joined else None,
+            keys=listing,
         )
         self._joined(repo, created=False)
         return repo

@@ -81,6 +81,7 @@ from cloudkeep.repository.untrusted import (
     MAX_PLAIN_SIZE,
     MAX_STORED_SIZE,
     DecompressionFailed,
+    Listing,
     decompress_bounded,
     list_names,
     parse_json,
@@ -331,8 +332,11 @@ class Repository:
         config: dict,
         passphrase: str | None,
         preferred_key_file: str | None = None,
+        keys: Listing | None = None,
     ) -> Repository:
         """Open ``config`` (from ``read_config``) with the key file holding the key it names.
+
+        ``keys``: a listing of ``keys/`` the caller made (while it read the config).
 
         At most ``MAX_KEY_FILES_TRIED`` well-formed key files are tried, the
         preferred one (the one this device opened before) first. A key file that
@@ -344,9 +348,10 @@ class Repository:
         """
         if not passphrase:
             raise KeyMissing("no passphrase or key file given to open the repository")
+        listing = list_names(storage, "keys") if keys is None else keys
         sizes = {
             f"keys/{name}": size
-            for name, size in list_names(storage, "keys").sizes.items()
+            for name, size in listing.sizes.items()
             if size <= MAX_KEY_FILE_BYTES
         }
         if not sizes:
@@ -696,9 +701,13 @@ class Repository:
             for pack_id, encoded in self._scan_index(damaged).items()
         }
 
-    def _scan_index(self, damaged: Callable[[str, Exception], None] | None) -> dict[str, bytes]:
+    def _scan_index(
+        self,
+        damaged: Callable[[str, Exception], None] | None,
+        index_files: Collection[str] | None = None,
+    ) -> dict[str, bytes]:
         packs: dict[str, bytes] = {}
-        for name in self.list_files("index"):
+        for name in self.list_files("index") if index_files is None else index_files:
             try:
                 scanned = self._scan_index_file(name)
             except ObjectNotFound:
@@ -719,16 +728,21 @@ class Repository:
         except IndexFormatError as exc:
             raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
 
-    def load_index(self, stored: Collection[str] | None = None) -> MasterIndex:
+    def load_index(
+        self,
+        stored: Collection[str] | None = None,
+        index_files: Collection[str] | None = None,
+    ) -> MasterIndex:
         """The index of every readable index file (a damaged one is skipped with a
         warning), limited to the ``stored`` packs if given; it becomes ``index``.
+        ``index_files``: the names of a listing of ``index/`` made by the caller.
 
         One planted or damaged index file must not stop every backup and restore:
         without it a backup stores those blobs again, a restore that needs them
         fails naming them, and ``check`` reports the file.
         """
         index = MasterIndex()
-        for pack_id, encoded in self._scan_index(None).items():
+        for pack_id, encoded in self._scan_index(None, index_files).items():
             if stored is None or pack_id in stored:
                 index.add_pack_encoded(pack_id, encoded)
         self.index = index
