@@ -128,7 +128,7 @@ def test_a_daily_backup_to_s3_waits_on_few_round_trips(
     # Open: config and key listing at once; the key; the backups. Lock: write, list.
     # Then the parent, packs and index listed at once; the pack(s) with the lock refresh
     # and the config check beside them; the index, the manifest, the lock's removal.
-    assert trips.depth <= 12, calls
+    assert trips.depth <= 10, calls
     assert len(calls) <= 20, calls
     first = {(op, kind): depth for depth, op, kind in reversed(calls)}
     assert first["stat", "config"] == first["list", "keys"] == 1, calls

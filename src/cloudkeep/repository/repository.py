@@ -26,6 +26,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
@@ -228,6 +229,7 @@ class Repository:
         self.index = MasterIndex()
         # Sizes the last listing gave, so a listed object is read without a stat first.
         self._listed_sizes: dict[str, int] = {}
+        self._listings: dict[str, Future[Listing]] = {}
         #: Listed names that are no cloudkeep object's (never used): shown by list and check.
         self.ignored: dict[str, None] = {}
         # Packs and index files written through this handle: removed again if the
@@ -333,10 +335,12 @@ class Repository:
         passphrase: str | None,
         preferred_key_file: str | None = None,
         keys: Listing | None = None,
+        key_files: Mapping[str, bytes] | None = None,
     ) -> Repository:
         """Open ``config`` (from ``read_config``) with the key file holding the key it names.
 
-        ``keys``: a listing of ``keys/`` the caller made (while it read the config).
+        ``keys``: a listing of ``keys/`` the caller made (while it read the config), and
+        ``key_files`` the content of some of them it read (bounded) with that listing.
 
         At most ``MAX_KEY_FILES_TRIED`` well-formed key files are tried, the
         preferred one (the one this device opened before) first. A key file that
@@ -365,9 +369,10 @@ class Repository:
             names.insert(0, preferred_key_file)
         for name in names[:MAX_KEY_FILES_TRIED]:
             try:
-                key = unwrap_key(
-                    read_bounded(storage, name, MAX_STORED_SIZE["keys"], sizes[name]), passphrase
-                )
+                raw = (key_files or {}).get(name)
+                if raw is None:
+                    raw = read_bounded(storage, name, MAX_STORED_SIZE["keys"], sizes[name])
+                key = unwrap_key(raw, passphrase)
             except (ObjectNotFound, RepositoryDamaged):
                 continue
             if key is None or key.fingerprint() != config["key"]:
@@ -581,9 +586,15 @@ class Repository:
         """Names of the ``kind`` files; listed names that are not valid ones are ignored."""
         return list(self.file_sizes(kind))
 
+    def listed_meanwhile(self, kind: str, listing: Future[Listing]) -> None:
+        """A listing of ``kind`` started before this handle existed (while the key was
+        derived): the next ``file_sizes`` of that kind takes it instead of listing."""
+        self._listings[kind] = listing
+
     def file_sizes(self, kind: str) -> dict[str, int]:
         """Name -> stored size of the ``kind`` files, as listed (``list_files`` with sizes)."""
-        listing = list_names(self.storage, kind)
+        started = self._listings.pop(kind, None)
+        listing = list_names(self.storage, kind) if started is None else started.result()
         for name, size in listing.sizes.items():
             self._listed_sizes[f"{kind}/{name}"] = size
         self.ignored.update(dict.fromkeys(listing.ignored))
