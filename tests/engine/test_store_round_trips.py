@@ -125,7 +125,7 @@ def test_a_daily_backup_to_s3_waits_on_few_round_trips(
     daily.backup()
     (trips,) = counted[-1:]
     calls = _kinds(trips.calls)
-    # Open: config and key listing at once; the key; the backups. Lock: write, list.
+    # Open: config, key listing and backups at once; config and key. Lock: write, list.
     # Then the parent, packs and index listed at once; the pack(s) with the lock refresh
     # and the config check beside them; the index, the manifest, the lock's removal.
     assert trips.depth <= 10, calls
