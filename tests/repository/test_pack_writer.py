@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cloudkeep.repository.index import MasterIndex
@@ -43,24 +42,3 @@ def test_a_writer_given_known_packs_deduplicates_only_against_them(tmp_path: Pat
     with_kept = repo.pack_writer(known=kept)
     assert with_kept.known(blob_id)
     with_kept.close()
-
-
-def test_the_first_pack_is_cut_early_so_uploads_start_soon(tmp_path: Path) -> None:
-    """Over a slow link the first upload should not wait for a whole pack of new data."""
-    from cloudkeep.repository.pack_writer import FIRST_PACK_FRACTION, PackWriter
-
-    repo = Repository.init(open_store((tmp_path / "store").as_uri()), "writer pass")
-    pack_size = 256 * 1024
-    writer = PackWriter(repo, pack_size)
-    blob = 64 * 1024
-    for _ in range(12):  # 768 KiB that does not compress
-        content = os.urandom(blob)
-        writer.add(BlobType.DATA, repo.blob_id(content), content)
-    (index_file,) = writer.flush()
-    writer.close()
-    sizes = sorted(
-        sum(entry.length for entry in entries)
-        for entries in repo.read_index_file(index_file).packs.values()
-    )
-    assert min(sizes) < pack_size // FIRST_PACK_FRACTION + blob
-    assert max(sizes) >= pack_size

@@ -15,9 +15,6 @@ if TYPE_CHECKING:
 
 #: An index file per 64 packs (256 MiB) uploaded.
 PACKS_PER_INDEX_FLUSH = 64
-#: The first pack of a writer is cut at this fraction of the pack size: over a slow link
-#: the first upload starts as soon as a little new data is sealed (docs/performance.md).
-FIRST_PACK_FRACTION = 4
 
 
 class PackWriter:
@@ -40,7 +37,6 @@ class PackWriter:
         # (looked up each time: ``load_index`` may replace it after the writer is made).
         self._known = known
         self._pack_size = pack_size
-        self._full_at = max(1, pack_size // FIRST_PACK_FRACTION)
         self._lock = threading.Lock()
         self._uploads_lock = threading.Lock()
         self._builder = PackBuilder()
@@ -98,10 +94,9 @@ class PackWriter:
         with self._lock:
             for sealed, members in frames:
                 self._builder.add_frame(blob_type, sealed, members)
-                if self._builder.size >= self._full_at:
+                if self._builder.size >= self._pack_size:
                     full.append(self._builder)
                     self._builder = PackBuilder()
-                    self._full_at = self._pack_size
         for builder in full:
             self._submit(builder)
 
