@@ -102,7 +102,10 @@ class LinkProxy:
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
         queue_s: float = 0.05,
+        trace: bool = False,
     ) -> None:
+        """``trace``: keep (seconds since start, connection number, first line) of every
+        request/response turn's request in ``requests`` (an HTTP request line)."""
         if rate_bits_per_s <= 0 or latency_s < 0:
             raise ValueError("rate must be > 0 and latency >= 0")
         self.target = (target_host, target_port)
@@ -112,6 +115,9 @@ class LinkProxy:
         self._up = _Pipe(rate, latency_s, queue_s)  # client -> target
         self._down = _Pipe(rate, latency_s, queue_s)  # target -> client
         self._counters = _Counters()
+        self.trace = trace
+        self.requests: list[tuple[float, int, str]] = []
+        self._t0 = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -126,6 +132,7 @@ class LinkProxy:
         self._port = sock.getsockname()[1]
         loop = asyncio.new_event_loop()
         self._loop = loop
+        self._t0 = loop.time()
         ready = threading.Event()
 
         def run() -> None:
@@ -203,6 +210,7 @@ class LinkProxy:
         c.connections += 1
         c.active += 1
         c.max_active = max(c.max_active, c.active)
+        number = c.connections
         loop = asyncio.get_running_loop()
         # The client's first bytes leave only after SYN / SYN-ACK: one round trip.
         handshake_done = loop.time() + 2 * self.latency
@@ -214,12 +222,15 @@ class LinkProxy:
             writers.append(t_writer)
             answered = [True]  # the target has answered since the client last sent
 
-            def on_up() -> None:
+            def on_up(data: bytes) -> None:
                 if answered[0]:
                     answered[0] = False
                     c.exchanges += 1
+                    if self.trace:
+                        line = data[:200].split(b"\r\n", 1)[0].decode("latin-1")
+                        self.requests.append((loop.time() - self._t0, number, line))
 
-            def on_down() -> None:
+            def on_down(data: bytes) -> None:
                 answered[0] = True
 
             pumps = [
@@ -232,6 +243,8 @@ class LinkProxy:
             clean = True
         except (OSError, asyncio.IncompleteReadError):
             c.errors += 1
+        except asyncio.CancelledError:
+            pass  # the proxy is closing: end quietly
         finally:
             for pump in pumps:
                 pump.cancel()
@@ -249,7 +262,7 @@ class LinkProxy:
         writer: asyncio.StreamWriter,
         pipe: _Pipe,
         not_before: float,
-        on_data: Callable[[], None],
+        on_data: Callable[[bytes], None],
     ) -> None:
         """Read from one side, shape, deliver to the other; EOF is forwarded as a half-close."""
         loop = asyncio.get_running_loop()
@@ -266,7 +279,7 @@ class LinkProxy:
                 if not data:
                     await queue.put((max(last, now + pipe.latency), None))
                     break
-                on_data()
+                on_data(data)
                 last = pipe.schedule(now, len(data))
                 await queue.put((last, data))
                 backlog = pipe.backlog(loop.time()) - pipe.queue_s

@@ -33,7 +33,8 @@ from cloudkeep.errors import (
     UserError,
 )
 from cloudkeep.repository.trust import Joined, TrustStore
-from cloudkeep.repository.untrusted import shown
+from cloudkeep.repository.untrusted import MAX_STORED_SIZE, list_names, read_bounded, shown
+from cloudkeep.repository.untrusted import Listing as StoreListing
 from cloudkeep.settings import Settings, warn_if_exposed
 from cloudkeep.storage.base import ObjectNotFound, Storage, StorageError
 from cloudkeep.storage.limits import limit_concurrency, store_connections
@@ -108,6 +109,8 @@ class Workspace:
         self._notice = notice or (lambda message: log.warning("%s", message))
         self._storage: Storage | None = None
         self._unlocked: tuple[dict, MasterKey] | None = None
+        # The backups listed while the key was derived, for the next handle (``_open``).
+        self._backups_listing: Future[StoreListing] | None = None
         self._open_lock = threading.Lock()
         self._trust = TrustStore(settings.config_dir)
         # Set when this workspace created the repository (it may lose a creation race).
@@ -194,6 +197,9 @@ class Workspace:
             config, key = self._unlocked
             storage = with_cache(self.storage, self._cache(), config)
             handle = Repository(storage, config, key)
+            if self._backups_listing is not None:
+                handle.listed_meanwhile("snapshots", self._backups_listing)
+                self._backups_listing = None
             # Only the creator's first backup may lose the creation race; any other
             # handle leaves what it wrote (others may already use it) to prune.
             handle.discard_if_replaced = self._created_here
@@ -213,28 +219,47 @@ class Workspace:
                 f"{self._trust.path(self._store_identity())} to start a new one there"
             )
 
-    def _open(self, adopting: bool = False) -> Repository:
+    def _open(self, adopting: bool = False, list_backups: bool = False) -> Repository:
         """Open the existing repository: the config first ("no repository" comes before
         "no key"), then this device's trust record, then the key.
 
         ``adopting``: the repository this device created lost the creation race;
         the trust record is not checked (it names the losing key) but replaced.
         """
+        if list_backups:  # for the next handle (``repository``), while the key is derived
+            lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-backups")
+            self._backups_listing = lister.submit(list_names, self.storage, "snapshots")
+            lister.shutdown(wait=False)
+        try:
+            return self._open_checked(adopting)
+        except BaseException:
+            self._backups_listing = None  # a later operation lists afresh
+            raise
+
+    def _open_checked(self, adopting: bool) -> Repository:
         from cloudkeep.repository.repository import Repository
 
-        config = Repository.read_config(self.storage)
-        joined = (
-            None
-            if adopting
-            else self._trust.check(
-                self._store_identity(), self.storage.describe(), config["id"], config["key"]
+        # The key files are listed, and the one this device opened before is read, while
+        # the config is: two round trips, not four. Nothing is derived before the checks.
+        record = None if adopting else self._trust.joined(self._store_identity())
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-files") as pool:
+            keys = pool.submit(_key_files, self.storage, record.key_file if record else None)
+            config = Repository.read_config(self.storage)
+            joined = (
+                None
+                if adopting
+                else self._trust.check(
+                    self._store_identity(), self.storage.describe(), config["id"], config["key"]
+                )
             )
-        )
+            listing, key_files = keys.result()
         repo = Repository.unlock(
             self.storage,
             config,
             self._passphrase(False),
             joined.key_file if joined else None,
+            keys=listing,
+            key_files=key_files,
         )
         self._joined(repo, created=False)
         return repo
@@ -256,17 +281,20 @@ class Workspace:
     def _cache(self) -> Path:
         return self.settings.cache_dir / "repositories"
 
-    def _open_soon(self, pool: ThreadPoolExecutor) -> Future[Repository] | None:
+    def _open_soon(
+        self, pool: ThreadPoolExecutor, list_backups: bool = False
+    ) -> Future[Repository] | None:
         """Start opening the repository in ``pool`` if a passphrase is known.
 
         Argon2id releases the GIL, so whatever the caller does next
         (importing the engine) runs meanwhile instead of after it. ``repository()``
-        takes its outcome, errors included.
+        takes its outcome, errors included. ``list_backups``: the backups are listed
+        meanwhile too, for the handle ``repository()`` returns next.
         """
         if self._unlocked is not None or not self._known_passphrase():
             return None
         self.storage  # noqa: B018 - opened here, not in two threads at once
-        return pool.submit(self._open)
+        return pool.submit(self._open, list_backups=list_backups)
 
     # --------------------------------------------------------------- operations
     def backup(
@@ -279,7 +307,7 @@ class Workspace:
         instead of the clock's (a naive time is local time; ``UserError`` if far off)."""
         data = self._data_to_back_up()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock") as pool:
-            opening = self._open_soon(pool)
+            opening = self._open_soon(pool, list_backups=True)
             from cloudkeep.backups.archiver import Archiver, backup_time_us  # while Argon2 runs
 
             time_us = None if time is None else backup_time_us(time)
@@ -993,3 +1021,18 @@ def save_passphrase(config_dir: Path, passphrase: str) -> Path:
             os.fsync(handle.fileno())
         return path
     raise UserError(f"{config_dir} holds 999 passphrase files: remove the ones no store uses")
+
+
+def _key_files(storage: Storage, preferred: str | None) -> tuple[StoreListing, dict[str, bytes]]:
+    """The listing of ``keys/`` and the content of ``preferred`` (``keys/<id>``) if it is
+    listed and small enough to be a key file (see ``Repository.unlock``)."""
+    from cloudkeep.repository.keys import MAX_KEY_FILE_BYTES
+
+    listing = list_names(storage, "keys")
+    size = listing.sizes.get(preferred.removeprefix("keys/")) if preferred else None
+    if preferred is None or size is None or size > MAX_KEY_FILE_BYTES:
+        return listing, {}
+    try:
+        return listing, {preferred: read_bounded(storage, preferred, MAX_STORED_SIZE["keys"], size)}
+    except (ObjectNotFound, RepositoryDamaged):
+        return listing, {}

@@ -52,6 +52,7 @@ from cloudkeep.errors import (
     Busy,
     CloudkeepError,
     DataSourceError,
+    RepositoryChanged,
     RepositoryDamaged,
     UserError,
 )
@@ -313,6 +314,36 @@ def backup_time_us(moment: datetime, now: datetime | None = None) -> int:
     return int((moment - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
 
 
+class _PublishChecks:
+    """The lock refresh and the config check a manifest needs, as two concurrent requests
+    started before the last uploads, so they add no round trips after them."""
+
+    def __init__(self, lock: RepositoryLock, repo: Repository) -> None:
+        self._repo = repo
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish-check")
+        self._refreshed = pool.submit(lock.refresh)
+        self._key = pool.submit(repo.ensure_key_current)
+        pool.shutdown(wait=False)
+
+    def lock_refreshed(self) -> None:
+        self._refreshed.result()
+
+    def key_current(self) -> None:
+        """``RepositoryChanged`` if the config names another key. Files written after the
+        check began (the index) are then discarded by checking once more."""
+        try:
+            self._key.result()
+        except RepositoryChanged:
+            self._repo.ensure_key_current()
+            raise
+
+    def settle(self) -> None:
+        """Wait for both (their outcome no longer matters: the backup failed)."""
+        for future in (self._refreshed, self._key):
+            with contextlib.suppress(Exception):
+                future.result()
+
+
 class Archiver:
     def __init__(
         self,
@@ -354,16 +385,25 @@ class Archiver:
             self._load_live_index()
             self._index_loaded = True
 
-    def _load_live_index(self, locations: bool = False) -> None:
+    def _load_live_index(
+        self, locations: bool = False, pool: ThreadPoolExecutor | None = None
+    ) -> None:
         """Load the index of the packs the store holds: their blob ids only, unless
-        blobs are to be read through it (``locations``).
+        blobs are to be read through it (``locations``); both listings at once in ``pool``.
 
         Index entries naming a pack the store no longer holds (an index file written
         by a client whose lock had lapsed while a prune deleted its packs) are
         dropped, so nothing is deduplicated against them. Our lock is held, so no
         pack listed here goes away before our manifest is saved.
         """
-        self.repo.load_index(stored=set(self.repo.list_packs()), locations=locations)
+        if pool is None:
+            self.repo.load_index(stored=set(self.repo.list_packs()), locations=locations)
+            return
+        packs = pool.submit(self.repo.list_packs)
+        index_files = pool.submit(self.repo.list_files, "index")
+        self.repo.load_index(
+            stored=set(packs.result()), index_files=index_files.result(), locations=locations
+        )
 
     def run(self, source: Path, device_name: str) -> Manifest:
         kind, items = scan(source, self.warnings)
@@ -378,14 +418,10 @@ class Archiver:
                 LOCK_TIMEOUT_SECONDS
             ) as lock,
         ):
-            # Reusing the parent's chunk lists is safe once our shared lock is held and
-            # the parent still exists: prune (exclusive) only removes blobs that no
-            # manifest refers to, and cannot run until we are done.
-            if parent_id is not None and self.repo.backup_exists(parent_id):
-                self._parent = parent_files
-            entries, added_bytes, index_names = self._store(kind, items, tracker)
+            self._locked_reads(parent_id, parent_files, items)
+            entries, added_bytes, index_names, checks = self._store(kind, items, tracker, lock)
             manifest = self._save_manifest(
-                lock, source, kind, device_name, entries, added_bytes, index_names
+                lock, source, kind, device_name, entries, added_bytes, index_names, checks
             )
             if manifest is None:
                 # Once more, reading every file and deduplicating only against the packs
@@ -394,10 +430,10 @@ class Archiver:
                 self._parent, self.warnings = {}, []
                 kind, items = scan(source, self.warnings)
                 tracker.total = tracker.done + sum(i.size for i in items)
-                entries, added_again, index_names = self._store(kind, items, tracker)
+                entries, added_again, index_names, checks = self._store(kind, items, tracker, lock)
                 added_bytes += added_again  # both attempts uploaded what they added
                 manifest = self._save_manifest(
-                    lock, source, kind, device_name, entries, added_bytes, index_names
+                    lock, source, kind, device_name, entries, added_bytes, index_names, checks
                 )
             if manifest is None:
                 raise Busy(
@@ -407,12 +443,36 @@ class Archiver:
                 )
             return manifest
 
+    def _locked_reads(
+        self, parent_id: str | None, parent_files: dict[str, FileEntry], items: list[SourceItem]
+    ) -> None:
+        """What a backup reads once its lock is held, as concurrent requests: whether the
+        parent still exists and, if a file must be read, the listings the index needs.
+
+        Reusing the parent's chunk lists is safe once our shared lock is held and the
+        parent still exists: prune (exclusive) only removes blobs that no manifest
+        refers to, and cannot run until we are done.
+        """
+        must_read = any(
+            item.type == "file" and _read_again(item, parent_files.get(item.relative))
+            for item in items
+        )
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="locked-read") as pool:
+            parent = pool.submit(self.repo.backup_exists, parent_id) if parent_id else None
+            if must_read and not self._index_loaded:
+                self._load_live_index(pool=pool)
+                self._index_loaded = True
+            if parent is not None and parent.result():
+                self._parent = parent_files
+
     def _store(
-        self, kind: str, items: list[SourceItem], tracker: Tracker
-    ) -> tuple[list[FileEntry], int, list[str]]:
-        """Store every file; their entries, the bytes uploaded and the index files written."""
+        self, kind: str, items: list[SourceItem], tracker: Tracker, lock: RepositoryLock
+    ) -> tuple[list[FileEntry], int, list[str], _PublishChecks]:
+        """Store every file; their entries, the bytes uploaded, the index files written
+        and the checks before publishing, started while the last packs upload."""
         writer = self.repo.pack_writer()
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seal")
+        checks: _PublishChecks | None = None
         try:
             batcher = _Batcher(self.repo, writer, executor, tracker)
             read: list[tuple[FileEntry, _ChunkLists]] = []
@@ -422,15 +482,18 @@ class Archiver:
                 entry.size = lists.size
                 entry.content = lists.close()
             tracker.check_canceled()
+            checks = _PublishChecks(lock, self.repo)
             index_names = writer.flush()
         except BaseException:
             executor.shutdown(wait=True, cancel_futures=True)
             writer.close()
+            if checks is not None:
+                checks.settle()
             self._discard_uploads(writer)
             raise
         executor.shutdown(wait=True)
         writer.close()
-        return entries, writer.uploaded_bytes, index_names
+        return entries, writer.uploaded_bytes, index_names, checks
 
     def _entries(
         self,
@@ -627,6 +690,7 @@ class Archiver:
         entries: list[FileEntry],
         added_bytes: int,
         index_names: list[str],
+        checks: _PublishChecks,
     ) -> Manifest | None:
         """Publish the manifest; None if data it needs vanished while our lock had lapsed.
 
@@ -634,13 +698,15 @@ class Archiver:
         delete packs this backup deduplicated against or uploaded. Then, before
         publishing: hold the lock again (waiting out a running prune), and check
         that every blob the manifest references is in a pack the store still holds.
+        ``checks`` refreshed the lock and read the config while the last packs and
+        the index were uploaded; both are judged only now, after them.
         """
-        lock.refresh()
+        checks.lock_refreshed()
         while not lock.held():
             lock.reacquire(LOCK_TIMEOUT_SECONDS)
             if not self._all_stored(entries, index_names):
                 return None
-        self.repo.ensure_key_current()  # never publish under a key that lost the creation
+        checks.key_current()  # never publish under a key that lost the creation
         stamp = now_us() if self.time_us is None else self.time_us
         while True:
             manifest = Manifest(

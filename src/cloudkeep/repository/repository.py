@@ -26,6 +26,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ from cloudkeep.repository.untrusted import (
     MAX_PLAIN_SIZE,
     MAX_STORED_SIZE,
     DecompressionFailed,
+    Listing,
     decompress_bounded,
     list_names,
     parse_json,
@@ -227,6 +229,7 @@ class Repository:
         self.index = MasterIndex()
         # Sizes the last listing gave, so a listed object is read without a stat first.
         self._listed_sizes: dict[str, int] = {}
+        self._listings: dict[str, Future[Listing]] = {}
         #: Listed names that are no cloudkeep object's (never used): shown by list and check.
         self.ignored: dict[str, None] = {}
         # Packs and index files written through this handle: removed again if the
@@ -331,8 +334,13 @@ class Repository:
         config: dict,
         passphrase: str | None,
         preferred_key_file: str | None = None,
+        keys: Listing | None = None,
+        key_files: Mapping[str, bytes] | None = None,
     ) -> Repository:
         """Open ``config`` (from ``read_config``) with the key file holding the key it names.
+
+        ``keys``: a listing of ``keys/`` the caller made (while it read the config), and
+        ``key_files`` the content of some of them it read (bounded) with that listing.
 
         At most ``MAX_KEY_FILES_TRIED`` well-formed key files are tried, the
         preferred one (the one this device opened before) first. A key file that
@@ -344,9 +352,10 @@ class Repository:
         """
         if not passphrase:
             raise KeyMissing("no passphrase or key file given to open the repository")
+        listing = list_names(storage, "keys") if keys is None else keys
         sizes = {
             f"keys/{name}": size
-            for name, size in list_names(storage, "keys").sizes.items()
+            for name, size in listing.sizes.items()
             if size <= MAX_KEY_FILE_BYTES
         }
         if not sizes:
@@ -360,9 +369,10 @@ class Repository:
             names.insert(0, preferred_key_file)
         for name in names[:MAX_KEY_FILES_TRIED]:
             try:
-                key = unwrap_key(
-                    read_bounded(storage, name, MAX_STORED_SIZE["keys"], sizes[name]), passphrase
-                )
+                raw = (key_files or {}).get(name)
+                if raw is None:
+                    raw = read_bounded(storage, name, MAX_STORED_SIZE["keys"], sizes[name])
+                key = unwrap_key(raw, passphrase)
             except (ObjectNotFound, RepositoryDamaged):
                 continue
             if key is None or key.fingerprint() != config["key"]:
@@ -576,9 +586,15 @@ class Repository:
         """Names of the ``kind`` files; listed names that are not valid ones are ignored."""
         return list(self.file_sizes(kind))
 
+    def listed_meanwhile(self, kind: str, listing: Future[Listing]) -> None:
+        """A listing of ``kind`` started before this handle existed (while the key was
+        derived): the next ``file_sizes`` of that kind takes it instead of listing."""
+        self._listings[kind] = listing
+
     def file_sizes(self, kind: str) -> dict[str, int]:
         """Name -> stored size of the ``kind`` files, as listed (``list_files`` with sizes)."""
-        listing = list_names(self.storage, kind)
+        started = self._listings.pop(kind, None)
+        listing = list_names(self.storage, kind) if started is None else started.result()
         for name, size in listing.sizes.items():
             self._listed_sizes[f"{kind}/{name}"] = size
         self.ignored.update(dict.fromkeys(listing.ignored))
@@ -696,16 +712,23 @@ class Repository:
             for pack_id, encoded in self._scan_index(damaged).items()
         }
 
-    def _scan_index(self, damaged: Callable[[str, Exception], None] | None) -> dict[str, bytes]:
-        return dict(self._iter_index(damaged))
+    def _scan_index(
+        self,
+        damaged: Callable[[str, Exception], None] | None,
+        index_files: Collection[str] | None = None,
+    ) -> dict[str, bytes]:
+        return dict(self._iter_index(damaged, index_files))
 
     def _iter_index(
-        self, damaged: Callable[[str, Exception], None] | None
+        self,
+        damaged: Callable[[str, Exception], None] | None,
+        index_files: Collection[str] | None = None,
     ) -> Iterator[tuple[str, bytes]]:
         """(pack id, encoded entries) of every readable index file, a file at a time
-        (the first naming a pack wins)."""
+        (the first naming a pack wins); ``index_files``: a listing of ``index/`` made
+        by the caller."""
         seen: set[str] = set()
-        for name in self.list_files("index"):
+        for name in self.list_files("index") if index_files is None else index_files:
             try:
                 scanned = self._scan_index_file(name)
             except ObjectNotFound:
@@ -728,10 +751,15 @@ class Repository:
             raise RepositoryDamaged(f"index/{name} is damaged: {exc}") from exc
 
     def load_index(
-        self, stored: Collection[str] | None = None, *, locations: bool = True
+        self,
+        stored: Collection[str] | None = None,
+        index_files: Collection[str] | None = None,
+        *,
+        locations: bool = True,
     ) -> MasterIndex:
         """The index of every readable index file (a damaged one is skipped with a
         warning), limited to the ``stored`` packs if given; it becomes ``index``.
+        ``index_files``: the names of a listing of ``index/`` made by the caller.
         Without ``locations`` it only tells which blobs are stored (see ``MasterIndex``).
 
         One planted or damaged index file must not stop every backup and restore:
@@ -741,7 +769,7 @@ class Repository:
         index = MasterIndex(locations=locations)
         index.add_packs_encoded(
             (pack_id, encoded)
-            for pack_id, encoded in self._iter_index(None)
+            for pack_id, encoded in self._iter_index(None, index_files)
             if stored is None or pack_id in stored
         )
         self.index = index

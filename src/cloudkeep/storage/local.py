@@ -54,6 +54,8 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.O_BINARY | platform.O_
 class LocalStorage(OpenDALStorage):
     """The ``Storage`` protocol over a folder of this machine."""
 
+    LIST_ASYNC = False  # a folder answers at once: the blocking lister costs nothing
+
     def __init__(
         self,
         operator: opendal.Operator,

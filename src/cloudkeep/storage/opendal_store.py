@@ -20,10 +20,14 @@ folders are ``cloudkeep.storage.local.LocalStorage``, built on this class.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
 import re
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import opendal
 import opendal.exceptions as oe
@@ -170,8 +174,60 @@ def _store_failure(exc: Exception, os_error: int | None, message: str) -> Storag
     return StorageError(message)
 
 
+class _ListingLoop:
+    """An event loop on a daemon thread of its own, running OpenDAL's async listers.
+
+    A lister lives and is dropped on this thread only; callers wait for batches of
+    entries without holding the GIL, so listings overlap each other and other work.
+    """
+
+    BATCH = 1000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # none yet, or forked
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="listing", daemon=True)
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def list(self, operator: opendal.AsyncOperator, folder: str) -> Iterator[opendal.types.Entry]:
+        loop = self._running()
+        listers: list[Any] = []
+
+        async def start() -> None:
+            listers.append(await operator.list(folder, recursive=True))
+
+        async def take() -> list[opendal.types.Entry]:
+            batch = []
+            async for entry in listers[0]:
+                batch.append(entry)
+                if len(batch) >= self.BATCH:
+                    break
+            return batch
+
+        try:
+            asyncio.run_coroutine_threadsafe(start(), loop).result()
+            while batch := asyncio.run_coroutine_threadsafe(take(), loop).result():
+                yield from batch
+        finally:
+            loop.call_soon_threadsafe(listers.clear)
+
+
+_LISTING_LOOP = _ListingLoop()
+
+
 class OpenDALStorage:
     """The ``Storage`` protocol over one ``opendal.Operator``."""
+
+    #: List through the async operator (see ``_entries``); local folders list fast.
+    LIST_ASYNC = True
 
     def __init__(
         self,
@@ -197,6 +253,7 @@ class OpenDALStorage:
         self._native_create_only = bool(capability.write_with_if_not_exists)
         self._secrets = tuple(s for s in secrets if s)
         self._credentials_hint = credentials_hint
+        self._async_op: opendal.AsyncOperator | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._description!r})"
@@ -436,23 +493,35 @@ class OpenDALStorage:
         error = self._translate(exc, "list", folder)
         return None if isinstance(error, ObjectNotFound) else error
 
-    def _iter_folder(self, folder: str) -> Iterator[ObjectInfo]:
-        try:
+    def _entries(self, folder: str) -> Iterator[opendal.types.Entry]:
+        """The service's recursive listing of ``folder``, OpenDAL's errors unchanged.
+
+        OpenDAL's blocking lister holds the GIL while it waits for the service, so a
+        listing would stall every other thread (and listings could not overlap) for a
+        round trip per page: remote services are listed through the async operator,
+        on the loop thread of ``_LISTING_LOOP``, in batches.
+        """
+        if not self.LIST_ASYNC:
             entries = iter(self._op.list(folder, recursive=True))
-        except Exception as exc:
-            error = self._list_failed(exc, folder)
-            if error is None:
-                return
-            raise error from exc
+            try:
+                yield from entries
+            finally:
+                # The lister may only be dropped on this thread: a traceback keeps this
+                # frame's locals alive wherever the error is handled (or collected).
+                del entries
+            return
+        if self._async_op is None:
+            self._async_op = self._op.to_async_operator()
+        yield from _LISTING_LOOP.list(self._async_op, folder)
+
+    def _iter_folder(self, folder: str) -> Iterator[ObjectInfo]:
+        entries = self._entries(folder)
         while True:
             try:
                 entry = next(entries)
             except StopIteration:
                 return
             except Exception as exc:
-                # The lister may only be dropped on this thread: the traceback keeps this
-                # frame's locals alive wherever the error is handled (or collected).
-                del entries
                 error = self._list_failed(exc, folder)
                 if error is None:
                     return
