@@ -29,6 +29,7 @@ import generate
 import harness
 from harness import MIB, PASSPHRASE, Cmd
 from linkproxy import LinkProxy, parse_duration, parse_rate
+from stores import KEEP_ALIVE_SERVER
 
 BENCH = Path(__file__).resolve().parent
 BUCKET = "bench"
@@ -38,16 +39,6 @@ AWS_ENV = {
     "AWS_REGION": "us-east-1",
 }
 STEPS = ("first", "daily")
-
-
-# moto's own server (werkzeug) closes the connection after every response; S3 keeps it
-# open. Under uvicorn the same moto application keeps connections alive.
-KEEP_ALIVE_SERVER = """
-import sys, uvicorn
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-uvicorn.run(DomainDispatcherApplication(create_backend_app), host="127.0.0.1",
-            port=int(sys.argv[1]), interface="wsgi", log_level="warning")
-"""
 
 
 class Moto:

@@ -191,17 +191,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# moto's own server (werkzeug) closes the connection after every response; S3 keeps it
+# open. Under uvicorn the same moto application keeps connections alive, so over an
+# emulated link no tool pays a new TCP handshake per request that S3 would not charge.
+KEEP_ALIVE_SERVER = """
+import sys, uvicorn
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+uvicorn.run(DomainDispatcherApplication(create_backend_app), host="127.0.0.1",
+            port=int(sys.argv[1]), interface="wsgi", log_level="warning")
+"""
+
+
 class MotoServer:
-    """``python -m moto.server`` as a separate process, so its CPU and memory are its own
-    and never counted in a tool's process tree. It keeps every object in memory."""
+    """moto's S3 application as a separate process (under uvicorn, keeping connections
+    alive as S3 does), so its CPU and memory are its own and never counted in a tool's
+    process tree. It keeps every object in memory."""
 
     def __init__(self, log_path: Path) -> None:
         self.port = free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
-        self.proc = psutil.Popen([sys.executable, "-m", "moto.server", "-H", HOST,
-                                  "-p", str(self.port)], stdout=self._log,
+        self.proc = psutil.Popen([sys.executable, "-c", KEEP_ALIVE_SERVER, str(self.port)],
+                                 stdout=self._log,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._client: Any = None
         deadline = time.monotonic() + 30
