@@ -315,15 +315,23 @@ def backup_time_us(moment: datetime, now: datetime | None = None) -> int:
 
 
 class _PublishChecks:
-    """The lock refresh and the config check a manifest needs, as two concurrent requests
-    started before the last uploads, so they add no round trips after them."""
+    """The lock refresh and the config check a manifest needs, as concurrent requests
+    overlapping the last uploads, so they add no round trips after them.
+
+    The lock refresh starts before the last packs upload; the config check only once
+    they are stored (``packs_stored``), overlapping the index upload: a config replaced
+    by a device that won the creation while the packs uploaded is still seen.
+    """
 
     def __init__(self, lock: RepositoryLock, repo: Repository) -> None:
         self._repo = repo
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish-check")
-        self._refreshed = pool.submit(lock.refresh)
-        self._key = pool.submit(repo.ensure_key_current)
-        pool.shutdown(wait=False)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="publish-check")
+        self._refreshed = self._pool.submit(lock.refresh)
+        self._key: Future[None] | None = None
+
+    def packs_stored(self) -> None:
+        self._key = self._pool.submit(self._repo.ensure_key_current)
+        self._pool.shutdown(wait=False)
 
     def lock_refreshed(self) -> None:
         self._refreshed.result()
@@ -331,6 +339,9 @@ class _PublishChecks:
     def key_current(self) -> None:
         """``RepositoryChanged`` if the config names another key. Files written after the
         check began (the index) are then discarded by checking once more."""
+        if self._key is None:
+            self._repo.ensure_key_current()
+            return
         try:
             self._key.result()
         except RepositoryChanged:
@@ -339,9 +350,11 @@ class _PublishChecks:
 
     def settle(self) -> None:
         """Wait for both (their outcome no longer matters: the backup failed)."""
+        self._pool.shutdown(wait=False)
         for future in (self._refreshed, self._key):
-            with contextlib.suppress(Exception):
-                future.result()
+            if future is not None:
+                with contextlib.suppress(Exception):
+                    future.result()
 
 
 class Archiver:
@@ -483,7 +496,7 @@ class Archiver:
                 entry.content = lists.close()
             tracker.check_canceled()
             checks = _PublishChecks(lock, self.repo)
-            index_names = writer.flush()
+            index_names = writer.flush(uploaded=checks.packs_stored)
         except BaseException:
             executor.shutdown(wait=True, cancel_futures=True)
             writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -139,8 +140,11 @@ class PackWriter:
         for future in done:
             future.result()  # re-raises the upload's error here, in the caller
 
-    def flush(self) -> list[str]:
-        """Upload everything queued and index it; returns the new index file names."""
+    def flush(self, uploaded: Callable[[], object] | None = None) -> list[str]:
+        """Upload everything queued and index it; returns the new index file names.
+
+        ``uploaded`` is called once every pack is stored, before the index is written.
+        """
         with self._lock:
             builder, self._builder = self._builder, PackBuilder()
         if builder.entries:
@@ -149,6 +153,8 @@ class PackWriter:
             uploads, self._uploads = self._uploads, []
         for future in uploads:
             future.result()
+        if uploaded is not None:
+            uploaded()
         with self._lock:
             unindexed, self._unindexed = self._unindexed, IndexFile()
         if unindexed.encoded:

@@ -349,10 +349,39 @@ class Repository:
         skipped exactly like one that does not open: the work done, and what is
         read from the store, do not depend on it, so it is no guessing oracle.
         Then the config's MAC must verify under the key before its values count.
+
+        A ``keys`` listing made while the config was read may predate the key file of
+        that config (a concurrent ``init`` writes its key file, then the config): when
+        it opens nothing, ``keys/`` is listed once more and, if that shows other
+        names, tried again.
         """
         if not passphrase:
             raise KeyMissing("no passphrase or key file given to open the repository")
-        listing = list_names(storage, "keys") if keys is None else keys
+        if keys is None:
+            return cls._unlock_listed(
+                storage, config, passphrase, preferred_key_file, list_names(storage, "keys"), None
+            )
+        try:
+            return cls._unlock_listed(
+                storage, config, passphrase, preferred_key_file, keys, key_files
+            )
+        except (KeyMissing, WrongPassphrase):
+            fresh = list_names(storage, "keys")
+            if fresh.sizes == keys.sizes:
+                raise
+        return cls._unlock_listed(storage, config, passphrase, preferred_key_file, fresh, None)
+
+    @classmethod
+    def _unlock_listed(
+        cls,
+        storage: Storage,
+        config: dict,
+        passphrase: str,
+        preferred_key_file: str | None,
+        listing: Listing,
+        key_files: Mapping[str, bytes] | None,
+    ) -> Repository:
+        """``unlock`` with one listing of ``keys/``."""
         sizes = {
             f"keys/{name}": size
             for name, size in listing.sizes.items()
