@@ -70,8 +70,9 @@ def plant_huge(store: HostileStore, name: str, size: int) -> None:
 
 
 def huge_size(store: HostileStore, limit: int) -> int:
-    """2 GiB on a folder store (sparse, free); on S3 just past ``limit`` and 256 MiB at least."""
-    return 2 * 1024 * MIB if store.kind == "file" else max(limit + 1, 256 * MIB)
+    """2 GiB on a folder store (sparse, free); on S3 just past ``limit`` and 512 MiB at least
+    (a backup's own peak, ~130 MiB, must stay far below half of it)."""
+    return 2 * 1024 * MIB if store.kind == "file" else max(limit + 1, 512 * MIB)
 
 
 def zstd_declaring(size: int) -> bytes:
