@@ -23,12 +23,10 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate
 import harness
 from harness import MIB, PASSPHRASE, Cmd, run_measured, run_quiet
+from stores import MotoServer
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -73,40 +72,14 @@ def prepare_base(root: Path, size_mib: int, seed: int) -> Path:
     return base
 
 
-class Moto:
-    """moto's S3 server on a free loopback port, with one bucket."""
-
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        log_file = open(workdir / "moto.log", "wb")  # noqa: SIM115 - lives with the server
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(f"{self.endpoint}/{BUCKET}", method="PUT")
-                with urllib.request.urlopen(request, timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 class Store:
     """Where each tool's repository lives: ``file`` (a folder) or ``s3`` (moto)."""
 
     def __init__(self, kind: str, workdir: Path) -> None:
         self.kind, self.workdir = kind, workdir
-        self.moto = Moto(workdir) if kind == "s3" else None
+        self.moto = MotoServer(workdir / "moto.log") if kind == "s3" else None
+        if self.moto is not None:
+            self.moto.client().create_bucket(Bucket=BUCKET)
 
     def cloudkeep_url(self) -> str:
         if self.moto is None:
@@ -125,7 +98,7 @@ class Store:
 
     def close(self) -> None:
         if self.moto is not None:
-            self.moto.close()
+            self.moto.stop()
 
 
 class Tools:
