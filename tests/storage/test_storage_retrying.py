@@ -284,3 +284,38 @@ def test_local_errors_that_cannot_heal_are_not_retried(tmp_path: Path) -> None:
     finally:
         locked.chmod(0o700)
         assert time.monotonic() - started < 1.0
+
+
+def test_a_folder_vanishing_mid_listing_never_truncates_it(tmp_path: Path) -> None:
+    """A service answering "not found" once a listing is under way (a WebDAV subfolder
+    removed meanwhile) must not end the listing early: a lock or pack listed after that
+    point would go unseen. The store reports it as a failed listing, and the retrying
+    wrapper lists again, skipping what it already gave."""
+    import opendal.exceptions
+
+    from cloudkeep.storage.local import LocalStorage
+
+    class VanishesOnce(LocalStorage):
+        failures = 1
+
+        def _entries(self, folder: str) -> Iterator[Any]:
+            for count, entry in enumerate(super()._entries(folder)):
+                if count == 2 and VanishesOnce.failures:
+                    VanishesOnce.failures -= 1
+                    raise opendal.exceptions.NotFound("NotFound (persistent) at list")
+                yield entry
+
+    root = tmp_path / "s"
+    names = [f"locks/{i:02x}" for i in range(8)]
+    plain = open_store(root.as_uri())
+    for name in names:
+        plain.put(name, b"lock")
+    inner = plain._inner  # type: ignore[attr-defined]
+    vanishing = VanishesOnce(inner._op, "vanishing", root)
+    with pytest.raises(StorageUnavailable, match="changed while it was listed"):
+        list(vanishing.list("locks"))
+    VanishesOnce.failures = 1
+    listed = [info.name for info in RetryingStorage.with_policy(vanishing, QUICK).list("locks")]
+    assert sorted(listed) == names
+    assert len(listed) == len(set(listed))
+    assert list(vanishing.list("nothing")) == []  # a folder absent from the start is empty

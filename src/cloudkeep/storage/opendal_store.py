@@ -516,6 +516,7 @@ class OpenDALStorage:
 
     def _iter_folder(self, folder: str) -> Iterator[ObjectInfo]:
         entries = self._entries(folder)
+        started = False
         while True:
             try:
                 entry = next(entries)
@@ -523,9 +524,17 @@ class OpenDALStorage:
                 return
             except Exception as exc:
                 error = self._list_failed(exc, folder)
+                if error is None and not started:
+                    return  # no such folder: nothing stored there yet
                 if error is None:
-                    return
+                    # Part of the folder vanished while it was listed: ending here would
+                    # pass a truncated listing off as whole (a lock or pack not seen).
+                    error = StorageUnavailable(
+                        f"list {folder!r} on {self._description}: "
+                        "the folder changed while it was listed"
+                    )
                 raise error from exc
+            started = True
             path = entry.path.lstrip("/")
             meta = entry.metadata
             if not path or path.endswith("/") or meta.is_dir or path.startswith(TEMP_PREFIX):
