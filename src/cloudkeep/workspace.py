@@ -197,9 +197,11 @@ class Workspace:
             config, key = self._unlocked
             storage = with_cache(self.storage, self._cache(), config)
             handle = Repository(storage, config, key)
-            if self._backups_listing is not None:
-                handle.listed_meanwhile("snapshots", self._backups_listing)
-                self._backups_listing = None
+            listing, self._backups_listing = self._backups_listing, None
+            if listing is not None and opening is not None:
+                # Only the operation that started the opening takes its listing: one
+                # that failed before taking it leaves a listing a later one must not use.
+                handle.listed_meanwhile("snapshots", listing)
             # Only the creator's first backup may lose the creation race; any other
             # handle leaves what it wrote (others may already use it) to prune.
             handle.discard_if_replaced = self._created_here

@@ -92,3 +92,24 @@ def test_delete_while_another_device_backs_up(tmp_path: Path) -> None:
     assert report.ok, report.errors
     for number, backup in enumerate(remaining):
         ws_laptop.restore(backup.id, target=tmp_path / f"r{number}")
+
+
+def test_a_backup_that_fails_before_its_handle_leaves_no_stale_listing(tmp_path: Path) -> None:
+    """A backup lists the backups while the key is derived, for the handle it takes next.
+    If it fails before taking it (here: a time past tomorrow), a long-lived workspace (the
+    server's) must not hand that old listing to a later operation: the list would miss
+    every backup made since."""
+    from datetime import UTC, datetime, timedelta
+
+    import pytest
+
+    from cloudkeep.errors import UserError
+
+    store = (tmp_path / "store").as_uri()
+    desktop = workspace(_device_data(tmp_path / "desktop", 50, 2), store, "desktop")
+    desktop.backup()
+    laptop = workspace(_device_data(tmp_path / "laptop", 50, 1), store, "laptop")
+    with pytest.raises(UserError, match="not between 1970 and tomorrow"):
+        laptop.backup(time=datetime.now(UTC) + timedelta(days=30))
+    made_since = desktop.backup()
+    assert made_since.id in {info.id for info in laptop.list()}
