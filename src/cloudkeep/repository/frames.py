@@ -27,8 +27,7 @@ DEFAULT_ZSTD_LEVEL = 1
 #: The levels a writer steps through while the store takes data slower than it is
 #: sealed (``PackWriter``), from the config's level up. On database pages at 256 KiB
 #: frames each is smaller than the one below and slower; above 9 the speed falls
-#: 3-10x for 1-3% (a backup over a 100 Mbit/s link became CPU-bound at 15;
-#: docs/performance.md).
+#: 3-10x for 1-3%, and two workers no longer feed a 100 Mbit/s link (docs/performance.md).
 ADAPTIVE_LEVELS = (1, 3, 5, 7, 9)
 #: ~256 KiB frames: a smaller store and far fewer zstd and AES-GCM calls than a
 #: frame per chunk (docs/format.md).

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 #: An index file per 64 packs (256 MiB) uploaded.
 PACKS_PER_INDEX_FLUSH = 64
 #: The first pack is sealed at this share of the pack size: the store starts
-#: receiving sooner (a daily backup's first upload ~150 ms earlier over a slow link).
+#: receiving sooner, which a daily backup over a slow link waits on.
 FIRST_PACK_SHARE = 4
 #: Waiting this long for an upload slot means the store takes packs slower than they
 #: are sealed: the next frames are compressed harder (``FrameCodec.smaller``); a slot
