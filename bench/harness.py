@@ -189,6 +189,16 @@ def run_measured(cmd: Cmd, log_path: Path, size: Callable[[], int] | None = None
                    repo_bytes_after=size() if size else 0)
 
 
+def compile_bytecode() -> None:
+    """Write the bytecode of cloudkeep's modules, as installing a wheel does: an editable
+    install under PYTHONDONTWRITEBYTECODE=1 would compile every module at every start."""
+    import compileall
+
+    import cloudkeep
+
+    compileall.compile_dir(str(Path(cloudkeep.__file__).parent), quiet=1)
+
+
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a tool's process: ours, without settings that could point a tool
     at a real account, store, data folder or configuration, plus ``extra``."""

@@ -135,7 +135,9 @@ def run_tool(tool: str, base: Path, args: argparse.Namespace) -> dict[str, Any]:
                     generate.mutate(live, seed=args.mutate_seed)
                 before = proxy.stats()
                 proxy.requests.clear()
+                started = proxy.now()
                 m = harness.run_measured(backup, work / "logs" / f"{n}-{step}.log")
+                ended = proxy.now()
                 after = proxy.stats()
                 figures = {k: after[k] - before[k] for k in after if k != "max_active"}
                 figures.update(
@@ -147,7 +149,9 @@ def run_tool(tool: str, base: Path, args: argparse.Namespace) -> dict[str, Any]:
                 )
                 out["steps"][step] = figures
                 if args.trace:
-                    lines = [f"{t:9.3f} {c:4d} {line}" for t, c, line in proxy.requests]
+                    lines = [f"{started:9.3f}      (process started)"]
+                    lines += [f"{t:9.3f} {c:4d} {line}" for t, c, line in proxy.requests]
+                    lines.append(f"{ended:9.3f}      (process ended)")
                     (args.workdir / f"{tool}-{step}.requests").write_text("\n".join(lines) + "\n")
                 print(f"{tool:9} {step:5} " + json.dumps(figures), flush=True)
                 if m.rc != 0:
@@ -187,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the command that runs cloudkeep (e.g. with a profiler in front)",
     )
     args = ap.parse_args(argv)
+    harness.compile_bytecode()
     base = args.base or BENCH / "work" / f"{args.size_mib}mib" / "base"
     if not base.exists():
         generate.generate(base, size_mib=args.size_mib, seed=args.seed)

@@ -166,6 +166,11 @@ class LinkProxy:
         self._loop = None
         self._thread = None
 
+    def now(self) -> float:
+        """Seconds since start on the clock of ``requests``."""
+        assert self._loop is not None
+        return self._loop.time() - self._t0
+
     def stats(self) -> dict[str, int]:
         """Bytes each way (``bytes_up`` = client to target), connections accepted, the most
         open at once, and ``exchanges``: how often a client sent after the server had

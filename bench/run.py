@@ -331,6 +331,7 @@ def run_tools(args: argparse.Namespace, store: Store, root: Path) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     args = parse_args(argv)
+    harness.compile_bytecode()
     size_tag = f"{args.size_mib:g}mib"
     root = (args.workdir / size_tag).resolve()
     root.mkdir(parents=True, exist_ok=True)

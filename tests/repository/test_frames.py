@@ -9,6 +9,7 @@ import pytest
 import zstandard
 
 from cloudkeep.repository.frames import (
+    ADAPTIVE_LEVELS,
     DEFAULT_ZSTD_LEVEL,
     FRAME_AAD,
     TRIAL_MIN_SIZE,
@@ -67,7 +68,7 @@ def test_a_large_incompressible_chunk_is_stored_raw_without_compressing_it(
     codec = FrameCodec(repo.sealer)
     chunk = os.urandom(4 * TRIAL_MIN_SIZE)
     asked: list[int] = []
-    compressor = codec._zstd()
+    compressor = codec._zstd(codec.level)
     batch = compressor.multi_compress_to_buffer
 
     class Spy:
@@ -77,10 +78,36 @@ def test_a_large_incompressible_chunk_is_stored_raw_without_compressing_it(
             asked.append(len(data))
             return batch(data, threads=threads)
 
-    monkeypatch.setattr(codec, "_zstd", Spy)
+    monkeypatch.setattr(codec, "_zstd", lambda level: Spy())
     [(sealed, encoding, _)] = sealed_and_encoding(codec, [chunk])
     assert (encoding, asked) == (RAW, [])
     assert opened_blobs(codec, sealed) == [chunk]
+
+
+def test_the_level_steps_from_the_configs_to_the_top_and_every_level_opens(
+    repo: Repository,
+) -> None:
+    codec = FrameCodec(repo.sealer, zstd_level=DEFAULT_ZSTD_LEVEL)
+    pages = text_pages(40)
+    levels, sizes = [], []
+    for _ in range(len(ADAPTIVE_LEVELS) + 1):  # one step more than the ladder has
+        frames = sealed_and_encoding(codec, pages)
+        assert [blob for sealed, _, _ in frames for blob in opened_blobs(codec, sealed)] == pages
+        levels.append(codec.level)
+        sizes.append(sum(len(sealed) for sealed, _, _ in frames))
+        codec.smaller()
+    assert levels == [*ADAPTIVE_LEVELS, ADAPTIVE_LEVELS[-1]]
+    assert sizes[-1] < sizes[0]
+    for _ in range(len(ADAPTIVE_LEVELS) + 1):
+        codec.faster()
+    assert codec.level == DEFAULT_ZSTD_LEVEL
+    # A repository made with a faster level (an older default) climbs from it.
+    fast = FrameCodec(repo.sealer, zstd_level=-2)
+    fast.smaller()
+    assert fast.level == ADAPTIVE_LEVELS[0]
+    fast.faster()
+    fast.faster()
+    assert fast.level == -2
 
 
 def test_a_large_chunk_with_compressible_samples_is_compressed(repo: Repository) -> None:

@@ -1,12 +1,17 @@
-"""``Repository.pack_writer``: what a writer deduplicates against."""
+"""``Repository.pack_writer``: what a writer deduplicates against, how it paces compression."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
+from cloudkeep.repository.frames import ADAPTIVE_LEVELS, DEFAULT_ZSTD_LEVEL
 from cloudkeep.repository.index import MasterIndex
+from cloudkeep.repository.pack_writer import FIRST_PACK_SHARE, SLOW_STORE_WAIT
 from cloudkeep.repository.packs import BlobType
 from cloudkeep.repository.repository import Repository
+from cloudkeep.storage.base import pieces
 from cloudkeep.storage.url import open_store
 
 
@@ -42,3 +47,46 @@ def test_a_writer_given_known_packs_deduplicates_only_against_them(tmp_path: Pat
     with_kept = repo.pack_writer(known=kept)
     assert with_kept.known(blob_id)
     with_kept.close()
+
+
+class SlowPuts:
+    """A store whose puts of packs take ``delay`` seconds each: a slow link."""
+
+    def __init__(self, inner, delay: float) -> None:  # type: ignore[no-untyped-def]
+        self._inner = inner
+        self.delay = delay
+        self.packs: list[int] = []
+
+    def put(self, name: str, data, *, create_only: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if name.startswith("data/"):
+            time.sleep(self.delay)
+            self.packs.append(sum(len(piece) for piece in pieces(data)))
+        self._inner.put(name, data, create_only=create_only)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+
+def test_packs_waiting_on_a_slow_store_raise_the_level_and_a_fast_one_lowers_it(
+    tmp_path: Path,
+) -> None:
+    slow = SlowPuts(open_store((tmp_path / "store").as_uri()), delay=4 * SLOW_STORE_WAIT)
+    repo = Repository.init(slow, "writer pass")  # type: ignore[arg-type]
+    pack_size = repo.config["pack_size"]
+    writer = repo.pack_writer()
+    assert repo.codec.level == DEFAULT_ZSTD_LEVEL
+    for _ in range(6):  # each pack's worth of random blobs: sealed at once, stored slowly
+        blobs = [os.urandom(64 * 1024) for _ in range(pack_size // (64 * 1024) + 1)]
+        for blob in blobs:
+            writer.add(BlobType.DATA, repo.blob_id(blob), blob)
+    assert repo.codec.level > DEFAULT_ZSTD_LEVEL
+    slow.delay = 0
+    writer.flush()
+    for _ in range(len(ADAPTIVE_LEVELS)):
+        blob = os.urandom(pack_size + 1)
+        writer.add(BlobType.DATA, repo.blob_id(blob), blob)
+        writer.flush()
+    writer.close()
+    assert repo.codec.level == DEFAULT_ZSTD_LEVEL
+    # The first pack is sealed at a share of the pack size, the next ones at the full size.
+    assert pack_size // FIRST_PACK_SHARE <= slow.packs[0] < pack_size <= min(slow.packs[1:5])

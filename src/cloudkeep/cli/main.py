@@ -16,11 +16,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloudkeep.cli import browse as _browse_commands  # noqa: F401  (registers commands)
-from cloudkeep.cli import demo, forget, service, setup, status  # noqa: F401  (registers commands)
-from cloudkeep.cli import diff as _diff_commands  # noqa: F401  (registers commands)
-from cloudkeep.cli import key as _key_commands  # noqa: F401  (registers commands)
-from cloudkeep.cli import sql as _sql_commands  # noqa: F401  (registers commands)
 from cloudkeep.cli.app import DryRunOption, JsonOption, app, app_key, workspace
 from cloudkeep.cli.errors import exit_code_for
 from cloudkeep.cli.output import error, notice, one_line, print_json, progress_bar, size_text
@@ -55,11 +50,15 @@ def backup(
     ] = None,
 ) -> None:
     """Back up the data folder now (creating the repository if needed)."""
-    from cloudkeep.cli.forget import parse_time
     from cloudkeep.operations import Backup, run
 
     ws = workspace(ctx)
-    operation = Backup(time=None if time is None else parse_time(time))
+    if time is None:
+        operation = Backup(time=None)
+    else:
+        from cloudkeep.cli.forget import parse_time
+
+        operation = Backup(time=parse_time(time))
     with progress_bar("backup") as progress:
         info = run(operation, ws, progress).info
     for warning in info.warnings:

@@ -24,6 +24,11 @@ from cloudkeep.repository.packs import FrameMember
 #: vectors, text), level 1 entropy-codes them: a 5% smaller first backup for ~8% more
 #: CPU (docs/performance.md, "Compression of the first backup").
 DEFAULT_ZSTD_LEVEL = 1
+#: The levels a writer steps through while the store takes data slower than it is
+#: sealed (``PackWriter``), from the config's level up. On database pages at 256 KiB
+#: frames each is smaller than the one below and slower; above 9 the speed falls
+#: 3-10x for 1-3%, and two workers no longer feed a 100 Mbit/s link (docs/performance.md).
+ADAPTIVE_LEVELS = (1, 3, 5, 7, 9)
 #: ~256 KiB frames: a smaller store and far fewer zstd and AES-GCM calls than a
 #: frame per chunk (docs/format.md).
 FRAME_TARGET_SIZE = 256 * 1024
@@ -66,18 +71,40 @@ class BlobDamaged(Exception):
 
 
 class FrameCodec:
-    """Seals and opens frames under one key; thread-safe (zstd contexts per thread)."""
+    """Seals and opens frames under one key; thread-safe (zstd contexts per thread).
+
+    Frames are compressed at ``level``: the config's, raised by ``smaller`` while the
+    store is what a backup waits on and lowered again by ``faster`` (as ``zstd
+    --adapt`` does). A writer's choice only: frames of any level read alike.
+    """
 
     def __init__(self, sealer: Sealer, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> None:
         self.sealer = sealer
-        self._level = zstd_level
+        self._base_level = zstd_level
+        self._levels = (zstd_level, *(level for level in ADAPTIVE_LEVELS if level > zstd_level))
+        self._step = 0
         self._local = threading.local()
 
-    def _zstd(self) -> zstandard.ZstdCompressor:
-        """This thread's compressor (zstd contexts are not thread-safe)."""
-        compressor = getattr(self._local, "zstd", None)
+    @property
+    def level(self) -> int:
+        return self._levels[self._step]
+
+    def smaller(self) -> None:
+        """Compress harder from the next frames on (up to the top of ``ADAPTIVE_LEVELS``)."""
+        self._step = min(self._step + 1, len(self._levels) - 1)
+
+    def faster(self) -> None:
+        """Step back towards the config's level."""
+        self._step = max(self._step - 1, 0)
+
+    def _zstd(self, level: int) -> zstandard.ZstdCompressor:
+        """This thread's compressor at ``level`` (zstd contexts are not thread-safe)."""
+        compressors: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "zstd", None)
+        if compressors is None:
+            compressors = self._local.zstd = {}
+        compressor = compressors.get(level)
         if compressor is None:
-            compressor = self._local.zstd = zstandard.ZstdCompressor(level=self._level)
+            compressor = compressors[level] = zstandard.ZstdCompressor(level=level)
         return compressor
 
     def _unzstd(self) -> zstandard.ZstdDecompressor:
@@ -131,7 +158,9 @@ class FrameCodec:
         worth: list[bytes | bytearray | memoryview] = [
             raw for raw, trying in zip(raws, tried, strict=True) if trying
         ]
-        compressed = iter(self._zstd().multi_compress_to_buffer(worth, threads=1) if worth else ())
+        compressed = iter(
+            self._zstd(self.level).multi_compress_to_buffer(worth, threads=1) if worth else ()
+        )
         seal_parts = self.sealer.seal_parts
         nonces = os.urandom(NONCE_SIZE * len(raws))
         frames: list[SealedFrame] = []
@@ -161,7 +190,8 @@ class FrameCodec:
         sample = b"".join(
             [view[number * step : number * step + _TRIAL_SLICE] for number in range(_TRIAL_SLICES)]
         )
-        return len(self._zstd().compress(sample)) < len(sample) * (1 - TRIAL_MIN_SAVING)
+        compressed = self._zstd(self._base_level).compress(sample)
+        return len(compressed) < len(sample) * (1 - TRIAL_MIN_SAVING)
 
     def open_frame(self, sealed: bytes | memoryview) -> OpenedFrame:
         """Decrypt and decompress one frame; its blobs are cut out by ``blob_in_frame``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -16,6 +17,14 @@ if TYPE_CHECKING:
 
 #: An index file per 64 packs (256 MiB) uploaded.
 PACKS_PER_INDEX_FLUSH = 64
+#: The first pack is sealed at this share of the pack size: the store starts
+#: receiving sooner, which a daily backup over a slow link waits on.
+FIRST_PACK_SHARE = 4
+#: Waiting this long for an upload slot means the store takes packs slower than they
+#: are sealed: the next frames are compressed harder (``FrameCodec.smaller``); a slot
+#: free at once means the opposite (``faster``). A local disk's fsync keeps the wait
+#: far below it.
+SLOW_STORE_WAIT = 0.05
 
 
 class PackWriter:
@@ -38,6 +47,7 @@ class PackWriter:
         # (looked up each time: ``load_index`` may replace it after the writer is made).
         self._known = known
         self._pack_size = pack_size
+        self._next_pack_size = max(1, pack_size // FIRST_PACK_SHARE)
         self._lock = threading.Lock()
         self._uploads_lock = threading.Lock()
         self._builder = PackBuilder()
@@ -97,9 +107,10 @@ class PackWriter:
         with self._lock:
             for sealed, members in frames:
                 self._builder.add_frame(blob_type, sealed, members)
-                if self._builder.size >= self._pack_size:
+                if self._builder.size >= self._next_pack_size:
                     full.append(self._builder)
                     self._builder = PackBuilder()
+                    self._next_pack_size = self._pack_size
         for builder in full:
             self._submit(builder)
 
@@ -107,11 +118,21 @@ class PackWriter:
         # Two sealing threads submit packs: the list of uploads has its own lock, as
         # a lost future would let flush() index before that pack is uploaded.
         self._raise_failed_uploads()
-        self._slots.acquire()
+        self._take_slot()
         future = self._executor.submit(self._upload, builder)
         future.add_done_callback(lambda _f: self._slots.release())
         with self._uploads_lock:
             self._uploads.append(future)
+
+    def _take_slot(self) -> None:
+        """Wait for an upload slot, pacing the compression level by who waits on whom."""
+        if self._slots.acquire(blocking=False):
+            self._repo.codec.faster()
+            return
+        started = time.monotonic()
+        self._slots.acquire()
+        if time.monotonic() - started >= SLOW_STORE_WAIT:
+            self._repo.codec.smaller()
 
     def _upload(self, builder: PackBuilder) -> None:
         pack_id, content = builder.finish(self._repo.sealer)

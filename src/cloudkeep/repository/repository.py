@@ -532,13 +532,19 @@ class Repository:
     def ensure_key_current(self) -> None:
         """Refuse to publish unless the store's config still names this handle's key.
 
-        One GET. A store that cannot create the config atomically may let a second
+        A store that cannot create the config atomically may let a second
         device replace it during our first backup; ``RepositoryChanged`` is raised,
         so no backup is published under a key no other device uses. Only the
         creator's first backup (``discard_if_replaced``) removes what it wrote
         (sealed under the losing key); any other handle leaves it to prune, as
         another device may already use it.
+
+        One round trip when the config is as ``init`` writes it: its first bytes
+        read as exactly our config's serialization (no other valid config starts so,
+        JSON allowing only whitespace after a value); else the size, then the config.
         """
+        if self._config_unchanged():
+            return
         stored = self.read_config(self.storage)
         if (stored["id"], stored["key"]) == (self.config["id"], self.config["key"]):
             return
@@ -553,6 +559,15 @@ class Repository:
             "while this backup ran (another device created it at the same time); "
             "nothing was published: run the backup again"
         )
+
+    def _config_unchanged(self) -> bool:
+        expected = json.dumps(self.config, indent=1).encode()  # as ``init`` writes it
+        try:
+            return self.storage.get("config", 0, len(expected)) == expected
+        except StorageUnavailable:
+            raise
+        except StorageError:  # absent, or shorter: ``read_config`` says what it is
+            return False
 
     def _note_written(self, name: str) -> None:
         with self._written_lock:
@@ -868,6 +883,11 @@ class Repository:
         return report
 
     # -------------------------------------------------------------------- blobs
+    @property
+    def codec(self) -> FrameCodec:
+        """The frame codec: a pack writer paces its compression level through it."""
+        return self._codec
+
     def seal_frames(
         self,
         blob_ids: list[bytes],
