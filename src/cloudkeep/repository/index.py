@@ -138,7 +138,7 @@ def prepare() -> None:
 
 
 class MasterIndex:
-    """Every known blob → its pack and place, in sorted arrays (44 bytes a blob).
+    """Every known blob → its pack and place, in sorted arrays (44 bytes a blob, 12 a frame).
 
     The ids sit in one sorted array (their first 8 bytes as a big-endian key, the
     other 24 beside it) and the places in another (frame number, offset in the
@@ -367,17 +367,18 @@ class MasterIndex:
 
     def _add_frames(self, rows: Sequence[tuple[int, int, int]] | NDArray[np.uint32]) -> None:
         """Append frames (pack number, offset, length), numbered in order from ``_frame_count``."""
+        count, used = len(rows), self._frame_count
+        if not count:
+            return
         np = _numpy()
 
-        count, used = len(rows), self._frame_count
         if self._frames is None or used + count > len(self._frames):
             capacity = max(2 * (used + count), used + count + _RESERVE // 16)
             frames = _mapped(np.uint32, (capacity, 3))
             if self._frames is not None:
                 frames[:used] = self._frames[:used]
             self._frames = frames
-        if count:
-            self._frames[used : used + count] = rows
+        self._frames[used : used + count] = rows
         self._frame_count = used + count
 
     def _arrays(self) -> tuple[NDArray[np.uint64], NDArray[np.void], NDArray[np.uint32]]:
