@@ -1,10 +1,11 @@
-"""Peak RSS and time of cloudkeep's backups and store-only restore, old code against new.
+"""Peak RSS and time of cloudkeep's backups and new-machine restore, old code against new.
 
     python bench/memory_probe.py --size-mib 600 [--code new=src --code old=/tmp/base/src]
 
 For each ``--code`` (a ``src`` folder put first on ``PYTHONPATH``), in turn: a fresh copy
 of the generated folder, a fresh store, the initial backup, the 1% mutation and its
-backup, the unchanged backup, then a store-only restore (``--fetch-all``). Prints wall,
+backup, the unchanged backup, then the restore onto a new machine (as ``run.py``'s:
+only the store and the passphrase, the store's files dropped from the page cache). Prints wall,
 CPU and peak RSS (the process tree, as ``run.py`` measures it) of each step. With
 ``--in-place`` the generated folder itself is backed up and mutated (no copy: for
 sizes where a second copy does not fit on the disk).
@@ -22,11 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate
 import harness
 import run
+import stores
 
 MIB = harness.MIB
 
 
-def probe(label: str, src: str, base: Path, work: Path, in_place: bool, restore: bool) -> None:
+def probe(
+    label: str, src: str, base: Path, work: Path, in_place: bool, restore: bool, quick: bool
+) -> None:
     tool = harness.Cloudkeep(work / f"ck-{label}")
     env = {"PYTHONPATH": str(Path(src).resolve())}
     if tool.workdir.exists():
@@ -39,7 +43,7 @@ def probe(label: str, src: str, base: Path, work: Path, in_place: bool, restore:
 
     def measured(step: str, cmd: harness.Cmd) -> None:
         cmd.env.update(env)
-        m = harness.run_measured(cmd, logs / f"{step}.log", tool.repo)
+        m = harness.run_measured(cmd, logs / f"{step}.log", tool.loc.bytes)
         print(
             f"{label:>5} {step:<10} rc={m.rc} wall={m.wall_s:6.2f}s cpu={m.cpu_s:6.2f}s "
             f"rss={m.peak_rss_bytes / MIB:5.0f}MiB added={m.added_bytes / MIB:7.1f}MiB "
@@ -50,12 +54,16 @@ def probe(label: str, src: str, base: Path, work: Path, in_place: bool, restore:
             raise SystemExit(f"{step} failed, see {m.log}")
 
     measured("initial", tool.backup(live, 1))
-    generate.mutate(live, seed=2)
-    measured("after-1%", tool.backup(live, 2))
-    measured("unchanged", tool.backup(live, 3))
+    if not quick:
+        generate.mutate(live, seed=2)
+        measured("after-1%", tool.backup(live, 2))
+        measured("unchanged", tool.backup(live, 3))
     if restore:
         target = run.empty_folder(tool.workdir / "restore")
-        measured("restore", tool.restore_store_only(target))
+        machine = run.empty_folder(tool.workdir / "new-machine")
+        cmd = tool.restore_new_machine(target, machine)
+        stores.drop_page_cache(tool.loc.local_files())
+        measured("restore", cmd)
     shutil.rmtree(tool.workdir)
     if not in_place:
         shutil.rmtree(live)
@@ -68,6 +76,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "work")
     parser.add_argument("--in-place", action="store_true")
     parser.add_argument("--no-restore", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="initial backup and restore only")
     args = parser.parse_args()
     root = args.workdir / f"{args.size_mib:g}mib"
     run.prepare_base(root, args.size_mib, 1)
@@ -76,7 +85,7 @@ def main() -> None:
         label, src = code.split("=", 1)
         if args.in_place:
             run.prepare_base(root, args.size_mib, 1)
-        probe(label, src, root / "base", root, args.in_place, not args.no_restore)
+        probe(label, src, root / "base", root, args.in_place, not args.no_restore, args.quick)
         if args.in_place:
             shutil.rmtree(root / "base")  # mutated: generated again for the next code
 

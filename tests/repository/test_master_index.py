@@ -13,7 +13,8 @@ from cloudkeep.repository.packs import ENTRY, BlobType, PackEntry
 ids = st.binary(min_size=32, max_size=32)
 # Ids sharing their first 8 bytes, so the full-id comparison is what tells them apart.
 twins = st.builds(lambda tail: b"\x07" * 8 + tail, st.binary(min_size=24, max_size=24))
-locations = st.tuples(*[st.integers(0, 2**32 - 1)] * 4)
+# Small values often: blobs then share frames (offset, length), in a run or apart.
+locations = st.tuples(*[st.one_of(st.integers(0, 2), st.integers(0, 2**32 - 1))] * 4)
 packs = st.lists(
     st.lists(st.tuples(st.one_of(ids, twins), locations), max_size=40), min_size=1, max_size=6
 )

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 _MAGIC = b"CKIX\x02"
 _COUNT = struct.Struct("<I")
-_LOCATION = struct.Struct("<IIIII")  # pack number, frame offset, frame length, inner offset, size
+_PLACE = struct.Struct("<III")  # frame number, inner offset, size: a blob's row of ``_locs``
 #: Blobs added pack by pack wait in a dict (~3 MiB) before a merge into the arrays.
 RECENT_MAX = 16384
 #: Entries the arrays are reserved for beyond their need (address space, not memory).
@@ -138,10 +138,12 @@ def prepare() -> None:
 
 
 class MasterIndex:
-    """Every known blob → its pack and place, in sorted arrays (52 bytes a blob).
+    """Every known blob → its pack and place, in sorted arrays (44 bytes a blob, 12 a frame).
 
     The ids sit in one sorted array (their first 8 bytes as a big-endian key, the
-    other 24 beside it) and the locations in another: no Python object per blob,
+    other 24 beside it) and the places in another (frame number, offset in the
+    frame, size), the frames (pack number, offset, length) in a third, once each
+    however many blobs they hold: no Python object per blob,
     and a batch of ids is found with one vectorized binary search. A hit compares
     the whole 32-byte id: two ids sharing a prefix (a key holder can make them)
     never stand for each other. Blobs added pack by pack (a backup's uploads)
@@ -156,14 +158,16 @@ class MasterIndex:
     """
 
     def __init__(self, *, locations: bool = True) -> None:
-        self._width = _LOCATION.size // 4 if locations else 0  # uint32 columns of ``_locs``
+        self._width = _PLACE.size // 4 if locations else 0  # uint32 columns of ``_locs``
         self._pack_ids: list[str] = []
         self._pack_numbers: dict[str, int] = {}
         self._n = 0  # entries in the sorted arrays
         self._keys: NDArray[np.uint64] | None = None  # first 8 id bytes, big-endian
         self._rest: NDArray[np.void] | None = None  # the other 24 bytes
-        self._locs: NDArray[np.uint32] | None = None  # (n, width): see ``_LOCATION``
-        self._recent: dict[bytes, bytes] = {}  # id → ``_LOCATION`` packed
+        self._locs: NDArray[np.uint32] | None = None  # (n, width): see ``_PLACE``
+        self._frames: NDArray[np.uint32] | None = None  # (frames, 3): pack, offset, length
+        self._frame_count = 0
+        self._recent: dict[bytes, bytes] = {}  # id → ``_PLACE`` packed
 
     @classmethod
     def of(cls, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
@@ -209,10 +213,14 @@ class MasterIndex:
         if not self._width:
             recent.update((entry[1], b"") for entry in entries if entry[1] not in recent)
         else:
-            pack = _LOCATION.pack
+            pack = _PLACE.pack
+            frames: dict[tuple[int, int], int] = {}
+            first = self._frame_count
             for _type, blob_id, offset, length, inner_offset, raw_length in entries:
+                frame = frames.setdefault((offset, length), first + len(frames))
                 if blob_id not in recent:
-                    recent[blob_id] = pack(number, offset, length, inner_offset, raw_length)
+                    recent[blob_id] = pack(frame, inner_offset, raw_length)
+            self._add_frames([(number, offset, length) for offset, length in frames])
         if len(recent) >= RECENT_MAX:
             self._merge_recent()
 
@@ -240,8 +248,16 @@ class MasterIndex:
             keys[end : end + count] = entries["key"]
             rest[end : end + count] = entries["rest"]
             if self._width:
-                locs[end : end + count, 0] = number
-                locs[end : end + count, 1:] = entries["loc"]
+                loc = entries["loc"]  # frame offset, frame length, inner offset, size
+                # A pack's header lists the blobs of a frame one after another.
+                starts = np.ones(count, bool)
+                starts[1:] = (loc[1:, :2] != loc[:-1, :2]).any(axis=1)
+                locs[end : end + count, 0] = np.cumsum(starts) + (self._frame_count - 1)
+                locs[end : end + count, 1:] = loc[:, 2:]
+                frame_rows = np.empty((int(starts.sum()), 3), np.uint32)
+                frame_rows[:, 0] = number
+                frame_rows[:, 1:] = loc[starts, :2]
+                self._add_frames(frame_rows)
             end += count
         self._settle(start, end)
 
@@ -259,7 +275,7 @@ class MasterIndex:
         keys[start:end] = ids["key"]
         rest[start:end] = ids["rest"]
         if self._width:
-            locs[start:end] = np.frombuffer(b"".join(recent.values()), np.uint32).reshape(-1, 5)
+            locs[start:end] = np.frombuffer(b"".join(recent.values()), np.uint32).reshape(-1, 3)
         self._recent = {}
         self._settle(start, end)
 
@@ -311,7 +327,7 @@ class MasterIndex:
 
         keys, rest, locs = self._arrays()
         # Rows as single values: masked moves of 24- and 20-byte items, not of 2-D rows.
-        columns = (keys, rest, locs.view("V20")[:, 0]) if self._width else (keys, rest)
+        columns = (keys, rest, locs.view(f"V{_PLACE.size}")[:, 0]) if self._width else (keys, rest)
         added = [column[start:end].copy() for column in columns]
         count = end - start
         inserted = np.searchsorted(keys[:start], added[0]) + np.arange(count)
@@ -348,6 +364,22 @@ class MasterIndex:
                 old_locs[:used],
             )
         self._keys, self._rest, self._locs = keys, rest, locs
+
+    def _add_frames(self, rows: Sequence[tuple[int, int, int]] | NDArray[np.uint32]) -> None:
+        """Append frames (pack number, offset, length), numbered in order from ``_frame_count``."""
+        count, used = len(rows), self._frame_count
+        if not count:
+            return
+        np = _numpy()
+
+        if self._frames is None or used + count > len(self._frames):
+            capacity = max(2 * (used + count), used + count + _RESERVE // 16)
+            frames = _mapped(np.uint32, (capacity, 3))
+            if self._frames is not None:
+                frames[:used] = self._frames[:used]
+            self._frames = frames
+        self._frames[used : used + count] = rows
+        self._frame_count = used + count
 
     def _arrays(self) -> tuple[NDArray[np.uint64], NDArray[np.void], NDArray[np.uint32]]:
         assert self._keys is not None and self._rest is not None and self._locs is not None
@@ -397,9 +429,17 @@ class MasterIndex:
             raise LookupError("this index holds blob ids only, not where they are")
         rows: list
         absent: Sequence[int]
+        frames = self._frames
         if self._n:
+            np = _numpy()
+
+            assert frames is not None
             found = self._positions(blob_ids)
-            rows = self._arrays()[2][: self._n][found].tolist()
+            places = self._arrays()[2][: self._n][found]
+            located = np.empty((len(places), 5), np.uint32)
+            located[:, :3] = frames[places[:, 0]]
+            located[:, 3:] = places[:, 1:]
+            rows = located.tolist()
             absent = (found < 0).nonzero()[0].tolist()
         else:
             rows, absent = [None] * len(blob_ids), range(len(blob_ids))
@@ -408,7 +448,9 @@ class MasterIndex:
             packed = recent.get(blob_ids[at])
             if packed is None:
                 raise KeyError(blob_ids[at])
-            rows[at] = _LOCATION.unpack(packed)
+            assert frames is not None
+            frame, inner_offset, raw_length = _PLACE.unpack(packed)
+            rows[at] = (*frames[frame].tolist(), inner_offset, raw_length)
         return rows
 
     def frames_of(self, blob_ids: Iterable[bytes]) -> list[FrameBlobs]:
