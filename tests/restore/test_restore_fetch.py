@@ -208,6 +208,10 @@ def test_chunk_lists_are_read_verified(repo: Repository) -> None:
     reader = RepositoryReader(repo)
     entry = FileEntry("db", "file", size=2 * CHUNK)
     with reader.opened():
-        assert reader.chunk_list(entry, list_id.hex()) == [(ids[0], CHUNK), (ids[1], CHUNK)]
-        with pytest.raises(RepositoryDamaged, match="cannot restore db"):
-            reader.chunk_list(entry, "00" * 32)
+        listed = [(ids[0], CHUNK), (ids[1], CHUNK)]
+        assert reader.chunk_lists([(entry, list_id.hex())] * 2) == [listed, listed]
+        other = FileEntry("other", "file", size=CHUNK)
+        with pytest.raises(RepositoryDamaged, match="cannot restore other"):
+            reader.chunk_lists([(entry, list_id.hex()), (other, "00" * 32)])
+        with pytest.raises(RepositoryDamaged, match="cannot restore other"):
+            reader.chunk_lists([(entry, list_id.hex()), (other, "zz")])
