@@ -289,7 +289,7 @@ class Restorer:
                 hand_over()
             for future in fetching:
                 future.result()
-            files.sync()
+            files.sync(pool)
         except BaseException:
             for future in fetching:
                 future.cancel()
