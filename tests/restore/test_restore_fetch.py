@@ -12,6 +12,7 @@ import pytest
 
 from cloudkeep.backups.manifest import FileEntry, encode_chunk_list
 from cloudkeep.backups.progress import Tracker
+from cloudkeep.backups.restore import fetch
 from cloudkeep.backups.restore.fetch import RepositoryReader, frame_pieces, start_fetches
 from cloudkeep.backups.restore.plan import ChunkTarget
 from cloudkeep.backups.restore.write import Files, Piece, Tree, reserve
@@ -208,6 +209,53 @@ def test_chunk_lists_are_read_verified(repo: Repository) -> None:
     reader = RepositoryReader(repo)
     entry = FileEntry("db", "file", size=2 * CHUNK)
     with reader.opened():
-        assert reader.chunk_list(entry, list_id.hex()) == [(ids[0], CHUNK), (ids[1], CHUNK)]
-        with pytest.raises(RepositoryDamaged, match="cannot restore db"):
-            reader.chunk_list(entry, "00" * 32)
+        assert reader.chunk_lists([(entry, list_id.hex())] * 2) == [chunk_list, chunk_list]
+        other = FileEntry("other", "file", size=CHUNK)
+        with pytest.raises(RepositoryDamaged, match="cannot restore other"):
+            reader.chunk_lists([(entry, list_id.hex()), (other, "00" * 32)])
+        with pytest.raises(RepositoryDamaged, match="cannot restore other"):
+            reader.chunk_lists([(entry, list_id.hex()), (other, "zz")])
+
+
+def test_a_chunk_list_with_a_partial_entry_names_its_file(repo: Repository) -> None:
+    partial = encode_chunk_list([(bytes(32), CHUNK)])[:-1]
+    list_id = repo.blob_id(partial)
+    writer = repo.pack_writer()
+    writer.add(BlobType.TREE, list_id, partial)
+    writer.flush()
+    writer.close()
+    reader = RepositoryReader(repo)
+    with reader.opened():
+        read_ahead = fetch.ChunkLists(reader, [FileEntry("db", "file", content=[list_id.hex()])])
+        try:
+            with pytest.raises(RepositoryDamaged, match=r"cannot restore db: .*partial"):
+                read_ahead.next()
+        finally:
+            read_ahead.close()
+
+
+def test_chunk_lists_come_in_file_order_across_read_ahead_groups(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch, "LISTS_AHEAD", 2)
+    ids, _ = honest(repo, 7)
+    lists = [[(blob_id, CHUNK)] * (n + 1) for n, blob_id in enumerate(ids)]
+    raws = [encode_chunk_list(listed) for listed in lists]
+    list_ids = [repo.blob_id(raw) for raw in raws]
+    writer = repo.pack_writer()
+    for list_id, raw in zip(list_ids, raws, strict=True):
+        writer.add(BlobType.TREE, list_id, raw)
+    writer.flush()
+    writer.close()
+    batch = [
+        FileEntry("a", "file", content=[list_ids[0].hex(), list_ids[1].hex(), list_ids[2].hex()]),
+        FileEntry("b", "file", content=[]),
+        FileEntry("c", "file", content=[i.hex() for i in (list_ids[3:] + list_ids[:1])]),
+    ]
+    reader = RepositoryReader(repo)
+    with reader.opened():
+        read_ahead = fetch.ChunkLists(reader, batch)
+        try:
+            assert [read_ahead.next() for _ in range(8)] == [*lists, lists[0]]
+        finally:
+            read_ahead.close()

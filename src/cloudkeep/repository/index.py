@@ -423,26 +423,24 @@ class MasterIndex:
             found[sized] = self._positions([blob_ids[at] for at in sized])
         return found
 
-    def _locations(self, blob_ids: Sequence[bytes]) -> list[tuple[int, int, int, int, int]]:
-        """The location of each id; ``KeyError`` names the first one not in the index."""
+    def _locations(self, blob_ids: Sequence[bytes]) -> NDArray[np.uint32]:
+        """The location of each id, a row each (pack, frame offset, frame length, offset
+        in the frame, size); ``KeyError`` names the first one not in the index."""
+        np = _numpy()
+
         if not self._width:
             raise LookupError("this index holds blob ids only, not where they are")
-        rows: list
-        absent: Sequence[int]
         frames = self._frames
+        rows = np.zeros((len(blob_ids), 5), np.uint32)
         if self._n:
-            np = _numpy()
-
             assert frames is not None
             found = self._positions(blob_ids)
             places = self._arrays()[2][: self._n][found]
-            located = np.empty((len(places), 5), np.uint32)
-            located[:, :3] = frames[places[:, 0]]
-            located[:, 3:] = places[:, 1:]
-            rows = located.tolist()
+            rows[:, :3] = frames[places[:, 0]]
+            rows[:, 3:] = places[:, 1:]
             absent = (found < 0).nonzero()[0].tolist()
         else:
-            rows, absent = [None] * len(blob_ids), range(len(blob_ids))
+            absent = list(range(len(blob_ids)))
         recent = self._recent
         for at in absent:
             packed = recent.get(blob_ids[at])
@@ -457,28 +455,39 @@ class MasterIndex:
         """The blobs grouped by the frame holding them, frames in order of first appearance.
 
         A restore locates every blob of a slice of its data at once: one search
-        for them all, and no object per blob but its member tuple. ``KeyError``
-        names the first blob not in the index.
+        for them all, the grouping done on arrays, and no object per blob but its
+        member tuple. ``KeyError`` names the first blob not in the index.
         """
+        np = _numpy()
+
         wanted = blob_ids if isinstance(blob_ids, list) else list(blob_ids)
-        frames: dict[tuple[int, int, int], list[tuple[bytes, int, int]]] = {}
-        for blob_id, (pack, offset, length, inner_offset, raw_length) in zip(
-            wanted, self._locations(wanted), strict=True
-        ):
-            frame = (pack, offset, length)
-            members = frames.get(frame)
-            if members is None:
-                frames[frame] = members = []
-            members.append((blob_id, inner_offset, raw_length))
+        if not wanted:
+            return []
+        rows = self._locations(wanted)
+        # A frame is its (pack, offset, length): one 12-byte key each, grouped in one sort.
+        frame_keys = np.ascontiguousarray(rows[:, :3]).view("V12").reshape(-1)
+        _, first, inverse = np.unique(frame_keys, return_index=True, return_inverse=True)
+        by_appearance = np.argsort(first)
+        rank = np.empty_like(by_appearance)
+        rank[by_appearance] = np.arange(len(first))
+        frame_of_blob = rank[inverse.reshape(-1)]
+        order = np.argsort(frame_of_blob, kind="stable")
+        ends = np.cumsum(np.bincount(frame_of_blob)).tolist()
+        ordered = rows[order]
+        ids = [wanted[at] for at in order.tolist()]
+        members = list(zip(ids, ordered[:, 3].tolist(), ordered[:, 4].tolist(), strict=True))
         pack_ids = self._pack_ids
+        heads = rows[first[by_appearance]][:, :3].tolist()
         return [
-            FrameBlobs(pack_ids[pack], offset, length, members)
-            for (pack, offset, length), members in frames.items()
+            FrameBlobs(pack_ids[pack], offset, length, members[start:end])
+            for (pack, offset, length), start, end in zip(heads, [0, *ends], ends, strict=False)
         ]
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         try:
-            ((pack, offset, length, inner_offset, raw_length),) = self._locations([blob_id])
+            ((pack, offset, length, inner_offset, raw_length),) = self._locations(
+                [blob_id]
+            ).tolist()
         except KeyError:
             return None
         return BlobLocation(self._pack_ids[pack], offset, length, inner_offset, raw_length)

@@ -25,6 +25,7 @@ from cloudkeep.backups.manifest import FileEntry, Manifest
 from cloudkeep.backups.progress import ProgressFn, Tracker
 from cloudkeep.backups.restore.fetch import (
     FETCH_THREADS,
+    ChunkLists,
     RepositoryReader,
     quick_handoffs,
     start_fetches,
@@ -251,6 +252,7 @@ class Restorer:
         fetching: list[Future[None]] = []
         reusing: list[ReuseJob] = []
         limit = FIRST_BATCH_CHUNKS
+        lists = ChunkLists(reader, batch)
         pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch")
         reuse_pool = ThreadPoolExecutor(REUSE_THREADS, thread_name_prefix="reuse")
 
@@ -273,8 +275,8 @@ class Restorer:
                 reserve(fd, entry)
                 source = None if self._live is None else self._live.copy_of(entry)
                 offset = 0
-                for list_id in entry.content:
-                    chunks = reader.chunk_list(entry, list_id)
+                for _ in entry.content:
+                    chunks = lists.next()
                     offset = planning.add_chunks(number, offset, chunks, source)
                     if planning.chunks >= limit:
                         hand_over()
@@ -287,7 +289,7 @@ class Restorer:
                 hand_over()
             for future in fetching:
                 future.result()
-            files.sync()
+            files.sync(pool)
         except BaseException:
             for future in fetching:
                 future.cancel()
@@ -297,4 +299,5 @@ class Restorer:
         finally:
             reuse_pool.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)
+            lists.close()
             files.close()
