@@ -130,3 +130,32 @@ def test_an_index_file_writes_packs_kept_encoded_as_it_writes_listed_ones() -> N
     kept = [PackEntry(BlobType.TREE, b"e" * 32, 10, 20, 4, 6)]
     written = IndexFile({"aa" * 32: listed}, {"bb" * 32: ENTRY.pack(*kept[0])}).encode()
     assert IndexFile.decode(written).packs == {"aa" * 32: listed, "bb" * 32: kept}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(twins, min_size=1, max_size=30), min_size=2, max_size=5),
+    st.booleans(),
+)
+def test_ids_sharing_a_prefix_stay_in_full_id_order_through_every_merge(
+    batches: list[list[bytes]], encoded: bool
+) -> None:
+    """A key holder can plant any number of ids sharing a real id's first 8 bytes. The
+    sorted arrays keep such a run in order of the whole id whatever order the packs
+    came in, so a lookup binary-searches the run instead of scanning it."""
+    index = MasterIndex()
+    for number, batch in enumerate(batches):
+        entries = [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5) for blob_id in batch]
+        if encoded:
+            index.add_pack_encoded(f"{number:064x}", b"".join(ENTRY.pack(*e) for e in entries))
+        else:
+            index.add_pack(f"{number:064x}", entries)
+            index._merge_recent()
+    keys, rest, _ = index._arrays()
+    stored = [
+        int(key).to_bytes(8, "big") + bytes(tail)
+        for key, tail in zip(keys[: len(index)], rest[: len(index)], strict=True)
+    ]
+    assert stored == sorted({blob_id for batch in batches for blob_id in batch})
+    for blob_id in stored:
+        assert index.lookup(blob_id) is not None

@@ -13,6 +13,7 @@ import os
 import struct
 import sys
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -146,11 +147,13 @@ class MasterIndex:
     however many blobs they hold: no Python object per blob,
     and a batch of ids is found with one vectorized binary search. A hit compares
     the whole 32-byte id: two ids sharing a prefix (a key holder can make them)
-    never stand for each other. Blobs added pack by pack (a backup's uploads)
-    wait in a small dict and are merged in batches, in place. The arrays are
-    anonymous memory maps reserved larger than needed: pages not written yet cost
-    no memory, so growing copies nothing and no merge holds a second index.
-    The first location added for an id is the one kept.
+    never stand for each other, and as the arrays are in order of the whole id,
+    any number of them costs a lookup a binary search among them. Blobs added
+    pack by pack (a backup's uploads) wait in a small dict and are merged in
+    batches, in place. The arrays are anonymous memory maps reserved larger than
+    needed: pages not written yet cost no memory, so growing copies nothing and
+    no merge holds a second index. The first location added for an id is the one
+    kept.
 
     Without ``locations`` it holds the ids only (32 bytes a blob): enough for a
     backup, which only asks whether blobs are stored (``missing``, ``in``);
@@ -294,7 +297,7 @@ class MasterIndex:
         if same_key.any() and not (new_rest[order[1:]] == new_rest[order[:-1]])[same_key].all():
             # Ids sharing their first 8 bytes only: order by the whole id, so equal
             # ids are neighbours (the sort is stable: the first added comes first).
-            words = new_rest.view(np.uint64).reshape(-1, 3)
+            words = new_rest.view(">u8").reshape(-1, 3)
             order = np.lexsort((words[:, 2], words[:, 1], words[:, 0], new_keys))
             sorted_keys = new_keys[order]
         del same_key
@@ -330,7 +333,14 @@ class MasterIndex:
         columns = (keys, rest, locs.view(f"V{_PLACE.size}")[:, 0]) if self._width else (keys, rest)
         added = [column[start:end].copy() for column in columns]
         count = end - start
-        inserted = np.searchsorted(keys[:start], added[0]) + np.arange(count)
+        inserted = np.searchsorted(keys[:start], added[0])
+        after = np.searchsorted(keys[:start], added[0], side="right")
+        for at in (after > inserted).nonzero()[0].tolist():
+            # Old ids share its first 8 bytes: its place among them by the whole id.
+            inserted[at] = bisect_left(
+                rest, added[1][at].tobytes(), int(inserted[at]), int(after[at]), key=_tail
+            )
+        inserted += np.arange(count)
         low = int(inserted[0])
         high = end
         while high > low:
@@ -399,13 +409,13 @@ class MasterIndex:
         hit = same_key & (known_rest[at] == rest)
         found = np.where(hit, at, -1)
         for position in (same_key & ~hit).nonzero()[0].tolist():
-            # Another id with the same first 8 bytes: look through all of them.
-            key, row = keys[position], rest[position]
-            end = int(np.searchsorted(known_keys, key, side="right"))
-            for candidate in range(int(at[position]), end):
-                if known_rest[candidate] == row:
-                    found[position] = candidate
-                    break
+            # Another id with the same first 8 bytes (a key holder can plant any number):
+            # the run is in order of the whole id, so it is binary-searched.
+            low, row = int(at[position]), rest[position].tobytes()
+            end = int(np.searchsorted(known_keys, keys[position], side="right"))
+            candidate = bisect_left(known_rest, row, low, end, key=_tail)
+            if candidate < end and known_rest[candidate].tobytes() == row:
+                found[position] = candidate
         return found
 
     def _positions(self, blob_ids: Sequence[bytes]) -> NDArray[np.intp]:
@@ -491,6 +501,11 @@ class MasterIndex:
         except KeyError:
             return None
         return BlobLocation(self._pack_ids[pack], offset, length, inner_offset, raw_length)
+
+
+def _tail(rest: np.void) -> bytes:
+    """An id's last 24 bytes, as the sorted arrays order ids sharing their first 8."""
+    return rest.tobytes()
 
 
 def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
