@@ -109,8 +109,11 @@ def test_check_names_exactly_the_damaged_backups_and_repair_rebuilds_the_index(
     check_names({b1, b2}, "truncated")
     structure = setup.run("check")
     assert _damaged(structure) == [b2], structure.stdout  # the flip needs --read-data
-    # 3. the packs only b3 uses, missing (all of them: with its data alone missing, the
-    #    restore takes that file's content from the live folder, which still holds it)
+    # 3. the pack of b3's file missing: check names b3 (its restore may still take that
+    #    file's content from the live folder, which holds it); then every pack only b3
+    #    uses, which leaves its restore nothing to take
+    objects.delete(max(own_packs[b3], key=lambda name: len(objects.get(name))))
+    check_names({b1, b2, b3}, "missing data")
     for key in own_packs[b3]:
         objects.delete(key)
     check_names({b1, b2, b3}, "missing")
