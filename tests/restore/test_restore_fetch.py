@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudkeep.backups.manifest import FileEntry, encode_chunk_list
+from cloudkeep.backups.manifest import CHUNKS_PER_LIST_BLOB, FileEntry, encode_chunk_list
 from cloudkeep.backups.progress import Tracker
 from cloudkeep.backups.restore import fetch
 from cloudkeep.backups.restore.fetch import RepositoryReader, frame_pieces, start_fetches
@@ -259,3 +259,26 @@ def test_chunk_lists_come_in_file_order_across_read_ahead_groups(
             assert [read_ahead.next() for _ in range(8)] == [*lists, lists[0]]
         finally:
             read_ahead.close()
+
+
+def test_a_chunk_list_larger_than_a_backup_writes_is_refused_unread(repo: Repository) -> None:
+    """A key holder can name any blob as a file's chunk list, up to a 64 MiB frame each;
+    read ahead, a few groups of them would be held at once. A backup writes at most
+    ``CHUNKS_PER_LIST_BLOB`` chunks a list: a larger one is damage, refused by its size
+    in the index before its pack is read (here the pack is gone)."""
+    ids, _ = honest(repo, 1)
+    oversized = encode_chunk_list([(ids[0], CHUNK)] * (CHUNKS_PER_LIST_BLOB + 1))
+    list_id = repo.blob_id(oversized)
+    writer = repo.pack_writer()
+    writer.add(BlobType.TREE, list_id, oversized)
+    writer.flush()
+    writer.close()
+    reader = RepositoryReader(repo)
+    entry = FileEntry("db", "file", size=CHUNK)
+    big = FileEntry("big", "file", size=CHUNK)
+    with reader.opened():
+        where = repo.index.lookup(list_id)
+        assert where is not None
+        repo.storage.delete(f"data/{where.pack_id[:2]}/{where.pack_id}")
+        with pytest.raises(RepositoryDamaged, match=r"cannot restore big: .* more than"):
+            reader.chunk_lists([(entry, ids[0].hex()), (big, list_id.hex())])

@@ -18,7 +18,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from itertools import islice
 
-from cloudkeep.backups.manifest import FileEntry, decode_chunk_list
+from cloudkeep.backups.manifest import (
+    CHUNK_LIST_ENTRY,
+    CHUNKS_PER_LIST_BLOB,
+    FileEntry,
+    decode_chunk_list,
+)
 from cloudkeep.backups.progress import Tracker
 from cloudkeep.backups.restore.plan import ChunkTarget
 from cloudkeep.backups.restore.write import Files, Piece, write_pieces
@@ -32,6 +37,10 @@ FETCH_THREADS = 4
 #: Chunk lists read together (4,096 chunks each), and groups of them read ahead.
 LISTS_AHEAD = 8
 LIST_GROUPS_AHEAD = 2
+#: The largest chunk list a backup writes. A larger one (any blob a key holder names
+#: as a chunk list, up to a 64 MiB frame) is damage, refused before it is read: the
+#: lists read ahead then hold at most this much each.
+MAX_CHUNK_LIST_SIZE = CHUNKS_PER_LIST_BLOB * CHUNK_LIST_ENTRY.size
 LOCK_TIMEOUT_SECONDS = 600.0
 #: The GIL switch interval while a restore fetches (Python's default is 5 ms): every
 #: 8 KiB blob is re-hashed in a call that gives the GIL up, and waiting up to 5 ms to
@@ -84,7 +93,17 @@ class RepositoryReader:
             for entry, list_id in wanted:
                 ids.append(_list_id(entry, list_id))
             found: dict[bytes, bytes] = {}
-            for span in plan_ranges(self._repo.locate(ids)):
+            frames = self._repo.locate(ids)
+            for frame in frames:
+                for blob_id, _, raw_length in frame.blobs:
+                    if raw_length > MAX_CHUNK_LIST_SIZE:
+                        path = wanted[ids.index(blob_id)][0].path
+                        raise RepositoryDamaged(
+                            f"cannot restore {path}: its chunk list {blob_id.hex()[:16]} "
+                            f"holds {raw_length:,} bytes, more than the "
+                            f"{MAX_CHUNK_LIST_SIZE:,} a backup writes"
+                        )
+            for span in plan_ranges(frames):
                 for loaded in self._repo.load_range(span):
                     data = loaded.opened.data
                     for blob_id, inner_offset, raw_length in loaded.frame.blobs:
