@@ -13,7 +13,6 @@ import os
 import struct
 import sys
 import threading
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -337,9 +336,8 @@ class MasterIndex:
         after = np.searchsorted(keys[:start], added[0], side="right")
         for at in (after > inserted).nonzero()[0].tolist():
             # Old ids share its first 8 bytes: its place among them by the whole id.
-            inserted[at] = bisect_left(
-                rest, added[1][at].tobytes(), int(inserted[at]), int(after[at]), key=_tail
-            )
+            low = int(inserted[at])
+            inserted[at] = low + np.searchsorted(rest[low : after[at]], added[1][at : at + 1])[0]
         inserted += np.arange(count)
         low = int(inserted[0])
         high = end
@@ -411,10 +409,10 @@ class MasterIndex:
         for position in (same_key & ~hit).nonzero()[0].tolist():
             # Another id with the same first 8 bytes (a key holder can plant any number):
             # the run is in order of the whole id, so it is binary-searched.
-            low, row = int(at[position]), rest[position].tobytes()
+            low, row = int(at[position]), rest[position : position + 1]
             end = int(np.searchsorted(known_keys, keys[position], side="right"))
-            candidate = bisect_left(known_rest, row, low, end, key=_tail)
-            if candidate < end and known_rest[candidate].tobytes() == row:
+            candidate = low + int(np.searchsorted(known_rest[low:end], row)[0])
+            if candidate < end and known_rest[candidate] == row[0]:
                 found[position] = candidate
         return found
 
@@ -501,11 +499,6 @@ class MasterIndex:
         except KeyError:
             return None
         return BlobLocation(self._pack_ids[pack], offset, length, inner_offset, raw_length)
-
-
-def _tail(rest: np.void) -> bytes:
-    """An id's last 24 bytes, as the sorted arrays order ids sharing their first 8."""
-    return rest.tobytes()
 
 
 def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
