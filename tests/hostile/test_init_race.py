@@ -173,3 +173,29 @@ def test_device_that_joined_the_losing_key_fails_clearly(
         n for n in before if n.startswith("snapshots/")
     ]
     assert set(before) <= set(after)
+
+
+def test_the_publish_check_reads_the_config_whatever_its_length(
+    hostile_store: HostileStore, tmp_path: Path
+) -> None:
+    """The check before publishing reads the config's first bytes and compares them with
+    this handle's. A config replaced by one shorter or longer than ours (a range past
+    the end on S3, more bytes than asked for) is read whole and refused if it names
+    another key; ours written otherwise (same id and key) is still ours."""
+    repo = Repository.init(open_store(hostile_store.url), PASSPHRASE)
+    repo.ensure_key_current()
+    winner = _second_creation(hostile_store, tmp_path / "elsewhere").config
+    ours = repo.config
+    for config, changed in [
+        (json.dumps(winner, separators=(",", ":")), True),  # shorter than ours
+        (json.dumps(winner, indent=4) + "\n" * 100, True),  # longer
+        (json.dumps(ours, indent=1) + " " * 10, False),  # ours, then whitespace
+        (json.dumps(ours, indent=8), False),  # ours, longer
+        (json.dumps(ours, separators=(",", ":")), False),  # ours, shorter
+    ]:
+        hostile_store.raw.put("config", config.encode())
+        if changed:
+            with pytest.raises(RepositoryChanged, match="nothing was published"):
+                repo.ensure_key_current()
+        else:
+            repo.ensure_key_current()
