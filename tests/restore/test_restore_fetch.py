@@ -53,6 +53,17 @@ def honest(repo: Repository, count: int, seed: int = 1) -> tuple[list[bytes], li
     return ids, contents
 
 
+def store_lists(repo: Repository, raws: list[bytes]) -> list[bytes]:
+    """Store ``raws`` as chunk-list blobs, as the archiver does; their ids."""
+    list_ids = [repo.blob_id(raw) for raw in raws]
+    writer = repo.pack_writer()
+    for list_id, raw in zip(list_ids, raws, strict=True):
+        writer.add(BlobType.TREE, list_id, raw)
+    writer.flush()
+    writer.close()
+    return list_ids
+
+
 class Staging:
     """Files 0..n-1 of a batch, created and reserved as the restorer does."""
 
@@ -201,11 +212,7 @@ def test_a_blob_the_index_does_not_know_is_damage(repo: Repository, staging: Sta
 def test_chunk_lists_are_read_verified(repo: Repository) -> None:
     ids, _ = honest(repo, 2)
     chunk_list = encode_chunk_list([(ids[0], CHUNK), (ids[1], CHUNK)])
-    list_id = repo.blob_id(chunk_list)
-    writer = repo.pack_writer()
-    writer.add(BlobType.TREE, list_id, chunk_list)
-    writer.flush()
-    writer.close()
+    (list_id,) = store_lists(repo, [chunk_list])
     reader = RepositoryReader(repo)
     entry = FileEntry("db", "file", size=2 * CHUNK)
     with reader.opened():
@@ -219,11 +226,7 @@ def test_chunk_lists_are_read_verified(repo: Repository) -> None:
 
 def test_a_chunk_list_with_a_partial_entry_names_its_file(repo: Repository) -> None:
     partial = encode_chunk_list([(bytes(32), CHUNK)])[:-1]
-    list_id = repo.blob_id(partial)
-    writer = repo.pack_writer()
-    writer.add(BlobType.TREE, list_id, partial)
-    writer.flush()
-    writer.close()
+    (list_id,) = store_lists(repo, [partial])
     reader = RepositoryReader(repo)
     with reader.opened():
         read_ahead = fetch.ChunkLists(reader, [FileEntry("db", "file", content=[list_id.hex()])])
@@ -241,12 +244,7 @@ def test_chunk_lists_come_in_file_order_across_read_ahead_groups(
     ids, _ = honest(repo, 7)
     lists = [[(blob_id, CHUNK)] * (n + 1) for n, blob_id in enumerate(ids)]
     raws = [encode_chunk_list(listed) for listed in lists]
-    list_ids = [repo.blob_id(raw) for raw in raws]
-    writer = repo.pack_writer()
-    for list_id, raw in zip(list_ids, raws, strict=True):
-        writer.add(BlobType.TREE, list_id, raw)
-    writer.flush()
-    writer.close()
+    list_ids = store_lists(repo, raws)
     batch = [
         FileEntry("a", "file", content=[list_ids[0].hex(), list_ids[1].hex(), list_ids[2].hex()]),
         FileEntry("b", "file", content=[]),
@@ -268,11 +266,7 @@ def test_a_chunk_list_larger_than_a_backup_writes_is_refused_unread(repo: Reposi
     in the index before its pack is read (here the pack is gone)."""
     ids, _ = honest(repo, 1)
     oversized = encode_chunk_list([(ids[0], CHUNK)] * (CHUNKS_PER_LIST_BLOB + 1))
-    list_id = repo.blob_id(oversized)
-    writer = repo.pack_writer()
-    writer.add(BlobType.TREE, list_id, oversized)
-    writer.flush()
-    writer.close()
+    (list_id,) = store_lists(repo, [oversized])
     reader = RepositoryReader(repo)
     entry = FileEntry("db", "file", size=CHUNK)
     big = FileEntry("big", "file", size=CHUNK)
