@@ -47,7 +47,12 @@ from cloudkeep.backups.sources import (
     shown,
     sqlite_page_size,
 )
-from cloudkeep.backups.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
+from cloudkeep.backups.sqlite_capture import (
+    CaptureTorn,
+    clean_scratch,
+    consistent_pages,
+    private_scratch,
+)
 from cloudkeep.errors import (
     Busy,
     CloudkeepError,
@@ -409,13 +414,22 @@ class Archiver:
         dropped, so nothing is deduplicated against them. Our lock is held, so no
         pack listed here goes away before our manifest is saved.
         """
+        spill = None
+        if not locations:
+            private_scratch(self.scratch)  # the ids this backup adds are kept there
+            spill = self.scratch
         if pool is None:
-            self.repo.load_index(stored=set(self.repo.list_packs()), locations=locations)
+            self.repo.load_index(
+                stored=set(self.repo.list_packs()), locations=locations, spill=spill
+            )
             return
         packs = pool.submit(self.repo.list_packs)
         index_files = pool.submit(self.repo.list_files, "index")
         self.repo.load_index(
-            stored=set(packs.result()), index_files=index_files.result(), locations=locations
+            stored=set(packs.result()),
+            index_files=index_files.result(),
+            locations=locations,
+            spill=spill,
         )
 
     def run(self, source: Path, device_name: str) -> Manifest:
