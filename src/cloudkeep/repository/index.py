@@ -330,6 +330,15 @@ class MasterIndex:
         keep[1:] = ~((new_keys[1:] == new_keys[:-1]) & (new_rest[1:] == new_rest[:-1]))
         if start:
             keep &= self._find(new_keys, new_rest) < 0
+        if self._spilled is not None and len(self._spilled):
+            ids = np.empty(end - start, _id_dtype())
+            ids["key"], ids["rest"] = new_keys, new_rest
+            raw = ids.tobytes()
+            listed = [raw[at : at + ID_SIZE] for at in range(0, len(raw), ID_SIZE)]
+            # Loaded after this index spilled ids (never in a backup): those stay there.
+            spilled = np.ones(len(listed), bool)
+            spilled[self._spilled.missing(listed, list(range(len(listed))))] = False
+            keep &= ~spilled
         if not keep.all():
             kept = int(keep.sum())
             for kept_column in (new_keys, new_rest, locs[start:end]):
