@@ -160,6 +160,13 @@ def test_a_spilled_index_holds_keys_in_memory_and_confirms_them_with_the_whole_i
     assert index.missing([twin, added, other, loaded, b"short"]) == [0, 4]
 
 
+def test_an_index_that_cannot_spill_keeps_its_ids_in_memory(tmp_path: Path) -> None:
+    blob_id = b"s" * 32
+    index = MasterIndex(locations=False, spill=tmp_path / "missing folder")
+    index.add_pack("aa" * 32, [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5)])
+    assert index._spilled is None and blob_id in index and len(index) == 1
+
+
 def test_an_index_file_writes_packs_kept_encoded_as_it_writes_listed_ones() -> None:
     listed = [PackEntry(BlobType.DATA, b"l" * 32, 0, 10, 0, 5)]
     kept = [PackEntry(BlobType.TREE, b"e" * 32, 10, 20, 4, 6)]

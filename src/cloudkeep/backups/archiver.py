@@ -58,6 +58,7 @@ from cloudkeep.backups.sqlite_capture import (
 from cloudkeep.errors import (
     Busy,
     CloudkeepError,
+    ConfigurationError,
     DataSourceError,
     RepositoryChanged,
     RepositoryDamaged,
@@ -448,9 +449,10 @@ class Archiver:
         pack listed here goes away before our manifest is saved.
         """
         spill = None
-        if not locations:
-            private_scratch(self.scratch)  # the ids this backup adds are kept there
-            spill = self.scratch
+        if not locations:  # the ids this backup adds are kept there, if it can be made private
+            with contextlib.suppress(ConfigurationError):
+                private_scratch(self.scratch)
+                spill = self.scratch
         if pool is None:
             self.repo.load_index(
                 stored=set(self.repo.list_packs()), locations=locations, spill=spill

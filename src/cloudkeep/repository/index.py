@@ -8,6 +8,7 @@ Encoded as a compact binary table, zstd-compressed and sealed.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -176,7 +177,10 @@ class MasterIndex:
         self._frames: NDArray[np.uint32] | None = None  # (frames, 3): pack, offset, length
         self._frame_count = 0
         self._recent: dict[bytes, bytes] = {}  # id → ``_PLACE`` packed
-        self._spilled = _SpilledIds(spill) if spill is not None and not locations else None
+        self._spilled: _SpilledIds | None = None
+        if spill is not None and not locations:
+            with contextlib.suppress(OSError):  # a folder it cannot write: ids stay in memory
+                self._spilled = _SpilledIds(spill)
 
     @classmethod
     def of(cls, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
