@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from cloudkeep.backups.archiver import page_chunks
+from cloudkeep.backups.archiver import _cdc_chunks, page_chunks
 from cloudkeep.backups.manifest import (
     FileEntry,
     Manifest,
@@ -53,6 +53,36 @@ def test_cdc_chunks_reassemble_and_respect_bounds(data: bytes, avg_bits: int) ->
     assert b"".join(chunks) == data
     assert all(len(c) <= max(1024, avg * 4) for c in chunks)
     assert all(len(c) >= max(64, avg // 4) for c in chunks[:-1])
+
+
+class _Trickle(io.BytesIO):
+    """A file whose reads return at most ``most`` bytes (a pipe, a network share)."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        super().__init__(data)
+        self.most = most
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+        return super().readinto(memoryview(buffer)[: self.most])
+
+
+@given(
+    st.binary(max_size=40_000),
+    st.integers(0, 3),
+    st.integers(1, 5000),
+    st.integers(0, 3000),
+)
+@settings(max_examples=80, deadline=None)
+def test_cdc_chunks_through_a_reused_window_are_cut_as_a_stream_cuts_them(
+    data: bytes, repeats: int, most: int, extra: int
+) -> None:
+    """Chunk boundaries decide what deduplicates against stores written before."""
+    data = data * (repeats + 1)  # repeated runs: cut points that recur
+    chunker = FastCDC(256, min_size=64, max_size=1024, seed=7)
+    expected = [bytes(c.data) for c in chunker.cut_stream(io.BytesIO(data))]
+    window = memoryview(bytearray(2 * 1024 + extra))
+    for _ in range(2):  # the window reused, with another file's bytes in it
+        assert list(_cdc_chunks(_Trickle(data, most), chunker, window)) == expected
 
 
 @given(

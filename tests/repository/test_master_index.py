@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,23 +41,36 @@ def _reference(all_packs: list[list[PackEntry]]) -> dict[bytes, BlobLocation]:
     st.lists(st.one_of(ids, twins), max_size=20),
     st.integers(1, 3),
     st.booleans(),
-    st.booleans(),
+    st.sampled_from(["locations", "ids", "ids spilled"]),
 )
 def test_lookups_equal_a_dict_of_first_locations(
     raw: list[list[tuple[bytes, tuple[int, int, int, int]]]],
     strangers: list[bytes],
     recent_max: int,
     encoded: bool,
+    kind: str,
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        spill = Path(folder) if kind == "ids spilled" else None
+        _check_lookups(raw, strangers, recent_max, encoded, kind == "locations", spill)
+
+
+def _check_lookups(
+    raw: list[list[tuple[bytes, tuple[int, int, int, int]]]],
+    strangers: list[bytes],
+    recent_max: int,
+    encoded: bool,
     locations: bool,
+    spill: Path | None,
 ) -> None:
     all_packs = [_entries(pack) for pack in raw]
-    index = MasterIndex(locations=locations)
+    index = MasterIndex(locations=locations, spill=spill)
     with pytest.MonkeyPatch.context() as patch:
         # A tiny merge threshold: packs are merged into the arrays while others still wait.
         patch.setattr(index_module, "RECENT_MAX", recent_max)
         for number, entries in enumerate(all_packs):
             pack_id = f"{number:064x}"
-            if encoded:
+            if encoded and number % 2 == 0:  # as loaded; the others as a backup adds them
                 index.add_pack_encoded(pack_id, b"".join(ENTRY.pack(*e) for e in entries))
             else:
                 index.add_pack(pack_id, entries)
@@ -123,6 +139,32 @@ def test_an_index_of_ids_only_says_it_cannot_locate() -> None:
     assert blob_id in index and len(index) == 1
     with pytest.raises(LookupError, match="ids only"):
         index.frames_of([blob_id])
+
+
+def test_a_spilled_index_holds_keys_in_memory_and_confirms_them_with_the_whole_id(
+    tmp_path: Path,
+) -> None:
+    prefix = b"\x01" * 8
+    loaded, added, twin = (prefix + bytes([n]) * 24 for n in (3, 1, 2))
+    other = b"\x02" * 32
+    index = MasterIndex(locations=False, spill=tmp_path)
+    index.add_pack_encoded("aa" * 32, ENTRY.pack(BlobType.DATA, loaded, 0, 10, 0, 5))
+    index.add_pack(
+        "bb" * 32,
+        [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5) for blob_id in (added, other, loaded)],
+    )
+    index._merge_recent()
+    assert len(index) == 3 and not index._recent
+    spilled = index._spilled
+    assert spilled is not None and len(spilled) == 2  # the loaded id is not spilled again
+    assert index.missing([twin, added, other, loaded, b"short"]) == [0, 4]
+
+
+def test_an_index_that_cannot_spill_keeps_its_ids_in_memory(tmp_path: Path) -> None:
+    blob_id = b"s" * 32
+    index = MasterIndex(locations=False, spill=tmp_path / "missing folder")
+    index.add_pack("aa" * 32, [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5)])
+    assert index._spilled is None and blob_id in index and len(index) == 1
 
 
 def test_an_index_file_writes_packs_kept_encoded_as_it_writes_listed_ones() -> None:

@@ -6,9 +6,12 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from cloudkeep.repository import index as index_module
 from cloudkeep.repository.frames import ADAPTIVE_LEVELS, DEFAULT_ZSTD_LEVEL
 from cloudkeep.repository.index import MasterIndex
-from cloudkeep.repository.pack_writer import FIRST_PACK_SHARE, SLOW_STORE_WAIT
+from cloudkeep.repository.pack_writer import FIRST_PACK_SHARE, PACK_OVERSHOOT, SLOW_STORE_WAIT
 from cloudkeep.repository.packs import BlobType
 from cloudkeep.repository.repository import Repository
 from cloudkeep.storage.base import pieces
@@ -90,3 +93,43 @@ def test_packs_waiting_on_a_slow_store_raise_the_level_and_a_fast_one_lowers_it(
     assert repo.codec.level == DEFAULT_ZSTD_LEVEL
     # The first pack is sealed at a share of the pack size, the next ones at the full size.
     assert pack_size // FIRST_PACK_SHARE <= slow.packs[0] < pack_size <= min(slow.packs[1:5])
+
+
+def test_a_large_frame_that_would_overfill_a_pack_starts_the_next_one(tmp_path: Path) -> None:
+    """Frames of plain files' chunks are up to 4 MiB: a pack is not left to grow by one
+    (the packs waiting to upload and the uploaders' buffers stay near the pack size)."""
+    store = SlowPuts(open_store((tmp_path / "store").as_uri()), delay=0)
+    repo = Repository.init(store, "writer pass")  # type: ignore[arg-type]
+    pack_size = repo.config["pack_size"]
+    writer = repo.pack_writer()
+    blobs = [os.urandom(pack_size * share // 20) for share in (6, 9, 14, 6, 3, 2, 14, 1)]
+    for blob in blobs:
+        writer.add(BlobType.DATA, repo.blob_id(blob), blob)
+    writer.flush()
+    writer.close()
+    header_room = 4096  # the sealed header and trailer of a few entries
+    assert max(store.packs) <= pack_size + PACK_OVERSHOOT + header_room
+    assert len(store.packs) < len(blobs)  # small frames still share packs
+    repo.load_index()
+    assert [bytes(repo.read_blob(repo.blob_id(blob))) for blob in blobs] == blobs
+
+
+def test_a_backups_writer_deduplicates_against_the_ids_it_spilled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "RECENT_MAX", 1)  # every uploaded pack spilled at once
+    repo = Repository.init(open_store((tmp_path / "store").as_uri()), "writer pass")
+    spill = tmp_path / "scratch"
+    spill.mkdir()
+    repo.load_index(locations=False, spill=spill)
+    writer = repo.pack_writer()
+    blobs = [os.urandom(1000) for _ in range(3)]
+    for blob in blobs:
+        assert writer.add(BlobType.DATA, repo.blob_id(blob), blob)
+    writer.flush()
+    spilled = repo.index._spilled
+    assert spilled is not None and len(spilled) == len(repo.index) == 3
+    twin = repo.blob_id(blobs[0])[:8] + bytes(24)  # shares the first 8 bytes only
+    assert writer.known(repo.blob_id(blobs[1])) and not writer.known(twin)
+    assert not writer.add(BlobType.DATA, repo.blob_id(blobs[2]), blobs[2])
+    writer.close()

@@ -11,7 +11,9 @@ whatever the size of the data.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import mmap
 import os
 import socket
 import stat
@@ -21,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from cloudkeep import __version__
 from cloudkeep.backups.catalog import load_manifest
@@ -47,10 +49,16 @@ from cloudkeep.backups.sources import (
     shown,
     sqlite_page_size,
 )
-from cloudkeep.backups.sqlite_capture import CaptureTorn, clean_scratch, consistent_pages
+from cloudkeep.backups.sqlite_capture import (
+    CaptureTorn,
+    clean_scratch,
+    consistent_pages,
+    private_scratch,
+)
 from cloudkeep.errors import (
     Busy,
     CloudkeepError,
+    ConfigurationError,
     DataSourceError,
     RepositoryChanged,
     RepositoryDamaged,
@@ -238,9 +246,32 @@ class _Batcher:
             self._deliver_oldest()
 
 
-def _cdc_chunks(handle: BinaryIO, chunker: FastCDC) -> Iterator[bytes]:
-    for chunk in chunker.cut_stream(handle):
-        yield bytes(chunk.data)
+def _cdc_chunks(handle: io.BufferedIOBase, chunker: FastCDC, window: memoryview) -> Iterator[bytes]:
+    """The file's content-defined chunks, cut as ``chunker.cut_stream`` cuts them, read
+    through ``window`` (at least twice the largest chunk), which every file reuses.
+
+    ``cut_stream`` zero-fills a window of its own per file (8 MiB): a heap block of that
+    size for each file of a folder of them. A chunk is only taken once the bytes after
+    its start reach the largest chunk's size or the file's end, as ``cut_stream``'s are.
+    """
+    largest = chunker.max_size
+    assert len(window) >= 2 * largest
+    filled, ended = 0, False
+    while True:
+        while not ended and filled < len(window):
+            count = handle.readinto(window[filled:])
+            ended = not count
+            filled += count or 0
+        taken = 0
+        for chunk in chunker.cut_buf(window[:filled]):
+            if not ended and chunk.offset + largest > filled:
+                break  # cut with the bytes still to be read
+            yield bytes(chunk.data)
+            taken = chunk.offset + chunk.length
+        if ended:
+            return
+        window[: filled - taken] = window[taken:filled]
+        filled -= taken
 
 
 class _ReadFailed(Exception):
@@ -374,6 +405,7 @@ class Archiver:
         self.cancel = cancel
         self.time_us = time_us
         self._cdc: FastCDC | None = None
+        self._cdc_window: mmap.mmap | None = None
         self._index_loaded = False
         self._parent: dict[str, FileEntry] = {}
         self.warnings: list[str] = []
@@ -392,6 +424,13 @@ class Archiver:
             )
         return self._cdc
 
+    def _window(self) -> memoryview:
+        """The read window of every plain file: twice the largest chunk, mapped once
+        (outside the heap; its pages cost memory once read into)."""
+        if self._cdc_window is None:
+            self._cdc_window = mmap.mmap(-1, 2 * self._chunker().max_size)
+        return memoryview(self._cdc_window)
+
     def _need_index(self) -> None:
         """Load the index on the first file that must be read: unchanged runs skip it."""
         if not self._index_loaded:
@@ -409,13 +448,23 @@ class Archiver:
         dropped, so nothing is deduplicated against them. Our lock is held, so no
         pack listed here goes away before our manifest is saved.
         """
+        spill = None
+        if not locations:  # the ids this backup adds are kept there, if it can be made private
+            with contextlib.suppress(ConfigurationError):
+                private_scratch(self.scratch)
+                spill = self.scratch
         if pool is None:
-            self.repo.load_index(stored=set(self.repo.list_packs()), locations=locations)
+            self.repo.load_index(
+                stored=set(self.repo.list_packs()), locations=locations, spill=spill
+            )
             return
         packs = pool.submit(self.repo.list_packs)
         index_files = pool.submit(self.repo.list_files, "index")
         self.repo.load_index(
-            stored=set(packs.result()), index_files=index_files.result(), locations=locations
+            stored=set(packs.result()),
+            index_files=index_files.result(),
+            locations=locations,
+            spill=spill,
         )
 
     def run(self, source: Path, device_name: str) -> Manifest:
@@ -677,7 +726,8 @@ class Archiver:
                 handle = os.fdopen(open_regular(item.path), "rb")
             with handle:
                 before = os.fstat(handle.fileno())
-                for chunk in _read_through(_cdc_chunks(handle, self._chunker())):
+                chunks = _cdc_chunks(handle, self._chunker(), self._window())
+                for chunk in _read_through(chunks):
                     batcher.add(chunk)
                 after = os.fstat(handle.fileno())
             if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):

@@ -8,19 +8,24 @@ Encoded as a compact binary table, zstd-compressed and sealed.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
 import sys
+import tempfile
 import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
 import zstandard
 
+from cloudkeep import platform
 from cloudkeep.repository.crypto import ID_SIZE
 from cloudkeep.repository.packs import ENTRY, PackEntry, decode_header, encode_header
 from cloudkeep.repository.untrusted import MAX_PLAIN_SIZE, DecompressionFailed, decompress_bounded
@@ -156,10 +161,12 @@ class MasterIndex:
 
     Without ``locations`` it holds the ids only (32 bytes a blob): enough for a
     backup, which only asks whether blobs are stored (``missing``, ``in``);
-    ``frames_of`` and ``lookup`` then raise ``LookupError``.
+    ``frames_of`` and ``lookup`` then raise ``LookupError``. With a ``spill`` folder
+    too, the blobs added pack by pack (the backup's own) cost 12 bytes each in
+    memory, their whole ids kept in a file there (see ``_SpilledIds``).
     """
 
-    def __init__(self, *, locations: bool = True) -> None:
+    def __init__(self, *, locations: bool = True, spill: Path | None = None) -> None:
         self._width = _PLACE.size // 4 if locations else 0  # uint32 columns of ``_locs``
         self._pack_ids: list[str] = []
         self._pack_numbers: dict[str, int] = {}
@@ -170,6 +177,10 @@ class MasterIndex:
         self._frames: NDArray[np.uint32] | None = None  # (frames, 3): pack, offset, length
         self._frame_count = 0
         self._recent: dict[bytes, bytes] = {}  # id → ``_PLACE`` packed
+        self._spilled: _SpilledIds | None = None
+        if spill is not None and not locations:
+            with contextlib.suppress(OSError):  # a folder it cannot write: ids stay in memory
+                self._spilled = _SpilledIds(spill)
 
     @classmethod
     def of(cls, packs: Mapping[str, Iterable[PackEntry]]) -> MasterIndex:
@@ -183,7 +194,7 @@ class MasterIndex:
 
     def __len__(self) -> int:
         self._merge_recent()
-        return self._n
+        return self._n + (len(self._spilled) if self._spilled is not None else 0)
 
     def __contains__(self, blob_id: object) -> bool:
         return isinstance(blob_id, bytes) and not self.missing([blob_id])
@@ -192,11 +203,14 @@ class MasterIndex:
         """Positions in ``blob_ids`` of the ids the index does not name (one search)."""
         recent = self._recent
         absent = (self._positions(blob_ids) < 0).nonzero()[0].tolist() if self._n else None
-        return [
+        unknown = [
             at
             for at in (range(len(blob_ids)) if absent is None else absent)
             if blob_ids[at] not in recent
         ]
+        if self._spilled is None or not unknown:
+            return unknown
+        return self._spilled.missing(blob_ids, unknown)
 
     def pack_ids(self) -> list[str]:
         """The packs the index names."""
@@ -267,6 +281,16 @@ class MasterIndex:
         recent = self._recent
         if not recent:
             return
+        if self._spilled is not None:
+            added, self._recent = list(recent), {}
+            absent = (
+                (self._positions(added) < 0).nonzero()[0].tolist()
+                if self._n
+                else list(range(len(added)))
+            )
+            unknown = [added[at] for at in self._spilled.missing(added, absent)]
+            self._spilled.add(b"".join(unknown))
+            return
         np = _numpy()
 
         start = end = self._n
@@ -310,6 +334,15 @@ class MasterIndex:
         keep[1:] = ~((new_keys[1:] == new_keys[:-1]) & (new_rest[1:] == new_rest[:-1]))
         if start:
             keep &= self._find(new_keys, new_rest) < 0
+        if self._spilled is not None and len(self._spilled):
+            ids = np.empty(end - start, _id_dtype())
+            ids["key"], ids["rest"] = new_keys, new_rest
+            raw = ids.tobytes()
+            listed = [raw[at : at + ID_SIZE] for at in range(0, len(raw), ID_SIZE)]
+            # Loaded after this index spilled ids (never in a backup): those stay there.
+            spilled = np.ones(len(listed), bool)
+            spilled[self._spilled.missing(listed, list(range(len(listed))))] = False
+            keep &= ~spilled
         if not keep.all():
             kept = int(keep.sum())
             for kept_column in (new_keys, new_rest, locs[start:end]):
@@ -338,21 +371,7 @@ class MasterIndex:
             # Old ids share its first 8 bytes: its place among them by the whole id.
             low = int(inserted[at])
             inserted[at] = low + np.searchsorted(rest[low : after[at]], added[1][at : at + 1])[0]
-        inserted += np.arange(count)
-        low = int(inserted[0])
-        high = end
-        while high > low:
-            low_block = max(low, high - _MERGE_BLOCK)
-            first, last = np.searchsorted(inserted, [low_block, high]).tolist()
-            is_new = np.zeros(high - low_block, bool)
-            is_new[inserted[first:last] - low_block] = True
-            old_from, old_to = low_block - first, high - last
-            for column, new in zip(columns, added, strict=True):
-                old = column[old_from:old_to].copy()
-                block = column[low_block:high]
-                block[~is_new] = old
-                block[is_new] = new[first:last]
-            high = low_block
+        _merge_blocks(columns, added, inserted + np.arange(count), end)
 
     def _reserve(self, used: int, total: int) -> None:
         """Room for ``total`` entries; the first ``used`` are kept."""
@@ -499,6 +518,113 @@ class MasterIndex:
         except KeyError:
             return None
         return BlobLocation(self._pack_ids[pack], offset, length, inner_offset, raw_length)
+
+
+def _merge_blocks(
+    columns: Sequence[NDArray], added: Sequence[NDArray], inserted: NDArray[np.intp], end: int
+) -> None:
+    """Put the rows ``added`` (in order) at the places ``inserted`` of ``columns``, whose
+    old rows fill the rest of [0, end), in place.
+
+    Filled from the back a block at a time: the old rows a block takes are copied
+    out first, and no row still to be placed lies under a block.
+    """
+    np = _numpy()
+
+    low = int(inserted[0])
+    high = end
+    while high > low:
+        low_block = max(low, high - _MERGE_BLOCK)
+        first, last = np.searchsorted(inserted, [low_block, high]).tolist()
+        is_new = np.zeros(high - low_block, bool)
+        is_new[inserted[first:last] - low_block] = True
+        old_from, old_to = low_block - first, high - last
+        for column, new in zip(columns, added, strict=True):
+            old = column[old_from:old_to].copy()
+            block = column[low_block:high]
+            block[~is_new] = old
+            block[is_new] = new[first:last]
+        high = low_block
+
+
+class _SpilledIds:
+    """Ids added while a backup writes, 12 bytes each in memory: the first 8 bytes of
+    each (a sorted key) and its row in a file of whole ids, in a private folder.
+
+    A key that matches is confirmed by reading the whole id back, so an id is never
+    taken for another sharing its first 8 bytes. These ids are the backup's own,
+    hashed under the key from its own data: two of them sharing a key are as unlikely
+    as a hash collision, so a run of equal keys is read one by one. ``missing``
+    reads the file only for ids whose key matches (a blob stored twice in a backup).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        # Open as long as the index lives: closed (and gone) with it.
+        self._file = tempfile.TemporaryFile(dir=folder, buffering=0)  # noqa: SIM115
+        self._closed = weakref.finalize(self, self._file.close)
+        self._n = 0  # rows in the file and the arrays
+        self._keys: NDArray[np.uint64] | None = None  # sorted
+        self._rows: NDArray[np.uint32] | None = None  # each key's row in the file
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, joined: bytes) -> None:
+        """Add ids the index holds nowhere else (``ID_SIZE`` bytes each, concatenated)."""
+        np = _numpy()
+
+        count = len(joined) // ID_SIZE
+        if not count:
+            return
+        fd, view, offset = self._file.fileno(), memoryview(joined), self._n * ID_SIZE
+        while view:
+            written = platform.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+        keys = np.frombuffer(joined, _id_dtype())["key"].astype(np.uint64)
+        order = np.argsort(keys, kind="stable")
+        new_keys = keys[order]
+        new_rows = (order + self._n).astype(np.uint32)
+        n, end = self._n, self._n + count
+        if self._keys is None or end > len(self._keys):
+            capacity = max(2 * end, end + _RESERVE)
+            grown_keys, grown_rows = (
+                _mapped(np.uint64, (capacity,)),
+                _mapped(np.uint32, (capacity,)),
+            )
+            if self._keys is not None and self._rows is not None:
+                grown_keys[:n], grown_rows[:n] = self._keys[:n], self._rows[:n]
+            self._keys, self._rows = grown_keys, grown_rows
+        assert self._rows is not None
+        inserted = np.searchsorted(self._keys[:n], new_keys) + np.arange(count)
+        _merge_blocks((self._keys, self._rows), (new_keys, new_rows), inserted, end)
+        self._n = end
+
+    def missing(self, blob_ids: Sequence[bytes], positions: list[int]) -> list[int]:
+        """Those of ``positions`` (in ``blob_ids``) whose id is not here."""
+        np = _numpy()
+
+        n, keys, rows = self._n, self._keys, self._rows
+        if not n or keys is None or rows is None:
+            return positions
+        sized = [at for at in positions if len(blob_ids[at]) == ID_SIZE]
+        if not sized:
+            return positions
+        wanted = np.frombuffer(b"".join(blob_ids[at] for at in sized), _id_dtype())["key"]
+        wanted = wanted.astype(np.uint64)
+        places = np.searchsorted(keys[:n], wanted)
+        hits = (keys[np.minimum(places, n - 1)] == wanted).nonzero()[0].tolist()
+        if not hits:
+            return positions
+        fd, found = self._file.fileno(), set()
+        for hit in hits:
+            at, key, blob_id = int(places[hit]), wanted[hit], blob_ids[sized[hit]]
+            while at < n and keys[at] == key:
+                row = int(rows[at])
+                if platform.pread(fd, ID_SIZE, row * ID_SIZE) == blob_id:
+                    found.add(sized[hit])
+                    break
+                at += 1
+        return [at for at in positions if at not in found]
 
 
 def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from cloudkeep.repository.frames import SealedFrame
+from cloudkeep.repository.frames import FRAME_TARGET_SIZE, SealedFrame
 from cloudkeep.repository.index import IndexFile, MasterIndex
 from cloudkeep.repository.packs import BlobType, FrameMember, PackBuilder, encode_header
 
@@ -25,6 +25,10 @@ FIRST_PACK_SHARE = 4
 #: free at once means the opposite (``faster``). A local disk's fsync keeps the wait
 #: far below it.
 SLOW_STORE_WAIT = 0.05
+#: A pack passes its size by at most this much: a larger frame (a chunk of a plain
+#: file, up to 4 MiB) that would take it further starts the next pack, so packs held
+#: waiting and the uploaders' buffers stay near the pack size.
+PACK_OVERSHOOT = FRAME_TARGET_SIZE
 
 
 class PackWriter:
@@ -106,6 +110,13 @@ class PackWriter:
         full: list[PackBuilder] = []
         with self._lock:
             for sealed, members in frames:
+                builder = self._builder
+                if builder.entries and (
+                    builder.size + sum(map(len, sealed)) > self._next_pack_size + PACK_OVERSHOOT
+                ):
+                    full.append(builder)
+                    self._builder = PackBuilder()
+                    self._next_pack_size = self._pack_size
                 self._builder.add_frame(blob_type, sealed, members)
                 if self._builder.size >= self._next_pack_size:
                     full.append(self._builder)

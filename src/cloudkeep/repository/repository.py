@@ -800,17 +800,19 @@ class Repository:
         index_files: Collection[str] | None = None,
         *,
         locations: bool = True,
+        spill: Path | None = None,
     ) -> MasterIndex:
         """The index of every readable index file (a damaged one is skipped with a
         warning), limited to the ``stored`` packs if given; it becomes ``index``.
         ``index_files``: the names of a listing of ``index/`` made by the caller.
-        Without ``locations`` it only tells which blobs are stored (see ``MasterIndex``).
+        Without ``locations`` it only tells which blobs are stored (see ``MasterIndex``),
+        and the ids added later are kept in a file in the private folder ``spill``.
 
         One planted or damaged index file must not stop every backup and restore:
         without it a backup stores those blobs again, a restore that needs them
         fails naming them, and ``check`` reports the file.
         """
-        index = MasterIndex(locations=locations)
+        index = MasterIndex(locations=locations, spill=spill)
         index.add_packs_encoded(
             (pack_id, encoded)
             for pack_id, encoded in self._iter_index(None, index_files)
