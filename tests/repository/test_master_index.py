@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -165,6 +167,37 @@ def test_an_index_that_cannot_spill_keeps_its_ids_in_memory(tmp_path: Path) -> N
     index = MasterIndex(locations=False, spill=tmp_path / "missing folder")
     index.add_pack("aa" * 32, [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5)])
     assert index._spilled is None and blob_id in index and len(index) == 1
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from cloudkeep.repository import index as index_module
+from cloudkeep.repository.index import MasterIndex
+from cloudkeep.repository.packs import BlobType, PackEntry
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 32, resource.RLIM_INFINITY))
+index_module.RECENT_MAX = 2
+index = MasterIndex(locations=False, spill=Path(sys.argv[1]))
+ids = [bytes([n]) * 32 for n in range(1, 9)]
+for number, blob_id in enumerate(ids):
+    index.add_pack(f"{number:064x}", [PackEntry(BlobType.DATA, blob_id, 0, 10, 0, 5)])
+assert index._spill_stopped and 0 < len(index._spilled) < len(ids), len(index._spilled)
+assert len(index) == len(ids) and index.missing(ids + [b"x" * 32]) == [len(ids)]
+index.add_pack("ff" * 32, [PackEntry(BlobType.DATA, ids[0], 0, 10, 0, 5)])
+assert len(index) == len(ids)  # an id in the file is not held again in memory
+print("ok")
+"""
+
+
+def test_a_spill_file_that_cannot_grow_keeps_later_ids_in_memory(tmp_path: Path) -> None:
+    """A full disk (here a file size limit: writes past 96 bytes fail) must not fail
+    a backup: the ids already in the file stay found, the rest are held in memory."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_an_index_file_writes_packs_kept_encoded_as_it_writes_listed_ones() -> None:

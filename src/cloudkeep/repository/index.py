@@ -178,6 +178,7 @@ class MasterIndex:
         self._frame_count = 0
         self._recent: dict[bytes, bytes] = {}  # id → ``_PLACE`` packed
         self._spilled: _SpilledIds | None = None
+        self._spill_stopped = False  # the file could not be written: new ids stay in memory
         if spill is not None and not locations:
             with contextlib.suppress(OSError):  # a folder it cannot write: ids stay in memory
                 self._spilled = _SpilledIds(spill)
@@ -281,7 +282,7 @@ class MasterIndex:
         recent = self._recent
         if not recent:
             return
-        if self._spilled is not None:
+        if self._spilled is not None and not self._spill_stopped:
             added, self._recent = list(recent), {}
             absent = (
                 (self._positions(added) < 0).nonzero()[0].tolist()
@@ -289,8 +290,14 @@ class MasterIndex:
                 else list(range(len(added)))
             )
             unknown = [added[at] for at in self._spilled.missing(added, absent)]
-            self._spilled.add(b"".join(unknown))
-            return
+            try:
+                self._spilled.add(b"".join(unknown))
+                return
+            except OSError:
+                # A full disk must not fail the backup: what the file holds stays
+                # valid, and these ids and every later one are held in memory.
+                self._spill_stopped = True
+                recent = self._recent = dict.fromkeys(unknown, b"")
         np = _numpy()
 
         start = end = self._n
