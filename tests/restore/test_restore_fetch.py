@@ -172,6 +172,31 @@ def test_only_the_blobs_wanted_from_a_frame_are_cut_and_checked(
     assert staging.content(1)[CHUNK:] == good
 
 
+def test_a_slice_is_read_in_ranges_no_longer_than_the_bound(
+    repo: Repository, staging: Staging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = [random.Random(n).randbytes(CHUNK) for n in range(5)]
+    ids = [repo.blob_id(content) for content in contents]
+    writer = repo.pack_writer()
+    assert writer.claim_new(ids) == list(range(5))
+    for at in range(5):  # a frame each, one pack
+        writer.add_claimed(BlobType.DATA, repo.seal_frames(ids[at : at + 1], contents[at : at + 1]))
+    writer.flush()
+    writer.close()
+    bound = 2 * CHUNK + 1024
+    monkeypatch.setattr(fetch, "RANGE_BYTES", bound)
+    targets = {blob_id: [(at // 3, at % 3 * CHUNK)] for at, blob_id in enumerate(ids)}
+    reader = RepositoryReader(repo)
+    with reader.opened():
+        ranges = Located(reader, fetches_of(targets)).ranges()
+        staging.fetch(reader, targets)
+    assert len(ranges) == 3
+    assert all(span.length <= bound for span, _ in ranges)
+    assert sorted(group for _, groups in ranges for group in groups) == list(range(5))
+    assert staging.content(0) == b"".join(contents[:3])
+    assert staging.content(1)[: 2 * CHUNK] == b"".join(contents[3:])
+
+
 def pack_file(store: Path) -> Path:
     (path,) = [path for path in (store / "data").rglob("*") if path.is_file()]
     return path

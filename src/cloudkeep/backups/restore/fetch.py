@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 FETCH_THREADS = 4
+#: The largest ranged read that merges frames (``loader.plan_ranges``; a frame may be
+#: larger). Each fetch thread holds its range as stored, decrypted and decompressed:
+#: half of the loader's 2 MiB took a fifth off a restore's peak, at the same speed.
+RANGE_BYTES = 1024 * 1024
 #: Chunk lists read together (4,096 chunks each), and groups of them read ahead.
 LISTS_AHEAD = 8
 LIST_GROUPS_AHEAD = 2
@@ -233,7 +237,7 @@ class Located:
         group_of = {id(frame): group for group, frame in enumerate(self.frames)}
         return [
             (span, [group_of[id(frame)] for frame in span.frames])
-            for span in plan_ranges(self.frames)
+            for span in plan_ranges(self.frames, RANGE_BYTES)
         ]
 
     def members(self, group: int) -> tuple[FrameBlobs, list[tuple[int, int, int, int]]]:
