@@ -98,7 +98,8 @@ def _check_lookups(
 def test_frames_of_groups_blobs_by_frame_in_order_of_first_appearance(
     raw: list[list[tuple[bytes, tuple[int, int, int, int]]]], rnd: object
 ) -> None:
-    all_packs = [_entries(pack) for pack in raw]
+    # As a pack writer lists them: the blobs of a frame one after another.
+    all_packs = [sorted(_entries(pack), key=lambda entry: entry[2:4]) for pack in raw]
     index = MasterIndex.of({f"{n:064x}": e for n, e in enumerate(all_packs)})
     reference = _reference(all_packs)
     wanted = list(reference)
@@ -111,6 +112,26 @@ def test_frames_of_groups_blobs_by_frame_in_order_of_first_appearance(
         )
     frames = index.frames_of(iter(wanted))
     assert [((f.pack_id, f.offset, f.length), f.blobs) for f in frames] == list(expected.items())
+
+
+def test_a_frame_listed_in_two_runs_of_a_header_still_yields_every_blob() -> None:
+    first, second, third = (bytes([n]) * 32 for n in (1, 2, 3))
+    entries = [
+        PackEntry(BlobType.DATA, first, 0, 100, 0, 5),
+        PackEntry(BlobType.DATA, second, 100, 50, 0, 7),
+        PackEntry(BlobType.DATA, third, 0, 100, 5, 9),  # back in the first frame
+    ]
+    index = MasterIndex.of({"aa" * 32: entries})
+    found = {
+        blob: (frame.pack_id, frame.offset, frame.length, inner, size)
+        for frame in index.frames_of([first, second, third])
+        for blob, inner, size in frame.blobs
+    }
+    assert found == {
+        first: ("aa" * 32, 0, 100, 0, 5),
+        second: ("aa" * 32, 100, 50, 0, 7),
+        third: ("aa" * 32, 0, 100, 5, 9),
+    }
 
 
 def test_a_missing_blob_is_named_by_the_key_error() -> None:

@@ -13,14 +13,13 @@ import pytest
 from cloudkeep.backups.manifest import CHUNKS_PER_LIST_BLOB, FileEntry, encode_chunk_list
 from cloudkeep.backups.progress import Tracker
 from cloudkeep.backups.restore import fetch
-from cloudkeep.backups.restore.fetch import RepositoryReader, frame_pieces, start_fetches
-from cloudkeep.backups.restore.plan import ChunkTarget
+from cloudkeep.backups.restore.fetch import Located, RepositoryReader, frame_pieces, start_fetches
 from cloudkeep.backups.restore.write import Files, Piece, Tree, reserve
 from cloudkeep.errors import RepositoryDamaged
-from cloudkeep.repository.loader import plan_ranges
 from cloudkeep.repository.packs import BlobType
 from cloudkeep.repository.repository import Repository
 from cloudkeep.storage.url import open_store
+from tests.restore.plan_helpers import fetches_of
 
 CHUNK = 8 * 1024
 EVIL = b"the attacker's bytes, as long as what they replace"
@@ -77,9 +76,10 @@ class Staging:
             reserve(fd, FileEntry(f"f{number}", "file", size=size))
         self.tracker = Tracker("restore", sum(sizes), None, None)
 
-    def fetch(self, reader: RepositoryReader, targets: dict[bytes, list[ChunkTarget]]) -> None:
+    def fetch(self, reader: RepositoryReader, targets: dict[bytes, list[tuple[int, int]]]) -> None:
         with ThreadPoolExecutor(4) as pool:
-            for future in start_fetches(pool, reader, targets, self.files, self.tracker):
+            fetches = fetches_of(targets)
+            for future in start_fetches(pool, reader, fetches, self.files, self.tracker):
                 future.result()
 
     def content(self, number: int) -> bytes:
@@ -127,10 +127,12 @@ def test_blobs_next_to_each_other_in_frame_and_file_become_one_piece(
         d: [(1, 0), (1, 5 * CHUNK)],
     }
     with reader.opened():
-        (span,) = plan_ranges(reader.locate(targets))
-        (loaded,) = reader.load(span)
+        located = Located(reader, fetches_of(targets))
+        ((span, (group,)),) = located.ranges()
+        frame, places = located.members(group)
+        (loaded,) = reader.load(span._replace(frames=[frame]))
         pieces: list[Piece] = []
-        frame_pieces(loaded, targets, pieces)
+        frame_pieces(loaded, places, located, pieces)
     assert sorted((file, offset, bytes(data)) for file, offset, data in pieces) == [
         (0, 0, pa + pb + pc),
         (1, 0, pd),
@@ -168,6 +170,31 @@ def test_only_the_blobs_wanted_from_a_frame_are_cut_and_checked(
     with reader.opened():
         staging.fetch(reader, {repo.blob_id(good): [(1, CHUNK)]})
     assert staging.content(1)[CHUNK:] == good
+
+
+def test_a_slice_is_read_in_ranges_no_longer_than_the_bound(
+    repo: Repository, staging: Staging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = [random.Random(n).randbytes(CHUNK) for n in range(5)]
+    ids = [repo.blob_id(content) for content in contents]
+    writer = repo.pack_writer()
+    assert writer.claim_new(ids) == list(range(5))
+    for at in range(5):  # a frame each, one pack
+        writer.add_claimed(BlobType.DATA, repo.seal_frames(ids[at : at + 1], contents[at : at + 1]))
+    writer.flush()
+    writer.close()
+    bound = 2 * CHUNK + 1024
+    monkeypatch.setattr(fetch, "RANGE_BYTES", bound)
+    targets = {blob_id: [(at // 3, at % 3 * CHUNK)] for at, blob_id in enumerate(ids)}
+    reader = RepositoryReader(repo)
+    with reader.opened():
+        ranges = Located(reader, fetches_of(targets)).ranges()
+        staging.fetch(reader, targets)
+    assert len(ranges) == 3
+    assert all(span.length <= bound for span, _ in ranges)
+    assert sorted(group for _, groups in ranges for group in groups) == list(range(5))
+    assert staging.content(0) == b"".join(contents[:3])
+    assert staging.content(1)[: 2 * CHUNK] == b"".join(contents[3:])
 
 
 def pack_file(store: Path) -> Path:
@@ -254,7 +281,7 @@ def test_chunk_lists_come_in_file_order_across_read_ahead_groups(
     with reader.opened():
         read_ahead = fetch.ChunkLists(reader, batch)
         try:
-            assert [read_ahead.next() for _ in range(8)] == [*lists, lists[0]]
+            assert [read_ahead.next().tobytes() for _ in range(8)] == [*raws, raws[0]]
         finally:
             read_ahead.close()
 

@@ -19,6 +19,7 @@ from cloudkeep.backups.restore.plan import (
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.index import FrameBlobs
 from cloudkeep.repository.loader import MAX_RANGE_BYTES, MAX_RANGE_GAP, PackRange, plan_ranges
+from tests.restore.plan_helpers import entries, targets_of
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 
@@ -41,14 +42,14 @@ def manifest_of(files: list[FileEntry]) -> Manifest:
 
 def test_files_sharing_chunks_get_a_target_at_every_place() -> None:
     plan = SlicePlan()
-    assert plan.add_chunks(0, 0, [(A, 10), (B, 20)], None) == 30
-    assert plan.add_chunks(1, 0, [(B, 20), (A, 10)], None) == 30
-    assert plan.add_chunks(1, 30, [(A, 10)], None) == 40  # the next chunk list of file 1
-    assert plan.fetch == {
+    assert plan.add_chunks(0, 0, entries([(A, 10), (B, 20)]), None) == 30
+    assert plan.add_chunks(1, 0, entries([(B, 20), (A, 10)]), None) == 30
+    assert plan.add_chunks(1, 30, entries([(A, 10)]), None) == 40  # file 1's next chunk list
+    assert targets_of(plan.fetch) == {
         A: [(0, 0), (1, 20), (1, 30)],
         B: [(0, 10), (1, 0)],
     }
-    assert list(plan.fetch) == [A, B]  # blobs in the order the data first needs them
+    assert list(targets_of(plan.fetch)) == [A, B]  # in the order the data needs them
     assert plan.chunks == 5
     assert plan.reuse == {}
 
@@ -56,12 +57,12 @@ def test_files_sharing_chunks_get_a_target_at_every_place() -> None:
 def test_chunks_of_a_file_with_a_live_copy_are_looked_for_there_first(tmp_path: Path) -> None:
     live = tmp_path / "live"
     plan = SlicePlan()
-    assert plan.add_chunks(3, 0, [(A, 10), (B, 20)], live) == 30
-    assert plan.add_chunks(3, 30, [(C, 5)], live) == 35
-    assert plan.fetch == {}
+    assert plan.add_chunks(3, 0, entries([(A, 10), (B, 20)]), live) == 30
+    assert plan.add_chunks(3, 30, entries([(C, 5)]), live) == 35
+    assert not plan.fetch
     assert plan.reuse == {3: FilePlan(3, live, [(0, 10, A), (10, 20, B), (30, 5, C)])}
     plan.add_missing(3, [(10, 20, B)])
-    assert plan.fetch == {B: [(3, 10)]}
+    assert targets_of(plan.fetch) == {B: [(3, 10)]}
     assert plan.chunks == 3
     assert not plan.empty()
 
@@ -69,7 +70,7 @@ def test_chunks_of_a_file_with_a_live_copy_are_looked_for_there_first(tmp_path: 
 def test_an_empty_file_plans_nothing_and_still_adds_up() -> None:
     empty = FileEntry("empty", "file", size=0)
     plan = SlicePlan()
-    assert plan.add_chunks(0, 0, [], None) == 0
+    assert plan.add_chunks(0, 0, entries([]), None) == 0
     assert plan.empty() and plan.chunks == 0
     check_file_size(empty, 0)
     tree = plan_tree(manifest_of([empty]))
@@ -83,6 +84,23 @@ def test_chunk_lists_that_leave_a_hole_or_run_past_the_end_are_refused(covered: 
     with pytest.raises(RepositoryDamaged, match="chunk list of db does not add up"):
         check_file_size(entry, covered)
     check_file_size(entry, 100)
+
+
+def test_a_file_planned_in_part_is_refused_only_once_past_its_end() -> None:
+    entry = FileEntry("db", "file", size=100)
+    check_file_size(entry, 99, whole=False)
+    check_file_size(entry, 100, whole=False)
+    with pytest.raises(RepositoryDamaged, match="chunk list of db does not add up"):
+        check_file_size(entry, 101, whole=False)
+
+
+def test_chunk_offsets_add_up_exactly_however_large_the_chunks() -> None:
+    largest = 2**32 - 1
+    plan = SlicePlan()
+    start = 2**62
+    end = plan.add_chunks(0, start, entries([(A, largest)] * 4096), None)
+    assert end == start + 4096 * largest
+    assert targets_of(plan.fetch)[A][-1] == (0, start + 4095 * largest)
 
 
 def test_slices_double_up_to_the_cap() -> None:

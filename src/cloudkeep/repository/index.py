@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -133,6 +133,11 @@ def _numpy() -> ModuleType:
     import numpy
 
     return numpy
+
+
+def numpy_module() -> ModuleType:
+    """numpy as the index imports it, for code working on arrays beside it."""
+    return _numpy()
 
 
 def prepare() -> None:
@@ -457,74 +462,92 @@ class MasterIndex:
             found[sized] = self._positions([blob_ids[at] for at in sized])
         return found
 
-    def _locations(self, blob_ids: Sequence[bytes]) -> NDArray[np.uint32]:
-        """The location of each id, a row each (pack, frame offset, frame length, offset
-        in the frame, size); ``KeyError`` names the first one not in the index."""
+    def places(self, ids: NDArray[np.void]) -> NDArray[np.uint32]:
+        """Where each id of ``ids`` (32-byte items) is: a row each (frame number, offset in
+        the frame, size), frames as ``frames`` names them; ``KeyError`` names the first
+        id not in the index."""
+        np = _numpy()
+
+        if self._n:
+            split = ids.view(_id_dtype())
+            found = self._find(split["key"], split["rest"])
+        else:
+            found = np.full(len(ids), -1, np.intp)
+        return self._places_at(found, lambda at: ids[at].tobytes())
+
+    def frames(self, numbers: Sequence[int] | NDArray[np.uint32]) -> list[tuple[str, int, int]]:
+        """(pack id, offset, length) of the frames numbered ``numbers`` (see ``places``)."""
+        if not len(numbers):
+            return []
+        assert self._frames is not None
+        pack_ids = self._pack_ids
+        rows = self._frames[numbers].tolist()
+        return [(pack_ids[pack], offset, length) for pack, offset, length in rows]
+
+    def _places_at(
+        self, found: NDArray[np.intp], id_at: Callable[[int], bytes]
+    ) -> NDArray[np.uint32]:
+        """The place rows of the ids ``_find`` found at ``found``; those not found (-1)
+        are looked for among the recent ones."""
         np = _numpy()
 
         if not self._width:
             raise LookupError("this index holds blob ids only, not where they are")
-        frames = self._frames
-        rows = np.zeros((len(blob_ids), 5), np.uint32)
         if self._n:
-            assert frames is not None
-            found = self._positions(blob_ids)
-            places = self._arrays()[2][: self._n][found]
-            rows[:, :3] = frames[places[:, 0]]
-            rows[:, 3:] = places[:, 1:]
-            absent = (found < 0).nonzero()[0].tolist()
+            rows = self._arrays()[2][: self._n][found]
         else:
-            absent = list(range(len(blob_ids)))
+            rows = np.zeros((len(found), self._width), np.uint32)
         recent = self._recent
-        for at in absent:
-            packed = recent.get(blob_ids[at])
+        for at in (found < 0).nonzero()[0].tolist():
+            packed = recent.get(id_at(at))
             if packed is None:
-                raise KeyError(blob_ids[at])
-            assert frames is not None
-            frame, inner_offset, raw_length = _PLACE.unpack(packed)
-            rows[at] = (*frames[frame].tolist(), inner_offset, raw_length)
+                raise KeyError(id_at(at))
+            rows[at] = _PLACE.unpack(packed)
         return rows
+
+    def _places_of(self, blob_ids: Sequence[bytes]) -> NDArray[np.uint32]:
+        """``places`` for ids as bytes."""
+        np = _numpy()
+
+        found = self._positions(blob_ids) if self._n else np.full(len(blob_ids), -1, np.intp)
+        return self._places_at(found, blob_ids.__getitem__)
 
     def frames_of(self, blob_ids: Iterable[bytes]) -> list[FrameBlobs]:
         """The blobs grouped by the frame holding them, frames in order of first appearance.
 
         A restore locates every blob of a slice of its data at once: one search
-        for them all, the grouping done on arrays, and no object per blob but its
-        member tuple. ``KeyError`` names the first blob not in the index.
+        for them all, the grouping done on the frame numbers, and no object per blob
+        but its member tuple. ``KeyError`` names the first blob not in the index.
         """
         np = _numpy()
 
         wanted = blob_ids if isinstance(blob_ids, list) else list(blob_ids)
         if not wanted:
             return []
-        rows = self._locations(wanted)
-        # A frame is its (pack, offset, length): one 12-byte key each, grouped in one sort.
-        frame_keys = np.ascontiguousarray(rows[:, :3]).view("V12").reshape(-1)
-        _, first, inverse = np.unique(frame_keys, return_index=True, return_inverse=True)
+        places = self._places_of(wanted)
+        numbers, first, inverse = np.unique(places[:, 0], return_index=True, return_inverse=True)
         by_appearance = np.argsort(first)
         rank = np.empty_like(by_appearance)
         rank[by_appearance] = np.arange(len(first))
         frame_of_blob = rank[inverse.reshape(-1)]
         order = np.argsort(frame_of_blob, kind="stable")
         ends = np.cumsum(np.bincount(frame_of_blob)).tolist()
-        ordered = rows[order]
+        ordered = places[order]
         ids = [wanted[at] for at in order.tolist()]
-        members = list(zip(ids, ordered[:, 3].tolist(), ordered[:, 4].tolist(), strict=True))
-        pack_ids = self._pack_ids
-        heads = rows[first[by_appearance]][:, :3].tolist()
+        members = list(zip(ids, ordered[:, 1].tolist(), ordered[:, 2].tolist(), strict=True))
+        heads = self.frames(numbers[by_appearance])
         return [
-            FrameBlobs(pack_ids[pack], offset, length, members[start:end])
-            for (pack, offset, length), start, end in zip(heads, [0, *ends], ends, strict=False)
+            FrameBlobs(pack_id, offset, length, members[start:end])
+            for (pack_id, offset, length), start, end in zip(heads, [0, *ends], ends, strict=False)
         ]
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         try:
-            ((pack, offset, length, inner_offset, raw_length),) = self._locations(
-                [blob_id]
-            ).tolist()
+            ((frame, inner_offset, raw_length),) = self._places_of([blob_id]).tolist()
         except KeyError:
             return None
-        return BlobLocation(self._pack_ids[pack], offset, length, inner_offset, raw_length)
+        ((pack_id, offset, length),) = self.frames([frame])
+        return BlobLocation(pack_id, offset, length, inner_offset, raw_length)
 
 
 def _merge_blocks(

@@ -276,8 +276,8 @@ class Restorer:
                 source = None if self._live is None else self._live.copy_of(entry)
                 offset = 0
                 for _ in entry.content:
-                    chunks = lists.next()
-                    offset = planning.add_chunks(number, offset, chunks, source)
+                    offset = planning.add_chunks(number, offset, lists.next(), source)
+                    check_file_size(entry, offset, whole=False)
                     if planning.chunks >= limit:
                         hand_over()
                         limit = next_slice_limit(limit)
