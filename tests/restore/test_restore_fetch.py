@@ -16,9 +16,13 @@ from cloudkeep.backups.restore import fetch
 from cloudkeep.backups.restore.fetch import Located, RepositoryReader, frame_pieces, start_fetches
 from cloudkeep.backups.restore.write import Files, Piece, Tree, reserve
 from cloudkeep.errors import RepositoryDamaged
+from cloudkeep.repository.loader import MAX_RANGE_BYTES
 from cloudkeep.repository.packs import BlobType
-from cloudkeep.repository.repository import Repository
+from cloudkeep.repository.repository import Repository, with_cache
+from cloudkeep.storage.base import is_local
+from cloudkeep.storage.limits import limit_concurrency
 from cloudkeep.storage.url import open_store
+from tests.conftest import S3Server
 from tests.restore.plan_helpers import fetches_of
 
 CHUNK = 8 * 1024
@@ -173,7 +177,7 @@ def test_only_the_blobs_wanted_from_a_frame_are_cut_and_checked(
 
 
 def test_a_slice_is_read_in_ranges_no_longer_than_the_bound(
-    repo: Repository, staging: Staging, monkeypatch: pytest.MonkeyPatch
+    repo: Repository, staging: Staging
 ) -> None:
     contents = [random.Random(n).randbytes(CHUNK) for n in range(5)]
     ids = [repo.blob_id(content) for content in contents]
@@ -184,9 +188,9 @@ def test_a_slice_is_read_in_ranges_no_longer_than_the_bound(
     writer.flush()
     writer.close()
     bound = 2 * CHUNK + 1024
-    monkeypatch.setattr(fetch, "RANGE_BYTES", bound)
     targets = {blob_id: [(at // 3, at % 3 * CHUNK)] for at, blob_id in enumerate(ids)}
     reader = RepositoryReader(repo)
+    reader.range_bytes = bound
     with reader.opened():
         ranges = Located(reader, fetches_of(targets)).ranges()
         staging.fetch(reader, targets)
@@ -303,3 +307,20 @@ def test_a_chunk_list_larger_than_a_backup_writes_is_refused_unread(repo: Reposi
         repo.storage.delete(f"data/{where.pack_id[:2]}/{where.pack_id}")
         with pytest.raises(RepositoryDamaged, match=r"cannot restore big: .* more than"):
             reader.chunk_lists([(entry, ids[0].hex()), (big, list_id.hex())])
+
+
+def test_a_restore_reads_smaller_ranges_from_a_folder_than_from_a_remote_store(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    """1 MiB ranges bound a restore's memory from a folder; from a remote store each
+    range costs a round trip, so the loader's 2 MiB stay. Wrappers do not hide a folder."""
+    folder = open_store((tmp_path / "folder").as_uri())
+    remote = open_store(s3_server.url_for("ranges"))
+    for store, local in ((folder, True), (remote, False)):
+        repo = Repository.init(store, "ranges passphrase")
+        wrapped = limit_concurrency(with_cache(store, tmp_path / "cache", repo.config), 2)
+        assert is_local(store) is is_local(wrapped) is local
+        assert RepositoryReader(Repository.open(wrapped, "ranges passphrase")).range_bytes == (
+            fetch.LOCAL_RANGE_BYTES if local else MAX_RANGE_BYTES
+        )
+    assert fetch.LOCAL_RANGE_BYTES < MAX_RANGE_BYTES

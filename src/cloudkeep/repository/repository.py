@@ -97,6 +97,7 @@ from cloudkeep.storage.base import (
     Storage,
     StorageError,
     StorageUnavailable,
+    is_local,
 )
 from cloudkeep.storage.cache import CachedStorage
 
@@ -572,6 +573,11 @@ class Repository:
     def _note_written(self, name: str) -> None:
         with self._written_lock:
             self._written.append(name)
+
+    @property
+    def store_is_local(self) -> bool:
+        """Whether the store is a folder of this machine (reads cost no round trip)."""
+        return is_local(self.storage)
 
     @property
     def chunker(self) -> dict[str, int]:

@@ -98,3 +98,14 @@ class Storage(Protocol):
     def describe(self) -> str:
         """A human description of where this store is, without secrets."""
         ...
+
+
+def is_local(store: Storage) -> bool:
+    """Whether ``store`` is a folder of this machine under any wrappers (a wrapper
+    names the store it wraps ``inner``): a read there costs no network round trip."""
+    while getattr(store, "local", False) is not True:
+        inner = getattr(store, "inner", None)
+        if inner is None:
+            return False
+        store = inner
+    return True

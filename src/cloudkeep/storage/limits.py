@@ -50,6 +50,10 @@ class ConcurrencyLimitedStorage:
     def __repr__(self) -> str:
         return f"ConcurrencyLimitedStorage({self._inner!r}, limit={self.limit})"
 
+    @property
+    def inner(self) -> Storage:
+        return self._inner
+
     def put(self, name: str, data: Payload, *, create_only: bool = False) -> None:
         """Put while holding a slot."""
         with self._slots:

@@ -55,6 +55,7 @@ class LocalStorage(OpenDALStorage):
     """The ``Storage`` protocol over a folder of this machine."""
 
     LIST_ASYNC = False  # a folder answers at once: the blocking lister costs nothing
+    local = True  # see ``storage.base.is_local``
 
     def __init__(
         self,
