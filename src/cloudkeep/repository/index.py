@@ -503,7 +503,24 @@ class MasterIndex:
             if packed is None:
                 raise KeyError(id_at(at))
             rows[at] = _PLACE.unpack(packed)
+        if len(rows):
+            rows[:, 0] = self._one_number_a_frame(rows[:, 0])
         return rows
+
+    def _one_number_a_frame(self, numbers: NDArray[np.uint32]) -> NDArray[np.uint32]:
+        """``numbers`` with each frame named by its lowest number among them.
+
+        A frame has several numbers when a pack's header lists its blobs in separate
+        runs, or two index files list the same pack: grouped on the numbers alone, a
+        key holder's index could have one 64 MiB frame read once per blob.
+        """
+        np = _numpy()
+
+        assert self._frames is not None
+        distinct, inverse = np.unique(numbers, return_inverse=True)
+        frames = np.ascontiguousarray(self._frames[distinct]).view("V12").reshape(-1)
+        _, first, same = np.unique(frames, return_index=True, return_inverse=True)
+        return distinct[first[same.reshape(-1)]][inverse.reshape(-1)]
 
     def _places_of(self, blob_ids: Sequence[bytes]) -> NDArray[np.uint32]:
         """``places`` for ids as bytes."""
