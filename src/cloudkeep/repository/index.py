@@ -124,7 +124,7 @@ class FrameBlobs(NamedTuple):
     blobs: list[tuple[bytes, int, int]]
 
 
-def _numpy() -> ModuleType:
+def numpy_module() -> ModuleType:
     """numpy, imported on first use (a command that builds no index never pays it),
     with one BLAS thread: nothing here uses BLAS, and OpenBLAS's idle workers spin
     after the import."""
@@ -135,16 +135,11 @@ def _numpy() -> ModuleType:
     return numpy
 
 
-def numpy_module() -> ModuleType:
-    """numpy as the index imports it, for code working on arrays beside it."""
-    return _numpy()
-
-
 def prepare() -> None:
     """Import numpy in a thread of its own, partly while other threads wait on I/O,
     when an index will be built soon."""
     if "numpy" not in sys.modules:
-        threading.Thread(target=_numpy, daemon=True).start()
+        threading.Thread(target=numpy_module, daemon=True).start()
 
 
 class MasterIndex:
@@ -261,7 +256,7 @@ class MasterIndex:
             number = self._number(pack_id)
             if not encoded:
                 continue
-            np = _numpy()  # here: an empty store's index needs no numpy
+            np = numpy_module()  # here: an empty store's index needs no numpy
 
             entries = np.frombuffer(encoded, _entry_dtype())
             count = len(entries)
@@ -303,7 +298,7 @@ class MasterIndex:
                 # valid, and these ids and every later one are held in memory.
                 self._spill_stopped = True
                 recent = self._recent = dict.fromkeys(unknown, b"")
-        np = _numpy()
+        np = numpy_module()
 
         start = end = self._n
         self._reserve(end, end + len(recent))
@@ -322,7 +317,7 @@ class MasterIndex:
         (the first location wins) and merge them into the sorted [0, start)."""
         if end == start:
             return
-        np = _numpy()
+        np = numpy_module()
 
         keys, rest, locs = self._arrays()
         new_keys, new_rest = keys[start:end], rest[start:end]
@@ -370,7 +365,7 @@ class MasterIndex:
         Filled from the back a block at a time: the old entries a block takes are
         copied out first, and no entry still to be placed lies under a block.
         """
-        np = _numpy()
+        np = numpy_module()
 
         keys, rest, locs = self._arrays()
         # Rows as single values: masked moves of 24- and 20-byte items, not of 2-D rows.
@@ -387,7 +382,7 @@ class MasterIndex:
 
     def _reserve(self, used: int, total: int) -> None:
         """Room for ``total`` entries; the first ``used`` are kept."""
-        np = _numpy()
+        np = numpy_module()
 
         if self._keys is not None and total <= len(self._keys):
             return
@@ -409,7 +404,7 @@ class MasterIndex:
         count, used = len(rows), self._frame_count
         if not count:
             return
-        np = _numpy()
+        np = numpy_module()
 
         if self._frames is None or used + count > len(self._frames):
             capacity = max(2 * (used + count), used + count + _RESERVE // 16)
@@ -426,7 +421,7 @@ class MasterIndex:
 
     def _find(self, keys: NDArray[np.uint64], rest: NDArray[np.void]) -> NDArray[np.intp]:
         """Where each id is in the sorted arrays, -1 where it is not."""
-        np = _numpy()
+        np = numpy_module()
 
         n = self._n
         if not n:
@@ -449,7 +444,7 @@ class MasterIndex:
 
     def _positions(self, blob_ids: Sequence[bytes]) -> NDArray[np.intp]:
         """``_find`` for ids as bytes; an id that is not 32 bytes long is nowhere."""
-        np = _numpy()
+        np = numpy_module()
 
         joined = b"".join(blob_ids)
         # All ID_SIZE long: none is longer, and together they are as long as that.
@@ -466,7 +461,7 @@ class MasterIndex:
         """Where each id of ``ids`` (32-byte items) is: a row each (frame number, offset in
         the frame, size), frames as ``frames`` names them; ``KeyError`` names the first
         id not in the index."""
-        np = _numpy()
+        np = numpy_module()
 
         if self._n:
             split = ids.view(_id_dtype())
@@ -489,7 +484,7 @@ class MasterIndex:
     ) -> NDArray[np.uint32]:
         """The place rows of the ids ``_find`` found at ``found``; those not found (-1)
         are looked for among the recent ones."""
-        np = _numpy()
+        np = numpy_module()
 
         if not self._width:
             raise LookupError("this index holds blob ids only, not where they are")
@@ -514,7 +509,7 @@ class MasterIndex:
         runs, or two index files list the same pack: grouped on the numbers alone, a
         key holder's index could have one 64 MiB frame read once per blob.
         """
-        np = _numpy()
+        np = numpy_module()
 
         assert self._frames is not None
         distinct, inverse = np.unique(numbers, return_inverse=True)
@@ -524,7 +519,7 @@ class MasterIndex:
 
     def _places_of(self, blob_ids: Sequence[bytes]) -> NDArray[np.uint32]:
         """``places`` for ids as bytes."""
-        np = _numpy()
+        np = numpy_module()
 
         found = self._positions(blob_ids) if self._n else np.full(len(blob_ids), -1, np.intp)
         return self._places_at(found, blob_ids.__getitem__)
@@ -536,7 +531,7 @@ class MasterIndex:
         for them all, the grouping done on the frame numbers, and no object per blob
         but its member tuple. ``KeyError`` names the first blob not in the index.
         """
-        np = _numpy()
+        np = numpy_module()
 
         wanted = blob_ids if isinstance(blob_ids, list) else list(blob_ids)
         if not wanted:
@@ -576,7 +571,7 @@ def _merge_blocks(
     Filled from the back a block at a time: the old rows a block takes are copied
     out first, and no row still to be placed lies under a block.
     """
-    np = _numpy()
+    np = numpy_module()
 
     low = int(inserted[0])
     high = end
@@ -618,7 +613,7 @@ class _SpilledIds:
 
     def add(self, joined: bytes) -> None:
         """Add ids the index holds nowhere else (``ID_SIZE`` bytes each, concatenated)."""
-        np = _numpy()
+        np = numpy_module()
 
         count = len(joined) // ID_SIZE
         if not count:
@@ -648,7 +643,7 @@ class _SpilledIds:
 
     def missing(self, blob_ids: Sequence[bytes], positions: list[int]) -> list[int]:
         """Those of ``positions`` (in ``blob_ids``) whose id is not here."""
-        np = _numpy()
+        np = numpy_module()
 
         n, keys, rows = self._n, self._keys, self._rows
         if not n or keys is None or rows is None:
@@ -676,7 +671,7 @@ class _SpilledIds:
 
 def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
     """A zeroed array in an anonymous memory map: its pages cost memory once written."""
-    np = _numpy()
+    np = numpy_module()
 
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, int(np.prod(shape))).reshape(shape)
@@ -684,7 +679,7 @@ def _mapped(dtype: type | np.dtype, shape: tuple[int, ...]) -> NDArray:
 
 @cache
 def _id_dtype() -> np.dtype:
-    np = _numpy()
+    np = numpy_module()
 
     return np.dtype({"names": ["key", "rest"], "formats": [">u8", "V24"], "offsets": [0, 8]})
 
@@ -692,7 +687,7 @@ def _id_dtype() -> np.dtype:
 @cache
 def _entry_dtype() -> np.dtype:
     """``packs.ENTRY`` (type, id, frame offset, frame length, inner offset, size)."""
-    np = _numpy()
+    np = numpy_module()
 
     return np.dtype(
         {
