@@ -78,6 +78,23 @@ class PassThroughStorage:
 
 
 STARTUP_TIMEOUT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def own_config_and_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own config and cache folders, never the user's.
+
+    A trust record left under the real HOME outlives its store: the next run makes a
+    store at the same temporary path and is refused as a joined repository that is
+    gone. Tests that name their own folders set the variables again over these.
+    """
+    home = tmp_path_factory.mktemp("cloudkeep-home")
+    monkeypatch.setenv("CLOUDKEEP_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("CLOUDKEEP_CACHE_DIR", str(home / "cache"))
+
+
 S3_BUCKET = "cloudkeep-test"
 WEBDAV_USER = "keeper"
 WEBDAV_PASSWORD = "dav-Pa55-word"
