@@ -2,6 +2,9 @@
 
 Fixtures (all servers bind 127.0.0.1 on a free port and stop at session end):
 
+``own_config_and_cache`` (autouse)
+    Every test gets its own ``CLOUDKEEP_CONFIG_DIR`` and ``CLOUDKEEP_CACHE_DIR``, so no
+    trust record, key or cache of a test lands in the user's folders.
 ``store_url``
     Parametrized over ``file``, ``memory``, ``s3`` (moto server), ``webdav``
     (rclone), ``azblob`` (Azurite) and ``gcs`` (fake-gcs-server). Each test gets the
@@ -80,21 +83,6 @@ class PassThroughStorage:
 STARTUP_TIMEOUT = 30.0
 
 
-@pytest.fixture(autouse=True)
-def own_config_and_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each test gets its own config and cache folders, never the user's.
-
-    A trust record left under the real HOME outlives its store: the next run makes a
-    store at the same temporary path and is refused as a joined repository that is
-    gone. Tests that name their own folders set the variables again over these.
-    """
-    home = tmp_path_factory.mktemp("cloudkeep-home")
-    monkeypatch.setenv("CLOUDKEEP_CONFIG_DIR", str(home / "config"))
-    monkeypatch.setenv("CLOUDKEEP_CACHE_DIR", str(home / "cache"))
-
-
 S3_BUCKET = "cloudkeep-test"
 WEBDAV_USER = "keeper"
 WEBDAV_PASSWORD = "dav-Pa55-word"
@@ -126,6 +114,21 @@ _AWS_ENV_CLEARED = (
     "AWS_ENDPOINT_URL_S3",
     "AWS_DEFAULT_REGION",
 )
+
+
+@pytest.fixture(autouse=True)
+def own_config_and_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own config and cache folders, never the user's.
+
+    A trust record left under the real HOME outlives its store: the next run makes a
+    store at the same temporary path and is refused as a joined repository that is
+    gone. Tests that name their own folders set the variables again over these.
+    """
+    home = tmp_path_factory.mktemp("cloudkeep-home")
+    monkeypatch.setenv("CLOUDKEEP_CONFIG_DIR", str(home / "config"))
+    monkeypatch.setenv("CLOUDKEEP_CACHE_DIR", str(home / "cache"))
 
 
 def free_port() -> int:
