@@ -461,14 +461,10 @@ class MasterIndex:
         """Where each id of ``ids`` (32-byte items) is: a row each (frame number, offset in
         the frame, size), frames as ``frames`` names them; ``KeyError`` names the first
         id not in the index."""
-        np = numpy_module()
-
-        if self._n:
-            split = ids.view(_id_dtype())
-            found = self._find(split["key"], split["rest"])
-        else:
-            found = np.full(len(ids), -1, np.intp)
-        return self._places_at(found, lambda at: ids[at].tobytes())
+        split = ids.view(_id_dtype())
+        return self._places_at(
+            self._find(split["key"], split["rest"]), lambda at: ids[at].tobytes()
+        )
 
     def frames(self, numbers: Sequence[int] | NDArray[np.uint32]) -> list[tuple[str, int, int]]:
         """(pack id, offset, length) of the frames numbered ``numbers`` (see ``places``)."""
@@ -519,10 +515,7 @@ class MasterIndex:
 
     def _places_of(self, blob_ids: Sequence[bytes]) -> NDArray[np.uint32]:
         """``places`` for ids as bytes."""
-        np = numpy_module()
-
-        found = self._positions(blob_ids) if self._n else np.full(len(blob_ids), -1, np.intp)
-        return self._places_at(found, blob_ids.__getitem__)
+        return self._places_at(self._positions(blob_ids), blob_ids.__getitem__)
 
     def frames_of(self, blob_ids: Iterable[bytes]) -> list[FrameBlobs]:
         """The blobs grouped by the frame holding them, frames in order of first appearance.
@@ -537,20 +530,17 @@ class MasterIndex:
         if not wanted:
             return []
         places = self._places_of(wanted)
-        numbers, first, inverse = np.unique(places[:, 0], return_index=True, return_inverse=True)
-        by_appearance = np.argsort(first)
-        rank = np.empty_like(by_appearance)
-        rank[by_appearance] = np.arange(len(first))
-        frame_of_blob = rank[inverse.reshape(-1)]
-        order = np.argsort(frame_of_blob, kind="stable")
-        ends = np.cumsum(np.bincount(frame_of_blob)).tolist()
+        numbers, order, ends = frame_groups(places[:, 0], np.arange(len(wanted)))
         ordered = places[order]
         ids = [wanted[at] for at in order.tolist()]
         members = list(zip(ids, ordered[:, 1].tolist(), ordered[:, 2].tolist(), strict=True))
-        heads = self.frames(numbers[by_appearance])
+        heads = self.frames(numbers)
+        bounds = ends.tolist()
         return [
             FrameBlobs(pack_id, offset, length, members[start:end])
-            for (pack_id, offset, length), start, end in zip(heads, [0, *ends], ends, strict=False)
+            for (pack_id, offset, length), start, end in zip(
+                heads, [0, *bounds], bounds, strict=False
+            )
         ]
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
@@ -560,6 +550,33 @@ class MasterIndex:
             return None
         ((pack_id, offset, length),) = self.frames([frame])
         return BlobLocation(pack_id, offset, length, inner_offset, raw_length)
+
+
+def frame_groups(
+    numbers: NDArray[np.uint32],
+    need: NDArray[np.integer],
+    within: NDArray[np.uint32] | None = None,
+) -> tuple[NDArray[np.uint32], NDArray[np.intp], NDArray[np.intp]]:
+    """Blobs grouped by frame, given each blob's frame number (``places``) and when the
+    data needs it (``need``, lower first).
+
+    Returns the frame numbers in order of first need (the least ``need`` of their blobs),
+    the blobs' order (by group, then by ``within`` or as given) and where each group
+    ends in that order.
+    """
+    np = numpy_module()
+
+    distinct, frame_of = np.unique(numbers, return_inverse=True)
+    frame_of = frame_of.reshape(-1)
+    first_need = np.full(len(distinct), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first_need, frame_of, need)
+    by_need = np.argsort(first_need, kind="stable")
+    rank = np.empty_like(by_need)
+    rank[by_need] = np.arange(len(by_need))
+    group = rank[frame_of]
+    order = np.argsort(group, kind="stable") if within is None else np.lexsort((within, group))
+    ends = np.cumsum(np.bincount(group, minlength=len(distinct)))
+    return distinct[by_need], order, ends
 
 
 def _merge_blocks(

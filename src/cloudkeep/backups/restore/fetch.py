@@ -25,7 +25,7 @@ from cloudkeep.backups.restore.plan import Fetches, chunk_entries
 from cloudkeep.backups.restore.write import Files, Piece, write_pieces
 from cloudkeep.errors import RepositoryDamaged
 from cloudkeep.repository.crypto import ID_SIZE
-from cloudkeep.repository.index import FrameBlobs, numpy_module
+from cloudkeep.repository.index import FrameBlobs, frame_groups, numpy_module
 from cloudkeep.repository.loader import MAX_RANGE_BYTES, LoadedFrame, PackRange, plan_ranges
 from cloudkeep.repository.locks import RepositoryLock
 from cloudkeep.repository.repository import BlobDamaged, Repository
@@ -224,17 +224,10 @@ class Located:
         self._first_target = np.cumsum(self._target_count) - self._target_count
         del inverse
         # Frames in order of first need; a frame's blobs in order of their offset in it.
-        numbers, frame_of = np.unique(self.places[:, 0], return_inverse=True)
-        frame_of = frame_of.reshape(-1)
-        need = np.full(len(numbers), len(first), np.int64)
-        np.minimum.at(need, frame_of, first)
-        by_need = np.argsort(need, kind="stable")
-        rank = np.empty_like(by_need)
-        rank[by_need] = np.arange(len(by_need))
-        group = rank[frame_of]
-        self._members = np.lexsort((self.places[:, 1], group))
-        self._ends = np.cumsum(np.bincount(group, minlength=len(numbers)))
-        heads = reader.frames(numbers[by_need])
+        numbers, self._members, self._ends = frame_groups(
+            self.places[:, 0], first, within=self.places[:, 1]
+        )
+        heads = reader.frames(numbers)
         self.frames = [FrameBlobs(pack, offset, length, []) for pack, offset, length in heads]
 
     def ranges(self) -> list[tuple[PackRange, list[int]]]:
